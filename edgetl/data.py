@@ -1,0 +1,177 @@
+"""Scan a folder of images: classes, usable files, skipped files and the split.
+
+Layouts: ``DATA/<class>/<images>`` (a seeded, stratified validation split is
+made), or ``DATA/train/<class>/...`` and ``DATA/val/<class>/...`` (optionally
+``DATA/test/...``)."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.errors import EdgetlError
+from edgetl.images import IMAGE_SUFFIXES, BadImage, open_rgb
+
+SPLIT_DIRS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    paths: list[str]
+    labels: np.ndarray  # int class indices
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def counts(self, n_classes: int) -> list[int]:
+        return np.bincount(self.labels, minlength=n_classes).tolist()
+
+
+@dataclass
+class Dataset:
+    root: Path
+    classes: list[str]
+    train: Split
+    val: Split
+    test: Split | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    layout: str = "folders"  # or "train/val"
+
+    @property
+    def held_out(self) -> Split:
+        """The split used to score models: test when given, else val."""
+        return self.test if self.test is not None and len(self.test) else self.val
+
+    def summary(self) -> dict:
+        k = len(self.classes)
+        return {
+            "root": str(self.root),
+            "layout": self.layout,
+            "classes": self.classes,
+            "train_counts": self.train.counts(k),
+            "val_counts": self.val.counts(k),
+            "test_counts": self.test.counts(k) if self.test is not None else None,
+            "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
+        }
+
+    def imbalance(self) -> float:
+        c = np.asarray(self.train.counts(len(self.classes)), float)
+        return float(c.max() / max(c.min(), 1))
+
+    def fingerprint(self) -> str:
+        """Hash of every used file's relative path and content."""
+        h = hashlib.sha256()
+        for split in (self.train, self.val, self.test):
+            if split is None:
+                continue
+            for p, y in sorted(zip(split.paths, split.labels.tolist())):
+                h.update(f"{Path(p).relative_to(self.root)}|{y}|".encode())
+                h.update(hashlib.sha256(Path(p).read_bytes()).digest())
+        return h.hexdigest()
+
+
+def _is_candidate(p: Path) -> bool:
+    return p.is_file() and not p.name.startswith(".")
+
+
+def _scan_classes(folder: Path, strict: bool, skipped: list, classes: list[str] | None = None):
+    """Return {class: [usable paths]} for a class-per-folder directory."""
+    if not folder.is_dir():
+        raise EdgetlError(f"{folder}: not a folder; give a folder with one sub-folder of images per class")
+    names = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if classes is not None:
+        extra = sorted(set(names) - set(classes))
+        if extra:
+            raise EdgetlError(f"{folder}: classes {extra} are not in train/; use the same class folders in every split")
+        names = classes
+    out = {}
+    for name in names:
+        files = sorted(p for p in (folder / name).rglob("*") if _is_candidate(p)) if (folder / name).is_dir() else []
+        good = []
+        for p in files:
+            try:
+                open_rgb(p)
+                good.append(str(p))
+            except BadImage as e:
+                if strict:
+                    raise EdgetlError(f"{p}: {e}; remove or fix the file (or drop --strict to skip it)") from None
+                skipped.append((str(p), str(e)))
+        out[name] = good
+    return out
+
+
+def scan(root, val_split: float = 0.2, seed: int = 42, strict: bool = False, min_per_class: int = 2) -> Dataset:
+    """Scan ``root`` and return the classes, splits and skipped files.
+
+    Raises EdgetlError (exit code 2) for an empty folder, a single class, or a
+    class with fewer than ``min_per_class`` usable images."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise EdgetlError(f"{root}: no such folder; give the folder that holds one sub-folder of images per class")
+    if not root.is_dir():
+        raise EdgetlError(f"{root}: not a folder; give the folder that holds one sub-folder of images per class")
+    skipped: list[tuple[str, str]] = []
+    subdirs = {d.name for d in root.iterdir() if d.is_dir()}
+    if {"train", "val"} <= subdirs:
+        train_map = _scan_classes(root / "train", strict, skipped)
+        _check_classes(root / "train", train_map, min_per_class)
+        classes = list(train_map)
+        val_map = _scan_classes(root / "val", strict, skipped, classes)
+        test_map = _scan_classes(root / "test", strict, skipped, classes) if "test" in subdirs else None
+        if sum(len(v) for v in val_map.values()) == 0:
+            raise EdgetlError(f"{root / 'val'}: no usable images; put validation images in val/<class>/")
+        ds = Dataset(root, classes, _to_split(train_map, classes), _to_split(val_map, classes),
+                     _to_split(test_map, classes) if test_map else None, skipped, "train/val")
+    else:
+        cmap = _scan_classes(root, strict, skipped)
+        _check_classes(root, cmap, min_per_class)
+        classes = list(cmap)
+        if not 0.0 < val_split < 1.0:
+            raise EdgetlError(f"--val-split {val_split}: must be between 0 and 1 (exclusive)")
+        train, val = _stratified_split(cmap, classes, val_split, seed)
+        ds = Dataset(root, classes, train, val, None, skipped, "folders")
+    return ds
+
+
+def _check_classes(folder: Path, cmap: dict, min_per_class: int) -> None:
+    if not cmap or sum(len(v) for v in cmap.values()) == 0:
+        raise EdgetlError(f"{folder}: no images found; expected {folder}/<class>/<image files>")
+    if len(cmap) < 2:
+        only = next(iter(cmap))
+        raise EdgetlError(f"{folder}: only one class ('{only}'); a classifier needs at least 2 class folders")
+    for name, files in cmap.items():
+        if len(files) < min_per_class:
+            raise EdgetlError(
+                f"{folder / name}: class '{name}' has {len(files)} usable image(s); "
+                f"each class needs at least {min_per_class}"
+            )
+
+
+def _to_split(cmap: dict, classes: list[str]) -> Split:
+    paths, labels = [], []
+    for i, c in enumerate(classes):
+        paths += cmap.get(c, [])
+        labels += [i] * len(cmap.get(c, []))
+    return Split(paths, np.asarray(labels, dtype=np.int64))
+
+
+def _stratified_split(cmap: dict, classes: list[str], val_split: float, seed: int) -> tuple[Split, Split]:
+    rng = np.random.default_rng(seed)
+    tr_p, tr_y, va_p, va_y = [], [], [], []
+    for i, c in enumerate(classes):
+        files = list(cmap[c])
+        order = rng.permutation(len(files))
+        n_val = min(max(1, int(round(len(files) * val_split))), len(files) - 1)
+        for j, k in enumerate(order):
+            (va_p if j < n_val else tr_p).append(files[k])
+            (va_y if j < n_val else tr_y).append(i)
+    return (Split(tr_p, np.asarray(tr_y, np.int64)), Split(va_p, np.asarray(va_y, np.int64)))
+
+
+def class_weights(ds: Dataset) -> dict[int, float]:
+    """Balanced class weights, n / (k * count_c)."""
+    c = np.asarray(ds.train.counts(len(ds.classes)), float)
+    w = c.sum() / (len(c) * np.maximum(c, 1))
+    return {i: float(x) for i, x in enumerate(w)}

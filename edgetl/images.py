@@ -1,0 +1,92 @@
+"""Tolerant image decoding: whatever the extension says, PNG/JPEG/GIF/BMP/WebP,
+grayscale, palette, RGBA and 16-bit images all become 8-bit RGB."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+class BadImage(ValueError):
+    """The file is not a decodable image; the message says why."""
+
+
+def open_rgb(path) -> Image.Image:
+    """Decode ``path`` fully into an RGB PIL image, or raise BadImage with a reason."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise BadImage(f"cannot read ({e.strerror})") from None
+    if size == 0:
+        raise BadImage("zero-byte file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                im.load()  # full decode: catches truncated files
+                im = ImageOps.exif_transpose(im) or im
+                return to_rgb(im)
+    except BadImage:
+        raise
+    except Image.DecompressionBombError:
+        raise BadImage("image too large to decode safely") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        msg = str(e)
+        if "cannot identify image file" in msg:
+            raise BadImage("not an image file") from None
+        if "truncated" in msg.lower():
+            raise BadImage("truncated image") from None
+        raise BadImage(f"undecodable ({msg.splitlines()[0][:80]})") from None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        a = np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        a = np.clip(a * (255.0 if a.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, im).convert("RGB")
+    return im.convert("RGB") if im.mode != "RGB" else im
+
+
+RESIZE_MODES = ("crop", "squash")
+
+
+def fit_size(im: Image.Image, size: int | tuple[int, int], mode: str = "crop") -> Image.Image:
+    """Resize to ``size``: ``crop`` takes the central region of the target aspect
+    ratio first (no distortion), ``squash`` stretches the whole image."""
+    h, w = (size, size) if isinstance(size, int) else size
+    if mode == "crop":
+        W, H = im.size
+        scale = min(W / w, H / h)
+        cw, ch = w * scale, h * scale
+        box = ((W - cw) / 2, (H - ch) / 2, (W + cw) / 2, (H + ch) / 2)
+        return im.resize((w, h), Image.BILINEAR, box=box)
+    if im.size != (w, h):
+        im = im.resize((w, h), Image.BILINEAR)
+    return im
+
+
+def load_rgb(path, size: int | tuple[int, int], mode: str = "crop") -> np.ndarray:
+    """RGB uint8 array of shape (H, W, 3) at ``size`` (see :func:`fit_size`)."""
+    return np.asarray(fit_size(open_rgb(path), size, mode), dtype=np.uint8)
+
+
+def load_batch(paths, size: int, mode: str = "crop") -> np.ndarray:
+    if not len(paths):
+        return np.zeros((0, size, size, 3), np.uint8)
+    return np.stack([load_rgb(p, size, mode) for p in paths])

@@ -1,0 +1,85 @@
+"""PNG plots (matplotlib, no display needed), written atomically."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from edgetl.artifacts import atomic_path  # noqa: E402
+
+
+def _save(fig, dest) -> Path:
+    with atomic_path(dest, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return Path(dest)
+
+
+def training_curves(history: dict[str, list[dict]], dest) -> Path:
+    """history: phase name -> list of per-epoch logs."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    offset = 0
+    for phase, rows in history.items():
+        if not rows:
+            continue
+        ep = [offset + r["epoch"] for r in rows]
+        for ax, key in zip(axes, ("loss", "accuracy")):
+            ax.plot(ep, [r.get(key) for r in rows], "-", label=f"{phase} train")
+            if any("val_" + key in r for r in rows):
+                ax.plot(ep, [r.get("val_" + key) for r in rows], "--", label=f"{phase} val")
+        offset = ep[-1]
+        for ax in axes:
+            ax.axvline(offset + 0.5, color="0.8", lw=0.8)
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, dest)
+
+
+def confusion(cm, classes, dest, title="confusion matrix") -> Path:
+    import numpy as np
+
+    cm = np.asarray(cm)
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(max(3.5, 0.5 * n + 2), max(3, 0.5 * n + 1.5)))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return _save(fig, dest)
+
+
+def scatter(rows, x, y, label, dest, xlabel, ylabel, title) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        if r.get(x) is None or r.get(y) is None:
+            continue
+        ax.scatter(r[x], r[y], s=30)
+        ax.annotate(r[label], (r[x], r[y]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return _save(fig, dest)
+
+
+def bars(labels, values, dest, ylabel, title) -> Path:
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(labels) + 2), 3.8))
+    ax.bar(range(len(values)), values, color="#4C72B0")
+    ax.set_xticks(range(len(labels)), labels, rotation=40, ha="right", fontsize=8)
+    for i, v in enumerate(values):
+        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _save(fig, dest)

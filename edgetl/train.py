@@ -1,0 +1,408 @@
+"""Two-phase transfer learning.
+
+Phase 1 (feature extraction): the frozen base runs once per image and cached
+view; the head trains on those features. Phase 2 (fine-tuning): the last N
+layers (or K blocks) of the base are unfrozen, BatchNorm stays in inference
+mode, the whole model trains on augmented batches at a low learning rate,
+starting from the best phase-1 head.
+
+Every epoch is checkpointed under ``RUN/checkpoints``; ``resume=True`` goes on
+from there. The finished model, labels, metrics, curves and manifest are
+written atomically at the end; ``manifest.json`` is written last.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from edgetl import artifacts, backbones
+from edgetl.config import TrainConfig
+from edgetl.data import Dataset, class_weights, scan
+from edgetl.errors import EdgetlError, TrainingInterrupted
+
+MODEL_FILE = "model.keras"
+LABELS_FILE = "labels.txt"
+CONFIG_FILE = "config.yaml"
+SPLIT_FILE = "split.json"
+CKPT_DIR = "checkpoints"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict
+    model: object = None
+    history: dict = field(default_factory=dict)
+
+
+def default_run_dir(cfg: TrainConfig, root="models", prefix: str | None = None) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = prefix or (cfg.backbone + (f"-a{cfg.alpha:g}" if cfg.alpha is not None else ""))
+    d = Path(root) / f"{name}-{stamp}"
+    i = 2
+    while d.exists():
+        d = Path(root) / f"{name}-{stamp}-{i}"
+        i += 1
+    return d
+
+
+def get_strategy(name: str):
+    import tensorflow as tf
+
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "mirrored":
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=cpus)
+    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+
+
+def set_seed(seed: int) -> None:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    try:
+        tf.config.experimental.enable_op_determinism()
+    except Exception:  # pragma: no cover - older TF
+        pass
+
+
+def read_labels(run_dir) -> list[str]:
+    p = Path(run_dir) / LABELS_FILE
+    if not p.exists():
+        raise EdgetlError(f"{run_dir}: no {LABELS_FILE}; give a run directory written by 'edgetl train'")
+    return [l for l in p.read_text().splitlines() if l.strip()]
+
+
+def load_run_config(run_dir) -> TrainConfig:
+    import yaml
+
+    p = Path(run_dir) / CONFIG_FILE
+    if not p.exists():
+        raise EdgetlError(f"{run_dir}: no {CONFIG_FILE}; give a run directory written by 'edgetl train'")
+    return TrainConfig.from_dict(yaml.safe_load(p.read_text()), where=str(p))
+
+
+class Trainer:
+    """Runs the two phases for one config. Subclasses (distillation) change the
+    loss and the targets; the schedule, checkpoints and outputs stay the same."""
+
+    kind = "train"
+
+    def __init__(self, config: TrainConfig, resume: bool = False, callbacks=(), echo=print, root="models"):
+        self.echo = echo
+        self.extra_callbacks = list(callbacks)
+        self.resume = resume
+        if resume:
+            if not config.out:
+                raise EdgetlError("--resume needs --out RUN_DIR: the run directory to continue")
+            run_dir = Path(config.out)
+            if (run_dir / artifacts.MANIFEST).exists() and (run_dir / MODEL_FILE).exists() \
+                    and not (run_dir / CKPT_DIR).exists():
+                raise EdgetlError(f"{run_dir}: this run already finished; nothing to resume")
+            saved = load_run_config(run_dir)
+            saved.out = str(run_dir)
+            config = saved
+        self.cfg = config.validate().resolved()
+        self.bb = backbones.get(self.cfg.backbone)
+        self.run_dir = Path(self.cfg.out) if self.cfg.out else default_run_dir(self.cfg, root)
+        self.cfg.out = str(self.run_dir)
+        if not resume and (self.run_dir / CKPT_DIR).exists():
+            raise EdgetlError(f"{self.run_dir}: holds an unfinished run; add --resume to continue it, "
+                              f"or choose another --out")
+        self.ckpt = self.run_dir / CKPT_DIR
+        self.timings: dict[str, float] = {}
+
+    # ---- set-up ---------------------------------------------------------
+    def prepare(self) -> None:
+        cfg = self.cfg
+        self.ds: Dataset = scan(cfg.data, cfg.val_split, cfg.seed, cfg.strict)
+        ds = self.ds
+        k = len(ds.classes)
+        self.echo(f"data: {ds.root} ({ds.layout}), {k} classes, "
+                  f"{len(ds.train)} train / {len(ds.val)} val"
+                  + (f" / {len(ds.test)} test" if ds.test is not None else ""))
+        for c, n_tr, n_va in zip(ds.classes, ds.train.counts(k), ds.val.counts(k)):
+            self.echo(f"  {c:<20} {n_tr:>6} train {n_va:>6} val")
+        if ds.skipped:
+            self.echo(f"warning: skipped {len(ds.skipped)} unusable file(s):")
+            for f, why in ds.skipped:
+                self.echo(f"  {f}: {why}")
+        ratio = ds.imbalance()
+        if ratio >= 1.5:
+            hint = "" if cfg.class_weights == "auto" else "; --class-weights auto balances the loss"
+            self.echo(f"warning: classes are imbalanced (largest/smallest = {ratio:.1f}){hint}")
+        self.class_weight = class_weights(ds) if cfg.class_weights == "auto" else None
+        self.ckpt.mkdir(parents=True, exist_ok=True)
+        artifacts.write_yaml(self.run_dir / CONFIG_FILE, cfg.to_dict())
+        artifacts.write_text(self.run_dir / LABELS_FILE, "\n".join(ds.classes) + "\n")
+        root = ds.root
+        artifacts.write_json(self.run_dir / SPLIT_FILE, {
+            "root": str(root.resolve()),
+            "classes": ds.classes,
+            **{name: [{"file": str(Path(p).resolve()), "label": int(y)} for p, y in zip(s.paths, s.labels)]
+               for name, s in (("train", ds.train), ("val", ds.val), ("test", ds.test)) if s is not None},
+        })
+        set_seed(cfg.seed)
+        self.strategy = get_strategy(cfg.strategy)
+
+    def build(self) -> None:
+        import keras
+
+        from edgetl import model as M
+        from edgetl.weights import build_base
+
+        cfg = self.cfg
+        with self.strategy.scope():
+            self.base = build_base(self.bb, cfg.img_size, cfg.alpha, cfg.weights)
+            self.base.trainable = False
+            n_feat = int(self.base.output_shape[-1])
+            self.head_layers = M.build_head(n_feat, len(self.ds.classes), cfg.dropout, cfg.dense, cfg.l2)
+            self.model, self.extractor = M.assemble(self.base, self.bb, cfg.img_size, self.head_layers)
+            self.head = M.head_model(n_feat, self.head_layers)
+        self.n_features = n_feat
+        self.keras = keras
+
+    # ---- losses and targets (overridden by distillation) ----------------
+    def loss(self):
+        import keras
+
+        return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=self.cfg.label_smoothing)
+
+    def metrics(self):
+        import keras
+
+        return [keras.metrics.CategoricalAccuracy(name="accuracy")]
+
+    def head_targets(self, labels: np.ndarray, features: np.ndarray, view_images_fn=None) -> np.ndarray:
+        return np.eye(len(self.ds.classes), dtype=np.float32)[labels]
+
+    def finetune_data(self):
+        """(train tf.data, val tf.data) for phase 2."""
+        import tensorflow as tf
+
+        from edgetl.tfdata import augmenter, batches, image_dataset, parse_augment
+
+        cfg = self.cfg
+        k = len(self.ds.classes)
+        aug = augmenter(parse_augment(cfg.augment), cfg.seed + 1000)
+        tr = image_dataset(self.ds.train.paths, self.ds.train.labels, cfg.img_size, cfg.resize)
+        tr = tr.map(lambda x, y: (x, tf.one_hot(y, k)))
+        va = image_dataset(self.ds.val.paths, self.ds.val.labels, cfg.img_size, cfg.resize).map(lambda x, y: (x, tf.one_hot(y, k)))
+        return (batches(tr, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=aug, n=len(self.ds.train)),
+                batches(va, cfg.batch_size))
+
+    # ---- phase 1 ---------------------------------------------------------
+    def features(self):
+        """Frozen-base features of every training view and of the val images, computed once
+        and kept in the checkpoint folder (a resumed run reuses them)."""
+        from edgetl.tfdata import augmenter, image_dataset, parse_augment
+
+        cfg = self.cfg
+        path = self.ckpt / "features.npz"
+        if path.exists():
+            z = np.load(path)
+            self.echo(f"phase 1: reusing cached features {z['x'].shape} from {path}")
+            return z["x"], z["y"], z["view"], z["vx"], z["vy"]
+        t0 = time.perf_counter()
+        names = parse_augment(cfg.augment)
+        views = cfg.views if names else 1
+        aug = augmenter(names, cfg.seed)
+        train_ds = image_dataset(self.ds.train.paths, self.ds.train.labels, cfg.img_size, cfg.resize)
+        xs, ys, vs = [], [], []
+        for v in range(views):
+            feats = []
+            for imgs, _ in train_ds.batch(cfg.batch_size):
+                imgs = self.keras.ops.cast(imgs, "float32")
+                if v > 0:
+                    imgs = self.keras.ops.clip(aug(imgs, training=True), 0.0, 255.0)
+                feats.append(np.asarray(self.extractor(imgs, training=False)))
+            xs.append(np.concatenate(feats))
+            ys.append(self.ds.train.labels)
+            vs.append(np.full(len(self.ds.train), v))
+            self.echo(f"phase 1: features of view {v + 1}/{views} ({'plain' if v == 0 else 'augmented'}) "
+                      f"for {len(self.ds.train)} images")
+        val_ds = image_dataset(self.ds.val.paths, self.ds.val.labels, cfg.img_size, cfg.resize)
+        vx = np.concatenate([np.asarray(self.extractor(self.keras.ops.cast(i, "float32"), training=False))
+                             for i, _ in val_ds.batch(cfg.batch_size)])
+        x, y, view = np.concatenate(xs), np.concatenate(ys), np.concatenate(vs)
+        with artifacts.atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, x=x, y=y, view=view, vx=vx, vy=self.ds.val.labels)
+        self.timings["features_s"] = time.perf_counter() - t0
+        self.echo(f"phase 1: {len(x)} training features in {self.timings['features_s']:.1f}s")
+        return x, y, view, vx, self.ds.val.labels
+
+    def callbacks(self, phase: str, epochs: int):
+        import keras
+
+        from edgetl.callbacks import HistoryFile, NanGuard, Progress
+
+        key = "lr_head" if phase == "phase 1" else "lr_finetune"
+        tag = phase.replace(" ", "")
+        return [
+            NanGuard(phase, f"lower --{key.replace('_', '-')} (now {getattr(self.cfg, key)}) or check the data"),
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.cfg.patience, restore_best_weights=True),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
+                                              patience=max(1, self.cfg.patience // 2), min_lr=1e-7),
+            keras.callbacks.BackupAndRestore(str(self.ckpt / tag)),
+            HistoryFile(self.ckpt / f"history_{tag}.json"),
+            Progress(phase, epochs, self.echo),
+            *self.extra_callbacks,
+        ]
+
+    def phase1(self) -> list[dict]:
+        import keras
+
+        cfg = self.cfg
+        head_w = self.ckpt / "phase1_head.weights.h5"
+        hist_path = self.ckpt / "history_phase1.json"
+        if head_w.exists():
+            self.head.load_weights(str(head_w))
+            self.echo("phase 1: done in an earlier run; loaded its best head")
+            return json.loads(hist_path.read_text()) if hist_path.exists() else []
+        x, y, view, vx, vy = self.features()
+        t0 = time.perf_counter()
+        targets = self.head_targets(y, x, view)
+        vtargets = np.eye(len(self.ds.classes), dtype=np.float32)[vy]
+        with self.strategy.scope():
+            self.head.compile(optimizer=keras.optimizers.Adam(cfg.lr_head), loss=self.loss(), metrics=self.metrics())
+        self.head.fit(x, targets, validation_data=(vx, vtargets), epochs=cfg.epochs_head,
+                      batch_size=cfg.batch_size, shuffle=True, verbose=0, class_weight=self.class_weight,
+                      callbacks=self.callbacks("phase 1", cfg.epochs_head))
+        with artifacts.atomic_path(head_w, suffix=".weights.h5") as tmp:
+            self.head.save_weights(str(tmp))
+        self.timings["phase1_train_s"] = time.perf_counter() - t0
+        return json.loads(hist_path.read_text()) if hist_path.exists() else []
+
+    # ---- phase 2 ---------------------------------------------------------
+    def phase2(self) -> list[dict]:
+        import keras
+
+        from edgetl import model as M
+
+        cfg = self.cfg
+        if cfg.epochs_finetune == 0:
+            return []
+        t0 = time.perf_counter()
+        to_train = backbones.layers_to_unfreeze(self.base, self.bb, cfg.unfreeze, cfg.unfreeze_blocks)
+        n = M.set_trainable(self.base, to_train)
+        what = (f"last {cfg.unfreeze_blocks} block(s)" if cfg.unfreeze_blocks is not None
+                else f"last {cfg.unfreeze} layer(s)" + (" widened to whole blocks" if self.bb.unit == "block" else ""))
+        self.echo(f"phase 2: fine-tuning the {what}: {len(to_train)} layers, {n} with trainable weights "
+                  f"(BatchNorm frozen, inference mode), lr {cfg.lr_finetune:g}")
+        tr, va = self.finetune_data()
+        with self.strategy.scope():
+            self.model.compile(optimizer=keras.optimizers.Adam(cfg.lr_finetune), loss=self.loss(),
+                               metrics=self.metrics())
+        self.model.fit(tr, validation_data=va, epochs=cfg.epochs_finetune, verbose=0,
+                       class_weight=self.class_weight, callbacks=self.callbacks("phase 2", cfg.epochs_finetune))
+        self.timings["phase2_s"] = time.perf_counter() - t0
+        p = self.ckpt / "history_phase2.json"
+        return json.loads(p.read_text()) if p.exists() else []
+
+    # ---- evaluation and outputs -----------------------------------------
+    def predict_val(self) -> np.ndarray:
+        from edgetl.tfdata import image_dataset
+
+        import keras
+
+        ds = image_dataset(self.ds.val.paths, self.ds.val.labels, self.cfg.img_size, self.cfg.resize).batch(self.cfg.batch_size)
+        logits = np.concatenate([np.asarray(self.model(keras.ops.cast(x, "float32"), training=False)) for x, _ in ds])
+        e = np.exp(logits - logits.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    def evaluate(self) -> dict:
+        from edgetl.evaluate import classification_metrics
+
+        return classification_metrics(self.ds.val.labels, self.predict_val(), self.ds.classes)
+
+    def run(self) -> TrainResult:
+        t_start = time.perf_counter()
+        try:
+            self.prepare()
+            self.build()
+            h1 = self.phase1()
+            m1 = self.evaluate()
+            self.echo(f"phase 1: val accuracy {m1['accuracy']:.4f}")
+            w1 = self.model.get_weights()
+            h2 = self.phase2()
+            m2 = self.evaluate() if self.cfg.epochs_finetune else None
+            if m2 is not None:
+                self.echo(f"phase 2: val accuracy {m2['accuracy']:.4f}")
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(
+                f"interrupted; every finished epoch is checkpointed in {self.ckpt}. Resume with: "
+                f"edgetl {self.kind} {self.cfg.data} --out {self.run_dir} --resume") from None
+        selected = "phase2" if m2 is not None and m2["accuracy"] >= m1["accuracy"] else "phase1"
+        if selected == "phase1" and m2 is not None:
+            self.echo("phase 2 did not improve val accuracy; keeping the phase-1 model")
+            self.model.set_weights(w1)
+        final = m2 if selected == "phase2" else m1
+        self.timings["total_s"] = time.perf_counter() - t_start
+        metrics = {
+            "phase1": m1, "phase2": m2, "selected_phase": selected,
+            "val_accuracy": final["accuracy"], "final": final,
+            "timings": self.timings,
+        }
+        history = {"phase1": h1, "phase2": h2}
+        self.write_outputs(metrics, history)
+        self.summary(metrics, history)
+        return TrainResult(self.run_dir, metrics, self.model, history)
+
+    def write_outputs(self, metrics: dict, history: dict) -> None:
+        from edgetl import plots
+        from edgetl.model import count_params
+
+        run = self.run_dir
+        metrics["params"] = count_params(self.model)
+        metrics["data"] = self.ds.summary()
+        with artifacts.atomic_path(run / MODEL_FILE, suffix=".keras") as tmp:
+            self.model.save(str(tmp))
+        artifacts.write_json(run / "history.json", history)
+        artifacts.write_json(run / "metrics.json", metrics)
+        plots.training_curves({"phase 1": history["phase1"], "phase 2": history["phase2"]}, run / "curves.png")
+        plots.confusion(metrics["final"]["confusion_matrix"], self.ds.classes, run / "confusion.png",
+                        f"val confusion ({metrics['selected_phase']})")
+        files = [MODEL_FILE, LABELS_FILE, CONFIG_FILE, SPLIT_FILE, "history.json", "metrics.json",
+                 "curves.png", "confusion.png"]
+        shutil.rmtree(self.ckpt, ignore_errors=True)
+        artifacts.update_manifest(run, "train", {
+            "kind": self.kind,
+            "seed": self.cfg.seed,
+            "config": self.cfg.to_dict(),
+            "data_fingerprint": self.ds.fingerprint(),
+            "files": artifacts.file_hashes(run, files),
+            "weights": self.cfg.weights,
+        })
+
+    def summary(self, metrics: dict, history: dict) -> None:
+        self.echo("")
+        self.echo(f"{'phase':<8}{'epochs':>8}{'best':>6}{'val_acc':>9}{'val_loss':>10}{'time':>9}")
+        for name, key, tkey in (("1 head", "phase1", "phase1_train_s"), ("2 tune", "phase2", "phase2_s")):
+            rows = history.get(key) or []
+            m = metrics.get(key)
+            if not rows or m is None:
+                self.echo(f"{name:<8}{'-':>8}")
+                continue
+            best = min(rows, key=lambda r: r.get("val_loss", np.inf))
+            t = self.timings.get(tkey, float("nan")) + (self.timings.get("features_s", 0.0) if key == "phase1" else 0)
+            self.echo(f"{name:<8}{len(rows):>8}{best['epoch']:>6}{m['accuracy']:>9.4f}"
+                      f"{best.get('val_loss', float('nan')):>10.4f}{t:>8.1f}s")
+        self.echo(f"selected: {metrics['selected_phase']}  val accuracy {metrics['val_accuracy']:.4f}  "
+                  f"params {metrics['params']['total']:,}")
+        self.echo(f"run directory: {self.run_dir}")
+
+
+def train(config: TrainConfig, resume: bool = False, callbacks=(), echo=print, root="models") -> TrainResult:
+    """Train a classifier; see :class:`Trainer`. Returns the run directory and metrics."""
+    return Trainer(config, resume=resume, callbacks=callbacks, echo=echo, root=root).run()
