@@ -7,6 +7,7 @@ layers group into units of unfreezing (whole blocks, never half a block)."""
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,7 +39,9 @@ class Backbone:
             kw["input_tensor"] = input_tensor
         if self.has_alpha:
             kw["alpha"] = float(alpha if alpha is not None else self.default_alpha)
-        return fn(**kw)
+        with warnings.catch_warnings():  # sizes without their own weight file: edgetl loads the 224 one
+            warnings.filterwarnings("ignore", message=".*input_shape.*")
+            return fn(**kw)
 
     def weight_file_for(self, alpha: float | None, img_size: int) -> str:
         return self.weight_file(float(alpha if alpha is not None else self.default_alpha), img_size)

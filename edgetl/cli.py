@@ -181,3 +181,15 @@ def backbones():
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+# ----------------------------------------------------------------- demo ----
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False), default="models/demo", show_default=True,
+              help="Demo run directory (replaced on each run).")
+@click.option("--quick", is_flag=True, help="Fewer images and epochs (a smoke test, about a minute).")
+def demo(out, quick):
+    """The whole workflow, offline, on scikit-learn's handwritten digits."""
+    from edgetl.demo import run_demo
+
+    run_demo(out, quick=quick, echo=echo)

@@ -61,11 +61,11 @@ def image_dataset(paths, labels, img_size: int, resize: str = "crop") -> tf.data
 
 
 def batches(ds: tf.data.Dataset, batch_size: int, shuffle: bool = False, seed: int = 0,
-            augment=None, n: int | None = None) -> tf.data.Dataset:
+            augment=None, n: int | None = None, drop_remainder: bool = False) -> tf.data.Dataset:
     """Float32 0-255 batches; ``augment`` is applied to whole batches (training only)."""
     if shuffle:
         ds = ds.shuffle(max(n or 1024, 1), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     if augment is not None and len(augment.layers):
         ds = ds.map(lambda x, y: (tf.clip_by_value(augment(x, training=True), 0.0, 255.0), y),
                     num_parallel_calls=1)

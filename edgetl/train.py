@@ -155,6 +155,9 @@ class Trainer:
         })
         set_seed(cfg.seed)
         self.strategy = get_strategy(cfg.strategy)
+        self.replicas = int(self.strategy.num_replicas_in_sync)
+        if self.replicas > 1:
+            self.echo(f"strategy: {type(self.strategy).__name__} over {self.replicas} replicas")
 
     def build(self) -> None:
         import keras
@@ -196,10 +199,13 @@ class Trainer:
         cfg = self.cfg
         k = len(self.ds.classes)
         aug = augmenter(parse_augment(cfg.augment), cfg.seed + 1000)
+        r = self.replicas  # multi-replica strategies need batches that split evenly
         tr = image_dataset(self.ds.train.paths, self.ds.train.labels, cfg.img_size, cfg.resize)
         tr = tr.map(lambda x, y: (x, tf.one_hot(y, k)))
-        va = image_dataset(self.ds.val.paths, self.ds.val.labels, cfg.img_size, cfg.resize).map(lambda x, y: (x, tf.one_hot(y, k)))
-        return (batches(tr, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=aug, n=len(self.ds.train)),
+        va = image_dataset(self.ds.val.paths, self.ds.val.labels, cfg.img_size, cfg.resize)
+        va = va.take(len(self.ds.val) - len(self.ds.val) % r).map(lambda x, y: (x, tf.one_hot(y, k)))
+        return (batches(tr, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=aug, n=len(self.ds.train),
+                        drop_remainder=r > 1),
                 batches(va, cfg.batch_size))
 
     # ---- phase 1 ---------------------------------------------------------
@@ -276,8 +282,14 @@ class Trainer:
         vtargets = np.eye(len(self.ds.classes), dtype=np.float32)[vy]
         with self.strategy.scope():
             self.head.compile(optimizer=keras.optimizers.Adam(cfg.lr_head), loss=self.loss(), metrics=self.metrics())
-        self.head.fit(x, targets, validation_data=(vx, vtargets), epochs=cfg.epochs_head,
-                      batch_size=cfg.batch_size, shuffle=True, verbose=0, class_weight=self.class_weight,
+        import tensorflow as tf
+
+        r = self.replicas
+        n_val = len(vx) - len(vx) % r  # multi-replica strategies need batches that split evenly
+        tr = (tf.data.Dataset.from_tensor_slices((x, targets)).shuffle(len(x), seed=cfg.seed)
+              .batch(cfg.batch_size, drop_remainder=r > 1).prefetch(2))
+        va = tf.data.Dataset.from_tensor_slices((vx[:n_val], vtargets[:n_val])).batch(cfg.batch_size)
+        self.head.fit(tr, validation_data=va, epochs=cfg.epochs_head, verbose=0, class_weight=self.class_weight,
                       callbacks=self.callbacks("phase 1", cfg.epochs_head))
         with artifacts.atomic_path(head_w, suffix=".weights.h5") as tmp:
             self.head.save_weights(str(tmp))

@@ -11,6 +11,13 @@ from edgetl.errors import EdgetlError
 
 
 def keras_models_dir() -> Path:
+    """Where Keras looks for cached weights: ``$KERAS_HOME/models`` (default ``~/.keras/models``)."""
+    import sys
+
+    if "keras" in sys.modules:  # Keras fixes its home when imported; follow it
+        from keras.src.backend import config
+
+        return Path(config.keras_home()) / "models"
     home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
     return Path(home) / "models"
 

@@ -1,0 +1,31 @@
+"""Small synthetic image sets for tests: colour-coded classes with shapes and noise."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLOURS = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 60, 200)}
+
+
+def make_image(rng, colour, size=48):
+    bg = np.array(colour) * rng.uniform(0.6, 1.0) + rng.normal(0, 12, (size, size, 3))
+    im = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(im)
+    for _ in range(2):
+        x, y = rng.integers(0, size - 12, 2)
+        r = int(rng.integers(5, 12))
+        shade = tuple(int(v) for v in rng.integers(0, 255, 3))
+        d.ellipse([x, y, x + r, y + r], fill=shade)
+    return im
+
+
+def make_dataset(root, per_class=16, classes=("red", "green", "blue"), size=48, seed=0, fmt="png") -> Path:
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            make_image(rng, COLOURS[c], size).save(root / c / f"{c}_{i:03d}.{fmt}")
+    return root

@@ -1,0 +1,193 @@
+"""Two-phase training: run directory, metrics, frozen BatchNorm, cached features,
+resume after an interruption, NaN guard, determinism, distribution."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import TINY, quiet
+from edgetl.cli import main
+from edgetl.config import TrainConfig
+from edgetl.errors import EdgetlError, TrainingDiverged, TrainingInterrupted
+from edgetl.train import Trainer, train
+
+
+def test_run_directory_holds_everything(tiny_run):
+    d = tiny_run.run_dir
+    for f in ["model.keras", "labels.txt", "config.yaml", "split.json", "history.json", "metrics.json",
+              "curves.png", "confusion.png", "manifest.json"]:
+        assert (d / f).is_file(), f
+    assert not (d / "checkpoints").exists()
+    assert (d / "labels.txt").read_text().split() == ["blue", "green", "red"]
+    man = json.loads((d / "manifest.json").read_text())
+    assert man["train"]["seed"] == 1 and len(man["train"]["data_fingerprint"]) == 64
+    assert set(man["train"]["files"]) >= {"model.keras", "labels.txt", "metrics.json"}
+    assert "tensorflow" in man["versions"]
+    m = json.loads((d / "metrics.json").read_text())
+    for phase in ("phase1", "phase2"):
+        assert set(m[phase]) >= {"accuracy", "per_class", "confusion_matrix"}
+        assert np.asarray(m[phase]["confusion_matrix"]).shape == (3, 3)
+        assert set(m[phase]["per_class"]["red"]) >= {"precision", "recall"}
+
+
+def test_accuracy_well_above_chance(tiny_run):
+    # 3 classes, chance = 0.33; 9 val images
+    assert tiny_run.metrics["val_accuracy"] >= 0.75
+
+
+def test_saved_model_reloads_and_takes_0_255_rgb(tiny_run, tiny_data):
+    from edgetl.images import load_batch
+
+    model = keras.models.load_model(tiny_run.run_dir / "model.keras")
+    x = load_batch(sorted((tiny_data / "red").iterdir())[:4], 32).astype("float32")
+    logits = model.predict(x, verbose=0)
+    assert logits.shape == (4, 3)
+    assert model.get_layer("preprocess").mode == "tf"
+
+
+def test_batchnorm_frozen_and_in_inference_mode_in_phase2(tiny_data, imagenet_mnv2_100, tmp_path):
+    t = Trainer(TrainConfig(data=str(tiny_data), out=str(tmp_path / "r"), **TINY), echo=quiet)
+    t.prepare()
+    t.build()
+    t.phase1()
+    bns = [l for l in t.base.layers if isinstance(l, keras.layers.BatchNormalization)]
+    before = [np.array(w) for l in bns for w in l.weights]
+    t.phase2()
+    after = [np.array(w) for l in bns for w in l.weights]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after)), "BatchNorm statistics moved"
+    assert not any(l.trainable for l in bns)
+    trainable = [l.name for l in t.base.layers if l.trainable and l.weights]
+    assert trainable and all(n.startswith(("block_16", "block_15", "Conv_1")) for n in trainable)
+
+
+def test_phase1_runs_the_base_once_per_view(tiny_data, imagenet_mnv2_100, tmp_path):
+    calls = []
+
+    class Counting(Trainer):
+        def build(self):
+            super().build()
+            inner = self.extractor
+
+            def counted(x, training=False):
+                calls.append(int(x.shape[0]))
+                return inner(x, training=training)
+
+            self.extractor = counted
+
+    cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "r"), **{**TINY, "epochs_head": 6, "epochs_finetune": 0})
+    t = Counting(cfg, echo=quiet)
+    t.run()
+    n_train, n_val = len(t.ds.train), len(t.ds.val)
+    assert (n_train, n_val) == (39, 9)
+    # views x train images + val images, whatever the number of epochs
+    assert sum(calls) == TINY["views"] * n_train + n_val
+
+
+def test_interrupt_then_resume(tiny_data, imagenet_mnv2_100, tmp_path):
+    out = tmp_path / "run"
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1 and self.model.name == "edgetl_classifier":
+                raise KeyboardInterrupt
+
+    cfg = TrainConfig(data=str(tiny_data), out=str(out), **{**TINY, "epochs_finetune": 4, "patience": 10})
+    with pytest.raises(TrainingInterrupted, match="--resume") as e:
+        train(cfg, callbacks=[Stop()], echo=quiet)
+    assert e.value.exit_code == 130
+    assert not (out / "model.keras").exists() and not (out / "manifest.json").exists()
+    assert (out / "checkpoints" / "phase1_head.weights.h5").exists()
+    h2 = json.loads((out / "checkpoints" / "history_phase2.json").read_text())
+    assert [r["epoch"] for r in h2] == [1, 2]
+    # a fresh run into the same folder is refused; --resume goes on
+    with pytest.raises(EdgetlError, match="--resume"):
+        train(cfg, echo=quiet)
+    lines = []
+    r = train(TrainConfig(out=str(out)), resume=True, echo=lines.append)
+    assert any("done in an earlier run" in l for l in lines)
+    assert [h["epoch"] for h in r.history["phase2"]] == [1, 2, 3, 4]
+    assert (out / "model.keras").exists() and not (out / "checkpoints").exists()
+    with pytest.raises(EdgetlError, match="already finished"):
+        train(TrainConfig(out=str(out)), resume=True, echo=quiet)
+
+
+def test_ctrl_c_message_from_cli(tiny_data, tmp_path, monkeypatch):
+    import edgetl.train as T
+
+    def boom(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T.Trainer, "phase1", boom)
+    monkeypatch.setattr(T.Trainer, "build", lambda self: None)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", str(tiny_data), "--weights", "none", "--out", str(out)])
+    assert r.exit_code == 130
+    assert f"--out {out} --resume" in r.output and "Traceback" not in r.output
+
+
+def test_nan_loss_stops_with_a_clear_message(tiny_data, imagenet_mnv2_100, tmp_path):
+    cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "r"), **{**TINY, "lr_head": 1e38})
+    with pytest.raises(TrainingDiverged, match=r"phase 1: the loss became (nan|inf).*lower --lr-head"):
+        train(cfg, echo=quiet)
+
+
+def test_same_seed_same_result(tiny_data, imagenet_mnv2_100, tmp_path):
+    kw = {**TINY, "epochs_finetune": 1, "epochs_head": 4}
+    a = train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "a"), **kw), echo=quiet)
+    b = train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "b"), **kw), echo=quiet)
+    wa, wb = a.model.get_weights(), b.model.get_weights()
+    assert all(np.array_equal(x, y) for x, y in zip(wa, wb))
+    assert a.history["phase1"] == b.history["phase1"]
+
+
+def test_class_weights_auto_and_options_reach_the_model(tiny_data, imagenet_mnv2_100, tmp_path):
+    out = tmp_path / "r"
+    r = CliRunner().invoke(main, ["train", str(tiny_data), "--alpha", "1.0", "--img-size", "32", "--epochs-head", "2",
+                                  "--epochs-finetune", "0", "--views", "1", "--class-weights", "auto",
+                                  "--dense", "8", "--dropout", "0.3", "--label-smoothing", "0.1", "--l2", "1e-4",
+                                  "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "phase     epochs" in r.output and f"run directory: {out}" in r.output
+    m = keras.models.load_model(out / "model.keras")
+    assert m.get_layer("head_dense").units == 8
+    assert m.get_layer("head_dropout").rate == pytest.approx(0.3)
+    assert json.loads((out / "metrics.json").read_text())["phase2"] is None
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--alpha", "0.5", "--backbone", "resnet50"], "width multipliers apply to mobilenetv2"),
+    (["--backbone", "vgg99"], "unknown backbone 'vgg99'"),
+    (["--img-size", "16"], "needs at least 32 px"),
+    (["--dropout", "1.5"], "--dropout 1.5"),
+    (["--augment", "flip,warp"], "unknown 'warp'"),
+    (["--weights", "/nope.h5"], "weights file not found"),
+])
+def test_bad_options_are_one_line_errors(tiny_data, tmp_path, args, msg):
+    r = CliRunner().invoke(main, ["train", str(tiny_data), "--out", str(tmp_path / "r"), *args])
+    assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, r.output
+
+
+def test_mirrored_strategy_on_two_logical_cpus(tiny_data, imagenet_mnv2_100, keras_home, tmp_path):
+    script = textwrap.dedent(f"""
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from edgetl.config import TrainConfig
+        from edgetl.train import train
+        r = train(TrainConfig(data={str(tiny_data)!r}, out={str(tmp_path / 'm')!r}, strategy="mirrored",
+                  alpha=1.0, img_size=32, epochs_head=3, epochs_finetune=1, views=1, batch_size=16),
+                  echo=lambda *a: None)
+        import edgetl.train as T
+        print("replicas", T.get_strategy("mirrored").num_replicas_in_sync, "acc", r.metrics["val_accuracy"])
+    """)
+    env = {**os.environ, "KERAS_HOME": str(keras_home)}
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "replicas 2" in p.stdout
+    assert (tmp_path / "m" / "model.keras").exists()
