@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.errors import EdgetlError
-from edgetl.images import IMAGE_SUFFIXES, BadImage, open_rgb
+from edgetl.images import BadImage, open_rgb
 
 SPLIT_DIRS = ("train", "val", "test")
 
@@ -92,7 +92,7 @@ def _scan_classes(folder: Path, strict: bool, skipped: list, classes: list[str] 
         good = []
         for p in files:
             try:
-                open_rgb(p)
+                open_rgb(p, min_size=64)  # checks every byte decodes; reduced-scale JPEG decoding is faster
                 good.append(str(p))
             except BadImage as e:
                 if strict:

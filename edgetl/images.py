@@ -15,8 +15,12 @@ class BadImage(ValueError):
     """The file is not a decodable image; the message says why."""
 
 
-def open_rgb(path) -> Image.Image:
-    """Decode ``path`` fully into an RGB PIL image, or raise BadImage with a reason."""
+def open_rgb(path, min_size: int | None = None) -> Image.Image:
+    """Decode ``path`` fully into an RGB PIL image, or raise BadImage with a reason.
+
+    ``min_size``: JPEGs may be decoded at a reduced scale (libjpeg's DCT scaling,
+    powers of two) as long as both sides stay at least this large; every byte of
+    the file is still decoded, so truncation is still caught."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -28,6 +32,8 @@ def open_rgb(path) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
+                if min_size and im.format == "JPEG":
+                    im.draft("RGB", (min_size, min_size))
                 im.load()  # full decode: catches truncated files
                 im = ImageOps.exif_transpose(im) or im
                 return to_rgb(im)
@@ -83,7 +89,8 @@ def fit_size(im: Image.Image, size: int | tuple[int, int], mode: str = "crop") -
 
 def load_rgb(path, size: int | tuple[int, int], mode: str = "crop") -> np.ndarray:
     """RGB uint8 array of shape (H, W, 3) at ``size`` (see :func:`fit_size`)."""
-    return np.asarray(fit_size(open_rgb(path), size, mode), dtype=np.uint8)
+    side = max(size) if isinstance(size, tuple) else size
+    return np.asarray(fit_size(open_rgb(path, min_size=2 * side), size, mode), dtype=np.uint8)
 
 
 def load_batch(paths, size: int, mode: str = "crop") -> np.ndarray:

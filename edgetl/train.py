@@ -187,7 +187,7 @@ class Trainer:
 
         return [keras.metrics.CategoricalAccuracy(name="accuracy")]
 
-    def head_targets(self, labels: np.ndarray, features: np.ndarray, view_images_fn=None) -> np.ndarray:
+    def head_targets(self, labels: np.ndarray, views: np.ndarray) -> np.ndarray:
         return np.eye(len(self.ds.classes), dtype=np.float32)[labels]
 
     def finetune_data(self):
@@ -208,45 +208,123 @@ class Trainer:
                         drop_remainder=r > 1),
                 batches(va, cfg.batch_size))
 
-    # ---- phase 1 ---------------------------------------------------------
-    def features(self):
-        """Frozen-base features of every training view and of the val images, computed once
-        and kept in the checkpoint folder (a resumed run reuses them)."""
-        from edgetl.tfdata import augmenter, image_dataset, parse_augment
+    # ---- the frozen prefix: run once per image and view ----------------
+    def plan_cut(self):
+        """Split the base at the start of the first unit that phase 2 trains.
+
+        Everything before the cut stays frozen in both phases, so its output is
+        computed once per image and cached view; phase 1 trains the head on the
+        pooled features of the frozen suffix, phase 2 trains the suffix and head on
+        the cached activations. Returns the layers to unfreeze."""
+        import keras
 
         cfg = self.cfg
-        path = self.ckpt / "features.npz"
+        to_train = (backbones.layers_to_unfreeze(self.base, self.bb, cfg.unfreeze, cfg.unfreeze_blocks)
+                    if cfg.epochs_finetune else [])
+        self.cut_tensor = None
+        if to_train:
+            first = to_train[0]
+            for _, layers in backbones.units(self.base, self.bb):
+                if first in layers:
+                    first = layers[0]
+                    break
+            try:
+                cut = first.input
+                if isinstance(cut, (list, tuple)) or cut is self.base.inputs[0]:
+                    raise ValueError("no single tensor before the first trained unit")
+                with self.strategy.scope():
+                    self.suffix = keras.Model(cut, self.base.output, name="trained_suffix")
+                    self.prefix = keras.Model(self.base.inputs, cut, name="frozen_prefix")
+                self.cut_tensor = cut
+            except Exception:  # graph can't be cut there: phase 2 runs on images
+                self.cut_tensor = None
+        return to_train
+
+    def cache_bytes(self) -> int:
+        shape = self.cut_tensor.shape[1:] if self.cut_tensor is not None else (self.n_features,)
+        views = self.cfg.views if self._augment_names() else 1
+        return int(np.prod(shape)) * 4 * (views * len(self.ds.train) + len(self.ds.val))
+
+    def _augment_names(self):
+        from edgetl.tfdata import parse_augment
+
+        return parse_augment(self.cfg.augment)
+
+    def view_hook(self, view: int, images) -> None:
+        """Called with each batch of each view's images (0-255 float); distillation records
+        the teacher's logits here, once per image and view."""
+
+    def cached_views(self):
+        """Frozen-prefix outputs of every training view and of the val images, computed once
+        and kept in the checkpoint folder (a resumed run reuses them). Without a cut, the
+        prefix is the whole frozen extractor and the cache holds pooled features."""
+        import tensorflow as tf
+
+        from edgetl.tfdata import augmenter, image_dataset
+
+        cfg = self.cfg
+        path = self.ckpt / "views.npz"
         if path.exists():
             z = np.load(path)
-            self.echo(f"phase 1: reusing cached features {z['x'].shape} from {path}")
+            self.echo(f"phase 1: reusing cached views {z['x'].shape} from {path}")
+            self.load_view_extras(z)
             return z["x"], z["y"], z["view"], z["vx"], z["vy"]
         t0 = time.perf_counter()
-        names = parse_augment(cfg.augment)
+        names = self._augment_names()
         views = cfg.views if names else 1
         aug = augmenter(names, cfg.seed)
+        prefix = self.prefix if self.cut_tensor is not None else self.extractor
+        if self.cut_tensor is not None:
+            from edgetl.layers import Preprocess
+
+            pre = Preprocess(self.bb.preprocess)
+            run_prefix = lambda x: prefix(pre(x), training=False)  # noqa: E731
+        else:
+            run_prefix = lambda x: prefix(x, training=False)  # noqa: E731
+        spec = [tf.TensorSpec([None, cfg.img_size, cfg.img_size, 3], tf.float32)]  # traced once
+        plain = tf.function(run_prefix, input_signature=spec)
+        augmented = tf.function(lambda x: tf.clip_by_value(aug(x, training=True), 0.0, 255.0), input_signature=spec)
+        bs = max(cfg.batch_size, 64)  # inference only: larger batches use the CPU better
         train_ds = image_dataset(self.ds.train.paths, self.ds.train.labels, cfg.img_size, cfg.resize)
         xs, ys, vs = [], [], []
         for v in range(views):
-            feats = []
-            for imgs, _ in train_ds.batch(cfg.batch_size):
-                imgs = self.keras.ops.cast(imgs, "float32")
+            out = []
+            for imgs, _ in train_ds.batch(bs):
+                imgs = tf.cast(imgs, tf.float32)
                 if v > 0:
-                    imgs = self.keras.ops.clip(aug(imgs, training=True), 0.0, 255.0)
-                feats.append(np.asarray(self.extractor(imgs, training=False)))
-            xs.append(np.concatenate(feats))
+                    imgs = augmented(imgs)
+                self.view_hook(v, imgs)
+                out.append(plain(imgs).numpy())
+            xs.append(np.concatenate(out))
             ys.append(self.ds.train.labels)
             vs.append(np.full(len(self.ds.train), v))
-            self.echo(f"phase 1: features of view {v + 1}/{views} ({'plain' if v == 0 else 'augmented'}) "
-                      f"for {len(self.ds.train)} images")
+            self.echo(f"phase 1: frozen base over view {v + 1}/{views} ({'plain' if v == 0 else 'augmented'}) "
+                      f"of {len(self.ds.train)} images")
         val_ds = image_dataset(self.ds.val.paths, self.ds.val.labels, cfg.img_size, cfg.resize)
-        vx = np.concatenate([np.asarray(self.extractor(self.keras.ops.cast(i, "float32"), training=False))
-                             for i, _ in val_ds.batch(cfg.batch_size)])
+        vx = np.concatenate([plain(tf.cast(i, tf.float32)).numpy() for i, _ in val_ds.batch(bs)])
         x, y, view = np.concatenate(xs), np.concatenate(ys), np.concatenate(vs)
         with artifacts.atomic_path(path, suffix=".npz") as tmp:
-            np.savez(tmp, x=x, y=y, view=view, vx=vx, vy=self.ds.val.labels)
+            np.savez(tmp, x=x, y=y, view=view, vx=vx, vy=self.ds.val.labels, **self.view_extras())
         self.timings["features_s"] = time.perf_counter() - t0
-        self.echo(f"phase 1: {len(x)} training features in {self.timings['features_s']:.1f}s")
+        self.echo(f"phase 1: {len(x)} cached views {tuple(x.shape[1:])} in {self.timings['features_s']:.1f}s")
         return x, y, view, vx, self.ds.val.labels
+
+    def view_extras(self) -> dict:
+        return {}
+
+    def load_view_extras(self, z) -> None:
+        pass
+
+    def pooled(self, acts: np.ndarray) -> np.ndarray:
+        """Pooled features of cached activations through the (still frozen) suffix."""
+        if self.cut_tensor is None:
+            return acts
+        import tensorflow as tf
+
+        f = tf.function(lambda a: tf.reduce_mean(self.suffix(a, training=False), axis=(1, 2)),
+                        input_signature=[tf.TensorSpec([None, *acts.shape[1:]], tf.float32)])
+        bs = max(self.cfg.batch_size, 64)
+        return np.concatenate([f(acts[i:i + bs]).numpy() for i in range(0, len(acts), bs)])
 
     def callbacks(self, phase: str, epochs: int):
         import keras
@@ -266,30 +344,44 @@ class Trainer:
             *self.extra_callbacks,
         ]
 
+    def arrays_dataset(self, x, t, shuffle: bool):
+        import tensorflow as tf
+
+        r = self.replicas  # multi-replica strategies need batches that split evenly
+        if shuffle:
+            ds = tf.data.Dataset.from_tensor_slices((x, t)).shuffle(len(x), seed=self.cfg.seed)
+            return ds.batch(self.cfg.batch_size, drop_remainder=r > 1).prefetch(2)
+        n = len(x) - len(x) % r
+        return tf.data.Dataset.from_tensor_slices((x[:n], t[:n])).batch(self.cfg.batch_size).prefetch(2)
+
+    # ---- phase 1 ---------------------------------------------------------
     def phase1(self) -> list[dict]:
         import keras
 
         cfg = self.cfg
+        self.to_train = self.plan_cut()
+        if self.cut_tensor is not None and self.cache_bytes() > self.cache_limit:
+            self.echo(f"phase 2: {self.cache_bytes() / 2**20:.0f} MB of cached activations would exceed "
+                      f"{self.cache_limit / 2**20:.0f} MB; phase 2 will run the whole base on images")
+            self.cut_tensor = None
+        self.views = self.cached_views()
         head_w = self.ckpt / "phase1_head.weights.h5"
         hist_path = self.ckpt / "history_phase1.json"
         if head_w.exists():
             self.head.load_weights(str(head_w))
             self.echo("phase 1: done in an earlier run; loaded its best head")
             return json.loads(hist_path.read_text()) if hist_path.exists() else []
-        x, y, view, vx, vy = self.features()
+        x, y, view, vx, vy = self.views
         t0 = time.perf_counter()
-        targets = self.head_targets(y, x, view)
+        fx, fvx = self.pooled(x), self.pooled(vx)
+        targets = self.head_targets(y, view)
         vtargets = np.eye(len(self.ds.classes), dtype=np.float32)[vy]
         with self.strategy.scope():
-            self.head.compile(optimizer=keras.optimizers.Adam(cfg.lr_head), loss=self.loss(), metrics=self.metrics())
-        import tensorflow as tf
-
-        r = self.replicas
-        n_val = len(vx) - len(vx) % r  # multi-replica strategies need batches that split evenly
-        tr = (tf.data.Dataset.from_tensor_slices((x, targets)).shuffle(len(x), seed=cfg.seed)
-              .batch(cfg.batch_size, drop_remainder=r > 1).prefetch(2))
-        va = tf.data.Dataset.from_tensor_slices((vx[:n_val], vtargets[:n_val])).batch(cfg.batch_size)
-        self.head.fit(tr, validation_data=va, epochs=cfg.epochs_head, verbose=0, class_weight=self.class_weight,
+            # the head is tiny: run several batches per call to cut per-step overhead
+            self.head.compile(optimizer=keras.optimizers.Adam(cfg.lr_head), loss=self.loss(), metrics=self.metrics(),
+                              steps_per_execution=16 if self.replicas == 1 else 1)
+        self.head.fit(self.arrays_dataset(fx, targets, True), validation_data=self.arrays_dataset(fvx, vtargets, False),
+                      epochs=cfg.epochs_head, verbose=0, class_weight=self.class_weight,
                       callbacks=self.callbacks("phase 1", cfg.epochs_head))
         with artifacts.atomic_path(head_w, suffix=".weights.h5") as tmp:
             self.head.save_weights(str(tmp))
@@ -297,6 +389,8 @@ class Trainer:
         return json.loads(hist_path.read_text()) if hist_path.exists() else []
 
     # ---- phase 2 ---------------------------------------------------------
+    cache_limit = 4 << 30  # bytes of cached activations before phase 2 falls back to images
+
     def phase2(self) -> list[dict]:
         import keras
 
@@ -306,18 +400,30 @@ class Trainer:
         if cfg.epochs_finetune == 0:
             return []
         t0 = time.perf_counter()
-        to_train = backbones.layers_to_unfreeze(self.base, self.bb, cfg.unfreeze, cfg.unfreeze_blocks)
-        n = M.set_trainable(self.base, to_train)
+        n = M.set_trainable(self.base, self.to_train)
         what = (f"last {cfg.unfreeze_blocks} block(s)" if cfg.unfreeze_blocks is not None
                 else f"last {cfg.unfreeze} layer(s)" + (" widened to whole blocks" if self.bb.unit == "block" else ""))
-        self.echo(f"phase 2: fine-tuning the {what}: {len(to_train)} layers, {n} with trainable weights "
+        self.echo(f"phase 2: fine-tuning the {what}: {len(self.to_train)} layers, {n} with trainable weights "
                   f"(BatchNorm frozen, inference mode), lr {cfg.lr_finetune:g}")
-        tr, va = self.finetune_data()
+        if self.cut_tensor is not None:
+            x, y, view, vx, vy = self.views
+            self.echo(f"phase 2: training on the {len(x)} cached views at the cut {tuple(x.shape[1:])}; "
+                      f"the frozen layers before it are not run again")
+            with self.strategy.scope():
+                inp = keras.Input(tuple(x.shape[1:]), name="cached")
+                z = keras.layers.GlobalAveragePooling2D(name="pool")(self.suffix(inp, training=False))
+                for layer in self.head_layers:
+                    z = layer(z)
+                model = keras.Model(inp, z, name="edgetl_classifier")
+            tr = self.arrays_dataset(x, self.head_targets(y, view), True)
+            va = self.arrays_dataset(vx, np.eye(len(self.ds.classes), dtype=np.float32)[vy], False)
+        else:
+            model = self.model
+            tr, va = self.finetune_data()
         with self.strategy.scope():
-            self.model.compile(optimizer=keras.optimizers.Adam(cfg.lr_finetune), loss=self.loss(),
-                               metrics=self.metrics())
-        self.model.fit(tr, validation_data=va, epochs=cfg.epochs_finetune, verbose=0,
-                       class_weight=self.class_weight, callbacks=self.callbacks("phase 2", cfg.epochs_finetune))
+            model.compile(optimizer=keras.optimizers.Adam(cfg.lr_finetune), loss=self.loss(), metrics=self.metrics())
+        model.fit(tr, validation_data=va, epochs=cfg.epochs_finetune, verbose=0,
+                  class_weight=self.class_weight, callbacks=self.callbacks("phase 2", cfg.epochs_finetune))
         self.timings["phase2_s"] = time.perf_counter() - t0
         p = self.ckpt / "history_phase2.json"
         return json.loads(p.read_text()) if p.exists() else []
