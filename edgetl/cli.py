@@ -183,6 +183,60 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
 
 
+# --------------------------------------------------------------- export ----
+@main.command()
+@click.argument("data", type=click.Path())
+@click.option("--size", type=int, default=200, show_default=True, help="Images to sample (stratified by class).")
+@click.option("--out", type=click.Path(file_okay=False), default="calibration", show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--val-split", type=float, default=0.2, show_default=True,
+              help="For DATA without train/ and val/: the same seeded split as `edgetl train`, so that "
+                   "calibration images come from its training part only.")
+def calibrate(data, size, out, seed, val_split):
+    """Sample a calibration set for int8 from the training images of DATA (never val/test)."""
+    from edgetl.calibrate import calibrate as run
+
+    run(data, size, out, seed, val_split, echo=echo)
+
+
+@main.command()
+@click.argument("run", type=click.Path())
+@click.option("--format", "formats", default="tflite,onnx", show_default=True, help="Comma list: tflite,onnx.")
+@click.option("--quant", "quants", default="fp32,int8", show_default=True,
+              help="Comma list: fp32,fp16,dynamic,int8.")
+@click.option("--io-type", type=click.Choice(["uint8", "int8", "float32"]), default="uint8", show_default=True,
+              help="Input/output type of int8 TFLite (uint8: raw pixels in).")
+@click.option("--calibration", type=click.Path(file_okay=False), default=None,
+              help="Folder of calibration images. [default: calibration/, else a sample of the run's training split]")
+@click.option("--calib-size", type=int, default=200, show_default=True,
+              help="Images sampled from the training split when no calibration folder exists.")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="ONNX int8 calibration method.")
+@click.option("--onnx-format", type=click.Choice(["qoperator", "qdq"]), default="qoperator", show_default=True,
+              help="ONNX int8 graph form (QOperator runs faster on CPU with onnxruntime).")
+@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="ONNX int8 weight granularity.")
+@click.option("--max-drop", type=float, default=1.0, show_default=True,
+              help="Points of top-1 int8 may lose against the Keras model on the held-out split.")
+@click.option("--force", is_flag=True, help="Redo artifacts whose inputs did not change.")
+def export(run, formats, quants, io_type, calibration, calib_size, calib_method, onnx_format, per_channel,
+           max_drop, force):
+    """Export RUN's model to TFLite and ONNX, float and quantized, under RUN/export/.
+
+    Every artifact takes RGB 0-255 images at the model's input size (preprocessing
+    is inside) and returns class probabilities in labels.txt order. Exit code 1
+    when any requested artifact failed; the others are still written."""
+    from edgetl.export import ExportOptions
+    from edgetl.export import export as run_export
+
+    opts = ExportOptions(formats, quants, io_type, calibration, calib_size, calib_method, onnx_format,
+                         per_channel, max_drop, force)
+    results = run_export(run, opts, echo=echo)
+    failed = [a for a in results if a.status == "failed"]
+    if failed:
+        raise EdgetlError(f"{len(failed)} of {len(results)} artifact(s) failed: "
+                          + "; ".join(f"{a.name}: {a.reason}" for a in failed), exit_code=1)
+
+
 # ----------------------------------------------------------------- demo ----
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), default="models/demo", show_default=True,

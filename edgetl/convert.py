@@ -1,0 +1,174 @@
+"""Format converters. Each takes the float Keras model (softmax appended, RGB
+0-255 input with preprocessing baked in) and returns bytes; nothing here writes
+files or decides policy."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+OPSET = 17
+
+
+class Serving:
+    """The float model as every converter sees it: (N, H, W, 3) float32 0-255 in,
+    class probabilities out."""
+
+    def __init__(self, keras_model):
+        import keras
+        import tensorflow as tf
+
+        h, w = int(keras_model.inputs[0].shape[1]), int(keras_model.inputs[0].shape[2])
+        inp = keras.Input((h, w, 3), name="image")
+        self.model = keras.Model(inp, keras.layers.Softmax(name="probabilities")(keras_model(inp)), name="serving")
+        self.size = (h, w)
+        self.spec = [tf.TensorSpec([None, h, w, 3], tf.float32, name="image")]
+        self.fn = tf.function(lambda x: self.model(x, training=False), input_signature=self.spec)
+        self._frozen = None
+
+    @property
+    def frozen(self):
+        """Concrete function with variables folded in (the TFLite calibrator needs this)."""
+        if self._frozen is None:
+            from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+            self._frozen = convert_variables_to_constants_v2(self.fn.get_concrete_function())
+        return self._frozen
+
+
+def _rep(calib: np.ndarray):
+    def gen():
+        for x in calib:
+            yield [x[None].astype(np.float32)]
+    return gen
+
+
+def tflite_converter(serving: Serving, quant: str, io_type: str = "uint8", calib: np.ndarray | None = None):
+    import tensorflow as tf
+
+    c = tf.lite.TFLiteConverter.from_concrete_functions([serving.frozen], serving.model)
+    if quant == "fp16":
+        c.optimizations = [tf.lite.Optimize.DEFAULT]
+        c.target_spec.supported_types = [tf.float16]
+    elif quant == "dynamic":
+        c.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quant == "int8":
+        if calib is None or not len(calib):
+            raise ValueError("int8 needs calibration images")
+        c.optimizations = [tf.lite.Optimize.DEFAULT]
+        c.representative_dataset = _rep(calib)
+        c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        dt = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io_type]
+        c.inference_input_type = dt
+        c.inference_output_type = dt
+    elif quant != "fp32":
+        raise ValueError(f"unknown quantization {quant}")
+    return c
+
+
+def tflite_bytes(serving: Serving, quant: str, io_type: str = "uint8", calib=None) -> bytes:
+    return bytes(tflite_converter(serving, quant, io_type, calib).convert())
+
+
+def tflite_int8_denylist(serving: Serving, io_type: str, calib: np.ndarray, n_layers: int) -> tuple[bytes, list[str]]:
+    """int8 with the ``n_layers`` most quantization-sensitive layers kept in float,
+    chosen by TFLite's quantization debugger (RMSE / scale per layer)."""
+    import tensorflow as tf
+
+    conv = tflite_converter(serving, "int8", io_type, calib)
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    debug_data = _rep(calib[: min(len(calib), 32)])
+    dbg = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=debug_data)
+    dbg.run()
+    scores = []
+    for name, st in dbg.layer_statistics.items():
+        scale = st.get("scale") or 0
+        if scale and "mean_squared_error" in st:
+            scores.append((float(np.sqrt(st["mean_squared_error"]) / scale), name))
+    deny = [n for _, n in sorted(scores, reverse=True)[:n_layers]]
+    conv = tflite_converter(serving, "int8", io_type, calib)
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    opts = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=deny)
+    dbg = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=debug_data, debug_options=opts)
+    return bytes(dbg.get_nondebug_quantized_model()), deny
+
+
+def onnx_fp32(serving: Serving, metadata: dict[str, str]):
+    import tf2onnx
+
+    model, _ = tf2onnx.convert.from_function(serving.fn, input_signature=serving.spec, opset=OPSET)
+    set_onnx_metadata(model, metadata)
+    return model
+
+
+def set_onnx_metadata(model, metadata: dict[str, str]) -> None:
+    del model.metadata_props[:]
+    for k, v in metadata.items():
+        p = model.metadata_props.add()
+        p.key, p.value = k, v
+
+
+def onnx_fp16(fp32_model, metadata):
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    m = convert_float_to_float16(fp32_model, keep_io_types=True)
+    set_onnx_metadata(m, metadata)
+    return m
+
+
+def onnx_dynamic(fp32_model, metadata):
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as d:
+        src, dst = Path(d) / "f.onnx", Path(d) / "q.onnx"
+        onnx.save(fp32_model, src)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8, per_channel=False)
+        m = onnx.load(str(dst))
+    set_onnx_metadata(m, metadata)
+    return m
+
+
+class _Reader:
+    def __init__(self, name, calib):
+        self.name, self.it = name, iter([x[None].astype(np.float32) for x in calib])
+
+    def get_next(self):
+        x = next(self.it, None)
+        return None if x is None else {self.name: x}
+
+
+def onnx_int8(fp32_model, metadata, calib: np.ndarray, method: str = "minmax", fmt: str = "qoperator",
+              per_channel: bool = True, exclude: list[str] | None = None):
+    """Static int8 through onnxruntime.quantization: quant_pre_process, then quantize_static
+    (uint8 activations, int8 weights: the fast combination on x86 CPUs)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    with tempfile.TemporaryDirectory() as d:
+        src, pre, dst = Path(d) / "f.onnx", Path(d) / "p.onnx", Path(d) / "q.onnx"
+        onnx.save(fp32_model, src)
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(dst), _Reader(fp32_model.graph.input[0].name, calib),
+                        quant_format=QuantFormat.QOperator if fmt == "qoperator" else QuantFormat.QDQ,
+                        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=methods[method], nodes_to_exclude=exclude or [])
+        m = onnx.load(str(dst))
+    set_onnx_metadata(m, metadata)
+    return m
+
+
+def onnx_sensitive_nodes(fp32_model) -> list[str]:
+    """Nodes most sensitive to int8 by construction: the first convolution (raw pixel
+    range) and the classifier (a few large logits)."""
+    nodes = list(fp32_model.graph.node)
+    out = []
+    first = next((n for n in nodes if n.op_type == "Conv"), None)
+    if first is not None:
+        out.append(first.name)
+    out += [n.name for n in nodes if n.op_type in ("MatMul", "Gemm")][-1:]
+    return out

@@ -1,0 +1,235 @@
+"""One Runner interface for Keras, LiteRT and onnxruntime.
+
+A runner loads a model file, describes its input, and turns a batch of RGB
+0-255 images (uint8 or float32, NHWC, at the model's input size) into class
+probabilities. Verification, prediction and benchmarks use nothing else, so no
+format is special-cased anywhere."""
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.errors import EdgetlError
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, np.float64)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+
+
+class Runner(ABC):
+    format: str = ""
+    runtime: str = ""
+
+    def __init__(self, path, threads: int | None = None):
+        self.path = Path(path)
+        self.threads = threads
+        self.meta = read_sidecar(self.path)
+
+    @property
+    @abstractmethod
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) the model takes."""
+
+    @property
+    def input_dtype(self) -> str:
+        return "float32"
+
+    @abstractmethod
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        """Model outputs for float32 0-255 images."""
+
+    def predict(self, images) -> np.ndarray:
+        x = np.asarray(images)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise EdgetlError(f"{self.path.name}: expected images of shape (N, H, W, 3), got {x.shape}")
+        if tuple(x.shape[1:3]) != tuple(self.input_size):
+            raise EdgetlError(f"{self.path.name}: takes {self.input_size[0]}x{self.input_size[1]} images, "
+                              f"got {x.shape[1]}x{x.shape[2]}; resize first")
+        return self._run(x.astype(np.float32))
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.meta.get("labels")
+
+    def describe(self) -> dict:
+        return {"path": str(self.path), "format": self.format, "runtime": self.runtime,
+                "input_size": list(self.input_size), "input_dtype": self.input_dtype,
+                "threads": self.threads, "size_bytes": file_size(self.path)}
+
+
+def file_size(path) -> int:
+    p = Path(path)
+    if p.is_dir():
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return p.stat().st_size
+
+
+def sidecar_path(path) -> Path:
+    p = Path(path)
+    return p.with_name(p.name + ".json")
+
+
+def read_sidecar(path) -> dict:
+    """Labels and preprocessing travelling with a model: the JSON sidecar, else
+    labels.txt beside it or in the run directory above."""
+    p = Path(path)
+    sc = sidecar_path(p)
+    if sc.exists():
+        return json.loads(sc.read_text())
+    for d in (p.parent, p.parent.parent):
+        if (d / "labels.txt").exists():
+            return {"labels": [l for l in (d / "labels.txt").read_text().splitlines() if l.strip()]}
+    return {}
+
+
+class KerasRunner(Runner):
+    format, runtime = "keras", "keras"
+
+    def __init__(self, path, threads=None):
+        super().__init__(path, threads)
+        import keras
+
+        import edgetl.layers  # noqa: F401  (registers Preprocess)
+
+        if threads:
+            _tf_threads(threads)
+        try:
+            self.model = keras.models.load_model(self.path, compile=False)
+        except Exception as e:
+            raise EdgetlError(f"{self.path}: not a loadable Keras model ({str(e).splitlines()[0][:100]})") from None
+        last = self.model.layers[-1]
+        act = getattr(getattr(last, "activation", None), "__name__", "")
+        self.outputs_probs = act == "softmax" or last.__class__.__name__ == "Softmax"
+        import tensorflow as tf
+
+        shape = self.model.inputs[0].shape
+        self._size = (int(shape[1]), int(shape[2]))
+        self._fn = tf.function(lambda x: self.model(x, training=False),
+                               input_signature=[tf.TensorSpec([None, *self._size, 3], tf.float32)])
+
+    @property
+    def input_size(self):
+        return self._size
+
+    def _run(self, images):
+        out = self._fn(images).numpy()
+        return out.astype(np.float32) if self.outputs_probs else softmax(out)
+
+
+def _tf_threads(n: int) -> None:
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
+    except RuntimeError:  # already initialised: keep what is set
+        pass
+
+
+class LiteRTRunner(Runner):
+    """ai_edge_litert interpreter (XNNPACK delegate by default); int8/uint8 I/O is fed
+    and read through the tensors' scale and zero-point."""
+
+    format, runtime = "tflite", "litert"
+
+    def __init__(self, path, threads=None):
+        super().__init__(path, threads)
+        from ai_edge_litert.interpreter import Interpreter
+
+        try:
+            self.interp = Interpreter(model_path=str(self.path), num_threads=threads or os.cpu_count())
+        except Exception as e:
+            raise EdgetlError(f"{self.path}: not a loadable TFLite model ({str(e).splitlines()[0][:100]})") from None
+        self._in = self.interp.get_input_details()[0]
+        self._out = self.interp.get_output_details()[0]
+        self._batch = None
+
+    @property
+    def input_size(self):
+        s = self._in["shape"]
+        return int(s[1]), int(s[2])
+
+    @property
+    def input_dtype(self):
+        return np.dtype(self._in["dtype"]).name
+
+    def _resize(self, n: int) -> None:
+        if self._batch != n:
+            self.interp.resize_tensor_input(self._in["index"], [n, *self.input_size, 3])
+            self.interp.allocate_tensors()
+            self._in = self.interp.get_input_details()[0]
+            self._out = self.interp.get_output_details()[0]
+            self._batch = n
+
+    def _run(self, images):
+        self._resize(len(images))
+        dt = self._in["dtype"]
+        if dt in (np.int8, np.uint8):
+            scale, zp = self._in["quantization"]
+            info = np.iinfo(dt)
+            x = np.clip(np.round(images / scale + zp), info.min, info.max).astype(dt)
+        else:
+            x = images.astype(dt)
+        self.interp.set_tensor(self._in["index"], x)
+        self.interp.invoke()
+        y = self.interp.get_tensor(self._out["index"])
+        if self._out["dtype"] in (np.int8, np.uint8):
+            scale, zp = self._out["quantization"]
+            y = (y.astype(np.float32) - zp) * scale
+        return y.astype(np.float32)
+
+
+class OnnxRunner(Runner):
+    format, runtime = "onnx", "onnxruntime"
+
+    def __init__(self, path, threads=None):
+        super().__init__(path, threads)
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise EdgetlError(f"{self.path}: not a loadable ONNX model ({str(e).splitlines()[0][:100]})") from None
+        self._in = self.sess.get_inputs()[0]
+        props = self.sess.get_modelmeta().custom_metadata_map
+        if "labels" in props and "labels" not in self.meta:
+            self.meta = {**self.meta, "labels": json.loads(props["labels"])}
+
+    @property
+    def input_size(self):
+        s = self._in.shape
+        return int(s[1]), int(s[2])
+
+    @property
+    def input_dtype(self):
+        return {"tensor(float)": "float32", "tensor(uint8)": "uint8"}.get(self._in.type, self._in.type)
+
+    def _run(self, images):
+        x = images.astype(np.uint8) if self.input_dtype == "uint8" else images
+        return np.asarray(self.sess.run(None, {self._in.name: x})[0], np.float32)
+
+
+RUNNERS = {".keras": KerasRunner, ".tflite": LiteRTRunner, ".onnx": OnnxRunner}
+
+
+def open_runner(path, threads: int | None = None) -> Runner:
+    p = Path(path)
+    if not p.exists():
+        raise EdgetlError(f"{p}: no such model file")
+    cls = RUNNERS.get(p.suffix.lower())
+    if cls is None:
+        raise EdgetlError(f"{p}: unknown model format '{p.suffix}'; use .keras, .tflite or .onnx")
+    return cls(p, threads)
