@@ -237,6 +237,22 @@ def export(run, formats, quants, io_type, calibration, calib_size, calib_method,
                           + "; ".join(f"{a.name}: {a.reason}" for a in failed), exit_code=1)
 
 
+@main.command()
+@click.argument("run", type=click.Path())
+@click.option("--epochs", type=int, default=3, show_default=True, help="Quantization-aware fine-tuning epochs.")
+@click.option("--lr", type=float, default=1e-5, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--io-type", type=click.Choice(["uint8", "int8", "float32"]), default="uint8", show_default=True)
+@click.option("--calibration", type=click.Path(file_okay=False), default=None,
+              help="Calibration folder for the float parts. [default: as for export]")
+def qat(run, epochs, lr, batch_size, io_type, calibration):
+    """Quantization-aware fine-tuning of RUN's model, exported as int8 TFLite
+    (RUN/export/model_qat_int8.tflite), with its accuracy next to post-training int8."""
+    from edgetl.qat import qat as run_qat
+
+    run_qat(run, epochs, lr, batch_size, io_type, calibration, echo=echo)
+
+
 # ----------------------------------------------------------------- demo ----
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), default="models/demo", show_default=True,

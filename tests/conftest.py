@@ -10,6 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("MPLBACKEND", "Agg")
 sys.path.insert(0, str(Path(__file__).parent))
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,3 +73,50 @@ def tiny_run(tiny_data, imagenet_mnv2_100, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     return train(TrainConfig(data=str(tiny_data), out=str(out), **TINY), echo=quiet)
+
+
+@pytest.fixture(scope="session")
+def tiny_holdout(tmp_path_factory):
+    """Fresh images of the tiny task, never seen in training: (uint8 images, labels)."""
+    from synth import make_dataset
+
+    from edgetl.data import scan
+    from edgetl.tfdata import load_array
+
+    root = make_dataset(tmp_path_factory.mktemp("holdout") / "data", per_class=20, seed=99)
+    ds = scan(root, val_split=0.5, seed=0)
+    paths = ds.train.paths + ds.val.paths
+    labels = list(ds.train.labels) + list(ds.val.labels)
+    return load_array(paths, 32), np.asarray(labels)
+
+
+@pytest.fixture(scope="session")
+def tiny_calibration(tiny_data, tmp_path_factory):
+    from edgetl.calibrate import calibrate
+
+    return calibrate(tiny_data, size=24, out=tmp_path_factory.mktemp("calib") / "calibration", seed=TINY["seed"],
+                     echo=quiet)
+
+
+@pytest.fixture(scope="session")
+def tiny_exported(tiny_run, tiny_calibration):
+    """Every format and mode of the tiny run (int8 TFLite with uint8 I/O)."""
+    from edgetl.export import ExportOptions, export
+
+    res = export(tiny_run.run_dir, ExportOptions(formats="tflite,onnx", quants="fp32,fp16,dynamic,int8",
+                                                 calibration=str(tiny_calibration), max_drop=100.0), echo=quiet)
+    return {(a.format, a.quant): a for a in res}
+
+
+@pytest.fixture(scope="session")
+def hym_run(imagenet_mnv2_035, tmp_path_factory):
+    """MobileNetV2 0.35 ImageNet trained by `edgetl train` on hymenoptera at 128 px."""
+    from click.testing import CliRunner
+
+    from edgetl.cli import main
+
+    out = tmp_path_factory.mktemp("hym") / "run"
+    r = CliRunner().invoke(main, ["train", str(HYMENOPTERA), "--alpha", "0.35", "--img-size", "128",
+                                  "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    return out

@@ -12,15 +12,6 @@ from edgetl.cli import main
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def hym_run(imagenet_mnv2_035, tmp_path_factory):
-    out = tmp_path_factory.mktemp("hym") / "run"
-    r = CliRunner().invoke(main, ["train", str(HYMENOPTERA), "--alpha", "0.35", "--img-size", "128",
-                                  "--out", str(out)])
-    assert r.exit_code == 0, r.output
-    return out
-
-
 def test_imagenet_mobilenetv2_035_reaches_085(hym_run):
     m = json.loads((hym_run / "metrics.json").read_text())
     assert m["val_accuracy"] >= 0.85

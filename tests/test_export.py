@@ -1,0 +1,215 @@
+"""Export and quantization: every format and mode converts, loads in its runtime
+and agrees with Keras; int8 I/O; calibration; independence; skipping; budget; QAT."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from conftest import TINY, quiet
+from edgetl.cli import main
+from edgetl.errors import EdgetlError
+from edgetl.export import ExportOptions, export
+from edgetl.runners import KerasRunner, open_runner
+
+
+@pytest.fixture(scope="module")
+def keras_ref(tiny_run, tiny_holdout):
+    x, _ = tiny_holdout
+    return KerasRunner(tiny_run.run_dir / "model.keras").predict(x)
+
+
+def _compare(path, x, ref):
+    p = open_runner(path, threads=2).predict(x)
+    assert p.shape == ref.shape
+    return float((p.argmax(1) == ref.argmax(1)).mean()), float(np.abs(p - ref).max())
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_fp32_matches_keras(tiny_exported, tiny_run, tiny_holdout, keras_ref, fmt):
+    a = tiny_exported[(fmt, "fp32")]
+    assert a.status == "written", a.reason
+    agree, dmax = _compare(tiny_run.run_dir / a.file, tiny_holdout[0], keras_ref)
+    assert agree == 1.0 and dmax <= 1e-4
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_fp16_within_1e2(tiny_exported, tiny_run, tiny_holdout, keras_ref, fmt):
+    a = tiny_exported[(fmt, "fp16")]
+    assert a.status == "written", a.reason
+    agree, dmax = _compare(tiny_run.run_dir / a.file, tiny_holdout[0], keras_ref)
+    assert dmax <= 1e-2 and agree >= 0.98
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_dynamic_range_agrees(tiny_exported, tiny_run, tiny_holdout, keras_ref, fmt):
+    a = tiny_exported[(fmt, "dynamic")]
+    assert a.status == "written", a.reason
+    agree, _ = _compare(tiny_run.run_dir / a.file, tiny_holdout[0], keras_ref)
+    assert agree >= 0.95
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_int8_agrees_95(tiny_exported, tiny_run, tiny_holdout, keras_ref, fmt):
+    a = tiny_exported[(fmt, "int8")]
+    assert a.status == "written", a.reason
+    agree, _ = _compare(tiny_run.run_dir / a.file, tiny_holdout[0], keras_ref)
+    assert agree >= 0.95
+    assert a.remedies and a.remedies[0]["agreement"] is not None
+
+
+def test_sizes_shrink(tiny_exported):
+    s = {k: a.size_bytes for k, a in tiny_exported.items()}
+    for fmt in ("tflite", "onnx"):
+        assert s[(fmt, "int8")] < 0.45 * s[(fmt, "fp32")]
+        assert s[(fmt, "fp16")] < 0.6 * s[(fmt, "fp32")]
+
+
+def test_labels_and_preprocessing_travel(tiny_exported, tiny_run):
+    d = tiny_run.run_dir
+    side = json.loads((d / "export" / "model_int8.tflite.json").read_text())
+    assert side["labels"] == ["blue", "green", "red"]
+    assert side["input"]["range"] == [0, 255] and side["input"]["dtype"] == "uint8"
+    assert side["preprocessing"]["baked_in"] and side["preprocessing"]["mode"] == "tf"
+    m = onnx.load(d / "export" / "model_fp32.onnx")
+    props = {p.key: p.value for p in m.metadata_props}
+    assert json.loads(props["labels"]) == ["blue", "green", "red"]
+    assert json.loads(props["edgetl"])["preprocessing"]["baked_in"]
+    assert m.opset_import[0].version >= 17
+    dim = m.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.dim_value == 0 and dim.dim_param  # dynamic batch
+    assert open_runner(d / "export" / "model_fp32.onnx").labels == ["blue", "green", "red"]
+
+
+def test_manifest_records_artifacts_and_rerun_skips(tiny_exported, tiny_run, tiny_calibration):
+    man = json.loads((tiny_run.run_dir / "manifest.json").read_text())
+    rows = {r["file"]: r for r in man["export"]["artifacts"]}
+    assert len(rows) == 8 and all(len(r["sha256"]) == 64 and r["inputs_hash"] for r in rows.values())
+    opts = ExportOptions(formats="tflite", quants="fp32", calibration=str(tiny_calibration))
+    again = export(tiny_run.run_dir, opts, echo=quiet)
+    assert again[0].status == "skipped"
+    forced = export(tiny_run.run_dir, ExportOptions(formats="tflite", quants="fp32", force=True), echo=quiet)
+    assert forced[0].status == "written"
+
+
+@pytest.mark.parametrize("io_type,dtype,zero_point", [("int8", np.int8, -128), ("float32", np.float32, None)])
+def test_int8_io_variants(tiny_run, tiny_calibration, tiny_holdout, keras_ref, tmp_path, io_type, dtype, zero_point):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, run)
+    res = export(run, ExportOptions(formats="tflite", quants="int8", io_type=io_type,
+                                    calibration=str(tiny_calibration), max_drop=100.0), echo=quiet)
+    assert res[0].status == "written", res[0].reason
+    r = open_runner(run / "export" / "model_int8.tflite")
+    detail = r.interp.get_input_details()[0]
+    assert detail["dtype"] == dtype
+    if zero_point is not None:
+        scale, zp = detail["quantization"]
+        assert zp == zero_point and scale == pytest.approx(1.0, rel=0.01)  # 0..255 maps onto -128..127
+    p = r.predict(tiny_holdout[0])
+    assert (p.argmax(1) == keras_ref.argmax(1)).mean() >= 0.95
+    assert p.min() >= 0 and p.sum(1) == pytest.approx(np.ones(len(p)), abs=0.05)
+
+
+def test_uint8_input_is_raw_pixels(tiny_exported, tiny_run):
+    r = open_runner(tiny_run.run_dir / "export" / "model_int8.tflite")
+    scale, zp = r.interp.get_input_details()[0]["quantization"]
+    assert r.input_dtype == "uint8" and zp == 0 and scale == pytest.approx(1.0, rel=0.01)
+
+
+def test_calibrate_samples_training_images_only(tiny_data, tiny_calibration, tiny_run):
+    man = json.loads((tiny_calibration / "manifest.json").read_text())
+    assert man["size"] == 24
+    per_class = {}
+    for f in man["files"]:
+        per_class[f["class"]] = per_class.get(f["class"], 0) + 1
+    assert per_class == {"blue": 8, "green": 8, "red": 8}
+    val = {r["file"] for r in json.loads((tiny_run.run_dir / "split.json").read_text())["val"]}
+    assert not {f["source"] for f in man["files"]} & val
+
+
+def test_calibration_overlap_is_refused(tiny_run, tmp_path):
+    import shutil
+
+    calib = tmp_path / "calib"
+    (calib / "x").mkdir(parents=True)
+    held = json.loads((tiny_run.run_dir / "split.json").read_text())["val"][0]["file"]
+    shutil.copyfile(held, calib / "x" / "leak.png")
+    r = CliRunner().invoke(main, ["export", str(tiny_run.run_dir), "--format", "tflite", "--quant", "int8",
+                                  "--calibration", str(calib)])
+    assert r.exit_code == 1, r.output
+    assert "also in the run's held-out split" in r.output and "Traceback" not in r.output
+
+
+def test_one_failing_format_leaves_the_others(tiny_run, tiny_calibration, tmp_path, monkeypatch):
+    import shutil
+
+    import edgetl.convert as C
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, run)
+    shutil.rmtree(run / "export", ignore_errors=True)
+
+    def broken(*a, **k):
+        raise RuntimeError("tf2onnx exploded")
+
+    monkeypatch.setattr(C, "onnx_fp32", broken)
+    r = CliRunner().invoke(main, ["export", str(run), "--quant", "fp32", "--calibration", str(tiny_calibration)])
+    assert r.exit_code == 1
+    assert "model_fp32.onnx: RuntimeError: tf2onnx exploded" in r.output
+    assert (run / "export" / "model_fp32.tflite").exists() and not (run / "export" / "model_fp32.onnx").exists()
+    assert not list((run / "export").glob(".*"))  # no temp files left
+
+
+def test_int8_missing_the_budget_is_not_written(tiny_run, tiny_calibration, tmp_path, monkeypatch):
+    import shutil
+
+    from edgetl import export as E
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, run)
+    shutil.rmtree(run / "export", ignore_errors=True)
+
+    def collapsed(self, fmt, data, a):
+        a.accuracy, a.keras_accuracy, a.agreement, a.drop_points = 0.3, 0.9, 0.3, 60.0
+        return 60.0
+
+    monkeypatch.setattr(E.Exporter, "_score", collapsed)
+    monkeypatch.setattr(E.Exporter, "larger_calibration", lambda self, factor=2: None)
+    lines = []
+    res = export(run, ExportOptions(formats="onnx", quants="int8", calibration=str(tiny_calibration)),
+                 echo=lines.append)
+    a = res[0]
+    assert a.status == "failed" and "misses the accuracy budget" in a.reason
+    assert not (run / "export" / "model_int8.onnx").exists()
+    steps = [r["step"] for r in a.remedies]
+    assert any("calibration method entropy" in s for s in steps) and any("sensitive nodes" in s for s in steps)
+    man = json.loads((run / "manifest.json").read_text())
+    row = next(r for r in man["export"]["artifacts"] if r["file"] == "export/model_int8.onnx")
+    assert row["status"] == "failed" and row["remedies"] == a.remedies
+
+
+def test_bad_export_options(tiny_run):
+    r = CliRunner().invoke(main, ["export", str(tiny_run.run_dir), "--format", "coreml"])
+    assert r.exit_code == 2 and "--format coreml" in r.output
+    r = CliRunner().invoke(main, ["export", "/nonexistent/run"])
+    assert r.exit_code == 2 and "no such run directory" in r.output
+
+
+def test_qat_yields_a_working_int8_model(tiny_run, tiny_calibration, tiny_holdout, keras_ref, tmp_path):
+    import shutil
+
+    from edgetl.qat import qat
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, run)
+    res = qat(run, epochs=1, calibration=str(tiny_calibration), echo=quiet)
+    r = open_runner(res.file)
+    assert r.input_dtype == "uint8"
+    p = r.predict(tiny_holdout[0])
+    assert (p.argmax(1) == keras_ref.argmax(1)).mean() >= 0.9
+    assert (p.argmax(1) == tiny_holdout[1]).mean() >= 0.75
+    assert res.ptq_accuracy is not None and res.size_bytes < 0.45 * (tiny_run.run_dir / "model.keras").stat().st_size
+    assert json.loads((run / "manifest.json").read_text())["qat"]["accuracy"] == res.accuracy
