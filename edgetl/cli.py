@@ -204,8 +204,9 @@ def calibrate(data, size, out, seed, val_split):
 @click.option("--format", "formats", default="tflite,onnx", show_default=True, help="Comma list: tflite,onnx.")
 @click.option("--quant", "quants", default="fp32,int8", show_default=True,
               help="Comma list: fp32,fp16,dynamic,int8.")
-@click.option("--io-type", type=click.Choice(["uint8", "int8", "float32"]), default="uint8", show_default=True,
-              help="Input/output type of int8 TFLite (uint8: raw pixels in).")
+@click.option("--io-type", type=click.Choice(["float32", "int8", "uint8"]), default="float32", show_default=True,
+              help="Input/output type of int8 TFLite. float32 and int8 run fully in XNNPACK; uint8 adds a "
+                   "requantize step outside it (slower on x86).")
 @click.option("--calibration", type=click.Path(file_okay=False), default=None,
               help="Folder of calibration images. [default: calibration/, else a sample of the run's training split]")
 @click.option("--calib-size", type=int, default=200, show_default=True,
@@ -242,7 +243,7 @@ def export(run, formats, quants, io_type, calibration, calib_size, calib_method,
 @click.option("--epochs", type=int, default=3, show_default=True, help="Quantization-aware fine-tuning epochs.")
 @click.option("--lr", type=float, default=1e-5, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--io-type", type=click.Choice(["uint8", "int8", "float32"]), default="uint8", show_default=True)
+@click.option("--io-type", type=click.Choice(["float32", "int8", "uint8"]), default="float32", show_default=True)
 @click.option("--calibration", type=click.Path(file_okay=False), default=None,
               help="Calibration folder for the float parts. [default: as for export]")
 def qat(run, epochs, lr, batch_size, io_type, calibration):
@@ -251,6 +252,74 @@ def qat(run, epochs, lr, batch_size, io_type, calibration):
     from edgetl.qat import qat as run_qat
 
     run_qat(run, epochs, lr, batch_size, io_type, calibration, echo=echo)
+
+
+# --------------------------------------------------------------- verify ----
+@main.command()
+@click.argument("run", type=click.Path())
+@click.option("--data", type=click.Path(), default=None,
+              help="Folder of labelled images (class folders). [default: the run's held-out split]")
+@click.option("--threads", type=int, default=2, show_default=True, help="Threads of every runtime (the target's).")
+@click.option("--max-drop", type=float, default=1.0, show_default=True,
+              help="Gate: points of top-1 an artifact may lose against Keras.")
+@click.option("--min-agreement", type=float, default=0.95, show_default=True,
+              help="Gate: top-1 agreement with Keras.")
+@click.option("--max-latency-ms", type=float, default=None, help="Gate: p50 latency at batch 1.")
+@click.option("--runs", type=int, default=100, show_default=True, help="Timed runs after warm-up (>= 100).")
+@click.option("--batch", type=int, default=8, show_default=True, help="Batch size for throughput.")
+@click.option("--device-results", type=click.Path(), multiple=True,
+              help="results.json from a bundle run on a device; its rows join the report.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Report folder. [default: RUN]")
+def verify(run, data, threads, max_drop, min_agreement, max_latency_ms, runs, batch, device_results, out):
+    """Score and time every artifact of RUN against the Keras reference, with gates.
+
+    Writes a table, report.json, report.md and plots; exit code 1 when any gate fails."""
+    from edgetl.verify import Gates
+    from edgetl.verify import verify as run_verify
+
+    if threads < 1:
+        raise EdgetlError(f"--threads {threads}: must be >= 1")
+    rep = run_verify(run, data, threads, Gates(max_drop, min_agreement, max_latency_ms), runs, batch, out,
+                     device_results, echo=echo)
+    if not rep["passed"]:
+        failed = [f"{r['artifact']}: {'; '.join(r['failed_gates'])}" for r in rep["rows"] if r.get("failed_gates")]
+        raise EdgetlError("gate failed: " + " | ".join(failed), exit_code=1)
+
+
+@main.command()
+@click.argument("run", type=click.Path())
+@click.option("--formats", default="tflite,onnx", show_default=True, help="Which exported formats to include.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="The .zip to write.")
+@click.option("--samples", type=int, default=16, show_default=True, help="Held-out sample images with references.")
+@click.option("--threads", type=int, default=2, show_default=True, help="Suggested threads in the bundle's README.")
+def bundle(run, formats, out, samples, threads):
+    """A zip to validate RUN's exported models on the device itself: models, labels,
+    sample inputs with reference outputs and a standalone script (numpy + runtime)."""
+    from edgetl.bundle import bundle as run_bundle
+
+    run_bundle(run, out, formats, samples, threads, echo=echo)
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.argument("images", type=click.Path(), nargs=-1, required=True)
+@click.option("--top-k", type=int, default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--threads", type=int, default=None)
+def predict(model, images, top_k, as_json, threads):
+    """Top-k labels and probabilities of MODEL (.keras, .tflite or .onnx) for IMAGES."""
+    import json as _json
+
+    from edgetl.predict import predict as run_predict
+
+    res = run_predict(model, images, top_k, threads)
+    if as_json:
+        click.echo(_json.dumps(res, indent=2))
+        return
+    for r in res:
+        click.echo(r["image"])
+        for t in r["top"]:
+            click.echo(f"  {t['probability']:7.4f}  {t['label']}")
 
 
 # ----------------------------------------------------------------- demo ----

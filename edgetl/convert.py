@@ -44,7 +44,7 @@ def _rep(calib: np.ndarray):
     return gen
 
 
-def tflite_converter(serving: Serving, quant: str, io_type: str = "uint8", calib: np.ndarray | None = None):
+def tflite_converter(serving: Serving, quant: str, io_type: str = "float32", calib: np.ndarray | None = None):
     import tensorflow as tf
 
     c = tf.lite.TFLiteConverter.from_concrete_functions([serving.frozen], serving.model)
@@ -67,7 +67,7 @@ def tflite_converter(serving: Serving, quant: str, io_type: str = "uint8", calib
     return c
 
 
-def tflite_bytes(serving: Serving, quant: str, io_type: str = "uint8", calib=None) -> bytes:
+def tflite_bytes(serving: Serving, quant: str, io_type: str = "float32", calib=None) -> bytes:
     return bytes(tflite_converter(serving, quant, io_type, calib).convert())
 
 

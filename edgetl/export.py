@@ -25,7 +25,7 @@ from edgetl.runinfo import Run, open_run
 
 FORMATS = ("tflite", "onnx")
 QUANTS = ("fp32", "fp16", "dynamic", "int8")
-IO_TYPES = ("uint8", "int8", "float32")
+IO_TYPES = ("float32", "int8", "uint8")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 ONNX_FORMATS = ("qoperator", "qdq")
 EXPORT_DIR = "export"
@@ -35,7 +35,7 @@ EXPORT_DIR = "export"
 class ExportOptions:
     formats: tuple = FORMATS
     quants: tuple = ("fp32", "int8")
-    io_type: str = "uint8"
+    io_type: str = "float32"           # int8 TFLite I/O: float32 | int8 | uint8
     calibration: str | None = None      # folder of images; default calibration/ else the run's training split
     calib_size: int = 200
     calib_method: str = "minmax"

@@ -80,7 +80,8 @@ def fit_size(im: Image.Image, size: int | tuple[int, int], mode: str = "crop") -
         W, H = im.size
         scale = min(W / w, H / h)
         cw, ch = w * scale, h * scale
-        box = ((W - cw) / 2, (H - ch) / 2, (W + cw) / 2, (H + ch) / 2)
+        box = (max(0.0, (W - cw) / 2), max(0.0, (H - ch) / 2), min(float(W), (W + cw) / 2),
+               min(float(H), (H + ch) / 2))
         return im.resize((w, h), Image.BILINEAR, box=box)
     if im.size != (w, h):
         im = im.resize((w, h), Image.BILINEAR)

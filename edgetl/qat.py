@@ -134,7 +134,7 @@ def init_ranges(qmodel, flat, images: np.ndarray) -> int:
     return n_set
 
 
-def to_int8_tflite(qmodel, img_size: int, calib: np.ndarray, io_type: str = "uint8") -> bytes:
+def to_int8_tflite(qmodel, img_size: int, calib: np.ndarray, io_type: str = "float32") -> bytes:
     import tensorflow as tf
     import tf_keras as tfk
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
@@ -153,7 +153,7 @@ def to_int8_tflite(qmodel, img_size: int, calib: np.ndarray, io_type: str = "uin
     return bytes(c.convert())
 
 
-def qat(run_dir, epochs: int = 3, lr: float = 1e-5, batch_size: int = 32, io_type: str = "uint8",
+def qat(run_dir, epochs: int = 3, lr: float = 1e-5, batch_size: int = 32, io_type: str = "float32",
         calibration: str | None = None, echo=print) -> QatResult:
     import tensorflow as tf
     import tf_keras as tfk

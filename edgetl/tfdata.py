@@ -1,6 +1,10 @@
-"""tf.data pipelines: decode (tolerant, through PIL), resize, cache, augment
+"""tf.data pipelines: decoded (tolerant, through PIL) and resized images held in memory; augment
 (Keras preprocessing layers, training batches only), batch, prefetch."""
 from __future__ import annotations
+
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import tensorflow as tf
@@ -41,23 +45,28 @@ def augmenter(names, seed: int):
     return keras.Sequential([table[n](seed + i) for i, n in enumerate(names)], name="augment")
 
 
+@functools.lru_cache(maxsize=4)
+def _decoded(paths: tuple, img_size: int, resize: str) -> np.ndarray:
+    """Decode every image once (PIL, in threads: decoding releases the GIL)."""
+    if not paths:
+        return np.zeros((0, img_size, img_size, 3), np.uint8)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        arr = np.stack(list(pool.map(lambda p: load_rgb(p, img_size, resize), paths)))
+    arr.setflags(write=False)
+    return arr
+
+
 def image_dataset(paths, labels, img_size: int, resize: str = "crop") -> tf.data.Dataset:
-    """Decoded, resized, cached (uint8 HxWx3, int label) examples, in order."""
-    paths = [str(p) for p in paths]
+    """(uint8 HxWx3, int label) examples in order, decoded once and held in memory.
 
-    def _load(p):
-        return load_rgb(p.decode("utf-8"), img_size, resize)
-
-    def _map(p, y):
-        img = tf.numpy_function(_load, [p], tf.uint8, stateful=False)
-        img.set_shape((img_size, img_size, 3))
-        return img, y
-
-    ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), tf.constant(np.asarray(labels), tf.int64)))
+    Decoding goes through PIL (tolerant of odd files) ahead of tf.data rather than
+    inside it: a Python decoder inside a tf.data graph (tf.numpy_function) can
+    deadlock when an iterator is torn down while a worker waits for the GIL."""
+    x = _decoded(tuple(str(p) for p in paths), int(img_size), resize)
+    ds = tf.data.Dataset.from_tensor_slices((x, np.asarray(labels, np.int64)))
     opts = tf.data.Options()
     opts.deterministic = True
-    ds = ds.with_options(opts)
-    return ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
+    return ds.with_options(opts)
 
 
 def batches(ds: tf.data.Dataset, batch_size: int, shuffle: bool = False, seed: int = 0,
@@ -72,8 +81,6 @@ def batches(ds: tf.data.Dataset, batch_size: int, shuffle: bool = False, seed: i
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def load_array(paths, img_size: int, resize: str = "crop", batch_size: int = 64) -> np.ndarray:
-    """All images as one uint8 array (N, H, W, 3), through the same pipeline."""
-    ds = image_dataset(paths, np.zeros(len(paths), np.int64), img_size, resize).batch(batch_size)
-    out = [x.numpy() for x, _ in ds]
-    return np.concatenate(out) if out else np.zeros((0, img_size, img_size, 3), np.uint8)
+def load_array(paths, img_size: int, resize: str = "crop") -> np.ndarray:
+    """All images as one uint8 array (N, H, W, 3), decoded like the training data."""
+    return np.array(_decoded(tuple(str(p) for p in paths), int(img_size), resize))

@@ -1,0 +1,31 @@
+"""Top-k predictions for any model file through its Runner."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.errors import EdgetlError
+from edgetl.images import BadImage, fit_size, open_rgb
+from edgetl.runners import open_runner
+
+
+def predict(model, images, top_k: int = 5, threads: int | None = None) -> list[dict]:
+    if top_k < 1:
+        raise EdgetlError(f"--top-k {top_k}: must be >= 1")
+    r = open_runner(model, threads)
+    labels = r.labels
+    resize = r.meta.get("input", {}).get("resize", "crop")
+    if not labels:
+        raise EdgetlError(f"{model}: no labels found (no sidecar JSON, metadata or labels.txt beside it)")
+    out = []
+    for img in images:
+        try:
+            x = np.asarray(fit_size(open_rgb(img), r.input_size, resize), np.uint8)[None]
+        except BadImage as e:
+            raise EdgetlError(f"{img}: {e}; give an image file") from None
+        p = r.predict(x)[0]
+        order = np.argsort(-p)[: min(top_k, len(p))]
+        out.append({"image": str(Path(img)), "model": str(model),
+                    "top": [{"label": labels[i], "index": int(i), "probability": float(p[i])} for i in order]})
+    return out

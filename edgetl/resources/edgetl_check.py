@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""edgetl device check: run exported models on this device and compare them with
+the reference outputs recorded where they were exported.
+
+Needs only Python 3.8+, numpy and one runtime: onnxruntime (for .onnx), and
+ai-edge-litert or tflite-runtime (for .tflite). No TensorFlow, no edgetl.
+
+    python edgetl_check.py                      # every model in this bundle
+    python edgetl_check.py --threads 4 --name raspberry-pi-5 --out results.json
+    python edgetl_check.py --time model.onnx --threads 2   # timing of one model, JSON on stdout
+
+Then, on the machine with edgetl: edgetl verify RUN --device-results results.json
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def rss_mb():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return peak_rss_mb()
+
+
+def peak_rss_mb():
+    try:  # VmHWM: this process's own peak (ru_maxrss can carry the parent's across fork/exec)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
+
+
+class OnnxModel:
+    runtime = "onnxruntime"
+
+    def __init__(self, path, threads):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        self.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.inp = self.sess.get_inputs()[0]
+        self.version = ort.__version__
+
+    def run(self, x):
+        x = x.astype(np.uint8) if self.inp.type == "tensor(uint8)" else x.astype(np.float32)
+        return np.asarray(self.sess.run(None, {self.inp.name: x})[0], np.float32)
+
+
+class TfliteModel:
+    def __init__(self, path, threads):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+
+            import ai_edge_litert as mod
+
+            self.runtime = "ai-edge-litert"
+        except ImportError:
+            try:
+                from tflite_runtime.interpreter import Interpreter
+
+                import tflite_runtime as mod
+
+                self.runtime = "tflite-runtime"
+            except ImportError:
+                raise ImportError("no TFLite runtime: pip install ai-edge-litert (or tflite-runtime)")
+        self.version = getattr(mod, "__version__", "?")
+        self.it = Interpreter(model_path=str(path), num_threads=threads)
+        self.batch = None
+
+    def run(self, x):
+        if self.batch != len(x):
+            i = self.it.get_input_details()[0]
+            self.it.resize_tensor_input(i["index"], list(x.shape))
+            self.it.allocate_tensors()
+            self.batch = len(x)
+        i, o = self.it.get_input_details()[0], self.it.get_output_details()[0]
+        if i["dtype"] in (np.int8, np.uint8):
+            scale, zp = i["quantization"]
+            info = np.iinfo(i["dtype"])
+            x = np.clip(np.round(x / scale + zp), info.min, info.max).astype(i["dtype"])
+        else:
+            x = x.astype(i["dtype"])
+        self.it.set_tensor(i["index"], x)
+        self.it.invoke()
+        y = self.it.get_tensor(o["index"])
+        if o["dtype"] in (np.int8, np.uint8):
+            scale, zp = o["quantization"]
+            y = (y.astype(np.float32) - zp) * scale
+        return y.astype(np.float32)
+
+
+def open_model(path, threads):
+    return OnnxModel(path, threads) if str(path).endswith(".onnx") else TfliteModel(path, threads)
+
+
+def time_model(model, x1, runs, warmup):
+    for _ in range(warmup):
+        model.run(x1)
+    t = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        model.run(x1)
+        t.append((time.perf_counter() - t0) * 1000.0)
+    p50, p90, p99 = np.percentile(t, [50, 90, 99])
+    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": float(np.mean(t)),
+            "runs": runs, "warmup": warmup}
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info(name):
+    return {"name": name or socket.gethostname(), "hostname": socket.gethostname(), "cpu": cpu_name(),
+            "cores": os.cpu_count(), "machine": platform.machine(), "platform": platform.platform(),
+            "python": platform.python_version(), "numpy": np.__version__}
+
+
+def time_one(path, threads, runs, warmup, size):
+    base = rss_mb()
+    m = open_model(path, threads)
+    x = np.random.default_rng(0).integers(0, 256, (1, size[0], size[1], 3)).astype(np.float32)
+    res = time_model(m, x, runs, warmup)
+    res.update(runtime=m.runtime, version=m.version, threads=threads, memory_mb=round(peak_rss_mb() - base, 1),
+               peak_rss_mb=round(peak_rss_mb(), 1))
+    return res
+
+
+def check_bundle(folder, threads, runs, warmup, only):
+    spec = json.loads((folder / "bundle.json").read_text())
+    data = np.load(folder / "samples.npz")
+    x = data["images"].astype(np.float32)
+    keras = data["keras_probs"]
+    rows = []
+    for m in spec["models"]:
+        if only and m["file"] not in only:
+            continue
+        row = {"file": m["file"], "format": m["format"], "quant": m["quant"],
+               "size_bytes": (folder / m["file"]).stat().st_size}
+        try:
+            model = open_model(folder / m["file"], threads)
+        except ImportError as e:
+            row["error"] = str(e)
+            print(f"  {m['file']:<26} skipped: {e}")
+            rows.append(row)
+            continue
+        probs = np.concatenate([model.run(x[i:i + 1]) for i in range(len(x))])
+        ref = data["ref_" + m["key"]]
+        row.update(runtime=model.runtime, runtime_version=model.version, threads=threads,
+                   agreement_reference=float((probs.argmax(1) == ref.argmax(1)).mean()),
+                   agreement_keras=float((probs.argmax(1) == keras.argmax(1)).mean()),
+                   max_abs_dprob_reference=float(np.abs(probs - ref).max()),
+                   max_abs_dprob_keras=float(np.abs(probs - keras).max()))
+        row.update(time_model(model, x[:1], runs, warmup))
+        rows.append(row)
+        print(f"  {m['file']:<26} {model.runtime:<15} agree(ref) {row['agreement_reference']:.3f}  "
+              f"agree(keras) {row['agreement_keras']:.3f}  p50 {row['p50_ms']:.2f} ms  "
+              f"p90 {row['p90_ms']:.2f}  p99 {row['p99_ms']:.2f}")
+    return spec, rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--name", default=None, help="Device name for the report (default: hostname).")
+    ap.add_argument("--out", default="results.json")
+    ap.add_argument("--models", default="", help="Comma list of model files to check (default: all).")
+    ap.add_argument("--time", metavar="MODEL", help="Only time one model file; print JSON.")
+    ap.add_argument("--size", default="224,224", help="With --time: input height,width.")
+    a = ap.parse_args()
+    if a.time:
+        h, w = (int(v) for v in a.size.split(","))
+        print(json.dumps(time_one(a.time, a.threads, a.runs, a.warmup, (h, w))))
+        return 0
+    folder = Path(__file__).resolve().parent
+    print(f"edgetl device check: {folder.name}, {a.threads} thread(s), {a.runs} timed runs")
+    spec, rows = check_bundle(folder, a.threads, a.runs, a.warmup, {s for s in a.models.split(",") if s})
+    res = {"bundle": spec.get("run"), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+           "device": device_info(a.name), "threads": a.threads, "models": rows}
+    Path(a.out).write_text(json.dumps(res, indent=2))
+    print(f"results: {a.out}")
+    ok = [r for r in rows if "error" not in r]
+    return 0 if ok and all(r["agreement_reference"] >= 0.95 for r in ok) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""`edgetl verify`: every artifact of a run, the Keras reference included, scored
+on held-out data and timed through the same Runner interface, with pass/fail
+gates, one table, report.json, report.md and plots."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgetl import artifacts
+from edgetl.errors import EdgetlError
+from edgetl.runinfo import open_run
+
+REPORT_JSON, REPORT_MD = "report.json", "report.md"
+PLOTS = {"accuracy_latency": "verify_accuracy_latency.png", "sizes": "verify_sizes.png",
+         "confusion": "verify_confusion.png"}
+
+
+@dataclass
+class Gates:
+    max_drop: float = 1.0           # points of top-1 below Keras
+    min_agreement: float = 0.95     # top-1 agreement with Keras
+    max_latency_ms: float | None = None  # p50 at batch 1
+
+    def check(self, row: dict) -> list[str]:
+        fails = []
+        if row.get("delta_accuracy_points") is not None and -row["delta_accuracy_points"] > self.max_drop + 1e-9:
+            fails.append(f"max-drop ({-row['delta_accuracy_points']:.2f} > {self.max_drop:g} points)")
+        if row.get("agreement") is not None and row["agreement"] + 1e-9 < self.min_agreement:
+            fails.append(f"min-agreement ({row['agreement']:.3f} < {self.min_agreement:g})")
+        if self.max_latency_ms is not None and row.get("p50_ms") is not None and row["p50_ms"] > self.max_latency_ms:
+            fails.append(f"max-latency-ms ({row['p50_ms']:.2f} > {self.max_latency_ms:g} ms)")
+        return fails
+
+
+def list_artifacts(run_dir) -> list[dict]:
+    """The Keras reference and every exported model of the run, with their quantization."""
+    run_dir = Path(run_dir)
+    out = [{"name": "model.keras", "path": run_dir / "model.keras", "format": "keras", "quant": "fp32"}]
+    exp = run_dir / "export"
+    for p in sorted(exp.glob("*")) if exp.is_dir() else []:
+        if p.suffix in (".tflite", ".onnx") and not p.name.startswith("."):
+            side = json.loads(Path(str(p) + ".json").read_text()) if Path(str(p) + ".json").exists() else {}
+            out.append({"name": p.name, "path": p, "format": p.suffix[1:],
+                        "quant": side.get("quantization", p.stem.replace("model_", ""))})
+    return out
+
+
+def held_out_data(run, data=None):
+    """(images uint8, labels, source) from --data or the run's held-out split."""
+    from edgetl.tfdata import load_array
+
+    if data:
+        from edgetl.data import scan
+
+        ds = scan(data, val_split=0.5)
+        split = ds.test if ds.test is not None and len(ds.test) else ds.val
+        if ds.layout == "folders":  # a plain folder given for verification: use all of it
+            paths = ds.train.paths + ds.val.paths
+            labels = np.concatenate([ds.train.labels, ds.val.labels])
+        else:
+            paths, labels = split.paths, split.labels
+        if ds.classes != run.labels:
+            raise EdgetlError(f"{data}: classes {ds.classes} differ from the model's labels {run.labels}; "
+                              f"use folders named like labels.txt")
+        src = str(data)
+    else:
+        name, paths, labels = run.held_out()
+        src = f"the run's {name} split"
+    return load_array(paths, run.img_size, run.resize), np.asarray(labels), src
+
+
+def isolated_timing(path, threads: int, runs: int, size) -> dict:
+    """Latency and peak memory of one model in a fresh process that imports only numpy
+    and the runtime (the bundle's edgetl_check.py), so that no other thread pool in this
+    process competes for the cores while it is timed."""
+    import subprocess
+    import sys
+
+    from edgetl.bundle import CHECK_SCRIPT
+
+    cmd = [sys.executable, str(CHECK_SCRIPT), "--time", str(path), "--threads", str(threads), "--runs", str(runs),
+           "--size", f"{size[0]},{size[1]}"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if p.returncode != 0:
+        raise EdgetlError(f"{path}: timing failed ({(p.stderr.strip().splitlines() or ['?'])[-1][:150]})", 1)
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    res["spread_p90_p50"] = res["p90_ms"] / res["p50_ms"] if res["p50_ms"] else None
+    return {k: res[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "runs", "warmup", "spread_p90_p50",
+                                "memory_mb", "peak_rss_mb")}
+
+
+def measure(entry: dict, x: np.ndarray, y: np.ndarray, ref: np.ndarray | None, threads: int, runs: int,
+            batch: int, classes: list[str], isolated: bool = True) -> tuple[dict, np.ndarray]:
+    from edgetl.evaluate import classification_metrics
+    from edgetl.runners import open_runner
+    from edgetl.timing import latency, rss_mb, throughput
+
+    before = rss_mb()
+    r = open_runner(entry["path"], threads=threads)
+    probs = np.concatenate([r.predict(x[i:i + 32]) for i in range(0, len(x), 32)])
+    m = classification_metrics(y, probs, classes)
+    row = {"artifact": entry["name"], "format": entry["format"], "runtime": r.runtime, "quant": entry["quant"],
+           "input_dtype": r.input_dtype, "size_bytes": r.describe()["size_bytes"], "accuracy": m["accuracy"],
+           "top5_accuracy": m.get("top5_accuracy"), "threads": threads}
+    if ref is not None:
+        row["agreement"] = float((probs.argmax(1) == ref.argmax(1)).mean())
+        d = np.abs(probs - ref)
+        row["max_abs_dprob"], row["mean_abs_dprob"] = float(d.max()), float(d.mean())
+    if isolated and entry["format"] != "keras":
+        row.update(isolated_timing(entry["path"], threads, runs, r.input_size))
+    else:
+        row.update(latency(r, x[:1], runs=runs))
+    row["throughput_ips"] = throughput(r, x[:batch] if len(x) >= batch else np.resize(x, (batch, *x.shape[1:])))
+    row["batch"] = batch
+    if "memory_mb" not in row:
+        row["memory_mb"] = round(max(0.0, rss_mb() - before), 1)
+    row["confusion_matrix"] = m["confusion_matrix"]
+    return row, probs
+
+
+def verify(run_dir, data=None, threads: int = 2, gates: Gates | None = None, runs: int = 100, batch: int = 8,
+           out=None, device_results=(), echo=print, isolated: bool = True) -> dict:
+    from edgetl.timing import machine_info
+
+    gates = gates or Gates()
+    if runs < 100:
+        raise EdgetlError(f"--runs {runs}: at least 100 timed runs are needed for stable percentiles")
+    run = open_run(run_dir)
+    out = Path(out) if out else run.dir
+    x, y, src = held_out_data(run, data)
+    entries = list_artifacts(run.dir)
+    echo(f"verify: {len(entries)} model(s) on {len(x)} images from {src}, {threads} thread(s), batch-1 latency "
+         f"over {runs} runs after warm-up")
+    rows, ref = [], None
+    for e in entries:
+        try:
+            row, probs = measure(e, x, y, ref, threads, runs, batch, run.labels, isolated)
+        except EdgetlError as err:
+            row = {"artifact": e["name"], "format": e["format"], "quant": e["quant"], "status": "fail",
+                   "failed_gates": [f"load ({err.message})"]}
+            rows.append(row)
+            continue
+        if ref is None:
+            ref, keras_acc = probs, row["accuracy"]
+            row.update(agreement=1.0, max_abs_dprob=0.0, mean_abs_dprob=0.0)
+        row["delta_accuracy_points"] = round(100 * (row["accuracy"] - keras_acc), 3)
+        fails = gates.check(row) if e["format"] != "keras" else []
+        row["status"] = "reference" if e["format"] == "keras" else ("fail" if fails else "pass")
+        row["failed_gates"] = fails
+        rows.append(row)
+        echo(f"  {e['name']:<24} acc {row['accuracy']:.4f}  agree {row['agreement']:.3f}  "
+             f"p50 {row['p50_ms']:.2f} ms  {row['status']}" + (f" ({'; '.join(fails)})" if fails else ""))
+    for f in device_results:
+        rows += device_rows(f, gates)
+    report = {
+        "run": str(run.dir), "data": src, "n_images": int(len(x)), "labels": run.labels,
+        "gates": {"max_drop": gates.max_drop, "min_agreement": gates.min_agreement,
+                  "max_latency_ms": gates.max_latency_ms},
+        "machine": machine_info(), "threads": threads, "created": artifacts.now_iso(),
+        "rows": rows, "recommended": recommend(rows),
+    }
+    report["passed"] = all(r["status"] in ("pass", "reference") for r in rows)
+    write_report(report, out)
+    echo("")
+    echo(table(report))
+    echo(f"\nreport: {out / REPORT_MD}, {out / REPORT_JSON}")
+    return report
+
+
+def recommend(rows: list[dict]) -> dict:
+    ok = [r for r in rows if r.get("status") == "pass" and r.get("p50_ms") is not None and not r.get("device")]
+    rec: dict = {"fastest_per_runtime": {}}
+    for rt in sorted({r["runtime"] for r in ok}):
+        best = min((r for r in ok if r["runtime"] == rt), key=lambda r: r["p50_ms"])
+        rec["fastest_per_runtime"][rt] = best["artifact"]
+    if ok:
+        fastest = min(ok, key=lambda r: r["p50_ms"])
+        smallest = min(ok, key=lambda r: r["size_bytes"])
+        rec["fastest"] = fastest["artifact"]
+        rec["smallest"] = smallest["artifact"]
+        rec["why"] = (f"{fastest['artifact']} is the fastest model that passes every gate "
+                      f"(p50 {fastest['p50_ms']:.2f} ms, accuracy {fastest['accuracy']:.4f}); "
+                      f"{smallest['artifact']} is the smallest ({smallest['size_bytes'] / 1024:.0f} KiB)")
+    return rec
+
+
+COLUMNS = [("artifact", "artifact", "{}"), ("runtime", "runtime", "{}"), ("quant", "quant", "{}"),
+           ("size KiB", "size_bytes", "kib"), ("acc", "accuracy", "{:.4f}"),
+           ("Δacc pt", "delta_accuracy_points", "{:+.2f}"), ("agree", "agreement", "{:.3f}"),
+           ("max|Δp|", "max_abs_dprob", "{:.1e}"), ("p50 ms", "p50_ms", "{:.2f}"), ("p90 ms", "p90_ms", "{:.2f}"),
+           ("p99 ms", "p99_ms", "{:.2f}"), ("p90/p50", "spread_p90_p50", "{:.2f}"),
+           ("img/s", "throughput_ips", "{:.0f}"), ("mem MB", "memory_mb", "{:.0f}"), ("status", "status", "{}")]
+
+
+def _cell(row, key, fmt) -> str:
+    v = row.get(key)
+    if v is None:
+        return "-"
+    if fmt == "kib":
+        return f"{v / 1024:.0f}"
+    if key == "artifact" and row.get("device"):
+        return f"{v} @ {row['device']}"
+    return fmt.format(v)
+
+
+def table(report: dict, markdown: bool = False) -> str:
+    rows = report["rows"]
+    heads = [h for h, _, _ in COLUMNS]
+    cells = [[_cell(r, k, f) for _, k, f in COLUMNS] for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+        lines += ["| " + " | ".join(c) + " |" for c in cells]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
+    fmt = lambda cs: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cs, widths)))  # noqa
+    lines = [fmt(heads)] + [fmt(c) for c in cells]
+    for r in rows:
+        if r.get("failed_gates"):
+            lines.append(f"FAIL {r['artifact']}: {'; '.join(r['failed_gates'])}")
+    rec = report["recommended"]
+    if rec.get("fastest"):
+        lines.append("fastest passing, per runtime: "
+                     + ", ".join(f"{k}: {v}" for k, v in rec["fastest_per_runtime"].items()))
+        lines.append(f"recommended: {rec['why']}")
+    else:
+        lines.append("recommended: none - no artifact passes every gate")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, out: Path) -> None:
+    from edgetl import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [r for r in report["rows"] if r.get("p50_ms") is not None]
+    local = [r for r in rows if not r.get("device")]
+    plots.scatter([{**r, "label": r["artifact"]} for r in local], "p50_ms", "accuracy", "label",
+                  out / PLOTS["accuracy_latency"], "p50 latency at batch 1 (ms)", "held-out top-1 accuracy",
+                  f"accuracy vs latency ({report['threads']} threads)")
+    plots.bars([r["artifact"] for r in local], [r["size_bytes"] / 1024 for r in local], out / PLOTS["sizes"],
+               "KiB", "artifact size")
+    best = report["recommended"].get("fastest")
+    best_row = next((r for r in local if r["artifact"] == best), local[0] if local else None)
+    if best_row is not None and best_row.get("confusion_matrix"):
+        plots.confusion(best_row["confusion_matrix"], report["labels"], out / PLOTS["confusion"],
+                        f"confusion: {best_row['artifact']}")
+    artifacts.write_json(out / REPORT_JSON, report)
+    artifacts.write_text(out / REPORT_MD, markdown_report(report))
+
+
+def markdown_report(report: dict) -> str:
+    m = report["machine"]
+    g = report["gates"]
+    lines = [
+        f"# Verification report: {Path(report['run']).name}", "",
+        f"{report['n_images']} held-out images ({report['data']}); created {report['created']}.", "",
+        f"Gates: accuracy drop ≤ {g['max_drop']} points, top-1 agreement with Keras ≥ {g['min_agreement']}"
+        + (f", p50 latency ≤ {g['max_latency_ms']} ms" if g["max_latency_ms"] is not None else "") + ".", "",
+        f"Machine: {m['cpu']} ({m['cores']} cores, {m['machine']}), {report['threads']} thread(s); "
+        + ", ".join(f"{k} {v}" for k, v in m["runtimes"].items()) + ".", "",
+        "Latency is batch 1 after warm-up, each exported model timed in its own process (numpy and its "
+        "runtime only); p90/p50 shows the timing noise. Memory is the growth of peak resident memory while "
+        "loading and running the model (in-process for Keras).", "",
+        table(report, markdown=True), "",
+        f"**Recommended:** {report['recommended'].get('why', 'none: no artifact passes every gate')}", "",
+        "Fastest passing per runtime: " + (", ".join(f"{k}: `{v}`" for k, v in
+                                                      report["recommended"]["fastest_per_runtime"].items()) or "none"),
+        "", f"![accuracy vs latency]({PLOTS['accuracy_latency']})", f"![sizes]({PLOTS['sizes']})",
+        f"![confusion]({PLOTS['confusion']})", "",
+    ]
+    fails = [r for r in report["rows"] if r.get("failed_gates")]
+    if fails:
+        lines += ["## Failed gates", ""] + [f"- `{r['artifact']}`: {'; '.join(r['failed_gates'])}" for r in fails]
+    return "\n".join(lines) + "\n"
+
+
+def device_rows(path, gates: Gates) -> list[dict]:
+    """Rows from a bundle's results.json, labelled with the device."""
+    p = Path(path)
+    if not p.is_file():
+        raise EdgetlError(f"{p}: no such results file; run the bundle's edgetl_check.py on the device first")
+    try:
+        res = json.loads(p.read_text())
+        dev = res["device"]
+        name = dev.get("name") or dev.get("hostname") or dev.get("machine", "device")
+    except (ValueError, KeyError):
+        raise EdgetlError(f"{p}: not a results.json written by the bundle's edgetl_check.py") from None
+    rows = []
+    for m in res.get("models", []):
+        if m.get("error"):
+            rows.append({"artifact": m["file"], "device": name, "runtime": m.get("runtime"), "status": "fail",
+                         "failed_gates": [f"on device: {m['error']}"]})
+            continue
+        row = {"artifact": m["file"], "device": name, "runtime": m["runtime"], "quant": m.get("quant"),
+               "format": m.get("format"), "size_bytes": m.get("size_bytes"), "agreement": m["agreement_keras"],
+               "max_abs_dprob": m["max_abs_dprob_reference"], "p50_ms": m["p50_ms"], "p90_ms": m["p90_ms"],
+               "p99_ms": m["p99_ms"], "spread_p90_p50": m["p90_ms"] / m["p50_ms"] if m["p50_ms"] else None,
+               "threads": m.get("threads"), "cpu": dev.get("cpu")}
+        fails = gates.check(row)
+        row["status"], row["failed_gates"] = ("fail" if fails else "pass"), fails
+        rows.append(row)
+    return rows
