@@ -322,13 +322,71 @@ def predict(model, images, top_k, as_json, threads):
             click.echo(f"  {t['probability']:7.4f}  {t['label']}")
 
 
+# -------------------------------------------------------------- distill ----
+@main.command()
+@click.argument("data", type=click.Path())
+@click.option("--teacher", required=True, type=click.Path(),
+              help="An edgetl run directory or a Keras classifier file (logits or probabilities).")
+@click.option("--student", default="mobilenetv2", show_default=True, help="Student backbone (as --backbone).")
+@click.option("--kd-alpha", type=float, default=0.1, show_default=True,
+              help="Weight of the hard-label loss; 1 - kd-alpha weighs the teacher's soft targets.")
+@click.option("--temperature", type=float, default=4.0, show_default=True, help="Softmax temperature T.")
+@click.option("--sweep", is_flag=True, help="Try kd-alpha in {0.1, 0.5} x T in {2, 4}; keep the best on validation.")
+@click.option("--no-compare", is_flag=True, help="Skip training the student alone for the side-by-side report.")
+@train_options
+def distill(data, teacher, student, kd_alpha, temperature, sweep, no_compare, **kw):
+    """Distil TEACHER into a compact student trained on DATA (same options as `train`).
+
+    Loss on logits: a*CE(y, s) + (1-a)*T^2*KL(softmax(t/T) || softmax(s/T)). The teacher
+    runs once per image and cached view. Writes an ordinary run plus distill.json with
+    teacher / student alone / distilled student side by side."""
+    from edgetl.distill import DistillConfig
+    from edgetl.distill import distill as run_distill
+
+    kw.pop("backbone", None)
+    cfg = _train_config(data, {**kw, "backbone": student})
+    run_distill(cfg, DistillConfig(teacher, kd_alpha, temperature, sweep, not no_compare), resume=kw["resume"],
+                echo=echo)
+
+
+# ------------------------------------------------------------- pipeline ----
+@main.command()
+@click.option("--out", type=click.Path(dir_okay=False), default="pipeline.yaml", show_default=True)
+def init(out):
+    """Write a commented starter pipeline file."""
+    from edgetl.pipeline import write_starter
+
+    click.echo(f"wrote {write_starter(out)}; edit data: and out:, then: edgetl run {out}")
+
+
+@main.command("run")
+@click.argument("config", type=click.Path())
+@click.option("--from", "from_stage", type=click.Choice(["train", "calibrate", "export", "verify", "card"]),
+              default=None, help="Redo this stage and every one after it.")
+@click.option("--force", is_flag=True, help="Redo every stage.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a config key, e.g. --set train.alpha=0.5 --set verify.threads=4.")
+def run_cmd(config, from_stage, force, overrides):
+    """Run the pipeline in CONFIG: train (or distill) -> calibrate -> export -> verify -> model card.
+
+    Stages whose inputs did not change are skipped; an interrupted stage resumes."""
+    from edgetl.pipeline import run
+
+    res = run(config, from_stage, force, overrides, echo=echo)
+    rep = res.get("report")
+    if rep is not None and not rep.get("passed", True):
+        raise EdgetlError("verification gates failed (see the table above and report.md)", exit_code=1)
+
+
 # ----------------------------------------------------------------- demo ----
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), default="models/demo", show_default=True,
-              help="Demo run directory (replaced on each run).")
-@click.option("--quick", is_flag=True, help="Fewer images and epochs (a smoke test, about a minute).")
+              help="Demo run directory; its config is written beside it (OUT.yaml).")
+@click.option("--quick", is_flag=True, help="Fewer images and epochs (a smoke test).")
 def demo(out, quick):
-    """The whole workflow, offline, on scikit-learn's handwritten digits."""
+    """The whole workflow offline on scikit-learn's handwritten digits: `edgetl run` on a
+    built-in config (teacher, distilled student, calibration, export, verify, model card).
+    A re-run skips what is already done."""
     from edgetl.demo import run_demo
 
     run_demo(out, quick=quick, echo=echo)

@@ -190,6 +190,9 @@ class Trainer:
     def head_targets(self, labels: np.ndarray, views: np.ndarray) -> np.ndarray:
         return np.eye(len(self.ds.classes), dtype=np.float32)[labels]
 
+    def val_targets(self, labels: np.ndarray) -> np.ndarray:
+        return np.eye(len(self.ds.classes), dtype=np.float32)[labels]
+
     def finetune_data(self):
         """(train tf.data, val tf.data) for phase 2."""
         import tensorflow as tf
@@ -250,6 +253,11 @@ class Trainer:
 
         return parse_augment(self.cfg.augment)
 
+    def view_size(self) -> int:
+        """Side of the cached views before they are resized to the input (distillation makes
+        them at the teacher's size when that is larger, so the teacher sees full detail)."""
+        return self.cfg.img_size
+
     def view_hook(self, view: int, images) -> None:
         """Called with each batch of each view's images (0-255 float); distillation records
         the teacher's logits here, once per image and view."""
@@ -281,11 +289,18 @@ class Trainer:
             run_prefix = lambda x: prefix(pre(x), training=False)  # noqa: E731
         else:
             run_prefix = lambda x: prefix(x, training=False)  # noqa: E731
-        spec = [tf.TensorSpec([None, cfg.img_size, cfg.img_size, 3], tf.float32)]  # traced once
-        plain = tf.function(run_prefix, input_signature=spec)
+        size = self.view_size()  # views are made at this size, then resized to the model's input
+        spec = [tf.TensorSpec([None, size, size, 3], tf.float32)]  # traced once
+        if size != cfg.img_size:
+            def to_input(x):
+                return tf.image.resize(x, (cfg.img_size, cfg.img_size), antialias=True)
+        else:
+            def to_input(x):
+                return x
+        plain = tf.function(lambda x: run_prefix(to_input(x)), input_signature=spec)
         augmented = tf.function(lambda x: tf.clip_by_value(aug(x, training=True), 0.0, 255.0), input_signature=spec)
         bs = max(cfg.batch_size, 64)  # inference only: larger batches use the CPU better
-        train_ds = image_dataset(self.ds.train.paths, self.ds.train.labels, cfg.img_size, cfg.resize)
+        train_ds = image_dataset(self.ds.train.paths, self.ds.train.labels, size, cfg.resize)
         xs, ys, vs = [], [], []
         for v in range(views):
             out = []
@@ -300,7 +315,7 @@ class Trainer:
             vs.append(np.full(len(self.ds.train), v))
             self.echo(f"phase 1: frozen base over view {v + 1}/{views} ({'plain' if v == 0 else 'augmented'}) "
                       f"of {len(self.ds.train)} images")
-        val_ds = image_dataset(self.ds.val.paths, self.ds.val.labels, cfg.img_size, cfg.resize)
+        val_ds = image_dataset(self.ds.val.paths, self.ds.val.labels, size, cfg.resize)
         vx = np.concatenate([plain(tf.cast(i, tf.float32)).numpy() for i, _ in val_ds.batch(bs)])
         x, y, view = np.concatenate(xs), np.concatenate(ys), np.concatenate(vs)
         with artifacts.atomic_path(path, suffix=".npz") as tmp:
@@ -375,7 +390,7 @@ class Trainer:
         t0 = time.perf_counter()
         fx, fvx = self.pooled(x), self.pooled(vx)
         targets = self.head_targets(y, view)
-        vtargets = np.eye(len(self.ds.classes), dtype=np.float32)[vy]
+        vtargets = self.val_targets(vy)
         with self.strategy.scope():
             # the head is tiny: run several batches per call to cut per-step overhead
             self.head.compile(optimizer=keras.optimizers.Adam(cfg.lr_head), loss=self.loss(), metrics=self.metrics(),
@@ -416,7 +431,7 @@ class Trainer:
                     z = layer(z)
                 model = keras.Model(inp, z, name="edgetl_classifier")
             tr = self.arrays_dataset(x, self.head_targets(y, view), True)
-            va = self.arrays_dataset(vx, np.eye(len(self.ds.classes), dtype=np.float32)[vy], False)
+            va = self.arrays_dataset(vx, self.val_targets(vy), False)
         else:
             model = self.model
             tr, va = self.finetune_data()

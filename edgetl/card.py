@@ -1,0 +1,165 @@
+"""MODEL_CARD.md: what the model is, what it was trained on, how every artifact
+scored, which one to ship and why, its known limits, and how to load it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from edgetl import artifacts
+
+SNIPPETS = '''### Python (onnxruntime)
+
+```python
+import numpy as np, onnxruntime as ort
+from PIL import Image
+labels = [l.strip() for l in open("labels.txt")]
+sess = ort.InferenceSession("{onnx}")
+img = Image.open("photo.jpg").convert("RGB").resize(({w}, {h}))  # the card's resize: {resize}
+x = np.asarray(img, np.float32)[None]                           # RGB 0-255, NHWC; no normalisation
+probs = sess.run(None, {{sess.get_inputs()[0].name: x}})[0][0]
+print(labels[int(probs.argmax())], float(probs.max()))
+```
+
+### Python (LiteRT)
+
+```python
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+it = Interpreter(model_path="{tflite}", num_threads=4)
+it.allocate_tensors()
+inp, out = it.get_input_details()[0], it.get_output_details()[0]
+x = np.asarray(img, np.float32)[None]                # as above
+if inp["dtype"] != np.float32:                       # int8/uint8 I/O: quantize with the tensor's scale/zero-point
+    s, z = inp["quantization"]; x = np.clip(np.round(x / s + z), -128 if inp["dtype"] == np.int8 else 0,
+                                             127 if inp["dtype"] == np.int8 else 255).astype(inp["dtype"])
+it.set_tensor(inp["index"], x); it.invoke()
+probs = it.get_tensor(out["index"])[0]
+```
+
+### Android (Kotlin, LiteRT)
+
+```kotlin
+val model = FileUtil.loadMappedFile(context, "{tflite}")
+val interpreter = Interpreter(model, Interpreter.Options().setNumThreads(4))
+val input = ByteBuffer.allocateDirect(4 * {h} * {w} * 3).order(ByteOrder.nativeOrder())
+for (y in 0 until {h}) for (x in 0 until {w}) {{            // bitmap scaled to {w}x{h}
+    val p = bitmap.getPixel(x, y)
+    input.putFloat(((p shr 16) and 0xFF).toFloat())          // R, G, B as 0-255 floats
+    input.putFloat(((p shr 8) and 0xFF).toFloat())
+    input.putFloat((p and 0xFF).toFloat())
+}}
+val probs = Array(1) {{ FloatArray({k}) }}
+interpreter.run(input, probs)
+val label = labels[probs[0].indices.maxBy {{ probs[0][it] }}]
+```
+
+### iOS (Swift, ONNX Runtime)
+
+```swift
+import onnxruntime_objc
+let env = try ORTEnv(loggingLevel: .warning)
+let session = try ORTSession(env: env, modelPath: Bundle.main.path(forResource: "{onnx_stem}", ofType: "onnx")!,
+                             sessionOptions: nil)
+// pixels: [Float] of {h}*{w}*3 RGB values 0-255, row-major NHWC
+let data = NSMutableData(bytes: pixels, length: pixels.count * MemoryLayout<Float>.size)
+let input = try ORTValue(tensorData: data, elementType: .float, shape: [1, {h}, {w}, 3])
+let outputs = try session.run(withInputs: ["{input_name}": input], outputNames: ["{output_name}"], runOptions: nil)
+let probs = try outputs["{output_name}"]!.tensorData() as Data   // {k} Float32 probabilities, labels.txt order
+```
+'''
+
+
+def _onnx_io(path: Path) -> tuple[str, str]:
+    try:
+        import onnx
+
+        m = onnx.load(str(path), load_external_data=False)
+        return m.graph.input[0].name, m.graph.output[0].name
+    except Exception:
+        return "image", "probabilities"
+
+
+def write_card(run_dir, pipeline=None, echo=print) -> Path:
+    from edgetl.verify import table
+
+    d = Path(run_dir)
+    metrics = json.loads((d / "metrics.json").read_text())
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    labels = [l for l in (d / "labels.txt").read_text().splitlines() if l.strip()]
+    report = json.loads((d / "report.json").read_text()) if (d / "report.json").exists() else None
+    data = metrics.get("data", {})
+    h = w = cfg["img_size"]
+    L = [f"# Model card: {d.name}", ""]
+    L += [f"An image classifier for {len(labels)} classes ({', '.join(labels)}), "
+          f"{cfg['backbone']}" + (f" alpha {cfg['alpha']}" if cfg.get("alpha") else "")
+          + f" at {h}x{w} px, fine-tuned by edgetl from `{cfg['weights']}` weights. "
+          f"Input: RGB 0-255 at {h}x{w} ({cfg.get('resize', 'crop')} resize), preprocessing inside the model; "
+          "output: class probabilities in `labels.txt` order.", ""]
+    if metrics.get("distillation"):
+        dist = metrics["distillation"]
+        L += [f"Distilled from `{dist['teacher']}` (kd_alpha {dist['kd_alpha']}, temperature {dist['temperature']}).", ""]
+    # data
+    L += ["## Data", "", f"Source: `{data.get('root')}` ({data.get('layout')} layout).", "",
+          "| class | train | val |" + (" test |" if data.get("test_counts") else ""),
+          "|---|---|---|" + ("---|" if data.get("test_counts") else "")]
+    for i, c in enumerate(labels):
+        row = f"| {c} | {data['train_counts'][i]} | {data['val_counts'][i]} |"
+        if data.get("test_counts"):
+            row += f" {data['test_counts'][i]} |"
+        L.append(row)
+    skipped = data.get("skipped") or []
+    L += ["", f"Skipped files: {len(skipped)}" + (":" if skipped else ".")]
+    L += [f"- `{s['file']}`: {s['reason']}" for s in skipped[:20]]
+    # training
+    L += ["", "## Training", "", "```yaml", yaml.safe_dump(cfg, sort_keys=False).strip(), "```", "",
+          f"Phase 1 (frozen base, head on cached features): val accuracy {metrics['phase1']['accuracy']:.4f}."]
+    if metrics.get("phase2"):
+        L.append(f"Phase 2 (last layers unfrozen, BatchNorm frozen): val accuracy {metrics['phase2']['accuracy']:.4f}.")
+    L += [f"Kept: {metrics['selected_phase']} (val accuracy {metrics['val_accuracy']:.4f}); "
+          f"{metrics['params']['total']:,} parameters.", "", "![training curves](curves.png)", ""]
+    # artifacts
+    L += ["## Artifacts", ""]
+    rec = None
+    if report:
+        L += [f"Scored on {report['n_images']} held-out images ({report['data']}), timed with "
+              f"{report['threads']} thread(s) on {report['machine']['cpu']}.", "", table(report, markdown=True), "",
+              "![accuracy vs latency](verify_accuracy_latency.png) ![sizes](verify_sizes.png)", ""]
+        rec = report["recommended"]
+        L += ["## Recommended artifact", ""]
+        if rec.get("fastest"):
+            L += [f"**`export/{rec['fastest']}`** — {rec['why']}.", "",
+                  "Fastest passing per runtime: " + ", ".join(f"{k}: `{v}`" for k, v in rec["fastest_per_runtime"].items())
+                  + ".", ""]
+        else:
+            L += ["None: no artifact passes every gate. See the failed gates above.", ""]
+    else:
+        L += ["Not verified yet: run `edgetl verify` for the per-artifact table.", ""]
+    # limits
+    final = metrics["final"]
+    per = sorted(final["per_class"].items(), key=lambda kv: kv[1]["recall"])
+    n_val = final.get("n") or sum(v["support"] for v in final["per_class"].values())
+    L += ["## Known limits", "",
+          f"- Validation set: {n_val} images; one image is {100 / max(n_val, 1):.1f} points of accuracy, so "
+          "differences of a point or two between artifacts are within noise.",
+          "- Accuracy per class (recall on the validation set):"]
+    L += [f"  - {c}: {v['recall']:.3f} (precision {v['precision']:.3f}, {v['support']} images)" for c, v in per]
+    worst = per[0]
+    if worst[1]["recall"] < final["accuracy"] - 0.05:
+        L.append(f"- `{worst[0]}` is the weakest class; collect more of its images before relying on it.")
+    L += ["- The model only knows these classes: any other image is forced into one of them.",
+          "- Images must be resized the way the card says; a different crop or colour order lowers accuracy.", "",
+          "![confusion](confusion.png)", ""]
+    # snippets
+    tfl = f"export/{rec['fastest_per_runtime'].get('litert')}" if rec and rec.get("fastest_per_runtime", {}).get(
+        "litert") else "export/model_fp32.tflite"
+    onx = f"export/{rec['fastest_per_runtime'].get('onnxruntime')}" if rec and rec.get("fastest_per_runtime", {}).get(
+        "onnxruntime") else "export/model_fp32.onnx"
+    i_name, o_name = _onnx_io(d / onx) if (d / onx).exists() else ("image", "probabilities")
+    L += ["## Using the model", "", SNIPPETS.format(onnx=onx, tflite=tfl, onnx_stem=Path(onx).stem, h=h, w=w,
+                                                   k=len(labels), resize=cfg.get("resize", "crop"),
+                                                   input_name=i_name, output_name=o_name)]
+    dest = artifacts.write_text(d / "MODEL_CARD.md", "\n".join(L) + "\n")
+    echo(f"model card: {dest}")
+    return dest

@@ -1,0 +1,95 @@
+"""Distillation: the loss against hand-computed values, the teacher run once per
+image and view, class checks, and an ordinary run directory."""
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import TINY, quiet
+from edgetl.config import TrainConfig
+from edgetl.distill import DistillConfig, Distiller, Teacher, distill, kd_loss_value, make_loss
+from edgetl.errors import EdgetlError
+
+Y = np.array([[1, 0, 0], [0, 0, 1]], np.float32)
+S = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]], np.float32)
+T_ = np.array([[3.0, 1.0, -2.0], [-1.0, 0.0, 2.0]], np.float32)
+
+
+def _keras_loss(alpha, T):
+    return float(make_loss(3, alpha, T)(np.concatenate([Y, T_], 1), S))
+
+
+def test_loss_matches_hand_computation():
+    # example 1 by hand: CE = -log softmax(S)[0]; KL at T = 4 with T^2 = 16
+    ls = S[0] - np.log(np.exp(S[0]).sum())
+    ce = -ls[0]
+    pt = np.exp(T_[0] / 4) / np.exp(T_[0] / 4).sum()
+    ps = np.exp(S[0] / 4) / np.exp(S[0] / 4).sum()
+    kl = float((pt * np.log(pt / ps)).sum())
+    assert kd_loss_value(Y[:1], S[:1], T_[:1], 0.1, 4.0)[0] == pytest.approx(0.1 * ce + 0.9 * 16 * kl, rel=1e-5)
+    assert _keras_loss(0.1, 4.0) == pytest.approx(kd_loss_value(Y, S, T_, 0.1, 4.0).mean(), rel=1e-5)
+
+
+def test_loss_limits_alpha_1_is_cross_entropy_alpha_0_is_scaled_kl():
+    ce = float(keras.losses.CategoricalCrossentropy(from_logits=True)(Y, S))
+    assert _keras_loss(1.0, 4.0) == pytest.approx(ce, rel=1e-5)
+    kl2 = kd_loss_value(Y, S, T_, 0.0, 2.0).mean()
+    assert _keras_loss(0.0, 2.0) == pytest.approx(kl2, rel=1e-5)
+    # the T^2 factor: at alpha 0 the loss is T^2 times the plain KL at temperature T
+    plain = kd_loss_value(Y, S, T_, 0.0, 2.0).mean() / 4.0
+    assert _keras_loss(0.0, 2.0) == pytest.approx(4.0 * plain, rel=1e-5)
+    assert kd_loss_value(Y, T_, T_, 0.0, 3.0) == pytest.approx(np.zeros(2), abs=1e-6)  # student = teacher
+
+
+def test_teacher_runs_once_per_batch_of_each_view(tiny_run, tiny_data, tmp_path):
+    teacher = Teacher(tiny_run.run_dir, quiet)
+    cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "s"), **{**TINY, "epochs_head": 5, "epochs_finetune": 2})
+    d = Distiller(cfg, DistillConfig(str(tiny_run.run_dir)), echo=quiet, teacher=teacher)
+    r = d.run()
+    n_train, n_val = len(d.ds.train), len(d.ds.val)
+    batches = -(-n_train // 64)  # view batches of max(batch_size, 64)
+    assert teacher.calls == TINY["views"] * batches + -(-n_val // 64)  # not per epoch, not per phase
+    assert (r.run_dir / "model.keras").exists() and (r.run_dir / "manifest.json").exists()
+    assert r.metrics["val_accuracy"] >= 0.55  # 3 classes: chance is 0.33
+
+
+def test_class_mismatch_is_one_line_error(tiny_run, tmp_path):
+    from synth import make_dataset
+
+    other = make_dataset(tmp_path / "other", per_class=4, classes=("red", "blue"))
+    with pytest.raises(EdgetlError, match="the teacher has 3 classes, the data 2"):
+        distill(TrainConfig(data=str(other), out=str(tmp_path / "o"), **TINY), DistillConfig(str(tiny_run.run_dir)),
+                echo=quiet)
+    swapped = make_dataset(tmp_path / "swapped", per_class=4, classes=("red", "green", "yellow"))
+    with pytest.raises(EdgetlError, match=r"differ from the data's"):
+        distill(TrainConfig(data=str(swapped), out=str(tmp_path / "w"), **TINY), DistillConfig(str(tiny_run.run_dir)),
+                echo=quiet)
+
+
+def test_probability_teacher_is_converted(tiny_run, tmp_path):
+    m = keras.models.load_model(tiny_run.run_dir / "model.keras")
+    inp = keras.Input(m.inputs[0].shape[1:])
+    probs = keras.Model(inp, keras.layers.Softmax()(m(inp)))
+    f = tmp_path / "t.keras"
+    probs.save(f)
+    (tmp_path / "labels.txt").write_text("blue\ngreen\nred\n")
+    said = []
+    t = Teacher(f, said.append)
+    assert any("converting to logits" in s for s in said)
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    ref = m.predict(x, verbose=0)
+    got = t.logits(x)
+    # log-softmax of the original logits: equal up to a per-row constant
+    np.testing.assert_allclose(got - got.mean(1, keepdims=True), ref - ref.mean(1, keepdims=True), atol=1e-3)
+
+
+def test_distill_report_side_by_side(tiny_run, tiny_data, tmp_path):
+    rep = distill(TrainConfig(data=str(tiny_data), out=str(tmp_path / "d"), **{**TINY, "epochs_finetune": 0}),
+                  DistillConfig(str(tiny_run.run_dir), kd_alpha=0.5, temperature=2.0), echo=quiet)
+    assert [r["model"] for r in rep["rows"]] == ["teacher", "student alone", "distilled student"]
+    for r in rep["rows"]:
+        assert r["params"] > 0 and r["size_bytes"] > 0 and r["keras_p50_ms"] > 0
+    saved = json.loads((tmp_path / "d" / "distill.json").read_text())
+    assert saved["kd_alpha"] == 0.5 and "gain_points" in saved
+    assert json.loads((tmp_path / "d" / "metrics.json").read_text())["distillation"]["temperature"] == 2.0

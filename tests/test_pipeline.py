@@ -1,0 +1,146 @@
+"""`edgetl run`: config validation, stage skipping, --from, resume, model card; `edgetl init`."""
+import json
+import shutil
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from conftest import TINY, quiet
+from edgetl.cli import main
+from edgetl.pipeline import load, run
+
+BASE_TRAIN = {k: v for k, v in TINY.items()}
+
+
+def _write(tmp_path, data_dir, **sections):
+    cfg = {"data": str(data_dir), "out": str(tmp_path / "run"), "train": dict(BASE_TRAIN),
+           "calibrate": {"size": 12}, "export": {"formats": ["tflite", "onnx"], "quants": ["fp32", "int8"],
+                                                  "max_drop": 100.0},
+           "verify": {"threads": 1, "runs": 100, "max_drop": 100.0, "min_agreement": 0.0}}
+    for k, v in sections.items():
+        if v is None:
+            cfg.pop(k, None)
+        elif isinstance(v, dict) and isinstance(cfg.get(k), dict):
+            cfg[k] = {**cfg[k], **v}
+        else:
+            cfg[k] = v
+    p = tmp_path / "pipeline.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+@pytest.mark.parametrize("change,msg", [
+    ({"trian": {}}, "unknown key 'trian'"),
+    ({"train": {"alpah": 0.5}}, "unknown key 'train.alpah'"),
+    ({"train": {"alpha": "big"}}, "train.alpha = 'big' has the wrong type; expected a number"),
+    ({"train": {"epochs_head": 2.5}}, "train.epochs_head = 2.5 has the wrong type; expected an integer"),
+    ({"train": {"dropout": 3.0}}, "dropout 3.0: must be in [0, 1)"),
+    ({"export": {"quants": ["fp32", "int4"]}}, "quant fp32,int4"),
+    ({"verify": {"runs": 10}}, "verify.runs = 10; allowed: >= 100"),
+    ({"data": "/no/such/folder"}, "data = '/no/such/folder': no such folder"),
+])
+def test_config_errors_are_one_line_exit_2(tmp_path, tiny_data, change, msg):
+    p = _write(tmp_path, tiny_data, **change)
+    r = CliRunner().invoke(main, ["run", str(p)])
+    assert r.exit_code == 2, r.output
+    err = [l for l in r.output.splitlines() if l.startswith("error:")]
+    assert len(err) == 1 and msg in err[0] and str(p) in err[0], r.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_config_file(tmp_path):
+    r = CliRunner().invoke(main, ["run", str(tmp_path / "nope.yaml")])
+    assert r.exit_code == 2 and "edgetl init" in r.output
+
+
+def test_init_writes_a_valid_commented_starter(tmp_path, tiny_data):
+    out = tmp_path / "p.yaml"
+    r = CliRunner().invoke(main, ["init", "--out", str(out)])
+    assert r.exit_code == 0 and out.read_text().count("#") > 20
+    text = out.read_text().replace("data: photos/", f"data: {tiny_data}")
+    out.write_text(text)
+    p = load(out)
+    assert p.train.alpha == 0.35 and p.export["quants"] == ["fp32", "fp16", "dynamic", "int8"]
+    r = CliRunner().invoke(main, ["init", "--out", str(out)])
+    assert r.exit_code == 2 and "already exists" in r.output
+
+
+def test_cli_overrides_the_file(tmp_path, tiny_data):
+    p = _write(tmp_path, tiny_data)
+    pipe = load(p, ["train.alpha=0.5", "verify.threads=3"])
+    assert pipe.train.alpha == 0.5 and pipe.verify["threads"] == 3
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tiny_data, imagenet_mnv2_100, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipe")
+    p = _write(tmp, tiny_data)
+    lines = []
+    res = run(p, echo=lines.append)
+    return p, res, lines, tmp / "run"
+
+
+def test_full_run_writes_everything_and_a_model_card(pipeline_run):
+    p, res, lines, d = pipeline_run
+    assert [s for s, t in res["timings"].items() if not t["skipped"]] == ["train", "calibrate", "export", "verify",
+                                                                         "card"]
+    for f in ("model.keras", "calibration/manifest.json", "export/model_int8.tflite", "export/model_fp32.onnx",
+              "report.json", "MODEL_CARD.md"):
+        assert (d / f).exists(), f
+    man = json.loads((d / "manifest.json").read_text())
+    assert set(man["pipeline"]["stages"]) == {"train", "calibrate", "export", "verify", "card"}
+    card = (d / "MODEL_CARD.md").read_text()
+    for part in ("## Data", "## Training", "## Artifacts", "## Recommended artifact", "## Known limits",
+                 "onnxruntime", "Kotlin", "Swift", "| model_int8.tflite |"):
+        assert part in card, part
+    assert any("stage train: done" in l for l in lines)
+
+
+def test_unchanged_rerun_skips_every_stage(pipeline_run):
+    p, _, _, d = pipeline_run
+    mtime = (d / "model.keras").stat().st_mtime
+    lines = []
+    res = run(p, echo=lines.append)
+    assert all(t["skipped"] for t in res["timings"].values())
+    assert sum(t["seconds"] for t in res["timings"].values()) == 0
+    assert (d / "model.keras").stat().st_mtime == mtime
+    assert sum("skipped (inputs unchanged" in l for l in lines) == 5
+
+
+def test_from_export_redoes_export_and_after_only(pipeline_run):
+    p, _, _, d = pipeline_run
+    mtime = (d / "model.keras").stat().st_mtime
+    res = run(p, from_stage="export", echo=quiet)
+    t = res["timings"]
+    assert t["train"]["skipped"] and t["calibrate"]["skipped"]
+    assert not t["export"]["skipped"] and not t["verify"]["skipped"] and not t["card"]["skipped"]
+    assert (d / "model.keras").stat().st_mtime == mtime
+
+
+def test_changed_verify_key_reruns_verify_and_card(pipeline_run):
+    p, _, _, d = pipeline_run
+    res = run(p, overrides=["verify.batch=4"], echo=quiet)
+    t = res["timings"]
+    assert [s for s in t if not t[s]["skipped"]] == ["verify", "card"]
+
+
+def test_resume_after_an_interrupted_stage(tiny_data, imagenet_mnv2_100, tmp_path, monkeypatch):
+    import edgetl.pipeline as P
+
+    p = _write(tmp_path, tiny_data)
+    real = P.Runner.stage_export
+
+    def boom(self, redo):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(P.Runner, "stage_export", boom)
+    with pytest.raises(KeyboardInterrupt):
+        run(p, echo=quiet)
+    stages = json.loads((tmp_path / "run" / "manifest.json").read_text())["pipeline"]["stages"]
+    assert set(stages) == {"train", "calibrate"}
+    monkeypatch.setattr(P.Runner, "stage_export", real)
+    res = run(p, echo=quiet)
+    t = res["timings"]
+    assert t["train"]["skipped"] and t["calibrate"]["skipped"] and not t["export"]["skipped"]
+    assert (tmp_path / "run" / "MODEL_CARD.md").exists()
