@@ -187,7 +187,7 @@ def _h(obj) -> str:
     return artifacts.sha256_text(json.dumps(obj, sort_keys=True, default=str))
 
 
-class Runner:
+class PipelineRunner:
     def __init__(self, pipe: Pipeline, from_stage: str | None = None, force: bool = False, echo=print):
         if from_stage is not None and from_stage not in STAGES:
             raise EdgetlError(f"--from {from_stage}: use one of {', '.join(STAGES)}")
@@ -320,7 +320,7 @@ class Runner:
 
 
 def run(config, from_stage=None, force=False, overrides=(), echo=print) -> dict:
-    return Runner(load(config, overrides), from_stage, force, echo).run()
+    return PipelineRunner(load(config, overrides), from_stage, force, echo).run()
 
 
 def write_starter(out) -> Path:

@@ -129,17 +129,17 @@ def test_resume_after_an_interrupted_stage(tiny_data, imagenet_mnv2_100, tmp_pat
     import edgetl.pipeline as P
 
     p = _write(tmp_path, tiny_data)
-    real = P.Runner.stage_export
+    real = P.PipelineRunner.stage_export
 
     def boom(self, redo):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(P.Runner, "stage_export", boom)
+    monkeypatch.setattr(P.PipelineRunner, "stage_export", boom)
     with pytest.raises(KeyboardInterrupt):
         run(p, echo=quiet)
     stages = json.loads((tmp_path / "run" / "manifest.json").read_text())["pipeline"]["stages"]
     assert set(stages) == {"train", "calibrate"}
-    monkeypatch.setattr(P.Runner, "stage_export", real)
+    monkeypatch.setattr(P.PipelineRunner, "stage_export", real)
     res = run(p, echo=quiet)
     t = res["timings"]
     assert t["train"]["skipped"] and t["calibrate"]["skipped"] and not t["export"]["skipped"]

@@ -47,3 +47,21 @@ def test_imported_torchvision_features_separate_hymenoptera(imagenet_mnv2_100):
     clf = LogisticRegression(C=0.5, max_iter=3000).fit(feats(ds.train), ds.train.labels)
     acc = clf.score(feats(ds.val), ds.val.labels)
     assert acc >= 0.85, acc  # chance is 0.54
+
+
+def test_int8_on_real_photos_within_one_point(hym_run, tmp_path):
+    from edgetl.calibrate import calibrate
+    from edgetl.export import ExportOptions, export
+
+    calib = calibrate(HYMENOPTERA, size=200, out=tmp_path / "calibration", echo=lambda *a: None)
+    res = {(a.format, a.quant): a for a in export(hym_run, ExportOptions(
+        formats="tflite,onnx", quants="fp32,int8", calibration=str(calib), max_drop=1.0), echo=lambda *a: None)}
+    for fmt in ("tflite", "onnx"):
+        a = res[(fmt, "int8")]
+        assert a.status == "written", a.reason
+        assert a.drop_points <= 1.0, (fmt, a.drop_points)
+        assert a.agreement >= 0.95
+    # per-channel scales and zero points (12 bytes per output channel of every kernel and bias)
+    # put a floor of about 0.37x under int8 TFLite at alpha 0.35; see the README
+    assert res[("tflite", "int8")].size_bytes <= 0.42 * res[("tflite", "fp32")].size_bytes
+    assert res[("onnx", "int8")].size_bytes <= 0.35 * res[("onnx", "fp32")].size_bytes
