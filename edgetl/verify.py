@@ -190,7 +190,7 @@ def recommend(rows: list[dict]) -> dict:
 COLUMNS = [("artifact", "artifact", "{}"), ("runtime", "runtime", "{}"), ("quant", "quant", "{}"),
            ("size KiB", "size_bytes", "kib"), ("acc", "accuracy", "{:.4f}"),
            ("Δacc pt", "delta_accuracy_points", "{:+.2f}"), ("agree", "agreement", "{:.3f}"),
-           ("max|Δp|", "max_abs_dprob", "{:.1e}"), ("p50 ms", "p50_ms", "{:.2f}"), ("p90 ms", "p90_ms", "{:.2f}"),
+           ("maxΔp", "max_abs_dprob", "{:.1e}"), ("p50 ms", "p50_ms", "{:.2f}"), ("p90 ms", "p90_ms", "{:.2f}"),
            ("p99 ms", "p99_ms", "{:.2f}"), ("p90/p50", "spread_p90_p50", "{:.2f}"),
            ("img/s", "throughput_ips", "{:.0f}"), ("mem MB", "memory_mb", "{:.0f}"), ("status", "status", "{}")]
 
