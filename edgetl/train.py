@@ -396,7 +396,7 @@ class Trainer:
             self.head.compile(optimizer=keras.optimizers.Adam(cfg.lr_head), loss=self.loss(), metrics=self.metrics(),
                               steps_per_execution=16 if self.replicas == 1 else 1)
         self.head.fit(self.arrays_dataset(fx, targets, True), validation_data=self.arrays_dataset(fvx, vtargets, False),
-                      epochs=cfg.epochs_head, verbose=0, class_weight=self.class_weight,
+                      epochs=cfg.epochs_head, verbose=0, class_weight=self.class_weight, shuffle=False,
                       callbacks=self.callbacks("phase 1", cfg.epochs_head))
         with artifacts.atomic_path(head_w, suffix=".weights.h5") as tmp:
             self.head.save_weights(str(tmp))
@@ -437,7 +437,7 @@ class Trainer:
             tr, va = self.finetune_data()
         with self.strategy.scope():
             model.compile(optimizer=keras.optimizers.Adam(cfg.lr_finetune), loss=self.loss(), metrics=self.metrics())
-        model.fit(tr, validation_data=va, epochs=cfg.epochs_finetune, verbose=0,
+        model.fit(tr, validation_data=va, epochs=cfg.epochs_finetune, verbose=0, shuffle=False,  # tf.data shuffles
                   class_weight=self.class_weight, callbacks=self.callbacks("phase 2", cfg.epochs_finetune))
         self.timings["phase2_s"] = time.perf_counter() - t0
         p = self.ckpt / "history_phase2.json"

@@ -29,7 +29,7 @@ def test_random_init_stays_far_below(imagenet_mnv2_035, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["val_accuracy"] <= 0.70
 
 
-def test_imported_torchvision_features_separate_hymenoptera(imagenet_mnv2_100):
+def test_imported_torchvision_features_separate_hymenoptera(shared, imagenet_mnv2_100):
     from sklearn.linear_model import LogisticRegression
 
     from edgetl import backbones
