@@ -15,7 +15,8 @@ from edgetl.images import BadImage, open_rgb
 DEFAULT_DIR = "calibration"
 
 
-def _stratified(paths, labels, size: int, seed: int) -> list[int]:
+def stratified_sample(paths, labels, size: int, seed: int) -> list[int]:
+    """Indices of a seeded sample of ``size`` items, taken round-robin over the classes."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     classes = np.unique(labels)
@@ -35,7 +36,7 @@ def calibrate(data, size: int = 200, out=DEFAULT_DIR, seed: int = 42, val_split:
     if size < 1:
         raise EdgetlError(f"--size {size}: must be at least 1")
     ds = scan(data, val_split=val_split, seed=seed)
-    idx = _stratified(ds.train.paths, ds.train.labels, size, seed)
+    idx = stratified_sample(ds.train.paths, ds.train.labels, size, seed)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

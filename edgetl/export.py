@@ -137,9 +137,9 @@ class Exporter:
                 if not tr:
                     raise EdgetlError(f"no calibration images in {folder}/ and no training split in {self.run.dir}; "
                                       f"run: edgetl calibrate DATA")
-                from edgetl.calibrate import _stratified
+                from edgetl.calibrate import stratified_sample
 
-                idx = _stratified(tr, lab, self.opts.calib_size, self.opts.seed)
+                idx = stratified_sample(tr, lab, self.opts.calib_size, self.opts.seed)
                 files = [tr[i] for i in idx]
                 src = f"{len(files)} images sampled from the run's training split (no {folder}/ set)"
             h = artifacts.sha256_text("\n".join(artifacts.sha256_file(f) for f in files))
@@ -149,14 +149,14 @@ class Exporter:
 
     def larger_calibration(self, factor: int = 2) -> np.ndarray | None:
         """More training images than the current set, for the budget ladder."""
-        from edgetl.calibrate import _stratified
+        from edgetl.calibrate import stratified_sample
         from edgetl.tfdata import load_array
 
         x, _, files = self.calibration()
         tr, lab = self.run.split_files("train")
         if len(tr) <= len(files):
             return None
-        idx = _stratified(tr, lab, min(len(tr), factor * max(len(files), 1)), self.opts.seed + 1)
+        idx = stratified_sample(tr, lab, min(len(tr), factor * max(len(files), 1)), self.opts.seed + 1)
         return load_array([tr[i] for i in idx], self.run.img_size, self.run.resize)
 
     def held_out(self):

@@ -329,8 +329,3 @@ def write_starter(out) -> Path:
         raise EdgetlError(f"{out}: already exists; choose another --out or remove it")
     artifacts.copy_file(STARTER, out)
     return out
-
-
-def dump_config(p: Pipeline, dest) -> Path:
-    return artifacts.write_yaml(dest, p.resolved())
-
