@@ -53,7 +53,7 @@ class Runner(ABC):
         if tuple(x.shape[1:3]) != tuple(self.input_size):
             raise EdgetlError(f"{self.path.name}: takes {self.input_size[0]}x{self.input_size[1]} images, "
                               f"got {x.shape[1]}x{x.shape[2]}; resize first")
-        return self._run(x.astype(np.float32))
+        return self._run(np.ascontiguousarray(x, np.float32))
 
     @property
     def labels(self) -> list[str] | None:
@@ -177,7 +177,7 @@ class LiteRTRunner(Runner):
             info = np.iinfo(dt)
             x = np.clip(np.round(images / scale + zp), info.min, info.max).astype(dt)
         else:
-            x = images.astype(dt)
+            x = np.ascontiguousarray(images, dt)  # no copy when already float32
         self.interp.set_tensor(self._in["index"], x)
         self.interp.invoke()
         y = self.interp.get_tensor(self._out["index"])
@@ -218,7 +218,7 @@ class OnnxRunner(Runner):
         return {"tensor(float)": "float32", "tensor(uint8)": "uint8"}.get(self._in.type, self._in.type)
 
     def _run(self, images):
-        x = images.astype(np.uint8) if self.input_dtype == "uint8" else images
+        x = np.ascontiguousarray(images, np.uint8) if self.input_dtype == "uint8" else images
         return np.asarray(self.sess.run(None, {self._in.name: x})[0], np.float32)
 
 

@@ -61,7 +61,7 @@ class OnnxModel:
         self.version = ort.__version__
 
     def run(self, x):
-        x = x.astype(np.uint8) if self.inp.type == "tensor(uint8)" else x.astype(np.float32)
+        x = np.ascontiguousarray(x, np.uint8 if self.inp.type == "tensor(uint8)" else np.float32)  # no copy if ready
         return np.asarray(self.sess.run(None, {self.inp.name: x})[0], np.float32)
 
 
@@ -98,7 +98,7 @@ class TfliteModel:
             info = np.iinfo(i["dtype"])
             x = np.clip(np.round(x / scale + zp), info.min, info.max).astype(i["dtype"])
         else:
-            x = x.astype(i["dtype"])
+            x = np.ascontiguousarray(x, i["dtype"])  # no copy when already float32
         self.it.set_tensor(i["index"], x)
         self.it.invoke()
         y = self.it.get_tensor(o["index"])
