@@ -54,16 +54,24 @@ def tflite_converter(serving: Serving, quant: str, io_type: str = "float32", cal
     elif quant == "dynamic":
         c.optimizations = [tf.lite.Optimize.DEFAULT]
     elif quant == "int8":
-        if calib is None or not len(calib):
-            raise ValueError("int8 needs calibration images")
-        c.optimizations = [tf.lite.Optimize.DEFAULT]
-        c.representative_dataset = _rep(calib)
-        c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        dt = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io_type]
-        c.inference_input_type = dt
-        c.inference_output_type = dt
+        full_integer(c, calib, io_type)
     elif quant != "fp32":
         raise ValueError(f"unknown quantization {quant}")
+    return c
+
+
+def full_integer(c, calib: np.ndarray | None, io_type: str = "float32"):
+    """Set a TFLite converter up for full-integer int8 from calibration images."""
+    import tensorflow as tf
+
+    if calib is None or not len(calib):
+        raise ValueError("int8 needs calibration images")
+    c.optimizations = [tf.lite.Optimize.DEFAULT]
+    c.representative_dataset = _rep(calib)
+    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    dt = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io_type]
+    c.inference_input_type = dt
+    c.inference_output_type = dt
     return c
 
 

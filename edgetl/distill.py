@@ -161,13 +161,19 @@ class Distiller(Trainer):
         self.teacher.check_leak(self.ds.val.paths, self.echo)
         artifacts.write_json(self.run_dir / "distill_config.json", dataclasses.asdict(self.dcfg))
 
+    hard_labels_only = False
+
     def loss(self):
+        if self.hard_labels_only:
+            return super().loss()
         return make_loss(len(self.ds.classes), self.dcfg.kd_alpha, self.dcfg.temperature)
 
     def metrics(self):
         import keras
         from keras import ops
 
+        if self.hard_labels_only:
+            return super().metrics()
         k = len(self.ds.classes)
 
         def accuracy(y_true, y_pred):
@@ -202,10 +208,10 @@ class Distiller(Trainer):
         return np.concatenate([np.eye(len(self.ds.classes), dtype=np.float32)[labels], self.t_val], 1)
 
     def phase2(self):
-        if self.cfg.epochs_finetune and self.cut_tensor is None:
+        # without cached activations phase 2 runs on fresh images, which have no teacher logits
+        self.hard_labels_only = bool(self.cfg.epochs_finetune and self.cut_tensor is None)
+        if self.hard_labels_only:
             self.echo("phase 2: cached activations unavailable; fine-tuning on hard labels only")
-            self.loss = lambda: Trainer.loss(self)
-            self.metrics = lambda: Trainer.metrics(self)
         return super().phase2()
 
 

@@ -8,9 +8,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
-
-
 class BadImage(ValueError):
     """The file is not a decodable image; the message says why."""
 

@@ -248,7 +248,8 @@ class PipelineRunner:
             result = getattr(self, "stage_" + stage)(redo)
             if stage == "verify":
                 report = result
-            h = self.inputs(stage)  # after the stage: hashes of what it consumed
+            if h is None:  # its inputs did not exist before it ran (a predecessor was missing)
+                h = self.inputs(stage)
             secs = time.perf_counter() - t0
             self.record(stage, h, secs)
             timings[stage] = {"seconds": round(secs, 2), "skipped": False}

@@ -143,14 +143,10 @@ def to_int8_tflite(qmodel, img_size: int, calib: np.ndarray, io_type: str = "flo
     spec = [tf.TensorSpec([None, img_size, img_size, 3], tf.float32, name="image")]
     fn = tf.function(lambda x: serving(x, training=False), input_signature=spec)
     frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
+    from edgetl.convert import full_integer
+
     c = tf.lite.TFLiteConverter.from_concrete_functions([frozen], serving)
-    c.optimizations = [tf.lite.Optimize.DEFAULT]
-    c.representative_dataset = lambda: ([x[None].astype(np.float32)] for x in calib)
-    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    dt = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io_type]
-    c.inference_input_type = dt
-    c.inference_output_type = dt
-    return bytes(c.convert())
+    return bytes(full_integer(c, calib, io_type).convert())
 
 
 def qat(run_dir, epochs: int = 3, lr: float = 1e-5, batch_size: int = 32, io_type: str = "float32",

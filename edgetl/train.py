@@ -160,8 +160,6 @@ class Trainer:
             self.echo(f"strategy: {type(self.strategy).__name__} over {self.replicas} replicas")
 
     def build(self) -> None:
-        import keras
-
         from edgetl import model as M
         from edgetl.weights import build_base
 
@@ -174,7 +172,6 @@ class Trainer:
             self.model, self.extractor = M.assemble(self.base, self.bb, cfg.img_size, self.head_layers)
             self.head = M.head_model(n_feat, self.head_layers)
         self.n_features = n_feat
-        self.keras = keras
 
     # ---- losses and targets (overridden by distillation) ----------------
     def loss(self):
