@@ -10,7 +10,6 @@ import numpy as np
 
 from edgetl import artifacts
 from edgetl.errors import EdgetlError
-from edgetl.images import BadImage, open_rgb
 
 DEFAULT_DIR = "calibration"
 
@@ -79,18 +78,9 @@ def _swap_in(out: Path, new: Path) -> None:
 
 def calibration_images(folder) -> list[Path]:
     """Readable images below ``folder`` (any depth), sorted."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    out = []
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in (".json", ".md", ".txt"):
-            try:
-                open_rgb(p, min_size=64)
-                out.append(p)
-            except BadImage:
-                pass
-    return out
+    from edgetl.data import readable_images
+
+    return readable_images(folder)
 
 
 def check_overlap(calib_files, held_out_files, where: str) -> None:

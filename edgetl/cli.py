@@ -75,6 +75,9 @@ def train_options(f):
         click.option("--l2", type=float, default=0.0, show_default=True, help="L2 penalty on head weights."),
         click.option("--views", type=int, default=4, show_default=True,
                      help="Cached views per image in phase 1: 1 plain + (views-1) augmented."),
+        click.option("--mixup", type=float, default=0.0, show_default=True,
+                     help="Blend each augmented view with a random partner, weight ~ Beta(a, a) (a = 0.4 is "
+                          "typical; 0: off). Labels blend too; with distillation the teacher labels the blend."),
         click.option("--augment", default="default", show_default=True,
                      help="none, or a comma list of flip,rotate,zoom,translate,contrast."),
         click.option("--class-weights", type=click.Choice(["none", "auto"]), default="none", show_default=True,
@@ -333,20 +336,24 @@ def predict(model, images, top_k, as_json, threads):
 @click.option("--temperature", type=float, default=4.0, show_default=True, help="Softmax temperature T.")
 @click.option("--sweep", is_flag=True, help="Try kd-alpha in {0.1, 0.5} x T in {2, 4}; keep the best on validation.")
 @click.option("--no-compare", is_flag=True, help="Skip training the student alone for the side-by-side report.")
+@click.option("--unlabeled", type=click.Path(), default=None,
+              help="Transfer set: a folder of unlabelled images (any depth). The teacher labels them; the "
+                   "student learns from them through the soft targets only. Must not hold validation images.")
 @train_options
-def distill(data, teacher, student, kd_alpha, temperature, sweep, no_compare, **kw):
+def distill(data, teacher, student, kd_alpha, temperature, sweep, no_compare, unlabeled, **kw):
     """Distil TEACHER into a compact student trained on DATA (same options as `train`).
 
     Loss on logits: a*CE(y, s) + (1-a)*T^2*KL(softmax(t/T) || softmax(s/T)). The teacher
     runs once per image and cached view. Writes an ordinary run plus distill.json with
-    teacher / student alone / distilled student side by side."""
+    teacher / student alone / distilled student side by side. --unlabeled adds a
+    transfer set the teacher labels: where distillation pays most (few labels)."""
     from edgetl.distill import DistillConfig
     from edgetl.distill import distill as run_distill
 
     kw.pop("backbone", None)
     cfg = _train_config(data, {**kw, "backbone": student})
-    run_distill(cfg, DistillConfig(teacher, kd_alpha, temperature, sweep, not no_compare), resume=kw["resume"],
-                echo=echo)
+    run_distill(cfg, DistillConfig(teacher, kd_alpha, temperature, sweep, not no_compare, unlabeled),
+                resume=kw["resume"], echo=echo)
 
 
 # ------------------------------------------------------------- pipeline ----

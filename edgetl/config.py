@@ -30,6 +30,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     l2: float = 0.0
     views: int = 4                      # cached views per image in phase 1 (1 plain + views-1 augmented)
+    mixup: float = 0.0                  # Beta(a, a) mixup of augmented cached views; 0: off
     augment: str = "default"            # default | none | comma list of flip,rotate,zoom,translate,contrast
     class_weights: str = "none"         # none | auto
     patience: int = 5
@@ -50,7 +51,7 @@ class TrainConfig:
         if self.img_size is not None and self.img_size < bb.min_size:
             raise EdgetlError(f"--img-size {self.img_size}: {bb.name} needs at least {bb.min_size} px")
         _positive(self, "batch_size", "epochs_head", "views")
-        _non_negative(self, "epochs_finetune", "unfreeze", "dense", "patience", "l2")
+        _non_negative(self, "epochs_finetune", "unfreeze", "dense", "patience", "l2", "mixup")
         if not 0.0 <= self.dropout < 1.0:
             raise EdgetlError(f"--dropout {self.dropout}: must be in [0, 1)")
         if not 0.0 <= self.label_smoothing < 1.0:

@@ -76,6 +76,22 @@ def _is_candidate(p: Path) -> bool:
     return p.is_file() and not p.name.startswith(".")
 
 
+def readable_images(folder) -> list[Path]:
+    """Readable images below ``folder`` (any depth, no labels), sorted; others are passed over."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    out = []
+    for p in sorted(folder.rglob("*")):
+        if _is_candidate(p) and p.suffix.lower() not in (".json", ".md", ".txt", ".yaml"):
+            try:
+                open_rgb(p, min_size=64)
+                out.append(p)
+            except BadImage:
+                pass
+    return out
+
+
 def _scan_classes(folder: Path, strict: bool, skipped: list, classes: list[str] | None = None):
     """Return {class: [usable paths]} for a class-per-folder directory."""
     if not folder.is_dir():

@@ -143,6 +143,7 @@ class Trainer:
             hint = "" if cfg.class_weights == "auto" else "; --class-weights auto balances the loss"
             self.echo(f"warning: classes are imbalanced (largest/smallest = {ratio:.1f}){hint}")
         self.class_weight = class_weights(ds) if cfg.class_weights == "auto" else None
+        self.check_inputs()  # before anything is written: a refused input leaves no half-made run
         self.ckpt.mkdir(parents=True, exist_ok=True)
         artifacts.write_yaml(self.run_dir / CONFIG_FILE, cfg.to_dict())
         artifacts.write_text(self.run_dir / LABELS_FILE, "\n".join(ds.classes) + "\n")
@@ -173,6 +174,9 @@ class Trainer:
             self.head = M.head_model(n_feat, self.head_layers)
         self.n_features = n_feat
 
+    def check_inputs(self) -> None:
+        """Checks of further inputs once the data is scanned (distillation: the teacher)."""
+
     # ---- losses and targets (overridden by distillation) ----------------
     def loss(self):
         import keras
@@ -184,8 +188,18 @@ class Trainer:
 
         return [keras.metrics.CategoricalAccuracy(name="accuracy")]
 
-    def head_targets(self, labels: np.ndarray, views: np.ndarray) -> np.ndarray:
-        return np.eye(len(self.ds.classes), dtype=np.float32)[labels]
+    def view_labels(self) -> np.ndarray:
+        """Soft labels of the cached views: one-hot, or for a mixup view the blend of its
+        two images' labels (lam * y + (1 - lam) * y2); zero for unlabelled images."""
+        eye = np.eye(len(self.ds.classes), dtype=np.float32)
+        y = self.views[1]
+        y2, lam = self.mix
+        soft = lam[:, None] * eye[y] + (1.0 - lam[:, None]) * eye[y2]
+        return soft * self.labeled[:, None]
+
+    def head_targets(self) -> np.ndarray:
+        """Training targets of the cached views (distillation appends the teacher's logits)."""
+        return self.view_labels()
 
     def val_targets(self, labels: np.ndarray) -> np.ndarray:
         return np.eye(len(self.ds.classes), dtype=np.float32)[labels]
@@ -243,7 +257,16 @@ class Trainer:
     def cache_bytes(self) -> int:
         shape = self.cut_tensor.shape[1:] if self.cut_tensor is not None else (self.n_features,)
         views = self.cfg.views if self._augment_names() else 1
-        return int(np.prod(shape)) * 4 * (views * len(self.ds.train) + len(self.ds.val))
+        return int(np.prod(shape)) * 4 * (views * (len(self.ds.train) + self.n_extra()) + len(self.ds.val))
+
+    def n_extra(self) -> int:
+        """Unlabelled images added to every view (distillation's transfer set; none here)."""
+        return 0
+
+    def extra_images(self, size: int) -> np.ndarray | None:
+        """Those images, uint8 (N, size, size, 3): they get the same views as the training
+        images and no hard label (their rows' label vectors are zero)."""
+        return None
 
     def _augment_names(self):
         from edgetl.tfdata import parse_augment
@@ -265,13 +288,14 @@ class Trainer:
         prefix is the whole frozen extractor and the cache holds pooled features."""
         import tensorflow as tf
 
-        from edgetl.tfdata import augmenter, image_dataset
+        from edgetl.tfdata import augmenter, image_dataset, load_array
 
         cfg = self.cfg
         path = self.ckpt / "views.npz"
         if path.exists():
             z = np.load(path)
             self.echo(f"phase 1: reusing cached views {z['x'].shape} from {path}")
+            self.mix, self.labeled = (z["y2"], z["lam"]), z["labeled"]
             self.load_view_extras(z)
             return z["x"], z["y"], z["view"], z["vx"], z["vy"]
         t0 = time.perf_counter()
@@ -297,26 +321,53 @@ class Trainer:
         plain = tf.function(lambda x: run_prefix(to_input(x)), input_signature=spec)
         augmented = tf.function(lambda x: tf.clip_by_value(aug(x, training=True), 0.0, 255.0), input_signature=spec)
         bs = max(cfg.batch_size, 64)  # inference only: larger batches use the CPU better
-        train_ds = image_dataset(self.ds.train.paths, self.ds.train.labels, size, cfg.resize)
-        xs, ys, vs = [], [], []
+        images = load_array(self.ds.train.paths, size, cfg.resize)
+        labels = np.asarray(self.ds.train.labels)
+        n = len(images)
+        extra = self.extra_images(size)
+        m = 0 if extra is None else len(extra)
+        rng = np.random.default_rng(cfg.seed + 7)
+        xs, ys, y2s, lams, vs, labeled = [], [], [], [], [], []
         for v in range(views):
+            mixed = v > 0 and cfg.mixup > 0
+            # mixup: each augmented view is blended with an augmented view of a random partner
+            partner = rng.permutation(n) if mixed else np.arange(n)
+            lam = (np.maximum(rng.beta(cfg.mixup, cfg.mixup, n), 0.5) if mixed else np.ones(n)).astype(np.float32)
             out = []
-            for imgs, _ in train_ds.batch(bs):
-                imgs = tf.cast(imgs, tf.float32)
+
+            def encode(batch, partner_batch=None, w=None):
+                imgs = tf.convert_to_tensor(batch.astype(np.float32))
                 if v > 0:
                     imgs = augmented(imgs)
+                if partner_batch is not None:
+                    imgs = w * imgs + (1.0 - w) * augmented(tf.convert_to_tensor(partner_batch.astype(np.float32)))
                 self.view_hook(v, imgs)
                 out.append(plain(imgs).numpy())
+
+            for i in range(0, n, bs):
+                if mixed:
+                    encode(images[i:i + bs], images[partner[i:i + bs]], lam[i:i + bs, None, None, None])
+                else:
+                    encode(images[i:i + bs])
+            for i in range(0, m, bs):  # unlabelled images: same views, no mixup (no labels to blend)
+                encode(extra[i:i + bs])
             xs.append(np.concatenate(out))
-            ys.append(self.ds.train.labels)
-            vs.append(np.full(len(self.ds.train), v))
-            self.echo(f"phase 1: frozen base over view {v + 1}/{views} ({'plain' if v == 0 else 'augmented'}) "
-                      f"of {len(self.ds.train)} images")
+            ys.append(np.concatenate([labels, np.zeros(m, labels.dtype)]))
+            y2s.append(np.concatenate([labels[partner], np.zeros(m, labels.dtype)]))
+            lams.append(np.concatenate([lam, np.ones(m, np.float32)]))
+            labeled.append(np.arange(n + m) < n)
+            vs.append(np.full(n + m, v))
+            kind = "plain" if v == 0 else "augmented" + (", mixup" if mixed else "")
+            self.echo(f"phase 1: frozen base over view {v + 1}/{views} ({kind}) of {n} images"
+                      + (f" + {m} unlabelled" if m else ""))
         val_ds = image_dataset(self.ds.val.paths, self.ds.val.labels, size, cfg.resize)
         vx = np.concatenate([plain(tf.cast(i, tf.float32)).numpy() for i, _ in val_ds.batch(bs)])
         x, y, view = np.concatenate(xs), np.concatenate(ys), np.concatenate(vs)
+        self.mix = (np.concatenate(y2s), np.concatenate(lams))
+        self.labeled = np.concatenate(labeled)
         with artifacts.atomic_path(path, suffix=".npz") as tmp:
-            np.savez(tmp, x=x, y=y, view=view, vx=vx, vy=self.ds.val.labels, **self.view_extras())
+            np.savez(tmp, x=x, y=y, y2=self.mix[0], lam=self.mix[1], labeled=self.labeled, view=view, vx=vx,
+                     vy=self.ds.val.labels, **self.view_extras())
         self.timings["features_s"] = time.perf_counter() - t0
         self.echo(f"phase 1: {len(x)} cached views {tuple(x.shape[1:])} in {self.timings['features_s']:.1f}s")
         return x, y, view, vx, self.ds.val.labels
@@ -356,12 +407,23 @@ class Trainer:
             *self.extra_callbacks,
         ]
 
-    def arrays_dataset(self, x, t, shuffle: bool):
+    def row_weights(self) -> np.ndarray | None:
+        """Loss weights of the cached views under --class-weights auto (else None): each row's
+        class weight, blended like its label for mixup views, 1 for unlabelled rows. Passed
+        as sample weights, since Keras' class_weight reads a class from argmax(y), which is
+        wrong for blended labels and for distillation's [labels | teacher logits] targets."""
+        if self.class_weight is None:
+            return None
+        cw = np.array([self.class_weight[i] for i in range(len(self.ds.classes))], np.float32)
+        return np.where(self.labeled, self.view_labels() @ cw, 1.0).astype(np.float32)
+
+    def arrays_dataset(self, x, t, shuffle: bool, w: np.ndarray | None = None):
         import tensorflow as tf
 
         r = self.replicas  # multi-replica strategies need batches that split evenly
         if shuffle:
-            ds = tf.data.Dataset.from_tensor_slices((x, t)).shuffle(len(x), seed=self.cfg.seed)
+            parts = (x, t) if w is None else (x, t, w)
+            ds = tf.data.Dataset.from_tensor_slices(parts).shuffle(len(x), seed=self.cfg.seed)
             return ds.batch(self.cfg.batch_size, drop_remainder=r > 1).prefetch(2)
         n = len(x) - len(x) % r
         return tf.data.Dataset.from_tensor_slices((x[:n], t[:n])).batch(self.cfg.batch_size).prefetch(2)
@@ -386,14 +448,15 @@ class Trainer:
         x, y, view, vx, vy = self.views
         t0 = time.perf_counter()
         fx, fvx = self.pooled(x), self.pooled(vx)
-        targets = self.head_targets(y, view)
+        targets = self.head_targets()
         vtargets = self.val_targets(vy)
         with self.strategy.scope():
             # the head is tiny: run several batches per call to cut per-step overhead
             self.head.compile(optimizer=keras.optimizers.Adam(cfg.lr_head), loss=self.loss(), metrics=self.metrics(),
                               steps_per_execution=16 if self.replicas == 1 else 1)
-        self.head.fit(self.arrays_dataset(fx, targets, True), validation_data=self.arrays_dataset(fvx, vtargets, False),
-                      epochs=cfg.epochs_head, verbose=0, class_weight=self.class_weight, shuffle=False,
+        self.head.fit(self.arrays_dataset(fx, targets, True, self.row_weights()),
+                      validation_data=self.arrays_dataset(fvx, vtargets, False),
+                      epochs=cfg.epochs_head, verbose=0, shuffle=False,
                       callbacks=self.callbacks("phase 1", cfg.epochs_head))
         with artifacts.atomic_path(head_w, suffix=".weights.h5") as tmp:
             self.head.save_weights(str(tmp))
@@ -427,15 +490,17 @@ class Trainer:
                 for layer in self.head_layers:
                     z = layer(z)
                 model = keras.Model(inp, z, name="edgetl_classifier")
-            tr = self.arrays_dataset(x, self.head_targets(y, view), True)
+            tr = self.arrays_dataset(x, self.head_targets(), True, self.row_weights())
             va = self.arrays_dataset(vx, self.val_targets(vy), False)
+            class_weight = None  # in the rows' sample weights
         else:
             model = self.model
             tr, va = self.finetune_data()
+            class_weight = self.class_weight
         with self.strategy.scope():
             model.compile(optimizer=keras.optimizers.Adam(cfg.lr_finetune), loss=self.loss(), metrics=self.metrics())
         model.fit(tr, validation_data=va, epochs=cfg.epochs_finetune, verbose=0, shuffle=False,  # tf.data shuffles
-                  class_weight=self.class_weight, callbacks=self.callbacks("phase 2", cfg.epochs_finetune))
+                  class_weight=class_weight, callbacks=self.callbacks("phase 2", cfg.epochs_finetune))
         self.timings["phase2_s"] = time.perf_counter() - t0
         p = self.ckpt / "history_phase2.json"
         return json.loads(p.read_text()) if p.exists() else []

@@ -197,3 +197,38 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_data, imagenet_mnv2_100, ker
     assert p.returncode == 0, p.stderr[-2000:]
     assert "replicas 2" in p.stdout
     assert (tmp_path / "m" / "model.keras").exists()
+
+
+def test_mixup_views_blend_images_and_labels(tiny_data, imagenet_mnv2_100, tmp_path):
+    """--mixup: each augmented view blends two images with weight lam >= 0.5 drawn from
+    Beta(a, a); the view's label blends the same way; the plain view is left alone."""
+    blended = []
+
+    class Seeing(Trainer):
+        def view_hook(self, view, images):
+            blended.append((view, np.asarray(images)))
+
+    cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "m"), mixup=0.4,
+                      **{**TINY, "views": 3, "epochs_finetune": 1})
+    t = Seeing(cfg, echo=quiet)
+    r = t.run()
+    n = len(t.ds.train)
+    y2, lam = t.mix
+    view = t.views[2]
+    assert lam.shape == (3 * n,) and np.all(lam[view == 0] == 1.0) and np.all(y2[view == 0] == t.views[1][view == 0])
+    assert np.all((lam >= 0.5) & (lam <= 1.0)) and np.mean(lam[view > 0] < 0.99) > 0.3
+    soft = t.view_labels()
+    np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-6)
+    mixed = (view > 0) & (y2 != t.views[1])
+    assert mixed.any()
+    rows = np.flatnonzero(mixed)
+    np.testing.assert_allclose(soft[rows, t.views[1][rows]], lam[rows], rtol=1e-6)
+    np.testing.assert_allclose(soft[rows, y2[rows]], 1 - lam[rows], rtol=1e-6)
+    # the plain view's images are the decoded images; mixed views are not
+    plain = np.concatenate([im for v, im in blended if v == 0])
+    from edgetl.tfdata import load_array
+
+    np.testing.assert_array_equal(plain, load_array(t.ds.train.paths, 32).astype(np.float32))
+    assert r.metrics["val_accuracy"] >= 0.55
+    with pytest.raises(EdgetlError, match="--mixup -1"):
+        TrainConfig(data=str(tiny_data), mixup=-1).validate()
