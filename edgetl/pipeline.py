@@ -151,11 +151,18 @@ def load(path, overrides: list[str] = ()) -> Pipeline:
     try:
         cfg.validate()
     except EdgetlError as e:
-        raise EdgetlError(f"{where}: train: {e.message.replace('--', '').replace('-', '_', 1)}") from None
+        raise EdgetlError(f"{where}: train: {_as_key(e.message)}") from None
     p = Pipeline(where, data, out, cfg, section("calibrate", SECTIONS["calibrate"]), section("export", SECTIONS["export"]),
                  section("verify", SECTIONS["verify"]), section("distill", SECTIONS["distill"]) if raw.get("distill") else None)
     _validate_values(p, where)
     return p
+
+
+def _as_key(message: str) -> str:
+    """A CLI error ("--epochs-head -1: ...") in the YAML file's terms ("epochs_head -1: ...")."""
+    import re
+
+    return re.sub(r"--([a-z][a-z0-9-]*)", lambda m: m.group(1).replace("-", "_"), message)
 
 
 def _validate_values(p: Pipeline, where: str) -> None:
@@ -166,7 +173,7 @@ def _validate_values(p: Pipeline, where: str) -> None:
                       io_type=p.export["io_type"], calib_method=p.export["calib_method"],
                       onnx_format=p.export["onnx_format"], max_drop=p.export["max_drop"]).validate()
     except EdgetlError as e:
-        raise EdgetlError(f"{where}: export: {e.message.lstrip('-').replace('-', '_')}") from None
+        raise EdgetlError(f"{where}: export: {_as_key(e.message)}") from None
     checks = [("calibrate.size", p.calibrate["size"] >= 1, ">= 1"),
               ("verify.threads", p.verify["threads"] >= 1, ">= 1"),
               ("verify.runs", p.verify["runs"] >= 100, ">= 100"),
@@ -176,7 +183,9 @@ def _validate_values(p: Pipeline, where: str) -> None:
     if p.distill:
         checks += [("distill.kd_alpha", 0 <= p.distill["kd_alpha"] <= 1, "between 0 and 1"),
                    ("distill.temperature", p.distill["temperature"] > 0, "> 0"),
-                   ("distill.teacher", bool(p.distill["teacher"]), "a run directory or .keras file")]
+                   ("distill.teacher", bool(p.distill["teacher"]), "a run directory or .keras file"),
+                   ("distill.unlabeled", p.distill.get("unlabeled") is None
+                    or Path(p.distill["unlabeled"]).expanduser().is_dir(), "an existing folder of images, or null")]
     for key, ok, allowed in checks:
         if not ok:
             sec, k = key.split(".")

@@ -39,6 +39,11 @@ def _write(tmp_path, data_dir, **sections):
     ({"export": {"quants": ["fp32", "int4"]}}, "quant fp32,int4"),
     ({"verify": {"runs": 10}}, "verify.runs = 10; allowed: >= 100"),
     ({"data": "/no/such/folder"}, "data = '/no/such/folder': no such folder"),
+    ({"train": {"mixup": -1.0}}, "train: mixup -1.0: must be >= 0"),
+    ({"train": {"epochs_head": -2}}, "train: epochs_head -2: must be positive"),
+    ({"distill": {"teacher": "t", "unlabeled": ["a"]}}, "distill.unlabeled = ['a'] has the wrong type"),
+    ({"distill": {"teacher": "t", "unlabeled": "/no/such/dir"}},
+     "distill.unlabeled = '/no/such/dir'; allowed: an existing folder of images, or null"),
 ])
 def test_config_errors_are_one_line_exit_2(tmp_path, tiny_data, change, msg):
     p = _write(tmp_path, tiny_data, **change)
