@@ -5,7 +5,7 @@ epochs, several seeds; paired gains and the spread (max - min over seeds) printe
 * digits (scikit-learn's real 8x8 scans, offline, 10 classes, 400 val images): the
   teacher (MobileNetV2 1.0, 64 px) learns from every training image; the students
   (MobileNetV2 0.35, 32 px, fine-tuning 60 layers) get 10 labelled images per class.
-  Two distilled students: from the labelled images alone, and with the other 1,327
+  Two distilled students: from the labelled images alone, and with the other 1,297
   training images as an unlabelled transfer set (`--unlabeled`).
 * hymenoptera (../shared, 2 classes, 153 val photos): teacher MobileNetV2 1.0 at 160 px,
   students MobileNetV2 0.35 at 96 px fine-tuning 60 layers, all on the full training split.
