@@ -1,24 +1,29 @@
 """`edgetl demo`: the real pipeline (`edgetl run`) on a built-in config over
-scikit-learn's handwritten digits, offline, on 2 CPU cores: a larger teacher,
-a distilled compact student, calibration, export of every format and mode,
-verification, and a model card."""
+scikit-learn's handwritten digits, offline, on 2 CPU cores: a larger teacher
+trained on every labelled training image, a compact student that has 20 labels
+per class and the other training images as an unlabelled transfer set,
+calibration, export of every format and mode, verification, and a model card."""
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
 from edgetl import artifacts
-from edgetl.demo_data import demo_weights, write_digits
+from edgetl.demo_data import demo_weights, write_digits_split
+
+LABELS_PER_CLASS = 20
 
 
-def demo_config(data: Path, out: Path, teacher: Path, weights: str, alpha: float, quick: bool) -> dict:
+def demo_config(data: Path, out: Path, teacher: Path, unlabeled: Path, weights: str, alpha: float,
+                quick: bool) -> dict:
     return {
         "data": str(data),
         "out": str(out),
+        # few labelled images: an epoch is a handful of steps, so more epochs (early stopping ends them)
         "train": {"backbone": "mobilenetv2", "alpha": alpha, "img_size": 48, "weights": weights,
-                  "epochs_head": 6 if quick else 25, "epochs_finetune": 1 if quick else 4, "views": 2 if quick else 3,
-                  "augment": "rotate,zoom,translate,contrast", "seed": 42},
-        "distill": {"teacher": str(teacher), "kd_alpha": 0.1, "temperature": 4.0},
+                  "epochs_head": 6 if quick else 60, "epochs_finetune": 1 if quick else 8, "views": 2 if quick else 3,
+                  "augment": "rotate,zoom,translate,contrast", "patience": 8, "seed": 42},
+        "distill": {"teacher": str(teacher), "kd_alpha": 0.5, "temperature": 4.0, "unlabeled": str(unlabeled)},
         "calibrate": {"size": 100},
         "export": {"formats": ["tflite", "onnx"], "quants": ["fp32", "fp16", "dynamic", "int8"],
                    "max_drop": 2.0},
@@ -33,8 +38,12 @@ def run_demo(out="models/demo", quick: bool = False, echo=print) -> dict:
 
     t0 = time.perf_counter()
     out = Path(out)
-    data = write_digits(out.parent / ("demo-digits-quick" if quick else "demo-digits"), per_class=30 if quick else None)
-    echo(f"demo data: scikit-learn's handwritten digits as RGB images in {data}")
+    full, data, unlabeled = write_digits_split(out.parent / "demo-digits", per_class_small=LABELS_PER_CLASS)
+    if quick:  # a smaller transfer set
+        unlabeled = _subset(unlabeled, out.parent / "demo-digits" / "unlabeled-quick", every=8)
+    echo(f"demo data: scikit-learn's handwritten digits as RGB images in {full.parent}: the teacher learns "
+         f"from {full}, the student from {LABELS_PER_CLASS} labels per class ({data}) plus the unlabelled "
+         f"transfer set {unlabeled}; both are scored on the same validation images")
     weights, alpha = demo_weights(echo)
     teacher = out.parent / (out.name + "-teacher")
     if not (teacher / "manifest.json").exists():
@@ -45,14 +54,25 @@ def run_demo(out="models/demo", quick: bool = False, echo=print) -> dict:
 
         if t_w == "imagenet" and cached_weight_file(backbones.get("mobilenetv2"), 1.0, 96) is None:
             t_w, t_a = weights, alpha
-        train(TrainConfig(data=str(data), out=str(teacher), alpha=t_a, img_size=96, weights=t_w, dense=128,
+        train(TrainConfig(data=str(full), out=str(teacher), alpha=t_a, img_size=96, weights=t_w, dense=128,
                           epochs_head=6 if quick else 25, epochs_finetune=1 if quick else 4, views=2 if quick else 3,
-                          augment="rotate,zoom,translate,contrast", seed=42), echo=echo)  # same split as the student
+                          augment="rotate,zoom,translate,contrast", seed=42), echo=echo)  # same val images as the student
     else:
         echo(f"== teacher: {teacher} (already trained)")
     cfg_path = out.parent / (out.name + ".yaml")
-    artifacts.write_yaml(cfg_path, demo_config(data, out, teacher, weights, alpha, quick))
+    artifacts.write_yaml(cfg_path, demo_config(data, out, teacher, unlabeled, weights, alpha, quick))
     echo(f"== pipeline: edgetl run {cfg_path}")
     res = run(cfg_path, echo=echo)
     echo(f"demo finished in {time.perf_counter() - t0:.0f}s; model card: {out / 'MODEL_CARD.md'}")
     return res
+
+
+def _subset(src: Path, dest: Path, every: int) -> Path:
+    import shutil
+
+    if not dest.is_dir():
+        with artifacts.atomic_path(dest, suffix="") as tmp:
+            tmp.mkdir(parents=True)
+            for f in sorted(src.iterdir())[::every]:
+                shutil.copyfile(f, tmp / f.name)
+    return dest
