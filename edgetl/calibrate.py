@@ -76,20 +76,11 @@ def _swap_in(out: Path, new: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def calibration_images(folder) -> list[Path]:
-    """Readable images below ``folder`` (any depth), sorted."""
-    from edgetl.data import readable_images
-
-    return readable_images(folder)
-
-
 def check_overlap(calib_files, held_out_files, where: str) -> None:
     """Refuse a calibration set that shares an image (by content) with the held-out split."""
-    held = {}
-    for f in held_out_files:
-        if Path(f).exists():
-            held[artifacts.sha256_file(f)] = f
-    clash = [(c, held[h]) for c in calib_files if (h := artifacts.sha256_file(c)) in held]
+    from edgetl.data import same_images
+
+    clash = same_images(calib_files, held_out_files)
     if clash:
         c, h = clash[0]
         raise EdgetlError(

@@ -3,6 +3,7 @@
 files or decides policy."""
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
 
@@ -25,16 +26,13 @@ class Serving:
         self.size = (h, w)
         self.spec = [tf.TensorSpec([None, h, w, 3], tf.float32, name="image")]
         self.fn = tf.function(lambda x: self.model(x, training=False), input_signature=self.spec)
-        self._frozen = None
 
-    @property
+    @functools.cached_property
     def frozen(self):
         """Concrete function with variables folded in (the TFLite calibrator needs this)."""
-        if self._frozen is None:
-            from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-            self._frozen = convert_variables_to_constants_v2(self.fn.get_concrete_function())
-        return self._frozen
+        return convert_variables_to_constants_v2(self.fn.get_concrete_function())
 
 
 def _rep(calib: np.ndarray):

@@ -92,6 +92,15 @@ def readable_images(folder) -> list[Path]:
     return out
 
 
+def same_images(files, others) -> list[tuple[str, str]]:
+    """(file, other) pairs whose bytes are identical (by SHA-256): a set that must not share
+    images with a held-out split checks itself with this."""
+    from edgetl.artifacts import sha256_file
+
+    held = {sha256_file(f): str(f) for f in others if Path(f).exists()}
+    return [(str(f), held[h]) for f in files if (h := sha256_file(f)) in held]
+
+
 def _scan_classes(folder: Path, strict: bool, skipped: list, classes: list[str] | None = None):
     """Return {class: [usable paths]} for a class-per-folder directory."""
     if not folder.is_dir():

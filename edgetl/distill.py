@@ -175,13 +175,12 @@ class Distiller(Trainer):
     def _transfer_set(self) -> list[str]:
         if self.dcfg.unlabeled is None:
             return []
-        from edgetl.data import readable_images
+        from edgetl.data import readable_images, same_images
 
         files = [str(p) for p in readable_images(self.dcfg.unlabeled)]
         if not files:
             raise EdgetlError(f"--unlabeled {self.dcfg.unlabeled}: no readable images in it")
-        held = {artifacts.sha256_file(p): p for p in self.ds.val.paths}
-        clash = [(f, held[h]) for f in files if (h := artifacts.sha256_file(f)) in held]
+        clash = same_images(files, self.ds.val.paths)
         if clash:
             f, v = clash[0]
             raise EdgetlError(f"--unlabeled {self.dcfg.unlabeled}: {len(clash)} image(s) are validation images "

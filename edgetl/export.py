@@ -11,6 +11,7 @@ float fallback for the most sensitive layers) and recorded. An int8 model that
 still misses the budget is not written."""
 from __future__ import annotations
 
+import functools
 import json
 import time
 import traceback
@@ -103,28 +104,26 @@ class Exporter:
         self.opts = opts.validate()
         self.echo = echo
         self.model_sha = artifacts.sha256_file(self.run.model_path)
-        self._serving = None
         self._calib = None
         self._held = None
         self._onnx_fp32 = None
 
     # -- lazily built inputs ------------------------------------------------
-    @property
+    @functools.cached_property
     def serving(self):
-        if self._serving is None:
-            from edgetl.convert import Serving
+        from edgetl.convert import Serving
 
-            self._serving = Serving(self.run.load_model())
-        return self._serving
+        return Serving(self.run.load_model())
 
     def calibration(self) -> tuple[np.ndarray, str, list[str]]:
         """(images, hash, files) of the calibration set."""
         if self._calib is None:
-            from edgetl.calibrate import DEFAULT_DIR, calibration_images, check_overlap
+            from edgetl.calibrate import DEFAULT_DIR, check_overlap
+            from edgetl.data import readable_images
             from edgetl.tfdata import load_array
 
             folder = self.opts.calibration or DEFAULT_DIR
-            files = [str(p) for p in calibration_images(folder)]
+            files = [str(p) for p in readable_images(folder)]
             if not files and self.opts.calibration:
                 raise EdgetlError(f"{folder}: no calibration images; give a folder of training images "
                                   f"or create one with: edgetl calibrate DATA --out {folder}")

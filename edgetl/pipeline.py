@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 import typing
 from pathlib import Path
@@ -160,8 +161,6 @@ def load(path, overrides: list[str] = ()) -> Pipeline:
 
 def _as_key(message: str) -> str:
     """A CLI error ("--epochs-head -1: ...") in the YAML file's terms ("epochs_head -1: ...")."""
-    import re
-
     return re.sub(r"--([a-z][a-z0-9-]*)", lambda m: m.group(1).replace("-", "_"), message)
 
 

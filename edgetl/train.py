@@ -327,30 +327,27 @@ class Trainer:
         extra = self.extra_images(size)
         m = 0 if extra is None else len(extra)
         rng = np.random.default_rng(cfg.seed + 7)
+        def encode(v, batch, partner_batch=None, w=None):
+            """Frozen-prefix output of one batch of view v (augmented for v > 0, blended with
+            its mixup partners when given); the hook sees the exact images encoded."""
+            imgs = tf.convert_to_tensor(batch.astype(np.float32))
+            if v > 0:
+                imgs = augmented(imgs)
+            if partner_batch is not None:
+                imgs = w * imgs + (1.0 - w) * augmented(tf.convert_to_tensor(partner_batch.astype(np.float32)))
+            self.view_hook(v, imgs)
+            return plain(imgs).numpy()
+
         xs, ys, y2s, lams, vs, labeled = [], [], [], [], [], []
         for v in range(views):
             mixed = v > 0 and cfg.mixup > 0
             # mixup: each augmented view is blended with an augmented view of a random partner
             partner = rng.permutation(n) if mixed else np.arange(n)
             lam = (np.maximum(rng.beta(cfg.mixup, cfg.mixup, n), 0.5) if mixed else np.ones(n)).astype(np.float32)
-            out = []
-
-            def encode(batch, partner_batch=None, w=None):
-                imgs = tf.convert_to_tensor(batch.astype(np.float32))
-                if v > 0:
-                    imgs = augmented(imgs)
-                if partner_batch is not None:
-                    imgs = w * imgs + (1.0 - w) * augmented(tf.convert_to_tensor(partner_batch.astype(np.float32)))
-                self.view_hook(v, imgs)
-                out.append(plain(imgs).numpy())
-
-            for i in range(0, n, bs):
-                if mixed:
-                    encode(images[i:i + bs], images[partner[i:i + bs]], lam[i:i + bs, None, None, None])
-                else:
-                    encode(images[i:i + bs])
-            for i in range(0, m, bs):  # unlabelled images: same views, no mixup (no labels to blend)
-                encode(extra[i:i + bs])
+            out = [encode(v, images[i:i + bs], images[partner[i:i + bs]], lam[i:i + bs, None, None, None])
+                   if mixed else encode(v, images[i:i + bs]) for i in range(0, n, bs)]
+            # unlabelled images: same views, no mixup (no labels to blend)
+            out += [encode(v, extra[i:i + bs]) for i in range(0, m, bs)]
             xs.append(np.concatenate(out))
             ys.append(np.concatenate([labels, np.zeros(m, labels.dtype)]))
             y2s.append(np.concatenate([labels[partner], np.zeros(m, labels.dtype)]))

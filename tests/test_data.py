@@ -1,6 +1,4 @@
 """Data scan: tolerant decoding, skipped files, layout, split, and one-line errors."""
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np

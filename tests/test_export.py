@@ -7,9 +7,8 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from conftest import TINY, quiet
+from conftest import quiet
 from edgetl.cli import main
-from edgetl.errors import EdgetlError
 from edgetl.export import ExportOptions, export
 from edgetl.runners import KerasRunner, open_runner
 

@@ -1,6 +1,5 @@
 """`edgetl run`: config validation, stage skipping, --from, resume, model card; `edgetl init`."""
 import json
-import shutil
 
 import pytest
 import yaml

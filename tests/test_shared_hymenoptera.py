@@ -2,7 +2,6 @@
 and the torchvision import's features separate the classes."""
 import json
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 

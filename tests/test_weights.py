@@ -1,5 +1,4 @@
 """Backbone registry, weight cache, install, and the torchvision importer."""
-import json
 
 import keras
 import numpy as np

@@ -24,25 +24,27 @@ from pathlib import Path
 import numpy as np
 
 
-def rss_mb():
+def _proc_status_mb(key):
+    """A memory line of /proc/self/status in MB (None off Linux)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
-    return peak_rss_mb()
+    return None
+
+
+def rss_mb():
+    mb = _proc_status_mb("VmRSS")
+    return peak_rss_mb() if mb is None else mb
 
 
 def peak_rss_mb():
-    try:  # VmHWM: this process's own peak (ru_maxrss can carry the parent's across fork/exec)
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
+    mb = _proc_status_mb("VmHWM")  # this process's own peak (ru_maxrss can carry the parent's across fork/exec)
+    if mb is not None:
+        return mb
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
 
