@@ -11,13 +11,12 @@ import platform
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
-
-MANIFEST = "manifest.json"
 
 
 @contextlib.contextmanager
@@ -28,15 +27,14 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     suffix = suffix if suffix is not None else "".join(dest.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=suffix, dir=dest.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=suffix, dir=dest.parent)
     os.close(fd)
-    os.unlink(tmp)
-    tmp = Path(tmp)
+    os.unlink(name)
+    tmp = Path(name)
     try:
         yield tmp
-        if tmp.is_dir():
-            if dest.exists():
-                shutil.rmtree(dest)
+        if tmp.is_dir() and dest.exists():
+            shutil.rmtree(dest)
         os.replace(tmp, dest)
     finally:
         if tmp.exists():
@@ -113,24 +111,6 @@ def package_versions() -> dict[str, str]:
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
-def read_manifest(run_dir) -> dict:
-    p = Path(run_dir) / MANIFEST
-    if not p.exists():
-        return {}
-    return json.loads(p.read_text())
-
-
-def update_manifest(run_dir, section: str, payload: dict) -> dict:
-    """Merge ``payload`` under ``section`` of the run's manifest (atomically)."""
-    man = read_manifest(run_dir)
-    man.setdefault("created", now_iso())
-    man["updated"] = now_iso()
-    man["versions"] = package_versions()
-    man[section] = payload
-    write_json(Path(run_dir) / MANIFEST, man)
-    return man
 
 
 def file_hashes(run_dir, names) -> dict[str, str]:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from edgetl.errors import EdgetlError
 

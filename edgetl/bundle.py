@@ -8,14 +8,14 @@ import json
 import re
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edgetl import artifacts
 from edgetl.errors import EdgetlError
-from edgetl.runinfo import open_run
-
-CHECK_SCRIPT = Path(__file__).parent / "resources" / "edgetl_check.py"
+from edgetl.rundir import LABELS, list_artifacts, open_run, sidecar
+from edgetl.timing import CHECK_SCRIPT
 
 README = """edgetl device bundle for {run}
 
@@ -37,7 +37,6 @@ def _key(name: str) -> str:
 def bundle(run_dir, out, formats=("tflite", "onnx"), samples: int = 16, threads: int = 2, echo=print) -> Path:
     from edgetl.runners import KerasRunner, open_runner
     from edgetl.tfdata import load_array
-    from edgetl.verify import list_artifacts
 
     run = open_run(run_dir)
     if isinstance(formats, str):
@@ -54,7 +53,7 @@ def bundle(run_dir, out, formats=("tflite", "onnx"), samples: int = 16, threads:
     x = load_array(files[:samples], run.img_size, run.resize)
     arrays = {"images": x, "labels": np.asarray(labels[:samples]),
               "keras_probs": KerasRunner(run.model_path).predict(x)}
-    spec = {"run": run.dir.name, "labels": run.labels, "input_size": [run.img_size, run.img_size],
+    spec: dict[str, Any] = {"run": run.dir.name, "labels": run.labels, "input_size": [run.img_size, run.img_size],
             "created": artifacts.now_iso(), "models": []}
     for m in models:
         arrays["ref_" + _key(m["name"])] = open_runner(m["path"], threads).predict(x)
@@ -66,20 +65,19 @@ def bundle(run_dir, out, formats=("tflite", "onnx"), samples: int = 16, threads:
     import io
 
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    with artifacts.atomic_path(out, suffix=".zip") as tmp:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-            root = run.dir.name + "-bundle/"
-            for m in models:
-                z.write(m["path"], root + m["name"])
-                side = Path(str(m["path"]) + ".json")
-                if side.exists():
-                    z.write(side, root + side.name)
-            z.write(CHECK_SCRIPT, root + "edgetl_check.py")
-            z.writestr(root + "samples.npz", buf.getvalue())
-            z.writestr(root + "bundle.json", json.dumps(spec, indent=2))
-            z.writestr(root + "labels.txt", "\n".join(run.labels) + "\n")
-            z.writestr(root + "README.txt", README.format(run=run.dir, threads=threads, n=len(x)))
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
+    with artifacts.atomic_path(out, suffix=".zip") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        root = run.dir.name + "-bundle/"
+        for m in models:
+            z.write(m["path"], root + m["name"])
+            side = sidecar(m["path"])
+            if side.exists():
+                z.write(side, root + side.name)
+        z.write(CHECK_SCRIPT, root + "edgetl_check.py")
+        z.writestr(root + "samples.npz", buf.getvalue())
+        z.writestr(root + "bundle.json", json.dumps(spec, indent=2))
+        z.writestr(root + LABELS, "\n".join(run.labels) + "\n")
+        z.writestr(root + "README.txt", README.format(run=run.dir, threads=threads, n=len(x)))
     echo(f"bundle: {out} ({out.stat().st_size / 1024:.0f} KiB): {len(models)} model(s), {len(x)} sample images, "
          f"edgetl_check.py")
     echo(f"on the device: unzip, pip install numpy onnxruntime (or ai-edge-litert), "

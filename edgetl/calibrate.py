@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl import artifacts
+from edgetl import artifacts, rundir
 from edgetl.errors import EdgetlError
 
-DEFAULT_DIR = "calibration"
+DEFAULT_DIR = rundir.CALIBRATION
 
 
 def stratified_sample(paths, labels, size: int, seed: int) -> list[int]:
@@ -40,7 +40,7 @@ def calibrate(data, size: int = 200, out=DEFAULT_DIR, seed: int = 42, val_split:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        files = []
+        files: list[dict[str, str]] = []
         for i in idx:
             src = Path(ds.train.paths[i])
             cls = ds.classes[int(ds.train.labels[i])]
@@ -49,7 +49,7 @@ def calibrate(data, size: int = 200, out=DEFAULT_DIR, seed: int = 42, val_split:
             shutil.copyfile(src, dest)
             files.append({"file": str(dest.relative_to(tmp)), "source": str(src.resolve()),
                           "class": cls, "sha256": artifacts.sha256_file(src)})
-        artifacts.write_json(tmp / "manifest.json", {
+        artifacts.write_json(tmp / rundir.MANIFEST, {
             "created": artifacts.now_iso(), "data": str(ds.root.resolve()), "size": len(files), "seed": seed,
             "split": "train", "classes": ds.classes, "files": files,
         })

@@ -2,12 +2,11 @@
 scored, which one to ship and why, its known limits, and how to load it."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml
 
-from edgetl import artifacts
+from edgetl import artifacts, rundir
 
 SNIPPETS = '''### Python (onnxruntime)
 
@@ -84,11 +83,12 @@ def _onnx_io(path: Path) -> tuple[str, str]:
 def write_card(run_dir, pipeline=None, echo=print) -> Path:
     from edgetl.verify import table
 
-    d = Path(run_dir)
-    metrics = json.loads((d / "metrics.json").read_text())
-    cfg = yaml.safe_load((d / "config.yaml").read_text())
-    labels = [l for l in (d / "labels.txt").read_text().splitlines() if l.strip()]
-    report = json.loads((d / "report.json").read_text()) if (d / "report.json").exists() else None
+    run = rundir.open_run(run_dir)
+    d = run.dir
+    metrics = rundir.read_json(d / rundir.METRICS)
+    cfg = run.config.to_dict()
+    labels = run.labels
+    report = rundir.read_json(d / rundir.REPORT_JSON) if (d / rundir.REPORT_JSON).exists() else None
     data = metrics.get("data", {})
     h = w = cfg["img_size"]
     L = [f"# Model card: {d.name}", ""]
@@ -118,18 +118,19 @@ def write_card(run_dir, pipeline=None, echo=print) -> Path:
     if metrics.get("phase2"):
         L.append(f"Phase 2 (last layers unfrozen, BatchNorm frozen): val accuracy {metrics['phase2']['accuracy']:.4f}.")
     L += [f"Kept: {metrics['selected_phase']} (val accuracy {metrics['val_accuracy']:.4f}); "
-          f"{metrics['params']['total']:,} parameters.", "", "![training curves](curves.png)", ""]
+          f"{metrics['params']['total']:,} parameters.", "", f"![training curves]({rundir.CURVES})", ""]
     # artifacts
     L += ["## Artifacts", ""]
     rec = None
     if report:
         L += [f"Scored on {report['n_images']} held-out images ({report['data']}), timed with "
               f"{report['threads']} thread(s) on {report['machine']['cpu']}.", "", table(report, markdown=True), "",
-              "![accuracy vs latency](verify_accuracy_latency.png) ![sizes](verify_sizes.png)", ""]
+              f"![accuracy vs latency]({rundir.VERIFY_PLOTS['accuracy_latency']}) "
+              f"![sizes]({rundir.VERIFY_PLOTS['sizes']})", ""]
         rec = report["recommended"]
         L += ["## Recommended artifact", ""]
         if rec.get("fastest"):
-            L += [f"**`export/{rec['fastest']}`** — {rec['why']}.", "",
+            L += [f"**`{rundir.EXPORT}/{rec['fastest']}`** — {rec['why']}.", "",
                   "Fastest passing per runtime: " + ", ".join(f"{k}: `{v}`" for k, v in rec["fastest_per_runtime"].items())
                   + ".", ""]
         else:
@@ -150,16 +151,16 @@ def write_card(run_dir, pipeline=None, echo=print) -> Path:
         L.append(f"- `{worst[0]}` is the weakest class; collect more of its images before relying on it.")
     L += ["- The model only knows these classes: any other image is forced into one of them.",
           "- Images must be resized the way the card says; a different crop or colour order lowers accuracy.", "",
-          "![confusion](confusion.png)", ""]
+          f"![confusion]({rundir.CONFUSION})", ""]
     # snippets
-    tfl = f"export/{rec['fastest_per_runtime'].get('litert')}" if rec and rec.get("fastest_per_runtime", {}).get(
-        "litert") else "export/model_fp32.tflite"
-    onx = f"export/{rec['fastest_per_runtime'].get('onnxruntime')}" if rec and rec.get("fastest_per_runtime", {}).get(
-        "onnxruntime") else "export/model_fp32.onnx"
+    fastest = (rec or {}).get("fastest_per_runtime", {})
+    tfl = f"{rundir.EXPORT}/{fastest['litert']}" if fastest.get("litert") else rundir.artifact_file("tflite", "fp32")
+    onx = (f"{rundir.EXPORT}/{fastest['onnxruntime']}" if fastest.get("onnxruntime")
+           else rundir.artifact_file("onnx", "fp32"))
     i_name, o_name = _onnx_io(d / onx) if (d / onx).exists() else ("image", "probabilities")
     L += ["## Using the model", "", SNIPPETS.format(onnx=onx, tflite=tfl, onnx_stem=Path(onx).stem, h=h, w=w,
                                                    k=len(labels), resize=cfg.get("resize", "crop"),
                                                    input_name=i_name, output_name=o_name)]
-    dest = artifacts.write_text(d / "MODEL_CARD.md", "\n".join(L) + "\n")
+    dest = artifacts.write_text(d / rundir.CARD, "\n".join(L) + "\n")
     echo(f"model card: {dest}")
     return dest

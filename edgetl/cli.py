@@ -4,34 +4,127 @@ Exit codes: 0 success; 1 a failed operation or gate; 2 bad input (data,
 options, files); 130 interrupted (Ctrl-C; a checkpoint is kept)."""
 from __future__ import annotations
 
+import errno
+import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import click
 
+from edgetl.config import (
+    CALIB_METHODS,
+    IO_TYPES,
+    ONNX_FORMATS,
+    RESIZES,
+    STRATEGIES,
+    CalibrateOptions,
+    DistillConfig,
+    ExportOptions,
+    TrainConfig,
+    VerifyOptions,
+    default,
+)
 from edgetl.errors import EdgetlError
+from edgetl.pipeline import STAGES
+from edgetl.rundir import CALIBRATION
+
+F = Callable[..., Any]
+OS_FIXES = {
+    errno.ENOSPC: "the disk is full; free some space (or choose --out on another disk), then run the same "
+                  "command again (add --resume for an interrupted training)",
+    errno.EDQUOT: "the disk quota is exceeded; free some space, then run the same command again",
+    errno.EROFS: "read-only file system; choose a writable --out",
+    errno.EACCES: "permission denied; choose a folder you can write to (--out)",
+    errno.EPERM: "operation not permitted; choose a folder you can write to (--out)",
+    errno.ENOENT: "no such file or folder; check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; check the path",
+    errno.EISDIR: "is a folder; give a file path",
+}
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for a failed file operation: the path, what happened, and the fix."""
+    path = e.filename or ""
+    fix = OS_FIXES.get(e.errno or 0, e.strerror or str(e))
+    if path and e.errno in OS_FIXES and e.strerror:
+        return f"{path}: {e.strerror.lower()}: {fix.split('; ', 1)[-1] if ';' in fix else fix}"
+    return f"{path}: {fix}" if path else fix
+
+
+def debugging() -> bool:
+    return os.environ.get("EDGETL_DEBUG", "") not in ("", "0")
 
 
 class EdgetlGroup(click.Group):
-    """Turns user mistakes into one-line errors with an exit code, no traceback."""
+    """Turns user mistakes and failed file operations into one-line errors with an exit
+    code, no traceback (``--debug`` or EDGETL_DEBUG=1 shows it)."""
 
-    def invoke(self, ctx):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except EdgetlError as e:
+            if debugging():
+                raise
             click.echo(f"error: {e.message}", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+        except OSError as e:
+            if debugging():
+                raise
+            click.echo(f"error: {os_error_message(e)}", err=True)
+            ctx.exit(1)
 
 
 def echo(msg: str = "") -> None:
     click.echo(msg)
 
 
+def quiet_tensorflow() -> None:
+    """Keep TensorFlow's C++ start-up lines (CUDA probing, oneDNN) off the terminal:
+    its log level is raised, and the one import of tensorflow runs with the process's
+    stderr pointed at /dev/null (those lines are printed before any log setting applies)."""
+    import importlib.abc
+    import importlib.util
+
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    if "tensorflow" in sys.modules:
+        return
+
+    class QuietImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+            if name != "tensorflow":
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            if spec is None or spec.loader is None:
+                return spec
+            run = spec.loader.exec_module
+
+            def exec_module(module: Any) -> None:
+                sys.stderr.flush()
+                saved = os.dup(2)
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, 2)
+                try:
+                    run(module)
+                finally:
+                    os.dup2(saved, 2)
+                    os.close(saved)
+                    os.close(null)
+            spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+            return spec
+
+    sys.meta_path.insert(0, QuietImport())
+
+
 @click.group(cls=EdgetlGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="edgetl")
-def main():
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error (also: EDGETL_DEBUG=1).")
+@click.option("--verbose", is_flag=True, help="Show TensorFlow's own log lines.")
+def main(debug: bool, verbose: bool) -> None:
     """edgetl: from a folder of photos to a verified image classifier on a device.
 
     \b
@@ -41,50 +134,60 @@ def main():
       edgetl export models/<run> --format tflite,onnx --quant fp32,int8
       edgetl verify models/<run> --max-latency-ms 20
     """
+    if debug:
+        os.environ["EDGETL_DEBUG"] = "1"
+    if not verbose:
+        quiet_tensorflow()
+
+
+def d(cls: type, name: str) -> Any:
+    """The option's default, from its dataclass (the only place defaults are stated)."""
+    v = default(cls, name)
+    return ",".join(v) if isinstance(v, tuple) else v
 
 
 # ---------------------------------------------------------------- train ----
 def train_options(f):
     """Options shared by `train` and `distill` (the student)."""
     opts = [
-        click.option("--backbone", default="mobilenetv2", show_default=True,
+        click.option("--backbone", default=d(TrainConfig, "backbone"), show_default=True,
                      help="Backbone from the registry (see `edgetl backbones`)."),
-        click.option("--alpha", type=float, default=None,
+        click.option("--alpha", type=float, default=d(TrainConfig, "alpha"),
                      help="Width multiplier for MobileNetV2 (e.g. 0.35, 1.0). [default: 1.0]"),
-        click.option("--img-size", type=int, default=None, help="Input size in px. [default: the backbone's, 224]"),
-        click.option("--weights", default="imagenet", show_default=True,
+        click.option("--img-size", type=int, default=d(TrainConfig, "img_size"), help="Input size in px. [default: the backbone's, 224]"),
+        click.option("--weights", default=d(TrainConfig, "weights"), show_default=True,
                      help="imagenet (Keras cache, $KERAS_HOME/models), none (random init) or a .h5 path."),
-        click.option("--resize", type=click.Choice(["crop", "squash"]), default="crop", show_default=True,
+        click.option("--resize", type=click.Choice(RESIZES), default=d(TrainConfig, "resize"), show_default=True,
                      help="crop: central crop to the input's aspect ratio, then resize; squash: stretch."),
-        click.option("--val-split", type=float, default=0.2, show_default=True,
+        click.option("--val-split", type=float, default=d(TrainConfig, "val_split"), show_default=True,
                      help="Validation fraction when DATA has no train/ and val/ folders (stratified, seeded)."),
-        click.option("--seed", type=int, default=42, show_default=True, help="Same seed, same machine: same result."),
-        click.option("--batch-size", type=int, default=32, show_default=True),
-        click.option("--epochs-head", type=int, default=20, show_default=True,
+        click.option("--seed", type=int, default=d(TrainConfig, "seed"), show_default=True, help="Same seed, same machine: same result."),
+        click.option("--batch-size", type=int, default=d(TrainConfig, "batch_size"), show_default=True),
+        click.option("--epochs-head", type=int, default=d(TrainConfig, "epochs_head"), show_default=True,
                      help="Phase 1 epochs (frozen base, head on cached features)."),
-        click.option("--epochs-finetune", type=int, default=10, show_default=True,
+        click.option("--epochs-finetune", type=int, default=d(TrainConfig, "epochs_finetune"), show_default=True,
                      help="Phase 2 epochs (partial unfreezing); 0 skips phase 2."),
-        click.option("--lr-head", type=float, default=1e-3, show_default=True, help="Adam learning rate, phase 1."),
-        click.option("--lr-finetune", type=float, default=1e-5, show_default=True, help="Adam learning rate, phase 2."),
-        click.option("--unfreeze", type=int, default=20, show_default=True,
+        click.option("--lr-head", type=float, default=d(TrainConfig, "lr_head"), show_default=True, help="Adam learning rate, phase 1."),
+        click.option("--lr-finetune", type=float, default=d(TrainConfig, "lr_finetune"), show_default=True, help="Adam learning rate, phase 2."),
+        click.option("--unfreeze", type=int, default=d(TrainConfig, "unfreeze"), show_default=True,
                      help="Phase 2 unfreezes the last N layers (whole blocks for block-unit backbones)."),
-        click.option("--unfreeze-blocks", type=int, default=None, help="Or unfreeze the last K blocks."),
-        click.option("--dropout", type=float, default=0.2, show_default=True),
-        click.option("--dense", type=int, default=0, show_default=True, help="Units of an optional hidden layer in the head."),
-        click.option("--label-smoothing", type=float, default=0.0, show_default=True),
-        click.option("--l2", type=float, default=0.0, show_default=True, help="L2 penalty on head weights."),
-        click.option("--views", type=int, default=4, show_default=True,
+        click.option("--unfreeze-blocks", type=int, default=d(TrainConfig, "unfreeze_blocks"), help="Or unfreeze the last K blocks."),
+        click.option("--dropout", type=float, default=d(TrainConfig, "dropout"), show_default=True),
+        click.option("--dense", type=int, default=d(TrainConfig, "dense"), show_default=True, help="Units of an optional hidden layer in the head."),
+        click.option("--label-smoothing", type=float, default=d(TrainConfig, "label_smoothing"), show_default=True),
+        click.option("--l2", type=float, default=d(TrainConfig, "l2"), show_default=True, help="L2 penalty on head weights."),
+        click.option("--views", type=int, default=d(TrainConfig, "views"), show_default=True,
                      help="Cached views per image in phase 1: 1 plain + (views-1) augmented."),
-        click.option("--mixup", type=float, default=0.0, show_default=True,
+        click.option("--mixup", type=float, default=d(TrainConfig, "mixup"), show_default=True,
                      help="Blend each augmented view with a random partner, weight ~ Beta(a, a) (a = 0.4 is "
                           "typical; 0: off). Labels blend too; with distillation the teacher labels the blend."),
-        click.option("--augment", default="default", show_default=True,
+        click.option("--augment", default=d(TrainConfig, "augment"), show_default=True,
                      help="none, or a comma list of flip,rotate,zoom,translate,contrast."),
-        click.option("--class-weights", type=click.Choice(["none", "auto"]), default="none", show_default=True,
+        click.option("--class-weights", type=click.Choice(["none", "auto"]), default=d(TrainConfig, "class_weights"), show_default=True,
                      help="auto balances the loss for imbalanced classes."),
-        click.option("--patience", type=int, default=5, show_default=True, help="Early-stopping patience (epochs)."),
+        click.option("--patience", type=int, default=d(TrainConfig, "patience"), show_default=True, help="Early-stopping patience (epochs)."),
         click.option("--strict", is_flag=True, help="Fail on the first unusable image instead of skipping it."),
-        click.option("--strategy", type=click.Choice(["auto", "mirrored", "multiworker"]), default="auto",
+        click.option("--strategy", type=click.Choice(STRATEGIES), default=d(TrainConfig, "strategy"),
                      show_default=True, help="tf.distribute strategy."),
         click.option("--out", type=click.Path(file_okay=False), default=None,
                      help="Run directory. [default: a new folder under models/]"),
@@ -95,9 +198,7 @@ def train_options(f):
     return f
 
 
-def _train_config(data, kw):
-    from edgetl.config import TrainConfig
-
+def _train_config(data: str, kw: dict[str, Any]) -> TrainConfig:
     kw = dict(kw)
     kw.pop("resume", None)
     return TrainConfig(data=data, **kw)
@@ -182,44 +283,41 @@ def backbones():
         click.echo(f"{name:<16}{b.default_size:>5}  {b.preprocess:<11}{b.unit:<14}{b.weight_file_for(None, b.default_size)}")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-
-
 # --------------------------------------------------------------- export ----
 @main.command()
 @click.argument("data", type=click.Path())
-@click.option("--size", type=int, default=200, show_default=True, help="Images to sample (stratified by class).")
-@click.option("--out", type=click.Path(file_okay=False), default="calibration", show_default=True)
-@click.option("--seed", type=int, default=42, show_default=True)
-@click.option("--val-split", type=float, default=0.2, show_default=True,
+@click.option("--size", type=int, default=d(CalibrateOptions, "size"), show_default=True, help="Images to sample (stratified by class).")
+@click.option("--out", type=click.Path(file_okay=False), default=CALIBRATION, show_default=True)
+@click.option("--seed", type=int, default=d(CalibrateOptions, "seed"), show_default=True)
+@click.option("--val-split", type=float, default=d(CalibrateOptions, "val_split"), show_default=True,
               help="For DATA without train/ and val/: the same seeded split as `edgetl train`, so that "
                    "calibration images come from its training part only.")
 def calibrate(data, size, out, seed, val_split):
     """Sample a calibration set for int8 from the training images of DATA (never val/test)."""
     from edgetl.calibrate import calibrate as run
 
-    run(data, size, out, seed, val_split, echo=echo)
+    o = CalibrateOptions(size, seed, val_split).validate()
+    run(data, o.size, out, o.seed, o.val_split, echo=echo)
 
 
 @main.command()
 @click.argument("run", type=click.Path())
-@click.option("--format", "formats", default="tflite,onnx", show_default=True, help="Comma list: tflite,onnx.")
-@click.option("--quant", "quants", default="fp32,int8", show_default=True,
+@click.option("--format", "formats", default=d(ExportOptions, "formats"), show_default=True, help="Comma list: tflite,onnx.")
+@click.option("--quant", "quants", default=d(ExportOptions, "quants"), show_default=True,
               help="Comma list: fp32,fp16,dynamic,int8.")
-@click.option("--io-type", type=click.Choice(["float32", "int8", "uint8"]), default="float32", show_default=True,
+@click.option("--io-type", type=click.Choice(IO_TYPES), default=d(ExportOptions, "io_type"), show_default=True,
               help="Input/output type of int8 TFLite. float32 and int8 run fully in XNNPACK; uint8 adds a "
                    "requantize step outside it (slower on x86).")
 @click.option("--calibration", type=click.Path(file_okay=False), default=None,
               help="Folder of calibration images. [default: calibration/, else a sample of the run's training split]")
-@click.option("--calib-size", type=int, default=200, show_default=True,
+@click.option("--calib-size", type=int, default=d(ExportOptions, "calib_size"), show_default=True,
               help="Images sampled from the training split when no calibration folder exists.")
-@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=d(ExportOptions, "calib_method"),
               show_default=True, help="ONNX int8 calibration method.")
-@click.option("--onnx-format", type=click.Choice(["qoperator", "qdq"]), default="qoperator", show_default=True,
+@click.option("--onnx-format", type=click.Choice(ONNX_FORMATS), default=d(ExportOptions, "onnx_format"), show_default=True,
               help="ONNX int8 graph form (QOperator runs faster on CPU with onnxruntime).")
-@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="ONNX int8 weight granularity.")
-@click.option("--max-drop", type=float, default=1.0, show_default=True,
+@click.option("--per-channel/--per-tensor", default=d(ExportOptions, "per_channel"), show_default=True, help="ONNX int8 weight granularity.")
+@click.option("--max-drop", type=float, default=d(ExportOptions, "max_drop"), show_default=True,
               help="Points of top-1 int8 may lose against the Keras model on the held-out split.")
 @click.option("--force", is_flag=True, help="Redo artifacts whose inputs did not change.")
 def export(run, formats, quants, io_type, calibration, calib_size, calib_method, onnx_format, per_channel,
@@ -229,7 +327,6 @@ def export(run, formats, quants, io_type, calibration, calib_size, calib_method,
     Every artifact takes RGB 0-255 images at the model's input size (preprocessing
     is inside) and returns class probabilities in labels.txt order. Exit code 1
     when any requested artifact failed; the others are still written."""
-    from edgetl.export import ExportOptions
     from edgetl.export import export as run_export
 
     opts = ExportOptions(formats, quants, io_type, calibration, calib_size, calib_method, onnx_format,
@@ -246,7 +343,7 @@ def export(run, formats, quants, io_type, calibration, calib_size, calib_method,
 @click.option("--epochs", type=int, default=3, show_default=True, help="Quantization-aware fine-tuning epochs.")
 @click.option("--lr", type=float, default=1e-5, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--io-type", type=click.Choice(["float32", "int8", "uint8"]), default="float32", show_default=True)
+@click.option("--io-type", type=click.Choice(IO_TYPES), default=d(ExportOptions, "io_type"), show_default=True)
 @click.option("--calibration", type=click.Path(file_okay=False), default=None,
               help="Calibration folder for the float parts. [default: as for export]")
 def qat(run, epochs, lr, batch_size, io_type, calibration):
@@ -262,14 +359,14 @@ def qat(run, epochs, lr, batch_size, io_type, calibration):
 @click.argument("run", type=click.Path())
 @click.option("--data", type=click.Path(), default=None,
               help="Folder of labelled images (class folders). [default: the run's held-out split]")
-@click.option("--threads", type=int, default=2, show_default=True, help="Threads of every runtime (the target's).")
-@click.option("--max-drop", type=float, default=1.0, show_default=True,
+@click.option("--threads", type=int, default=d(VerifyOptions, "threads"), show_default=True, help="Threads of every runtime (the target's).")
+@click.option("--max-drop", type=float, default=d(VerifyOptions, "max_drop"), show_default=True,
               help="Gate: points of top-1 an artifact may lose against Keras.")
-@click.option("--min-agreement", type=float, default=0.95, show_default=True,
+@click.option("--min-agreement", type=float, default=d(VerifyOptions, "min_agreement"), show_default=True,
               help="Gate: top-1 agreement with Keras.")
 @click.option("--max-latency-ms", type=float, default=None, help="Gate: p50 latency at batch 1.")
-@click.option("--runs", type=int, default=100, show_default=True, help="Timed runs after warm-up (>= 100).")
-@click.option("--batch", type=int, default=8, show_default=True, help="Batch size for throughput.")
+@click.option("--runs", type=int, default=d(VerifyOptions, "runs"), show_default=True, help="Timed runs after warm-up (>= 100).")
+@click.option("--batch", type=int, default=d(VerifyOptions, "batch"), show_default=True, help="Batch size for throughput.")
 @click.option("--device-results", type=click.Path(), multiple=True,
               help="results.json from a bundle run on a device; its rows join the report.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Report folder. [default: RUN]")
@@ -277,13 +374,10 @@ def verify(run, data, threads, max_drop, min_agreement, max_latency_ms, runs, ba
     """Score and time every artifact of RUN against the Keras reference, with gates.
 
     Writes a table, report.json, report.md and plots; exit code 1 when any gate fails."""
-    from edgetl.verify import Gates
     from edgetl.verify import verify as run_verify
 
-    if threads < 1:
-        raise EdgetlError(f"--threads {threads}: must be >= 1")
-    rep = run_verify(run, data, threads, Gates(max_drop, min_agreement, max_latency_ms), runs, batch, out,
-                     device_results, echo=echo)
+    opts = VerifyOptions(threads, max_drop, min_agreement, max_latency_ms, runs, batch, data, out)
+    rep = run_verify(run, opts.validate(), device_results, echo=echo)
     if not rep["passed"]:
         failed = [f"{r['artifact']}: {'; '.join(r['failed_gates'])}" for r in rep["rows"] if r.get("failed_gates")]
         raise EdgetlError("gate failed: " + " | ".join(failed), exit_code=1)
@@ -330,10 +424,10 @@ def predict(model, images, top_k, as_json, threads):
 @click.argument("data", type=click.Path())
 @click.option("--teacher", required=True, type=click.Path(),
               help="An edgetl run directory or a Keras classifier file (logits or probabilities).")
-@click.option("--student", default="mobilenetv2", show_default=True, help="Student backbone (as --backbone).")
-@click.option("--kd-alpha", type=float, default=0.1, show_default=True,
+@click.option("--student", default=d(TrainConfig, "backbone"), show_default=True, help="Student backbone (as --backbone).")
+@click.option("--kd-alpha", type=float, default=d(DistillConfig, "kd_alpha"), show_default=True,
               help="Weight of the hard-label loss; 1 - kd-alpha weighs the teacher's soft targets.")
-@click.option("--temperature", type=float, default=4.0, show_default=True, help="Softmax temperature T.")
+@click.option("--temperature", type=float, default=d(DistillConfig, "temperature"), show_default=True, help="Softmax temperature T.")
 @click.option("--sweep", is_flag=True, help="Try kd-alpha in {0.1, 0.5} x T in {2, 4}; keep the best on validation.")
 @click.option("--no-compare", is_flag=True, help="Skip training the student alone for the side-by-side report.")
 @click.option("--unlabeled", type=click.Path(), default=None,
@@ -347,7 +441,6 @@ def distill(data, teacher, student, kd_alpha, temperature, sweep, no_compare, un
     runs once per image and cached view. Writes an ordinary run plus distill.json with
     teacher / student alone / distilled student side by side. --unlabeled adds a
     transfer set the teacher labels: where distillation pays most (few labels)."""
-    from edgetl.distill import DistillConfig
     from edgetl.distill import distill as run_distill
 
     kw.pop("backbone", None)
@@ -368,7 +461,7 @@ def init(out):
 
 @main.command("run")
 @click.argument("config", type=click.Path())
-@click.option("--from", "from_stage", type=click.Choice(["train", "calibrate", "export", "verify", "card"]),
+@click.option("--from", "from_stage", type=click.Choice(STAGES),
               default=None, help="Redo this stage and every one after it.")
 @click.option("--force", is_flag=True, help="Redo every stage.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
@@ -397,3 +490,7 @@ def demo(out, quick):
     from edgetl.demo import run_demo
 
     run_demo(out, quick=quick, echo=echo)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

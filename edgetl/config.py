@@ -1,78 +1,184 @@
-"""Training configuration: one dataclass, validated, serialisable to YAML."""
+"""Configuration: one dataclass per stage, the only source of defaults and checks.
+
+The command line, the pipeline file (``edgetl run``), its starter template
+(``edgetl init``) and the Python API all take their defaults from these classes
+and validate through them. A bad value is an :class:`OptionError`, which each
+front end words in its own vocabulary (``--max-drop -1: ...`` or
+``pipeline.yaml: export.max_drop = -1: ...``). Importing or validating any of
+this loads no TensorFlow."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
-from edgetl.errors import EdgetlError
+from edgetl.errors import EdgetlError, OptionError
+
+AUGMENTATIONS = ("flip", "rotate", "zoom", "translate", "contrast")
+FORMATS = ("tflite", "onnx")
+QUANTS = ("fp32", "fp16", "dynamic", "int8")
+IO_TYPES = ("float32", "int8", "uint8")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+ONNX_FORMATS = ("qoperator", "qdq")
+RESIZES = ("crop", "squash")
+STRATEGIES = ("auto", "mirrored", "multiworker")
+DEFAULT_MAX_DROP = 1.0  # points of top-1 an artifact may lose against the Keras model (export and verify)
+
+
+def doc(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    """A dataclass field with a one-line description (the starter template's comment)."""
+    if default is dataclasses.MISSING:
+        return field(metadata={"doc": text}, **kw)
+    return field(default=default, metadata={"doc": text}, **kw)
+
+
+def parse_augment(spec: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """'default', 'none' or a comma list of AUGMENTATIONS -> a tuple of names."""
+    if spec is None or spec == "default":
+        return AUGMENTATIONS
+    items = [s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec)
+    names = tuple(items)
+    if names in ((), ("none",)):
+        return ()
+    bad = [s for s in names if s not in AUGMENTATIONS]
+    if bad:
+        raise OptionError("augment", ",".join(names),
+                          f"unknown '{bad[0]}'; use none or a list of {','.join(AUGMENTATIONS)}")
+    return names
+
+
+def parse_list(v: str | list[str] | tuple[str, ...], allowed: tuple[str, ...], name: str) -> tuple[str, ...]:
+    items = [s.strip() for s in v.split(",")] if isinstance(v, str) else [str(s) for s in v]
+    items = [s for s in items if s]
+    bad = [s for s in items if s not in allowed]
+    if bad or not items:
+        raise OptionError(name, ",".join(items) or "(empty)", f"use a comma list of {','.join(allowed)}")
+    return tuple(dict.fromkeys(items))
+
+
+class Checks:
+    """Collects every problem of one options object (so that all are reported at once)."""
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+        self.errors: list[OptionError] = []
+
+    def require(self, name: str, ok: bool, problem: str) -> None:
+        if not ok:
+            self.errors.append(OptionError(name, getattr(self.obj, name), problem))
+
+    def positive(self, *names: str) -> None:
+        for n in names:
+            self.require(n, getattr(self.obj, n) > 0, "must be positive")
+
+    def non_negative(self, *names: str) -> None:
+        for n in names:
+            self.require(n, getattr(self.obj, n) >= 0, "must be >= 0")
+
+    def one_of(self, name: str, allowed: tuple[str, ...]) -> None:
+        self.require(name, getattr(self.obj, name) in allowed, f"use one of {', '.join(allowed)}")
+
+    def run(self, name: str, fn: Any) -> Any:
+        try:
+            return fn()
+        except OptionError as e:
+            self.errors.append(e)
+        except EdgetlError as e:
+            self.errors.append(OptionError(name, getattr(self.obj, name), e.message))
+        return None
+
+
+class Options:
+    """Mixin of the option dataclasses: ``problems()`` lists them all, ``validate()``
+    raises the first (and normalises values in place), ``to_dict()`` serialises."""
+
+    def problems(self) -> list[OptionError]:
+        raise NotImplementedError
+
+    def validate(self) -> typing.Self:
+        errs = self.problems()
+        if errs:
+            raise errs[0]
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> typing.Self:
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise EdgetlError(f"{where}: unknown key '{unknown[0]}'; allowed: {', '.join(sorted(names))}")
+        return cls(**d)
 
 
 @dataclass
-class TrainConfig:
-    data: str = ""
-    backbone: str = "mobilenetv2"
-    alpha: float | None = None          # width multiplier (MobileNetV2); None: the backbone's default
-    img_size: int | None = None         # None: the backbone's default
-    weights: str = "imagenet"           # imagenet | none | PATH
-    resize: str = "crop"                # crop (central crop to the aspect ratio, then resize) | squash
-    val_split: float = 0.2
-    seed: int = 42
-    batch_size: int = 32
-    epochs_head: int = 20
-    epochs_finetune: int = 10
-    lr_head: float = 1e-3
-    lr_finetune: float = 1e-5
-    unfreeze: int = 20                  # last N layers (widened to whole blocks where the unit is a block)
-    unfreeze_blocks: int | None = None  # or the last K blocks
-    dropout: float = 0.2
-    dense: int = 0                      # optional hidden Dense layer in the head (0: none)
-    label_smoothing: float = 0.0
-    l2: float = 0.0
-    views: int = 4                      # cached views per image in phase 1 (1 plain + views-1 augmented)
-    mixup: float = 0.0                  # Beta(a, a) mixup of augmented cached views; 0: off
-    augment: str = "default"            # default | none | comma list of flip,rotate,zoom,translate,contrast
-    class_weights: str = "none"         # none | auto
-    patience: int = 5
-    strict: bool = False
-    strategy: str = "auto"              # auto | mirrored | multiworker
-    out: str | None = None
+class TrainConfig(Options):
+    data: str = doc("DATA/<class>/<images>, or DATA/train|val[|test]/<class>/", "")
+    backbone: str = doc("see `edgetl backbones`", "mobilenetv2")
+    alpha: float | None = doc("MobileNetV2 width multiplier (null: the backbone's default)", None)
+    img_size: int | None = doc("input size in px (null: the backbone's default)", None)
+    weights: str = doc("imagenet | none | path/to/weights.h5", "imagenet")
+    resize: str = doc("crop (central crop to the aspect ratio, then resize) | squash", "crop")
+    val_split: float = doc("validation fraction when DATA has no train/ and val/", 0.2)
+    seed: int = doc("same seed, same machine: same result", 42)
+    batch_size: int = doc("training batch size", 32)
+    epochs_head: int = doc("phase 1: frozen base, head on cached features", 20)
+    epochs_finetune: int = doc("phase 2: last layers unfrozen; 0 skips it", 10)
+    lr_head: float = doc("Adam learning rate, phase 1", 1e-3)
+    lr_finetune: float = doc("Adam learning rate, phase 2", 1e-5)
+    unfreeze: int = doc("last N layers (widened to whole blocks where the unit is a block)", 20)
+    unfreeze_blocks: int | None = doc("or the last K blocks", None)
+    dropout: float = doc("dropout before the classifier", 0.2)
+    dense: int = doc("hidden units in the head (0: none)", 0)
+    label_smoothing: float = doc("label smoothing of the cross-entropy", 0.0)
+    l2: float = doc("L2 penalty on head weights", 0.0)
+    views: int = doc("cached views per image in phase 1 (1 plain + views-1 augmented)", 4)
+    mixup: float = doc("blend augmented views in pairs, weight ~ Beta(a, a); 0: off", 0.0)
+    augment: str = doc("default | none | comma list of " + ",".join(AUGMENTATIONS), "default")
+    class_weights: str = doc("none | auto (balances the loss for imbalanced classes)", "none")
+    patience: int = doc("early-stopping patience (epochs)", 5)
+    strict: bool = doc("fail on the first unusable image instead of skipping it", False)
+    strategy: str = doc("auto | mirrored | multiworker (tf.distribute)", "auto")
+    out: str | None = doc("run directory (null: a new folder under models/)", None)
 
-    def validate(self) -> "TrainConfig":
+    def problems(self) -> list[OptionError]:
         from edgetl import backbones
-        from edgetl.tfdata import parse_augment
 
-        bb = backbones.get(self.backbone)
-        self.backbone = bb.name
-        if self.alpha is not None and not bb.has_alpha:
-            raise EdgetlError(f"--alpha {self.alpha}: width multipliers apply to mobilenetv2, not {bb.name}")
-        if self.alpha is not None and not 0.0 < self.alpha <= 2.0:
-            raise EdgetlError(f"--alpha {self.alpha}: must be in (0, 2]")
-        if self.img_size is not None and self.img_size < bb.min_size:
-            raise EdgetlError(f"--img-size {self.img_size}: {bb.name} needs at least {bb.min_size} px")
-        _positive(self, "batch_size", "epochs_head", "views")
-        _non_negative(self, "epochs_finetune", "unfreeze", "dense", "patience", "l2", "mixup")
-        if not 0.0 <= self.dropout < 1.0:
-            raise EdgetlError(f"--dropout {self.dropout}: must be in [0, 1)")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise EdgetlError(f"--label-smoothing {self.label_smoothing}: must be in [0, 1)")
-        if not 0.0 < self.val_split < 1.0:
-            raise EdgetlError(f"--val-split {self.val_split}: must be between 0 and 1 (exclusive)")
-        for k in ("lr_head", "lr_finetune"):
-            if not getattr(self, k) > 0:
-                raise EdgetlError(f"--{k.replace('_', '-')} {getattr(self, k)}: must be positive")
-        if self.resize not in ("crop", "squash"):
-            raise EdgetlError(f"--resize {self.resize}: use crop or squash")
-        if self.class_weights not in ("none", "auto"):
-            raise EdgetlError(f"--class-weights {self.class_weights}: use none or auto")
-        if self.strategy not in ("auto", "mirrored", "multiworker"):
-            raise EdgetlError(f"--strategy {self.strategy}: use auto, mirrored or multiworker")
-        if self.unfreeze_blocks is not None and self.unfreeze_blocks < 0:
-            raise EdgetlError(f"--unfreeze-blocks {self.unfreeze_blocks}: must be >= 0")
-        parse_augment(self.augment)
-        return self
+        c = Checks(self)
+        bb = c.run("backbone", lambda: backbones.get(self.backbone))
+        if bb is not None:
+            self.backbone = bb.name
+            if self.alpha is not None:
+                c.require("alpha", bb.has_alpha, f"width multipliers apply to mobilenetv2, not {bb.name}")
+            if self.img_size is not None:
+                c.require("img_size", self.img_size >= bb.min_size, f"{bb.name} needs at least {bb.min_size} px")
+        if self.alpha is not None:
+            c.require("alpha", 0.0 < self.alpha <= 2.0, "must be in (0, 2]")
+        c.positive("batch_size", "epochs_head", "views", "lr_head", "lr_finetune")
+        c.non_negative("epochs_finetune", "unfreeze", "dense", "patience", "l2", "mixup")
+        c.require("dropout", 0.0 <= self.dropout < 1.0, "must be in [0, 1)")
+        c.require("label_smoothing", 0.0 <= self.label_smoothing < 1.0, "must be in [0, 1)")
+        c.require("val_split", 0.0 < self.val_split < 1.0, "must be between 0 and 1 (exclusive)")
+        c.one_of("resize", RESIZES)
+        c.one_of("class_weights", ("none", "auto"))
+        c.one_of("strategy", STRATEGIES)
+        if self.unfreeze_blocks is not None:
+            c.require("unfreeze_blocks", self.unfreeze_blocks >= 0, "must be >= 0")
+        c.run("augment", lambda: parse_augment(self.augment))
+        return c.errors
 
-    def resolved(self) -> "TrainConfig":
+    @property
+    def size(self) -> int:
+        """The input size in px, once resolved (see :meth:`resolved`)."""
+        if self.img_size is None:
+            raise ValueError("img_size is not resolved yet; call resolved() first")
+        return int(self.img_size)
+
+    def resolved(self) -> TrainConfig:
         """A copy with the backbone defaults filled in."""
         from edgetl import backbones
 
@@ -84,25 +190,119 @@ class TrainConfig:
             c.alpha = bb.default_alpha
         return c
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "config") -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise EdgetlError(f"{where}: unknown key '{unknown[0]}'; allowed: {', '.join(sorted(names))}")
-        return cls(**d)
+@dataclass
+class DistillConfig(Options):
+    teacher: str = doc("an edgetl run directory or a Keras classifier file", "")
+    kd_alpha: float = doc("weight of the hard-label loss; 1 - kd_alpha weighs the teacher's soft targets", 0.1)
+    temperature: float = doc("softmax temperature T", 4.0)
+    sweep: bool = doc("try kd_alpha in {0.1, 0.5} x T in {2, 4}; keep the best on validation", False)
+    compare: bool = doc("also train the student alone (same budget and seed) for the report", True)
+    unlabeled: str | None = doc("transfer set: a folder of unlabelled images the teacher labels", None)
+
+    def problems(self) -> list[OptionError]:
+        c = Checks(self)
+        c.require("teacher", bool(self.teacher), "give an edgetl run directory or a .keras file")
+        c.require("kd_alpha", 0.0 <= self.kd_alpha <= 1.0, "must be between 0 and 1")
+        c.require("temperature", self.temperature > 0, "must be > 0")
+        if self.unlabeled is not None:
+            c.require("unlabeled", Path(self.unlabeled).expanduser().is_dir(),
+                      "not a folder; give a folder of images (any depth)")
+        return c.errors
 
 
-def _positive(c, *names):
-    for n in names:
-        if not getattr(c, n) > 0:
-            raise EdgetlError(f"--{n.replace('_', '-')} {getattr(c, n)}: must be positive")
+@dataclass
+class CalibrateOptions(Options):
+    size: int = doc("training images sampled for int8 calibration (never val/test)", 200)
+    seed: int = doc("sampling seed", 42)
+    val_split: float = doc("for DATA without train/ and val/: the same split as training", 0.2)
+
+    def problems(self) -> list[OptionError]:
+        c = Checks(self)
+        c.require("size", self.size >= 1, "must be at least 1")
+        c.require("val_split", 0.0 < self.val_split < 1.0, "must be between 0 and 1 (exclusive)")
+        return c.errors
 
 
-def _non_negative(c, *names):
-    for n in names:
-        if getattr(c, n) < 0:
-            raise EdgetlError(f"--{n.replace('_', '-')} {getattr(c, n)}: must be >= 0")
+@dataclass
+class ExportOptions(Options):
+    formats: tuple[str, ...] = doc("comma list of " + ",".join(FORMATS), FORMATS)
+    quants: tuple[str, ...] = doc("comma list of " + ",".join(QUANTS), ("fp32", "int8"))
+    io_type: str = doc("int8 TFLite input/output type: float32 | int8 | uint8", "float32")
+    calibration: str | None = doc("folder of calibration images (null: calibration/, else a training sample)", None)
+    calib_size: int = doc("images sampled from the training split when no calibration folder exists", 200)
+    calib_method: str = doc("ONNX int8 calibration: minmax | entropy | percentile", "minmax")
+    onnx_format: str = doc("ONNX int8 graph form: qoperator | qdq", "qoperator")
+    per_channel: bool = doc("ONNX int8 weights per channel (false: per tensor)", True)
+    max_drop: float = doc("points of top-1 int8 may lose before remedies (and refusal)", DEFAULT_MAX_DROP)
+    force: bool = doc("redo artifacts whose inputs did not change", False)
+    seed: int = doc("seed of the calibration sample", 42)
+
+    def problems(self) -> list[OptionError]:
+        c = Checks(self)
+        fm = c.run("formats", lambda: parse_list(self.formats, FORMATS, "formats"))
+        qs = c.run("quants", lambda: parse_list(self.quants, QUANTS, "quants"))
+        if fm is not None:
+            self.formats = fm
+        if qs is not None:
+            self.quants = qs
+        c.one_of("io_type", IO_TYPES)
+        c.one_of("calib_method", CALIB_METHODS)
+        c.one_of("onnx_format", ONNX_FORMATS)
+        c.non_negative("max_drop")
+        c.require("calib_size", self.calib_size >= 1, "must be >= 1")
+        return c.errors
+
+
+@dataclass
+class VerifyOptions(Options):
+    threads: int = doc("threads of every runtime (the target device's)", 2)
+    max_drop: float = doc("gate: points of top-1 an artifact may lose against Keras", DEFAULT_MAX_DROP)
+    min_agreement: float = doc("gate: top-1 agreement with Keras", 0.95)
+    max_latency_ms: float | None = doc("gate: p50 latency at batch 1 (null: none)", None)
+    runs: int = doc("timed runs after warm-up (>= 100)", 100)
+    batch: int = doc("batch size for throughput", 8)
+    data: str | None = doc("folder of labelled images (null: the run's held-out split)", None)
+    out: str | None = doc("report folder (null: the run directory)", None)
+
+    def problems(self) -> list[OptionError]:
+        c = Checks(self)
+        c.require("threads", self.threads >= 1, "must be >= 1")
+        c.require("runs", self.runs >= 100, "at least 100 timed runs are needed for stable percentiles")
+        c.require("batch", self.batch >= 1, "must be >= 1")
+        c.require("min_agreement", 0.0 <= self.min_agreement <= 1.0, "must be between 0 and 1")
+        c.non_negative("max_drop")
+        if self.max_latency_ms is not None:
+            c.require("max_latency_ms", self.max_latency_ms > 0, "must be positive")
+        return c.errors
+
+
+# ------------------------------------------------------------ introspection ----
+def field_types(cls: type, exclude: tuple[str, ...] = ()) -> dict[str, tuple[str, Any]]:
+    """{field: (kind, default)} of an options dataclass; kind is int, float, str, bool or
+    list, with '?' when None is allowed. The pipeline file is typed from this."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in fields(cls):
+        if f.name in exclude:
+            continue
+        h = hints[f.name]
+        args = [a for a in typing.get_args(h) if a is not type(None)]
+        optional = type(None) in typing.get_args(h)
+        base = typing.get_origin(h) or h
+        if optional:
+            base = typing.get_origin(args[0]) or args[0]
+        kind = {int: "int", float: "float", str: "str", bool: "bool", tuple: "list", list: "list"}[base]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        out[f.name] = (kind + ("?" if optional else ""), default)
+    return out
+
+
+def field_doc(cls: type, name: str) -> str:
+    return next(f.metadata.get("doc", "") for f in fields(cls) if f.name == name)
+
+
+def default(cls: type, name: str) -> Any:
+    """A field's default, for the command line's options."""
+    f = next(f for f in fields(cls) if f.name == name)
+    return f.default if f.default is not dataclasses.MISSING else None

@@ -1,11 +1,18 @@
 """Format converters. Each takes the float Keras model (softmax appended, RGB
 0-255 input with preprocessing baked in) and returns bytes; nothing here writes
-files or decides policy."""
+files or decides policy.
+
+One table, ``CONVERTERS``, maps (format, quantization) to a converter, so a new
+mode is one entry; int8 converters take typed :class:`Int8Settings` (compare
+onnxruntime.quantization's configs)."""
 from __future__ import annotations
 
 import functools
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -77,27 +84,33 @@ def tflite_bytes(serving: Serving, quant: str, io_type: str = "float32", calib=N
     return bytes(tflite_converter(serving, quant, io_type, calib).convert())
 
 
-def tflite_int8_denylist(serving: Serving, io_type: str, calib: np.ndarray, n_layers: int) -> tuple[bytes, list[str]]:
-    """int8 with the ``n_layers`` most quantization-sensitive layers kept in float,
-    chosen by TFLite's quantization debugger (RMSE / scale per layer)."""
+def tflite_sensitive_layers(serving: Serving, io_type: str, calib: np.ndarray, n_layers: int) -> list[str]:
+    """The ``n_layers`` most quantization-sensitive layers, by TFLite's quantization
+    debugger (RMSE / scale per layer)."""
     import tensorflow as tf
 
     conv = tflite_converter(serving, "int8", io_type, calib)
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-    debug_data = _rep(calib[: min(len(calib), 32)])
-    dbg = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=debug_data)
+    dbg = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=_rep(calib[: min(len(calib), 32)]))
     dbg.run()
     scores = []
     for name, st in dbg.layer_statistics.items():
         scale = st.get("scale") or 0
         if scale and "mean_squared_error" in st:
             scores.append((float(np.sqrt(st["mean_squared_error"]) / scale), name))
-    deny = [n for _, n in sorted(scores, reverse=True)[:n_layers]]
+    return [n for _, n in sorted(scores, reverse=True)[:n_layers]]
+
+
+def tflite_int8_denylist(serving: Serving, io_type: str, calib: np.ndarray, deny: list[str]) -> bytes:
+    """int8 with the layers in ``deny`` kept in float."""
+    import tensorflow as tf
+
     conv = tflite_converter(serving, "int8", io_type, calib)
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     opts = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=deny)
-    dbg = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=debug_data, debug_options=opts)
-    return bytes(dbg.get_nondebug_quantized_model()), deny
+    dbg = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=_rep(calib[: min(len(calib), 32)]),
+                                                    debug_options=opts)
+    return bytes(dbg.get_nondebug_quantized_model())
 
 
 def onnx_fp32(serving: Serving, metadata: dict[str, str]):
@@ -178,3 +191,92 @@ def onnx_sensitive_nodes(fp32_model) -> list[str]:
         out.append(first.name)
     out += [n.name for n in nodes if n.op_type in ("MatMul", "Gemm")][-1:]
     return out
+
+
+# ------------------------------------------------------------------ the table ----
+@dataclass(frozen=True)
+class Int8Settings:
+    """How to quantize to full integer. TFLite reads io_type and float_layers; ONNX reads
+    calib_method, onnx_format, per_channel and exclude."""
+
+    io_type: str = "float32"                 # TFLite I/O: float32 | int8 | uint8
+    calib_method: str = "minmax"             # ONNX: minmax | entropy | percentile
+    onnx_format: str = "qoperator"           # ONNX: qoperator | qdq
+    per_channel: bool = True                 # ONNX weights
+    exclude: tuple[str, ...] = ()            # ONNX nodes kept in float
+    float_layers: tuple[str, ...] = ()       # TFLite layers kept in float
+
+
+class Source:
+    """What every converter starts from: the serving model, and its float ONNX graph
+    (converted once, on first use)."""
+
+    def __init__(self, serving: Serving):
+        self.serving = serving
+
+    @functools.cached_property
+    def onnx_fp32(self) -> Any:
+        return onnx_fp32(self.serving, {})
+
+
+Meta = dict[str, str]  # key/value metadata written into ONNX models
+Converter = Callable[[Source, "np.ndarray | None", Int8Settings, Meta], bytes]
+
+
+def _tflite(quant: str) -> Converter:
+    def conv(src: Source, calib: np.ndarray | None, s: Int8Settings, meta: Meta) -> bytes:
+        return tflite_bytes(src.serving, quant)
+    return conv
+
+
+def _tflite_int8(src: Source, calib: np.ndarray | None, s: Int8Settings, meta: Meta) -> bytes:
+    if s.float_layers:
+        return tflite_int8_denylist(src.serving, s.io_type, _need(calib), list(s.float_layers))
+    return tflite_bytes(src.serving, "int8", s.io_type, _need(calib))
+
+
+def _onnx(make: Callable[[Any, Meta], Any] | None) -> Converter:
+    def conv(src: Source, calib: np.ndarray | None, s: Int8Settings, meta: Meta) -> bytes:
+        if make is None:
+            import onnx
+
+            m = onnx.ModelProto()
+            m.CopyFrom(src.onnx_fp32)
+            set_onnx_metadata(m, meta)
+        else:
+            m = make(src.onnx_fp32, meta)
+        return bytes(m.SerializeToString())
+    return conv
+
+
+def _onnx_int8(src: Source, calib: np.ndarray | None, s: Int8Settings, meta: Meta) -> bytes:
+    m = onnx_int8(src.onnx_fp32, meta, _need(calib), s.calib_method, s.onnx_format, s.per_channel, list(s.exclude))
+    return bytes(m.SerializeToString())
+
+
+def _need(calib: np.ndarray | None) -> np.ndarray:
+    if calib is None or not len(calib):
+        raise ValueError("int8 needs calibration images")
+    return calib
+
+
+CONVERTERS: dict[tuple[str, str], Converter] = {
+    ("tflite", "fp32"): _tflite("fp32"),
+    ("tflite", "fp16"): _tflite("fp16"),
+    ("tflite", "dynamic"): _tflite("dynamic"),
+    ("tflite", "int8"): _tflite_int8,
+    ("onnx", "fp32"): _onnx(None),
+    ("onnx", "fp16"): _onnx(onnx_fp16),
+    ("onnx", "dynamic"): _onnx(onnx_dynamic),
+    ("onnx", "int8"): _onnx_int8,
+}
+
+
+def convert(src: Source, fmt: str, quant: str, calib: np.ndarray | None = None,
+            settings: Int8Settings | None = None, metadata: Meta | None = None) -> bytes:
+    """The model in ``fmt`` at ``quant``, as bytes (``metadata``: ONNX metadata_props)."""
+    try:
+        conv = CONVERTERS[(fmt, quant)]
+    except KeyError:
+        raise ValueError(f"no converter for {fmt} {quant}; known: {sorted(CONVERTERS)}") from None
+    return conv(src, calib, settings or Int8Settings(), metadata or {})

@@ -184,7 +184,10 @@ def _to_split(cmap: dict, classes: list[str]) -> Split:
 
 def _stratified_split(cmap: dict, classes: list[str], val_split: float, seed: int) -> tuple[Split, Split]:
     rng = np.random.default_rng(seed)
-    tr_p, tr_y, va_p, va_y = [], [], [], []
+    tr_p: list[str] = []
+    tr_y: list[int] = []
+    va_p: list[str] = []
+    va_y: list[int] = []
     for i, c in enumerate(classes):
         files = list(cmap[c])
         order = rng.permutation(len(files))

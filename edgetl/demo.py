@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from edgetl import artifacts
+from edgetl import artifacts, rundir
 from edgetl.demo_data import demo_weights, write_digits_split
 
 LABELS_PER_CLASS = 20
@@ -46,11 +46,11 @@ def run_demo(out="models/demo", quick: bool = False, echo=print) -> dict:
          f"transfer set {unlabeled}; both are scored on the same validation images")
     weights, alpha = demo_weights(echo)
     teacher = out.parent / (out.name + "-teacher")
-    if not (teacher / "manifest.json").exists():
+    if not rundir.is_finished(teacher):
         echo(f"== teacher: MobileNetV2 alpha 1.0 at 96 px with a dense head -> {teacher}")
         t_w, t_a = ("imagenet", 1.0) if weights == "imagenet" else ("none", 1.0)
-        from edgetl.weights import cached_weight_file
         from edgetl import backbones
+        from edgetl.weights import cached_weight_file
 
         if t_w == "imagenet" and cached_weight_file(backbones.get("mobilenetv2"), 1.0, 96) is None:
             t_w, t_a = weights, alpha
@@ -63,7 +63,7 @@ def run_demo(out="models/demo", quick: bool = False, echo=print) -> dict:
     artifacts.write_yaml(cfg_path, demo_config(data, out, teacher, unlabeled, weights, alpha, quick))
     echo(f"== pipeline: edgetl run {cfg_path}")
     res = run(cfg_path, echo=echo)
-    echo(f"demo finished in {time.perf_counter() - t0:.0f}s; model card: {out / 'MODEL_CARD.md'}")
+    echo(f"demo finished in {time.perf_counter() - t0:.0f}s; model card: {out / rundir.CARD}")
     return res
 
 

@@ -28,7 +28,7 @@ def write_digits(dest, size: int = 32, per_class: int | None = None) -> Path:
                 continue
             counts[y] = counts.get(y, 0) + 1
             a = (np.clip(img / 16.0, 0, 1) * 255).astype(np.uint8)
-            im = Image.fromarray(a, "L").resize((size, size), Image.BILINEAR)
+            im = Image.fromarray(a, "L").resize((size, size), Image.Resampling.BILINEAR)
             # dark ink on paper, slightly tinted: a photo-like RGB rendering
             rgb = np.stack([255 - np.asarray(im)] * 3, -1).astype(np.float32)
             rgb *= np.array([1.0, 0.97, 0.9], np.float32)

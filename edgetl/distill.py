@@ -18,36 +18,18 @@ import dataclasses
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgetl import artifacts
-from edgetl.config import TrainConfig
+from edgetl import artifacts, rundir
+from edgetl.config import DistillConfig, TrainConfig
 from edgetl.errors import EdgetlError
 from edgetl.train import Trainer
 
+__all__ = ["DistillConfig", "Distiller", "Teacher", "distill", "kd_loss_value", "make_loss"]
+
 SWEEP_GRID = [(0.1, 2.0), (0.1, 4.0), (0.5, 2.0), (0.5, 4.0)]
-
-
-@dataclass
-class DistillConfig:
-    teacher: str
-    kd_alpha: float = 0.1
-    temperature: float = 4.0
-    sweep: bool = False
-    compare: bool = True      # also train the student alone (same budget and seed) for the report
-    unlabeled: str | None = None  # transfer set: a folder of unlabelled images the teacher labels
-
-    def validate(self) -> "DistillConfig":
-        if not 0.0 <= self.kd_alpha <= 1.0:
-            raise EdgetlError(f"--kd-alpha {self.kd_alpha}: must be between 0 and 1")
-        if not self.temperature > 0:
-            raise EdgetlError(f"--temperature {self.temperature}: must be > 0")
-        if self.unlabeled is not None and not Path(self.unlabeled).is_dir():
-            raise EdgetlError(f"--unlabeled {self.unlabeled}: not a folder; give a folder of images (any depth)")
-        return self
 
 
 def kd_loss_value(y_onehot, student_logits, teacher_logits, alpha: float, temperature: float) -> np.ndarray:
@@ -90,24 +72,22 @@ class Teacher:
     """An edgetl run or any Keras classifier file, as a logits function."""
 
     def __init__(self, source, echo=print):
-        import keras
 
         import edgetl.layers  # noqa: F401
 
         p = Path(source)
+        from edgetl.model import load_keras
+
+        p = Path(source)
         if p.is_dir():
-            model_path, labels_path = p / "model.keras", p / "labels.txt"
+            model_path = rundir.open_run(p).model_path  # a finished run only
         else:
-            model_path, labels_path = p, p.parent / "labels.txt"
+            model_path = p
         if not model_path.exists():
             raise EdgetlError(f"{source}: no teacher model; give an edgetl run directory or a .keras file")
-        try:
-            self.model = keras.models.load_model(model_path, compile=False)
-        except Exception as e:
-            raise EdgetlError(f"{model_path}: not a loadable Keras model ({str(e).splitlines()[0][:100]})") from None
+        self.model = load_keras(model_path)
         self.path = model_path
-        self.labels = ([l for l in labels_path.read_text().splitlines() if l.strip()]
-                       if labels_path.exists() else None)
+        self.labels = rundir.labels_near(model_path)
         shape = self.model.inputs[0].shape
         self.size = (int(shape[1]), int(shape[2]))
         self.n_classes = int(self.model.outputs[0].shape[-1])
@@ -132,7 +112,7 @@ class Teacher:
 
     def check_leak(self, val_paths, echo) -> int:
         """Warn when the teacher (an edgetl run) trained on the student's validation images."""
-        split = self.path.parent / "split.json"
+        split = self.path.parent / rundir.SPLIT
         if not split.exists():
             return 0
         seen = {r["file"] for r in json.loads(split.read_text()).get("train", [])}
@@ -157,20 +137,24 @@ class Distiller(Trainer):
                  root="models", teacher: Teacher | None = None):
         super().__init__(config, resume=resume, callbacks=callbacks, echo=echo, root=root)
         self.dcfg = dcfg.validate()
-        self.teacher = teacher
+        self._teacher = teacher
         self._t_views: dict[int, list] = {}
         self.unlabeled: list[str] = []
 
+    @property
+    def teacher(self) -> Teacher:
+        if self._teacher is None:
+            self._teacher = Teacher(self.dcfg.teacher, self.echo)
+        return self._teacher
+
     def check_inputs(self) -> None:
-        if self.teacher is None:
-            self.teacher = Teacher(self.dcfg.teacher, self.echo)
         self.teacher.check_classes(self.ds.classes)
         self.teacher.check_leak(self.ds.val.paths, self.echo)
         self.unlabeled = self._transfer_set()
 
     def prepare(self) -> None:
         super().prepare()
-        artifacts.write_json(self.run_dir / "distill_config.json", dataclasses.asdict(self.dcfg))
+        artifacts.write_json(self.run_dir / rundir.DISTILL_CONFIG, dataclasses.asdict(self.dcfg))
 
     def _transfer_set(self) -> list[str]:
         if self.dcfg.unlabeled is None:
@@ -221,15 +205,15 @@ class Distiller(Trainer):
         return [keras.metrics.MeanMetricWrapper(accuracy, name="accuracy")]
 
     def view_size(self) -> int:
-        return max(self.cfg.img_size, *self.teacher.size)
+        return max(self.cfg.size, *self.teacher.size)
 
     def view_hook(self, view: int, images) -> None:
         self._t_views.setdefault(view, []).append(self.teacher.logits(images))
 
     def view_extras(self) -> dict:
-        from edgetl.tfdata import image_dataset
-
         import tensorflow as tf
+
+        from edgetl.tfdata import image_dataset
 
         t = np.concatenate([np.concatenate(self._t_views[v]) for v in sorted(self._t_views)])
         val = image_dataset(self.ds.val.paths, self.ds.val.labels, self.view_size(), self.cfg.resize)
@@ -264,7 +248,7 @@ def _latency_ms(model_path) -> float:
 
 
 def _row(name, run_dir, accuracy, params) -> dict:
-    m = Path(run_dir) / "model.keras" if Path(run_dir).is_dir() else Path(run_dir)
+    m = Path(run_dir) / rundir.MODEL if Path(run_dir).is_dir() else Path(run_dir)
     return {"model": name, "path": str(m), "accuracy": accuracy, "params": params,
             "size_bytes": m.stat().st_size, "keras_p50_ms": _latency_ms(m)}
 
@@ -278,7 +262,7 @@ def distill(config: TrainConfig, dcfg: DistillConfig, resume: bool = False, echo
     t0 = time.perf_counter()
     teacher = Teacher(dcfg.teacher, echo)
     if dcfg.sweep:
-        best = None
+        best: tuple[float, float, float] | None = None
         base_out = Path(config.out) if config.out else None
         results = []
         for a, T in SWEEP_GRID:
@@ -291,6 +275,7 @@ def distill(config: TrainConfig, dcfg: DistillConfig, resume: bool = False, echo
             echo(f"sweep: kd_alpha {a}, T {T:g}: val accuracy {r.metrics['val_accuracy']:.4f}")
             if best is None or r.metrics["val_accuracy"] > best[0]:
                 best = (r.metrics["val_accuracy"], a, T)
+        assert best is not None
         _, a, T = best
         echo(f"sweep: best kd_alpha {a}, temperature {T:g}")
         dcfg = dataclasses.replace(dcfg, kd_alpha=a, temperature=T, sweep=False)
@@ -298,13 +283,13 @@ def distill(config: TrainConfig, dcfg: DistillConfig, resume: bool = False, echo
     res = d.run()
     run_dir = res.run_dir
     ds = d.ds
-    x_val = load_array(ds.val.paths, d.cfg.img_size, d.cfg.resize)
+    x_val = load_array(ds.val.paths, d.cfg.size, d.cfg.resize)
     t_probs = np.exp(teacher.logits(x_val.astype(np.float32)))
     t_probs /= t_probs.sum(-1, keepdims=True)
     t_acc = classification_metrics(ds.val.labels, t_probs, ds.classes)["accuracy"]
     rows = [_row("teacher", teacher.path, t_acc, sum(int(np.prod(w.shape)) for w in teacher.model.weights))]
     if dcfg.compare:
-        alone_dir = run_dir / "student_alone"
+        alone_dir = run_dir / rundir.STUDENT_ALONE
         shutil.rmtree(alone_dir, ignore_errors=True)
         alone = Trainer(dataclasses.replace(d.cfg, out=str(alone_dir)), echo=lambda *a: None).run()
         rows.append(_row("student alone", alone_dir, alone.metrics["val_accuracy"], alone.metrics["params"]["total"]))
@@ -314,20 +299,19 @@ def distill(config: TrainConfig, dcfg: DistillConfig, resume: bool = False, echo
               "rows": rows, "seconds": round(time.perf_counter() - t0, 1)}
     if dcfg.compare:
         report["gain_points"] = round(100 * (rows[-1]["accuracy"] - rows[-2]["accuracy"]), 2)
-    artifacts.write_json(run_dir / "distill.json", report)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    artifacts.write_json(run_dir / rundir.DISTILL, report)
+    metrics = rundir.read_json(run_dir / rundir.METRICS)
     metrics["distillation"] = report
-    artifacts.write_json(run_dir / "metrics.json", metrics)
-    man = artifacts.read_manifest(run_dir)
+    artifacts.write_json(run_dir / rundir.METRICS, metrics)
+    man = rundir.read_manifest(run_dir)
     man_files = man.get("train", {}).get("files", {})
-    man_files["metrics.json"] = artifacts.sha256_file(run_dir / "metrics.json")
-    man_files["distill.json"] = artifacts.sha256_file(run_dir / "distill.json")
-    artifacts.update_manifest(run_dir, "train", {**man.get("train", {}), "files": man_files})
+    man_files.update(artifacts.file_hashes(run_dir, (rundir.METRICS, rundir.DISTILL)))
+    rundir.update_manifest(run_dir, "train", {**man.get("train", {}), "files": man_files})
     echo("")
     echo(f"{'model':<20}{'val acc':>9}{'params':>12}{'size KiB':>10}{'keras p50 ms':>14}")
-    for r in rows:
-        echo(f"{r['model']:<20}{r['accuracy']:>9.4f}{r['params']:>12,}{r['size_bytes'] / 1024:>10.0f}"
-             f"{r['keras_p50_ms']:>14.2f}")
+    for row in rows:
+        echo(f"{row['model']:<20}{row['accuracy']:>9.4f}{row['params']:>12,}{row['size_bytes'] / 1024:>10.0f}"
+             f"{row['keras_p50_ms']:>14.2f}")
     if dcfg.compare:
         extra = f", transfer set of {len(d.unlabeled)} images" if d.unlabeled else ""
         echo(f"distillation bought {report['gain_points']:+.2f} points over the student alone "

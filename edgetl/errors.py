@@ -28,3 +28,20 @@ class TrainingDiverged(EdgetlError):
 
     def __init__(self, message: str):
         super().__init__(message, exit_code=1)
+
+
+class OptionError(EdgetlError):
+    """A bad option value, said in the vocabulary of wherever it came from.
+
+    ``field`` is the dataclass field ('epochs_head'); the command line shows it as
+    ``--epochs-head -1: must be >= 1``, a pipeline file as
+    ``pipeline.yaml: train.epochs_head = -1: must be >= 1``."""
+
+    def __init__(self, field: str, value: object, problem: str, flag: str | None = None):
+        self.field, self.value, self.problem = field, value, problem
+        self.flag = flag or "--" + field.replace("_", "-")
+        super().__init__(f"{self.flag} {value}: {problem}")
+
+    def in_file(self, where: str, section: str | None = None) -> str:
+        key = f"{section}.{self.field}" if section else self.field
+        return f"{where}: {key} = {self.value!r}: {self.problem}"

@@ -1,6 +1,8 @@
 """Scores from predictions: accuracy, per-class precision/recall, confusion matrix."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -22,3 +24,41 @@ def classification_metrics(y_true, probs, classes: list[str]) -> dict:
         top5 = np.argsort(-np.asarray(probs), axis=-1)[:, :5]
         out["top5_accuracy"] = float(np.mean([y in t for y, t in zip(y_true, top5)]))
     return out
+
+
+@dataclass
+class Score:
+    """A candidate model scored against the Keras reference on the same labelled images."""
+
+    accuracy: float
+    keras_accuracy: float
+    agreement: float        # top-1 agreement with the reference
+    n: int
+
+    @property
+    def drop_points(self) -> float:
+        """Points of top-1 accuracy lost against the reference (negative: gained)."""
+        return round(100 * (self.keras_accuracy - self.accuracy), 3)
+
+
+def score_probs(probs: np.ndarray, labels: np.ndarray, reference: np.ndarray) -> Score:
+    """Score predicted probabilities against labels and the reference's probabilities."""
+    y = np.asarray(labels)
+    pred, ref = np.asarray(probs).argmax(-1), np.asarray(reference).argmax(-1)
+    return Score(float((pred == y).mean()), float((ref == y).mean()), float((pred == ref).mean()), int(len(y)))
+
+
+def score_model(data: bytes, fmt: str, images: np.ndarray, labels: np.ndarray, reference: np.ndarray,
+                threads: int = 2, batch: int = 32) -> Score:
+    """Score a serialised model (``fmt``: tflite or onnx) through its Runner, from bytes."""
+    import tempfile
+    from pathlib import Path
+
+    from edgetl.runners import open_runner
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / f"candidate.{fmt}"
+        p.write_bytes(data)
+        r = open_runner(p, threads=threads)
+        probs = np.concatenate([r.predict(images[i:i + batch]) for i in range(0, len(images), batch)])
+    return score_probs(probs, labels, reference)

@@ -15,59 +15,19 @@ import functools
 import json
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from edgetl import __version__, artifacts
+from edgetl import __version__, artifacts, rundir
+from edgetl.config import CALIB_METHODS, ExportOptions
 from edgetl.errors import EdgetlError
-from edgetl.runinfo import Run, open_run
+from edgetl.rundir import Run, artifact_file, open_run
 
-FORMATS = ("tflite", "onnx")
-QUANTS = ("fp32", "fp16", "dynamic", "int8")
-IO_TYPES = ("float32", "int8", "uint8")
-CALIB_METHODS = ("minmax", "entropy", "percentile")
-ONNX_FORMATS = ("qoperator", "qdq")
-EXPORT_DIR = "export"
-
-
-@dataclass
-class ExportOptions:
-    formats: tuple = FORMATS
-    quants: tuple = ("fp32", "int8")
-    io_type: str = "float32"           # int8 TFLite I/O: float32 | int8 | uint8
-    calibration: str | None = None      # folder of images; default calibration/ else the run's training split
-    calib_size: int = 200
-    calib_method: str = "minmax"
-    onnx_format: str = "qoperator"
-    per_channel: bool = True
-    max_drop: float = 1.0
-    force: bool = False
-    seed: int = 42
-
-    def validate(self) -> "ExportOptions":
-        self.formats = _parse_list(self.formats, FORMATS, "--format")
-        self.quants = _parse_list(self.quants, QUANTS, "--quant")
-        for name, val, allowed in (("--io-type", self.io_type, IO_TYPES),
-                                   ("--calib-method", self.calib_method, CALIB_METHODS),
-                                   ("--onnx-format", self.onnx_format, ONNX_FORMATS)):
-            if val not in allowed:
-                raise EdgetlError(f"{name} {val}: use one of {', '.join(allowed)}")
-        if self.max_drop < 0:
-            raise EdgetlError(f"--max-drop {self.max_drop}: must be >= 0")
-        if self.calib_size < 1:
-            raise EdgetlError(f"--calib-size {self.calib_size}: must be >= 1")
-        return self
-
-
-def _parse_list(v, allowed, opt) -> tuple:
-    items = [s.strip() for s in v.split(",")] if isinstance(v, str) else list(v)
-    items = [s for s in items if s]
-    bad = [s for s in items if s not in allowed]
-    if bad or not items:
-        raise EdgetlError(f"{opt} {','.join(items) or '(empty)'}: use a comma list of {','.join(allowed)}")
-    return tuple(dict.fromkeys(items))
+__all__ = ["Artifact", "ExportOptions", "Exporter", "export", "artifact_file"]
 
 
 @dataclass
@@ -94,8 +54,13 @@ class Artifact:
         return Path(self.file).name
 
 
-def artifact_file(fmt: str, quant: str) -> str:
-    return f"{EXPORT_DIR}/model_{quant}.{fmt}"
+@dataclass
+class Attempt:
+    """One rung of the int8 budget ladder: what is tried, with which settings and images."""
+
+    step: str
+    settings: Callable[[], Any]          # -> convert.Int8Settings (may be costly: chosen lazily)
+    calib: Callable[[], np.ndarray]
 
 
 class Exporter:
@@ -104,25 +69,28 @@ class Exporter:
         self.opts = opts.validate()
         self.echo = echo
         self.model_sha = artifacts.sha256_file(self.run.model_path)
-        self._calib = None
-        self._held = None
-        self._onnx_fp32 = None
+        self._calib: tuple[np.ndarray, str, list[str]] | None = None
+        self._held: tuple[np.ndarray, np.ndarray, np.ndarray, str] | None = None
 
     # -- lazily built inputs ------------------------------------------------
     @functools.cached_property
-    def serving(self):
-        from edgetl.convert import Serving
+    def source(self) -> Any:
+        from edgetl.convert import Serving, Source
 
-        return Serving(self.run.load_model())
+        return Source(Serving(self.run.load_model()))
+
+    @property
+    def serving(self) -> Any:
+        return self.source.serving
 
     def calibration(self) -> tuple[np.ndarray, str, list[str]]:
         """(images, hash, files) of the calibration set."""
         if self._calib is None:
-            from edgetl.calibrate import DEFAULT_DIR, check_overlap
+            from edgetl.calibrate import check_overlap
             from edgetl.data import readable_images
             from edgetl.tfdata import load_array
 
-            folder = self.opts.calibration or DEFAULT_DIR
+            folder = self.opts.calibration or rundir.CALIBRATION
             files = [str(p) for p in readable_images(folder)]
             if not files and self.opts.calibration:
                 raise EdgetlError(f"{folder}: no calibration images; give a folder of training images "
@@ -191,7 +159,7 @@ class Exporter:
 
     # -- one artifact -----------------------------------------------------------
     def inputs_hash(self, fmt: str, quant: str) -> str:
-        parts = {"model": self.model_sha, "format": fmt, "quant": quant, "edgetl": __version__}
+        parts: dict[str, Any] = {"model": self.model_sha, "format": fmt, "quant": quant, "edgetl": __version__}
         if quant == "int8":
             parts.update(io=self.opts.io_type if fmt == "tflite" else "float32", max_drop=self.opts.max_drop,
                          calib=self.calibration()[1])
@@ -218,7 +186,7 @@ class Exporter:
                 tmp.write_bytes(data)
             meta = self.metadata(quant, a.io_type)
             meta["settings"] = a.settings
-            artifacts.write_json(Path(str(dest) + ".json"), meta)
+            artifacts.write_json(rundir.sidecar(dest), meta)
             a.status = "written"
             a.size_bytes = dest.stat().st_size
             a.sha256 = artifacts.sha256_file(dest)
@@ -231,104 +199,93 @@ class Exporter:
         a.seconds = round(time.perf_counter() - t0, 2)
         return a
 
+    def onnx_metadata(self, a: Artifact) -> dict[str, str]:
+        return {"labels": json.dumps(self.run.labels), "edgetl": json.dumps(self.metadata(a.quant, a.io_type))}
+
     def convert(self, a: Artifact) -> bytes:
         from edgetl import convert as C
 
-        if a.format == "tflite":
-            if a.quant != "int8":
-                return C.tflite_bytes(self.serving, a.quant)
+        if a.quant == "int8":
             return self.int8_with_budget(a)
-        meta = {"labels": json.dumps(self.run.labels),
-                "edgetl": json.dumps(self.metadata(a.quant, a.io_type))}
-        if self._onnx_fp32 is None:
-            self._onnx_fp32 = C.onnx_fp32(self.serving, meta)
-        if a.quant == "fp32":
-            m = self._onnx_fp32
-            C.set_onnx_metadata(m, meta)
-        elif a.quant == "fp16":
-            m = C.onnx_fp16(self._onnx_fp32, meta)
-        elif a.quant == "dynamic":
-            m = C.onnx_dynamic(self._onnx_fp32, meta)
-        else:
-            return self.int8_with_budget(a, meta)
-        return m.SerializeToString()
+        return C.convert(self.source, a.format, a.quant, metadata=self.onnx_metadata(a))
 
     # -- int8 and the accuracy budget ---------------------------------------------
-    def _score(self, fmt: str, data: bytes, a: Artifact) -> float:
-        import tempfile
-
-        from edgetl.runners import open_runner
+    def score(self, data: bytes, a: Artifact) -> float:
+        """Score candidate bytes on the held-out split; record it on ``a``; return the drop."""
+        from edgetl.evaluate import score_model
 
         x, y, ref, _ = self.held_out()
-        with tempfile.TemporaryDirectory() as d:
-            p = Path(d) / f"m.{fmt}"
-            p.write_bytes(data)
-            r = open_runner(p, threads=2)
-            probs = np.concatenate([r.predict(x[i:i + 32]) for i in range(0, len(x), 32)])
-        acc = float((probs.argmax(-1) == y).mean())
-        a.keras_accuracy = float((ref.argmax(-1) == y).mean())
-        a.accuracy = acc
-        a.drop_points = round(100 * (a.keras_accuracy - acc), 3)
-        a.agreement = float((probs.argmax(-1) == ref.argmax(-1)).mean())
-        return a.drop_points
+        s = score_model(data, a.format, x, y, ref)
+        a.accuracy, a.keras_accuracy, a.agreement, a.drop_points = s.accuracy, s.keras_accuracy, s.agreement, \
+            s.drop_points
+        return s.drop_points
 
-    def int8_with_budget(self, a: Artifact, meta: dict | None = None) -> bytes:
+    def ladder(self, fmt: str) -> list[Attempt]:
+        """The int8 attempts in order: the requested settings first, then remedies."""
+        from edgetl.convert import Int8Settings, onnx_sensitive_nodes, tflite_sensitive_layers
+
+        o = self.opts
+        calib = lambda: self.calibration()[0]  # noqa: E731
+        bigger = self.larger_calibration()
+        n_more = 0 if bigger is None else len(bigger)
+        more: Callable[[], np.ndarray] | None = (lambda: bigger) if bigger is not None else None
+        if fmt == "tflite":
+            base = Int8Settings(io_type=o.io_type)
+            out = [Attempt("post-training int8, per-channel", lambda: base, calib)]
+            if more is not None:
+                out.append(Attempt(f"larger calibration set ({n_more} images)", lambda: base, more))
+            def keep_float(k: int) -> Callable[[], Any]:
+                return lambda: Int8Settings(io_type=o.io_type, float_layers=tuple(
+                    tflite_sensitive_layers(self.serving, o.io_type, calib(), k)))
+
+            for k in (3, 8):
+                out.append(Attempt(f"{k} most sensitive layers kept in float (quantization debugger)",
+                                   keep_float(k), calib))
+            return out
+        req = Int8Settings(calib_method=o.calib_method, onnx_format=o.onnx_format, per_channel=o.per_channel)
+        pc = Int8Settings(calib_method=o.calib_method, onnx_format=o.onnx_format, per_channel=True)
+        out = [Attempt(f"static int8 ({o.onnx_format}, {o.calib_method}, "
+                       f"{'per-channel' if o.per_channel else 'per-tensor'})", lambda: req, calib)]
+        if not o.per_channel:
+            out.append(Attempt("per-channel weights", lambda: pc, calib))
+        if more is not None:
+            out.append(Attempt(f"larger calibration set ({n_more} images)", lambda: pc, more))
+        for m in CALIB_METHODS:
+            if m != o.calib_method:
+                out.append(Attempt(f"calibration method {m}", fixed(Int8Settings(
+                    calib_method=m, onnx_format=o.onnx_format, per_channel=True)), calib))
+        out.append(Attempt("sensitive nodes kept in float (first conv, classifier)", lambda: Int8Settings(
+            calib_method=o.calib_method, onnx_format=o.onnx_format, per_channel=True,
+            exclude=tuple(onnx_sensitive_nodes(self.source.onnx_fp32))), calib))
+        return out
+
+    def int8_with_budget(self, a: Artifact) -> bytes:
         from edgetl import convert as C
 
-        calib, _, _ = self.calibration()
-        o = self.opts
-        if a.format == "tflite":
-            attempts = [("post-training int8, per-channel", lambda: C.tflite_bytes(self.serving, "int8", o.io_type, calib))]
-            bigger = self.larger_calibration()
-            if bigger is not None:
-                attempts.append((f"larger calibration set ({len(bigger)} images)",
-                                 lambda: C.tflite_bytes(self.serving, "int8", o.io_type, bigger)))
-            for k in (3, 8):
-                def deny(k=k):
-                    data, names = C.tflite_int8_denylist(self.serving, o.io_type, calib, k)
-                    a.settings["float_layers"] = names
-                    return data
-                attempts.append((f"{k} most sensitive layers kept in float (quantization debugger)", deny))
-        else:
-            a.settings.update(calib_method=o.calib_method, onnx_format=o.onnx_format, per_channel=o.per_channel)
-
-            def q(method=o.calib_method, per_channel=o.per_channel, data=calib, exclude=None):
-                a.settings.update(calib_method=method, per_channel=per_channel, excluded_nodes=exclude or [])
-                return C.onnx_int8(self._onnx_fp32, meta, data, method, o.onnx_format, per_channel,
-                                   exclude).SerializeToString()
-
-            attempts = [(f"static int8 ({o.onnx_format}, {o.calib_method}, "
-                         f"{'per-channel' if o.per_channel else 'per-tensor'})", q)]
-            if not o.per_channel:
-                attempts.append(("per-channel weights", lambda: q(per_channel=True)))
-            bigger = self.larger_calibration()
-            if bigger is not None:
-                attempts.append((f"larger calibration set ({len(bigger)} images)",
-                                 lambda: q(per_channel=True, data=bigger)))
-            for m in CALIB_METHODS:
-                if m != o.calib_method:
-                    attempts.append((f"calibration method {m}", lambda m=m: q(method=m, per_channel=True)))
-            attempts.append(("sensitive nodes kept in float (first conv, classifier)",
-                             lambda: q(per_channel=True, exclude=C.onnx_sensitive_nodes(self._onnx_fp32))))
+        attempts = self.ladder(a.format)
+        meta = self.onnx_metadata(a)
         best = None
-        for i, (what, make) in enumerate(attempts):
-            data = make()
-            drop = self._score(a.format, data, a)
-            a.remedies.append({"step": what, "accuracy": a.accuracy, "drop_points": drop, "agreement": a.agreement})
-            self.echo(f"  {a.format} int8: {what}: accuracy {a.accuracy:.4f} "
+        for att in attempts:
+            settings = att.settings()
+            data = C.convert(self.source, a.format, "int8", att.calib(), settings, meta)
+            a.settings = settings_record(a.format, settings)
+            drop = self.score(data, a)
+            a.remedies.append({"step": att.step, "accuracy": a.accuracy, "drop_points": drop, "agreement": a.agreement})
+            self.echo(f"  {a.format} int8: {att.step}: accuracy {a.accuracy:.4f} "
                       f"(Keras {a.keras_accuracy:.4f}, drop {drop:+.2f} points)")
             if best is None or drop < best[0]:
-                best = (drop, data, dict(a.settings), a.accuracy, a.agreement)
-            if drop <= o.max_drop:
+                best = (drop, a.accuracy, a.agreement)
+            if drop <= self.opts.max_drop:
                 return data
-        drop, _, _, acc, agr = best
-        a.accuracy, a.drop_points, a.agreement = acc, drop, agr
-        raise EdgetlError(f"int8 misses the accuracy budget: best drop {drop:.2f} points > --max-drop {o.max_drop} "
-                          f"after {len(attempts)} attempt(s); not written")
+        assert best is not None
+        drop, a.accuracy, a.agreement = best
+        a.drop_points = drop
+        raise EdgetlError(f"int8 misses the accuracy budget: best drop {drop:.2f} points > --max-drop "
+                          f"{self.opts.max_drop} after {len(attempts)} attempt(s); not written")
 
     # -- all of them --------------------------------------------------------------------
     def run_all(self) -> list[Artifact]:
-        man = artifacts.read_manifest(self.run.dir)
+        man = self.run.manifest()
         previous = {r["file"]: r for r in man.get("export", {}).get("artifacts", [])}
         results = []
         for fmt in self.opts.formats:
@@ -344,7 +301,7 @@ class Exporter:
         for f, r in list(merged.items()):
             if r.get("status") == "failed" and f not in {a.file for a in results}:
                 merged.pop(f)
-        artifacts.update_manifest(self.run.dir, "export", {
+        rundir.update_manifest(self.run.dir, "export", {
             "options": asdict(self.opts), "model_sha256": self.model_sha, "artifacts": list(merged.values())})
         self.summary(results)
         return results
@@ -357,6 +314,18 @@ class Exporter:
             drop = f"{a.drop_points:+.1f}" if a.drop_points is not None else "-"
             note = a.reason if a.status != "written" else (a.remedies[-1]["step"] if a.remedies else "")
             self.echo(f"{a.name:<26}{a.status:<9}{a.size_bytes / 1024:>9.0f}{acc:>8}{drop:>7}  {note}")
+
+
+def fixed(value: Any) -> Callable[[], Any]:
+    return lambda: value
+
+
+def settings_record(fmt: str, s: Any) -> dict[str, Any]:
+    """The int8 settings that matter for ``fmt``, as recorded in the sidecar and manifest."""
+    if fmt == "tflite":
+        return {"float_layers": list(s.float_layers)} if s.float_layers else {}
+    return {"calib_method": s.calib_method, "onnx_format": s.onnx_format, "per_channel": s.per_channel,
+            "excluded_nodes": list(s.exclude)}
 
 
 def _debug() -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+
 class BadImage(ValueError):
     """The file is not a decodable image; the message says why."""
 
@@ -28,12 +29,11 @@ def open_rgb(path, min_size: int | None = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as im:
-                if min_size and im.format == "JPEG":
-                    im.draft("RGB", (min_size, min_size))
-                im.load()  # full decode: catches truncated files
-                im = ImageOps.exif_transpose(im) or im
-                return to_rgb(im)
+            with Image.open(path) as f:
+                if min_size and f.format == "JPEG":
+                    f.draft("RGB", (min_size, min_size))
+                f.load()  # full decode: catches truncated files
+                return to_rgb(ImageOps.exif_transpose(f) or f)
     except BadImage:
         raise
     except Image.DecompressionBombError:
@@ -79,9 +79,9 @@ def fit_size(im: Image.Image, size: int | tuple[int, int], mode: str = "crop") -
         cw, ch = w * scale, h * scale
         box = (max(0.0, (W - cw) / 2), max(0.0, (H - ch) / 2), min(float(W), (W + cw) / 2),
                min(float(H), (H + ch) / 2))
-        return im.resize((w, h), Image.BILINEAR, box=box)
+        return im.resize((w, h), Image.Resampling.BILINEAR, box=box)
     if im.size != (w, h):
-        im = im.resize((w, h), Image.BILINEAR)
+        im = im.resize((w, h), Image.Resampling.BILINEAR)
     return im
 
 

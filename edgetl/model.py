@@ -57,3 +57,13 @@ def count_params(model) -> dict:
     tr = sum(int(w.numpy().size) for w in model.trainable_weights)
     total = sum(int(w.numpy().size) for w in model.weights)
     return {"total": total, "trainable": tr}
+
+
+def load_keras(path) -> object:
+    """A Keras model file, in safe mode: a file never runs code (Lambda layers are refused)."""
+    from edgetl.errors import EdgetlError
+
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:
+        raise EdgetlError(f"{path}: not a loadable Keras model ({str(e).splitlines()[0][:100]})") from None

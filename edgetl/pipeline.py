@@ -9,54 +9,51 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import time
-import typing
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from edgetl import artifacts
-from edgetl.config import TrainConfig
-from edgetl.errors import EdgetlError
+from edgetl import artifacts, rundir
+from edgetl.config import (
+    CalibrateOptions,
+    DistillConfig,
+    ExportOptions,
+    Options,
+    TrainConfig,
+    VerifyOptions,
+    field_doc,
+    field_types,
+)
+from edgetl.errors import EdgetlError, OptionError
 
 STAGES = ("train", "calibrate", "export", "verify", "card")
-STARTER = Path(__file__).parent / "resources" / "pipeline.yaml"
 
-SECTIONS: dict[str, dict[str, tuple[str, object]]] = {
-    # key: (type, default)
-    "calibrate": {"size": ("int", 200)},
-    "export": {"formats": ("list", ["tflite", "onnx"]), "quants": ("list", ["fp32", "fp16", "dynamic", "int8"]),
-               "io_type": ("str", "float32"), "calib_method": ("str", "minmax"), "onnx_format": ("str", "qoperator"),
-               "per_channel": ("bool", True), "max_drop": ("float", 1.0)},
-    "verify": {"threads": ("int", 2), "max_drop": ("float", 1.0), "min_agreement": ("float", 0.95),
-               "max_latency_ms": ("float?", None), "runs": ("int", 100), "batch": ("int", 8)},
-    "distill": {"teacher": ("str", None), "kd_alpha": ("float", 0.1), "temperature": ("float", 4.0),
-                "unlabeled": ("str?", None)},
+# section -> (options class, fields the pipeline sets itself and the file may not)
+SECTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
+    "train": (TrainConfig, ("data", "out")),
+    "distill": (DistillConfig, ("sweep", "compare")),
+    "calibrate": (CalibrateOptions, ("seed", "val_split")),
+    "export": (ExportOptions, ("calibration", "calib_size", "force", "seed")),
+    "verify": (VerifyOptions, ("data", "out")),
 }
+# keys holding paths: relative ones are taken from the pipeline file's folder
+PATH_KEYS = {("", "data"), ("", "out"), ("distill", "teacher"), ("distill", "unlabeled"), ("train", "weights")}
 
 
-def _train_types() -> dict[str, tuple[str, object]]:
-    hints = typing.get_type_hints(TrainConfig)
-    out = {}
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in ("data", "out"):
-            continue
-        h = hints[f.name]
-        args = typing.get_args(h)
-        base = next((a for a in args if a is not type(None)), h) if args else h
-        out[f.name] = ({int: "int", float: "float", str: "str", bool: "bool"}[base] + ("?" if args else ""),
-                       f.default)
-    return out
+def section_spec(name: str) -> dict[str, tuple[str, Any]]:
+    cls, exclude = SECTIONS[name]
+    return field_types(cls, exclude)
 
 
-def _check_type(where: str, key: str, value, kind: str):
+def _check_type(key: str, value: Any, kind: str) -> Any:
     opt = kind.endswith("?")
     kind = kind.rstrip("?")
     if value is None:
         if opt:
             return None
-        raise EdgetlError(f"{where}: {key} = null; a value is required ({kind})")
+        raise EdgetlError(f"{key} = null; a value is required ({kind})")
     ok = {"int": isinstance(value, int) and not isinstance(value, bool),
           "float": isinstance(value, (int, float)) and not isinstance(value, bool),
           "str": isinstance(value, (str, int, float)) and not isinstance(value, bool),
@@ -65,13 +62,13 @@ def _check_type(where: str, key: str, value, kind: str):
     if not ok:
         allowed = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
                    "list": "a list"}[kind]
-        raise EdgetlError(f"{where}: {key} = {value!r} has the wrong type; expected {allowed}")
+        raise EdgetlError(f"{key} = {value!r} has the wrong type; expected {allowed}")
     if kind == "float":
         return float(value)
     if kind == "str":
         return str(value)
-    if kind == "list" and isinstance(value, str):
-        return [s.strip() for s in value.split(",") if s.strip()]
+    if kind == "list":
+        return tuple(s.strip() for s in value.split(",") if s.strip()) if isinstance(value, str) else tuple(value)
     return value
 
 
@@ -81,30 +78,49 @@ class Pipeline:
     data: str
     out: str
     train: TrainConfig
-    calibrate: dict
-    export: dict
-    verify: dict
-    distill: dict | None = None
+    calibrate: CalibrateOptions
+    export: ExportOptions
+    verify: VerifyOptions
+    distill: DistillConfig | None = None
 
     @property
     def run_dir(self) -> Path:
         return Path(self.out)
 
-    def resolved(self) -> dict:
-        d = {"data": self.data, "out": self.out, "train": {k: v for k, v in self.train.to_dict().items()
-                                                           if k not in ("data", "out")},
-             "calibrate": self.calibrate, "export": self.export, "verify": self.verify}
-        if self.distill:
-            d["distill"] = self.distill
+    def section(self, name: str) -> dict[str, Any]:
+        """The section as the file states it (the keys the file may set)."""
+        obj = getattr(self, name)
+        if obj is None:
+            return {}
+        d = obj.to_dict()
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if k in section_spec(name)}
+
+    def resolved(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"data": self.data, "out": self.out}
+        for name in SECTIONS:
+            if getattr(self, name) is not None:
+                d[name] = self.section(name)
         return d
 
 
-def parse_value(text: str):
+def parse_value(text: str) -> Any:
     return yaml.safe_load(text)
 
 
-def load(path, overrides: list[str] = ()) -> Pipeline:
-    """Read and validate a pipeline file; ``overrides`` are 'section.key=value' strings."""
+def _resolve(base: Path, section: str, key: str, value: Any) -> Any:
+    if (section, key) not in PATH_KEYS or not isinstance(value, str) or not value:
+        return value
+    if section == "train" and key == "weights" and value in ("imagenet", "none"):
+        return value
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else base / p)
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Pipeline:
+    """Read and validate a pipeline file; ``overrides`` are 'section.key=value' strings.
+
+    Every problem in the file is reported at once. Relative paths in it (data, out,
+    distill.teacher, distill.unlabeled, train.weights) are taken from the file's folder."""
     path = Path(path)
     where = str(path)
     if not path.is_file():
@@ -115,6 +131,8 @@ def load(path, overrides: list[str] = ()) -> Pipeline:
         mark = getattr(e, "problem_mark", None)
         at = f" (line {mark.line + 1})" if mark else ""
         raise EdgetlError(f"{where}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise EdgetlError(f"{where}: cannot be read ({e}); give a YAML text file") from None
     if not isinstance(raw, dict):
         raise EdgetlError(f"{where}: expected a mapping of sections (data, out, train, ...)")
     for o in overrides:
@@ -123,72 +141,89 @@ def load(path, overrides: list[str] = ()) -> Pipeline:
         k, v = o.split("=", 1)
         parts = k.strip().split(".")
         node = raw
-        for p in parts[:-1]:
-            node = node.setdefault(p, {}) if isinstance(node.get(p, {}), dict) else node
+        for part in parts[:-1]:
+            node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else node
         node[parts[-1]] = parse_value(v)
-    allowed_top = {"data", "out", "train", *SECTIONS}
-    for k in raw:
-        if k not in allowed_top:
-            raise EdgetlError(f"{where}: unknown key '{k}'; allowed: {', '.join(sorted(allowed_top))}")
-    if "data" not in raw or raw["data"] in (None, ""):
-        raise EdgetlError(f"{where}: data is missing; set data: to the folder of class sub-folders")
-    data = str(_check_type(where, "data", raw["data"], "str"))
-    if not Path(data).expanduser().is_dir():
-        raise EdgetlError(f"{where}: data = {data!r}: no such folder; point it at DATA/<class>/<images>")
-    out = str(_check_type(where, "out", raw.get("out") or f"models/{path.stem}", "str"))
+    base = path.resolve().parent
+    problems: list[str] = []
+    allowed_top = {"data", "out", *SECTIONS}
+    problems += [f"unknown key '{k}'; allowed: {', '.join(sorted(allowed_top))}" for k in raw if k not in allowed_top]
+    data = out = ""
+    if raw.get("data") in (None, ""):
+        problems.append("data is missing; set data: to the folder of class sub-folders")
+    else:
+        try:
+            data = _resolve(base, "", "data", _check_type("data", raw["data"], "str"))
+            if not Path(data).is_dir():
+                problems.append(f"data = {raw['data']!r}: no such folder ({data}); point it at DATA/<class>/<images>")
+        except EdgetlError as e:
+            problems.append(e.message)
+    try:
+        out = _resolve(base, "", "out", _check_type("out", raw.get("out") or f"models/{path.stem}", "str"))
+    except EdgetlError as e:
+        problems.append(e.message)
 
-    def section(name, spec):
+    objs: dict[str, Options | None] = {}
+    for name, (cls, _) in SECTIONS.items():
+        if name == "distill" and not raw.get("distill"):
+            objs[name] = None
+            continue
         given = raw.get(name) or {}
         if not isinstance(given, dict):
-            raise EdgetlError(f"{where}: {name} must be a mapping of keys")
-        for k in given:
+            problems.append(f"{name} must be a mapping of keys")
+            given = {}
+        spec = section_spec(name)
+        kw: dict[str, Any] = {}
+        for k, v in given.items():
             if k not in spec:
-                raise EdgetlError(f"{where}: unknown key '{name}.{k}'; allowed: {', '.join(spec)}")
-        return {k: _check_type(where, f"{name}.{k}", given.get(k, d), t) if k in given else d
-                for k, (t, d) in spec.items()}
+                problems.append(f"unknown key '{name}.{k}'; allowed: {', '.join(spec)}")
+                continue
+            try:
+                kw[k] = _resolve(base, name, k, _check_type(f"{name}.{k}", v, spec[k][0]))
+            except EdgetlError as e:
+                problems.append(e.message)
+        if name == "train":
+            kw.update(data=data, out=out)
+        obj = cls(**kw)
+        errs: list[OptionError] = obj.problems()
+        problems += [e.in_file(where, name).split(": ", 1)[1] for e in errs]
+        objs[name] = obj
+    if problems:
+        if len(problems) == 1:
+            raise EdgetlError(f"{where}: {problems[0]}")
+        raise EdgetlError(f"{where}: {len(problems)} problems:\n" + "\n".join(f"  - {m}" for m in problems))
+    train = objs["train"]
+    assert isinstance(train, TrainConfig)
+    cal = objs["calibrate"]
+    assert isinstance(cal, CalibrateOptions)
+    cal.seed, cal.val_split = train.seed, train.val_split
+    return Pipeline(where, data, out, train, cal, objs["export"], objs["verify"], objs["distill"])  # type: ignore[arg-type]
 
-    tr = section("train", _train_types())
-    cfg = TrainConfig(data=data, out=out, **tr)
-    try:
-        cfg.validate()
-    except EdgetlError as e:
-        raise EdgetlError(f"{where}: train: {_as_key(e.message)}") from None
-    p = Pipeline(where, data, out, cfg, section("calibrate", SECTIONS["calibrate"]), section("export", SECTIONS["export"]),
-                 section("verify", SECTIONS["verify"]), section("distill", SECTIONS["distill"]) if raw.get("distill") else None)
-    _validate_values(p, where)
-    return p
 
-
-def _as_key(message: str) -> str:
-    """A CLI error ("--epochs-head -1: ...") in the YAML file's terms ("epochs_head -1: ...")."""
-    return re.sub(r"--([a-z][a-z0-9-]*)", lambda m: m.group(1).replace("-", "_"), message)
-
-
-def _validate_values(p: Pipeline, where: str) -> None:
-    from edgetl.export import ExportOptions
-
-    try:
-        ExportOptions(formats=tuple(p.export["formats"]), quants=tuple(p.export["quants"]),
-                      io_type=p.export["io_type"], calib_method=p.export["calib_method"],
-                      onnx_format=p.export["onnx_format"], max_drop=p.export["max_drop"]).validate()
-    except EdgetlError as e:
-        raise EdgetlError(f"{where}: export: {_as_key(e.message)}") from None
-    checks = [("calibrate.size", p.calibrate["size"] >= 1, ">= 1"),
-              ("verify.threads", p.verify["threads"] >= 1, ">= 1"),
-              ("verify.runs", p.verify["runs"] >= 100, ">= 100"),
-              ("verify.batch", p.verify["batch"] >= 1, ">= 1"),
-              ("verify.min_agreement", 0 <= p.verify["min_agreement"] <= 1, "between 0 and 1"),
-              ("verify.max_drop", p.verify["max_drop"] >= 0, ">= 0")]
-    if p.distill:
-        checks += [("distill.kd_alpha", 0 <= p.distill["kd_alpha"] <= 1, "between 0 and 1"),
-                   ("distill.temperature", p.distill["temperature"] > 0, "> 0"),
-                   ("distill.teacher", bool(p.distill["teacher"]), "a run directory or .keras file"),
-                   ("distill.unlabeled", p.distill.get("unlabeled") is None
-                    or Path(p.distill["unlabeled"]).expanduser().is_dir(), "an existing folder of images, or null")]
-    for key, ok, allowed in checks:
-        if not ok:
-            sec, k = key.split(".")
-            raise EdgetlError(f"{where}: {key} = {getattr(p, sec)[k]!r}; allowed: {allowed}")
+def starter_text() -> str:
+    """The `edgetl init` template, generated from the option classes (defaults and docs)."""
+    lines = ["# edgetl pipeline: `edgetl run pipeline.yaml` runs train -> calibrate -> export -> verify -> model card.",
+             "# Re-running skips stages whose inputs did not change; `--from export` redoes export and what follows;",
+             "# `--set train.alpha=0.5` overrides any key from the command line. Relative paths are taken from",
+             "# this file's folder.", "",
+             "data: photos/                 # DATA/<class>/<images>, or DATA/train|val[|test]/<class>/",
+             "out: models/my-classifier     # the run directory (model, exports, reports, model card)", ""]
+    for name, (cls, _) in SECTIONS.items():
+        off = name == "distill"
+        if off:
+            lines.append("# distill:                    # optional: train the student above from a larger teacher")
+        else:
+            lines.append(f"{name}:")
+        for k, (_, d) in section_spec(name).items():
+            if isinstance(d, tuple):
+                d = list(d)
+            val = yaml.safe_dump({k: d}, default_flow_style=True, width=200).strip()[1:-1]
+            if name == "distill" and k == "teacher":
+                val = "teacher: models/teacher"
+            entry = ("#  " if off else "  ") + val
+            lines.append(f"{entry:<30}# {field_doc(cls, k)}")
+        lines.append("")
+    return "\n".join(lines)
 
 
 # -------------------------------------------------------------------- running ----
@@ -205,14 +240,14 @@ class PipelineRunner:
         self.run_dir = pipe.run_dir
 
     def state(self) -> dict:
-        return artifacts.read_manifest(self.run_dir).get("pipeline", {}).get("stages", {})
+        return rundir.read_manifest(self.run_dir).get("pipeline", {}).get("stages", {})
 
     def record(self, stage: str, inputs: str, seconds: float) -> None:
-        man = artifacts.read_manifest(self.run_dir)
+        man = rundir.read_manifest(self.run_dir)
         pl = man.get("pipeline", {"stages": {}})
         pl["config"] = self.p.resolved()
         pl["stages"][stage] = {"inputs_hash": inputs, "seconds": round(seconds, 2), "finished": artifacts.now_iso()}
-        artifacts.update_manifest(self.run_dir, "pipeline", pl)
+        rundir.update_manifest(self.run_dir, "pipeline", pl)
 
     def inputs(self, stage: str) -> str:
         p, d = self.p, self.run_dir
@@ -220,19 +255,21 @@ class PipelineRunner:
             from edgetl.data import scan
 
             ds = scan(p.data, p.train.val_split, p.train.seed, p.train.strict)
-            return _h({"train": p.resolved()["train"], "distill": p.distill, "data": ds.fingerprint()})
+            return _h({"train": p.section("train"), "distill": p.section("distill") or None,
+                       "data": ds.fingerprint()})
         if stage == "calibrate":
-            return _h({"calibrate": p.calibrate, "split": artifacts.sha256_file(d / "split.json")})
+            return _h({"calibrate": p.section("calibrate"), "split": artifacts.sha256_file(d / rundir.SPLIT)})
         if stage == "export":
-            man = d / "calibration" / "manifest.json"
-            return _h({"export": p.export, "model": artifacts.sha256_file(d / "model.keras"),
+            man = d / rundir.CALIBRATION / rundir.MANIFEST
+            return _h({"export": p.section("export"), "model": artifacts.sha256_file(d / rundir.MODEL),
                        "calibration": artifacts.sha256_file(man) if man.exists() else None})
         if stage == "verify":
-            arts = artifacts.read_manifest(d).get("export", {}).get("artifacts", [])
-            return _h({"verify": p.verify, "model": artifacts.sha256_file(d / "model.keras"),
+            arts = rundir.read_manifest(d).get("export", {}).get("artifacts", [])
+            return _h({"verify": p.section("verify"), "model": artifacts.sha256_file(d / rundir.MODEL),
                        "artifacts": sorted(a.get("sha256", "") for a in arts)})
-        return _h({"report": artifacts.sha256_file(d / "report.json") if (d / "report.json").exists() else None,
-                   "metrics": artifacts.sha256_file(d / "metrics.json"), "edgetl": artifacts.package_versions()
+        report = d / rundir.REPORT_JSON
+        return _h({"report": artifacts.sha256_file(report) if report.exists() else None,
+                   "metrics": artifacts.sha256_file(d / rundir.METRICS), "edgetl": artifacts.package_versions()
                    .get("edgetl")})
 
     def run(self) -> dict:
@@ -251,7 +288,7 @@ class PipelineRunner:
                 self.echo(f"== stage {stage}: skipped (inputs unchanged since {done['finished']})")
                 timings[stage] = {"seconds": 0.0, "skipped": True}
                 if stage == "verify":
-                    report = json.loads((self.run_dir / "report.json").read_text())
+                    report = rundir.read_json(self.run_dir / rundir.REPORT_JSON)
                 continue
             self.echo(f"== stage {stage} ...")
             result = getattr(self, "stage_" + stage)(redo)
@@ -270,60 +307,53 @@ class PipelineRunner:
             from edgetl.verify import table
 
             self.echo(table(report))
-        self.echo(f"model card: {self.run_dir / 'MODEL_CARD.md'}")
+        self.echo(f"model card: {self.run_dir / rundir.CARD}")
         return {"timings": timings, "report": report}
 
     def outputs_exist(self, stage: str) -> bool:
         d = self.run_dir
-        need = {"train": ["model.keras", "metrics.json"], "calibrate": ["calibration/manifest.json"],
-                "export": [], "verify": ["report.json"], "card": ["MODEL_CARD.md"]}[stage]
+        need = {"train": [rundir.MODEL, rundir.METRICS, rundir.MANIFEST],
+                "calibrate": [f"{rundir.CALIBRATION}/{rundir.MANIFEST}"],
+                "export": [], "verify": [rundir.REPORT_JSON], "card": [rundir.CARD]}[stage]
         return all((d / n).exists() for n in need)
 
     # ---- stages ----
-    def stage_train(self, redo: bool):
-        from edgetl.train import CKPT_DIR, Trainer
+    def stage_train(self, redo: bool) -> Any:
+        from edgetl.train import Trainer
 
         cfg = dataclasses.replace(self.p.train)
-        resume = (self.run_dir / CKPT_DIR).exists()
+        resume = (self.run_dir / rundir.CHECKPOINTS).exists()
         if resume:
             self.echo(f"resuming the interrupted training in {self.run_dir}")
         if self.p.distill:
-            from edgetl.distill import DistillConfig, distill
+            from edgetl.distill import distill
 
-            dc = DistillConfig(teacher=self.p.distill["teacher"], kd_alpha=self.p.distill["kd_alpha"],
-                               temperature=self.p.distill["temperature"], unlabeled=self.p.distill.get("unlabeled"))
-            return distill(cfg, dc, resume=resume, echo=self.echo)
+            return distill(cfg, dataclasses.replace(self.p.distill), resume=resume, echo=self.echo)
         return Trainer(cfg, resume=resume, echo=self.echo).run()
 
-    def stage_calibrate(self, redo: bool):
+    def stage_calibrate(self, redo: bool) -> Any:
         from edgetl.calibrate import calibrate
 
-        return calibrate(self.p.data, self.p.calibrate["size"], self.run_dir / "calibration", self.p.train.seed,
-                         self.p.train.val_split, echo=self.echo)
+        c = self.p.calibrate
+        return calibrate(self.p.data, c.size, self.run_dir / rundir.CALIBRATION, c.seed, c.val_split, echo=self.echo)
 
-    def stage_export(self, redo: bool):
-        from edgetl.export import ExportOptions, export
+    def stage_export(self, redo: bool) -> Any:
+        from edgetl.export import export
 
-        e = self.p.export
-        opts = ExportOptions(formats=tuple(e["formats"]), quants=tuple(e["quants"]), io_type=e["io_type"],
-                             calibration=str(self.run_dir / "calibration"), calib_method=e["calib_method"],
-                             onnx_format=e["onnx_format"], per_channel=e["per_channel"], max_drop=e["max_drop"],
-                             force=redo and self.force)
+        # a stage that is redone (--from, --force) redoes its artifacts too
+        opts = dataclasses.replace(self.p.export, calibration=str(self.run_dir / rundir.CALIBRATION), force=redo)
         res = export(self.run_dir, opts, echo=self.echo)
         failed = [a for a in res if a.status == "failed"]
         if failed:
             self.echo(f"warning: {len(failed)} artifact(s) failed; verify goes on with the others")
         return res
 
-    def stage_verify(self, redo: bool):
-        from edgetl.verify import Gates, verify
+    def stage_verify(self, redo: bool) -> Any:
+        from edgetl.verify import verify
 
-        v = self.p.verify
-        return verify(self.run_dir, threads=v["threads"], gates=Gates(v["max_drop"], v["min_agreement"],
-                                                                        v["max_latency_ms"]),
-                      runs=v["runs"], batch=v["batch"], echo=self.echo)
+        return verify(self.run_dir, dataclasses.replace(self.p.verify), echo=self.echo)
 
-    def stage_card(self, redo: bool):
+    def stage_card(self, redo: bool) -> Any:
         from edgetl.card import write_card
 
         return write_card(self.run_dir, self.p, echo=self.echo)
@@ -333,9 +363,9 @@ def run(config, from_stage=None, force=False, overrides=(), echo=print) -> dict:
     return PipelineRunner(load(config, overrides), from_stage, force, echo).run()
 
 
-def write_starter(out) -> Path:
+def write_starter(out: str | Path) -> Path:
     out = Path(out)
     if out.exists():
         raise EdgetlError(f"{out}: already exists; choose another --out or remove it")
-    artifacts.copy_file(STARTER, out)
+    artifacts.write_text(out, starter_text())
     return out

@@ -15,20 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl import artifacts, backbones
+from edgetl import artifacts, backbones, rundir
 from edgetl.errors import EdgetlError
-from edgetl.runinfo import open_run
+from edgetl.rundir import open_run
 
-QAT_FILE = "export/model_qat_int8.tflite"
+QAT_FILE = rundir.artifact_file("tflite", "qat_int8")
 
 
 @dataclass
 class QatResult:
     file: Path
-    accuracy: float
+    accuracy: float | None
     ptq_accuracy: float | None
-    keras_accuracy: float
-    agreement: float
+    keras_accuracy: float | None
+    agreement: float | None
     size_bytes: int
     epochs: int
 
@@ -111,7 +111,7 @@ def init_ranges(qmodel, flat, images: np.ndarray) -> int:
     outs = probe.predict(images, verbose=0, batch_size=32)
     ranges = {n: (min(0.0, float(o.min())), max(0.0, float(o.max()))) for n, o in zip(names, outs)}
     n_set = 0
-    inbound = {}
+    inbound: dict[str, str | None] = {}
     for layer in qmodel.layers:  # which float layer feeds each quantize_layer
         for node in layer._inbound_nodes:
             for t in node.input_tensors if isinstance(node.input_tensors, list) else [node.input_tensors]:
@@ -154,8 +154,9 @@ def qat(run_dir, epochs: int = 3, lr: float = 1e-5, batch_size: int = 32, io_typ
     import tensorflow as tf
     import tf_keras as tfk
 
-    from edgetl.export import ExportOptions, Exporter
-    from edgetl.tfdata import augmenter, image_dataset, parse_augment
+    from edgetl.config import parse_augment
+    from edgetl.export import Exporter, ExportOptions
+    from edgetl.tfdata import augmenter, image_dataset
 
     if epochs < 0:
         raise EdgetlError(f"--epochs {epochs}: must be >= 0")
@@ -192,11 +193,11 @@ def qat(run_dir, epochs: int = 3, lr: float = 1e-5, batch_size: int = 32, io_typ
     from edgetl.export import Artifact
 
     a = Artifact("tflite", "int8", QAT_FILE, io_type=io_type)
-    exp._score("tflite", data, a)
+    exp.score(data, a)
     ptq = Artifact("tflite", "int8", "ptq")
     from edgetl import convert as C
 
-    exp._score("tflite", C.tflite_bytes(exp.serving, "int8", io_type, calib), ptq)
+    exp.score(C.tflite_bytes(exp.serving, "int8", io_type, calib), ptq)
     dest = run.dir / QAT_FILE
     if a.drop_points is not None and a.drop_points > 25:
         raise EdgetlError(f"QAT int8 accuracy collapsed ({a.accuracy:.3f} vs Keras {a.keras_accuracy:.3f}); "
@@ -205,9 +206,9 @@ def qat(run_dir, epochs: int = 3, lr: float = 1e-5, batch_size: int = 32, io_typ
         tmp.write_bytes(data)
     meta = exp.metadata("int8-qat", io_type)
     meta["settings"] = {"qat_epochs": epochs, "lr": lr}
-    artifacts.write_json(Path(str(dest) + ".json"), meta)
+    artifacts.write_json(rundir.sidecar(dest), meta)
     res = QatResult(dest, a.accuracy, ptq.accuracy, a.keras_accuracy, a.agreement, dest.stat().st_size, epochs)
-    artifacts.update_manifest(run.dir, "qat", {
+    rundir.update_manifest(run.dir, "qat", {
         "file": QAT_FILE, "sha256": artifacts.sha256_file(dest), "epochs": epochs, "lr": lr, "io_type": io_type,
         "calibration_hash": calib_hash, "accuracy": a.accuracy, "ptq_int8_accuracy": ptq.accuracy,
         "keras_accuracy": a.keras_accuracy, "agreement": a.agreement, "seconds": round(time.perf_counter() - t0, 1)})

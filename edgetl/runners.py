@@ -72,22 +72,22 @@ def file_size(path) -> int:
     return p.stat().st_size
 
 
-def sidecar_path(path) -> Path:
-    p = Path(path)
-    return p.with_name(p.name + ".json")
-
-
 def read_sidecar(path) -> dict:
     """Labels and preprocessing travelling with a model: the JSON sidecar, else
     labels.txt beside it or in the run directory above."""
-    p = Path(path)
-    sc = sidecar_path(p)
+    from edgetl.rundir import labels_near, sidecar
+
+    sc = sidecar(path)
     if sc.exists():
-        return json.loads(sc.read_text())
-    for d in (p.parent, p.parent.parent):
-        if (d / "labels.txt").exists():
-            return {"labels": [l for l in (d / "labels.txt").read_text().splitlines() if l.strip()]}
-    return {}
+        try:
+            meta = json.loads(sc.read_text())
+        except ValueError:
+            raise EdgetlError(f"{sc}: not valid JSON; re-export the model") from None
+        if not isinstance(meta, dict):
+            raise EdgetlError(f"{sc}: expected a JSON object; re-export the model")
+        return meta
+    labels = labels_near(path)
+    return {"labels": labels} if labels else {}
 
 
 class KerasRunner(Runner):
@@ -95,16 +95,11 @@ class KerasRunner(Runner):
 
     def __init__(self, path, threads=None):
         super().__init__(path, threads)
-        import keras
-
-        import edgetl.layers  # noqa: F401  (registers Preprocess)
-
         if threads:
             _tf_threads(threads)
-        try:
-            self.model = keras.models.load_model(self.path, compile=False)
-        except Exception as e:
-            raise EdgetlError(f"{self.path}: not a loadable Keras model ({str(e).splitlines()[0][:100]})") from None
+        from edgetl.model import load_keras
+
+        self.model = load_keras(self.path)
         last = self.model.layers[-1]
         act = getattr(getattr(last, "activation", None), "__name__", "")
         self.outputs_probs = act == "softmax" or last.__class__.__name__ == "Softmax"
@@ -222,7 +217,7 @@ class OnnxRunner(Runner):
         return np.asarray(self.sess.run(None, {self._in.name: x})[0], np.float32)
 
 
-RUNNERS = {".keras": KerasRunner, ".tflite": LiteRTRunner, ".onnx": OnnxRunner}
+RUNNERS: dict[str, type[Runner]] = {".keras": KerasRunner, ".tflite": LiteRTRunner, ".onnx": OnnxRunner}
 
 
 def open_runner(path, threads: int | None = None) -> Runner:

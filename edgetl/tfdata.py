@@ -11,24 +11,6 @@ import tensorflow as tf
 
 from edgetl.images import load_rgb
 
-AUGMENTATIONS = ("flip", "rotate", "zoom", "translate", "contrast")
-
-
-def parse_augment(spec: str | list | tuple | None) -> tuple[str, ...]:
-    from edgetl.errors import EdgetlError
-
-    if spec is None or spec == "default":
-        return AUGMENTATIONS
-    if isinstance(spec, str):
-        spec = [s.strip() for s in spec.split(",") if s.strip()]
-    spec = tuple(spec)
-    if spec in ((), ("none",)):
-        return ()
-    bad = [s for s in spec if s not in AUGMENTATIONS]
-    if bad:
-        raise EdgetlError(f"--augment {','.join(spec)}: unknown '{bad[0]}'; use none or a list of {','.join(AUGMENTATIONS)}")
-    return spec
-
 
 def augmenter(names, seed: int):
     """A Keras Sequential of random preprocessing layers (identity when empty)."""

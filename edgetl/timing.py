@@ -5,8 +5,13 @@ from __future__ import annotations
 import os
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
+
+# The standalone checker (numpy + one runtime): it times models in a fresh process here,
+# and travels in the device bundle to do the same on the device.
+CHECK_SCRIPT = Path(__file__).parent / "resources" / "edgetl_check.py"
 
 
 def rss_mb() -> float:
@@ -65,3 +70,24 @@ def machine_info() -> dict:
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(),
             "platform": platform.platform(), "python": platform.python_version(),
             "runtimes": {k: v[k] for k in ("tensorflow", "keras", "ai-edge-litert", "onnxruntime") if k in v}}
+
+
+def isolated_timing(path, threads: int, runs: int, size) -> dict:
+    """Latency and peak memory of one model in a fresh process that imports only numpy
+    and the runtime (the bundle's edgetl_check.py), so that no other thread pool in this
+    process competes for the cores while it is timed."""
+    import json
+    import subprocess
+    import sys
+
+    from edgetl.errors import EdgetlError
+
+    cmd = [sys.executable, str(CHECK_SCRIPT), "--time", str(path), "--threads", str(threads), "--runs", str(runs),
+           "--size", f"{size[0]},{size[1]}"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if p.returncode != 0:
+        raise EdgetlError(f"{path}: timing failed ({(p.stderr.strip().splitlines() or ['?'])[-1][:150]})", 1)
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    res["spread_p90_p50"] = res["p90_ms"] / res["p50_ms"] if res["p50_ms"] else None
+    return {k: res[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "runs", "warmup", "spread_p90_p50",
+                                "memory_mb", "peak_rss_mb")}

@@ -213,9 +213,8 @@ def save_legacy_h5(model, dest) -> Path:
 
     from edgetl.artifacts import atomic_path
 
-    with atomic_path(dest, suffix=".h5") as tmp:
-        with h5py.File(tmp, "w") as f:
-            legacy_h5_format.save_weights_to_hdf5_group(f, model)
+    with atomic_path(dest, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
     return Path(dest)
 
 

@@ -21,16 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl import artifacts, backbones
-from edgetl.config import TrainConfig
+from edgetl import artifacts, backbones, rundir
+from edgetl.config import TrainConfig, parse_augment
 from edgetl.data import Dataset, class_weights, scan
 from edgetl.errors import EdgetlError, TrainingInterrupted
-
-MODEL_FILE = "model.keras"
-LABELS_FILE = "labels.txt"
-CONFIG_FILE = "config.yaml"
-SPLIT_FILE = "split.json"
-CKPT_DIR = "checkpoints"
+from edgetl.rundir import load_run_config, read_labels  # noqa: F401  (part of this module's API)
 
 
 @dataclass
@@ -77,22 +72,6 @@ def set_seed(seed: int) -> None:
         pass
 
 
-def read_labels(run_dir) -> list[str]:
-    p = Path(run_dir) / LABELS_FILE
-    if not p.exists():
-        raise EdgetlError(f"{run_dir}: no {LABELS_FILE}; give a run directory written by 'edgetl train'")
-    return [l for l in p.read_text().splitlines() if l.strip()]
-
-
-def load_run_config(run_dir) -> TrainConfig:
-    import yaml
-
-    p = Path(run_dir) / CONFIG_FILE
-    if not p.exists():
-        raise EdgetlError(f"{run_dir}: no {CONFIG_FILE}; give a run directory written by 'edgetl train'")
-    return TrainConfig.from_dict(yaml.safe_load(p.read_text()), where=str(p))
-
-
 class Trainer:
     """Runs the two phases for one config. Subclasses (distillation) change the
     loss and the targets; the schedule, checkpoints and outputs stay the same."""
@@ -107,8 +86,7 @@ class Trainer:
             if not config.out:
                 raise EdgetlError("--resume needs --out RUN_DIR: the run directory to continue")
             run_dir = Path(config.out)
-            if (run_dir / artifacts.MANIFEST).exists() and (run_dir / MODEL_FILE).exists() \
-                    and not (run_dir / CKPT_DIR).exists():
+            if rundir.is_finished(run_dir) and not (run_dir / rundir.CHECKPOINTS).exists():
                 raise EdgetlError(f"{run_dir}: this run already finished; nothing to resume")
             saved = load_run_config(run_dir)
             saved.out = str(run_dir)
@@ -117,10 +95,10 @@ class Trainer:
         self.bb = backbones.get(self.cfg.backbone)
         self.run_dir = Path(self.cfg.out) if self.cfg.out else default_run_dir(self.cfg, root)
         self.cfg.out = str(self.run_dir)
-        if not resume and (self.run_dir / CKPT_DIR).exists():
+        if not resume and (self.run_dir / rundir.CHECKPOINTS).exists():
             raise EdgetlError(f"{self.run_dir}: holds an unfinished run; add --resume to continue it, "
                               f"or choose another --out")
-        self.ckpt = self.run_dir / CKPT_DIR
+        self.ckpt = self.run_dir / rundir.CHECKPOINTS
         self.timings: dict[str, float] = {}
 
     # ---- set-up ---------------------------------------------------------
@@ -145,10 +123,10 @@ class Trainer:
         self.class_weight = class_weights(ds) if cfg.class_weights == "auto" else None
         self.check_inputs()  # before anything is written: a refused input leaves no half-made run
         self.ckpt.mkdir(parents=True, exist_ok=True)
-        artifacts.write_yaml(self.run_dir / CONFIG_FILE, cfg.to_dict())
-        artifacts.write_text(self.run_dir / LABELS_FILE, "\n".join(ds.classes) + "\n")
+        artifacts.write_yaml(self.run_dir / rundir.CONFIG, cfg.to_dict())
+        artifacts.write_text(self.run_dir / rundir.LABELS, "\n".join(ds.classes) + "\n")
         root = ds.root
-        artifacts.write_json(self.run_dir / SPLIT_FILE, {
+        artifacts.write_json(self.run_dir / rundir.SPLIT, {
             "root": str(root.resolve()),
             "classes": ds.classes,
             **{name: [{"file": str(Path(p).resolve()), "label": int(y)} for p, y in zip(s.paths, s.labels)]
@@ -166,11 +144,11 @@ class Trainer:
 
         cfg = self.cfg
         with self.strategy.scope():
-            self.base = build_base(self.bb, cfg.img_size, cfg.alpha, cfg.weights)
+            self.base = build_base(self.bb, cfg.size, cfg.alpha, cfg.weights)
             self.base.trainable = False
             n_feat = int(self.base.output_shape[-1])
             self.head_layers = M.build_head(n_feat, len(self.ds.classes), cfg.dropout, cfg.dense, cfg.l2)
-            self.model, self.extractor = M.assemble(self.base, self.bb, cfg.img_size, self.head_layers)
+            self.model, self.extractor = M.assemble(self.base, self.bb, cfg.size, self.head_layers)
             self.head = M.head_model(n_feat, self.head_layers)
         self.n_features = n_feat
 
@@ -208,7 +186,7 @@ class Trainer:
         """(train tf.data, val tf.data) for phase 2."""
         import tensorflow as tf
 
-        from edgetl.tfdata import augmenter, batches, image_dataset, parse_augment
+        from edgetl.tfdata import augmenter, batches, image_dataset
 
         cfg = self.cfg
         k = len(self.ds.classes)
@@ -269,14 +247,12 @@ class Trainer:
         return None
 
     def _augment_names(self):
-        from edgetl.tfdata import parse_augment
-
         return parse_augment(self.cfg.augment)
 
     def view_size(self) -> int:
         """Side of the cached views before they are resized to the input (distillation makes
         them at the teacher's size when that is larger, so the teacher sees full detail)."""
-        return self.cfg.img_size
+        return self.cfg.size
 
     def view_hook(self, view: int, images) -> None:
         """Called with each batch of each view's images (0-255 float); distillation records
@@ -291,7 +267,7 @@ class Trainer:
         from edgetl.tfdata import augmenter, image_dataset, load_array
 
         cfg = self.cfg
-        path = self.ckpt / "views.npz"
+        path = self.ckpt / rundir.VIEWS
         if path.exists():
             z = np.load(path)
             self.echo(f"phase 1: reusing cached views {z['x'].shape} from {path}")
@@ -504,11 +480,11 @@ class Trainer:
 
     # ---- evaluation and outputs -----------------------------------------
     def predict_val(self) -> np.ndarray:
-        from edgetl.tfdata import image_dataset
-
         import keras
 
-        ds = image_dataset(self.ds.val.paths, self.ds.val.labels, self.cfg.img_size, self.cfg.resize).batch(self.cfg.batch_size)
+        from edgetl.tfdata import image_dataset
+
+        ds = image_dataset(self.ds.val.paths, self.ds.val.labels, self.cfg.size, self.cfg.resize).batch(self.cfg.batch_size)
         logits = np.concatenate([np.asarray(self.model(keras.ops.cast(x, "float32"), training=False)) for x, _ in ds])
         e = np.exp(logits - logits.max(-1, keepdims=True))
         return e / e.sum(-1, keepdims=True)
@@ -539,7 +515,7 @@ class Trainer:
         if selected == "phase1" and m2 is not None:
             self.echo("phase 2 did not improve val accuracy; keeping the phase-1 model")
             self.model.set_weights(w1)
-        final = m2 if selected == "phase2" else m1
+        final = m2 if selected == "phase2" and m2 is not None else m1
         self.timings["total_s"] = time.perf_counter() - t_start
         metrics = {
             "phase1": m1, "phase2": m2, "selected_phase": selected,
@@ -558,22 +534,20 @@ class Trainer:
         run = self.run_dir
         metrics["params"] = count_params(self.model)
         metrics["data"] = self.ds.summary()
-        with artifacts.atomic_path(run / MODEL_FILE, suffix=".keras") as tmp:
+        with artifacts.atomic_path(run / rundir.MODEL, suffix=".keras") as tmp:
             self.model.save(str(tmp))
-        artifacts.write_json(run / "history.json", history)
-        artifacts.write_json(run / "metrics.json", metrics)
-        plots.training_curves({"phase 1": history["phase1"], "phase 2": history["phase2"]}, run / "curves.png")
-        plots.confusion(metrics["final"]["confusion_matrix"], self.ds.classes, run / "confusion.png",
+        artifacts.write_json(run / rundir.HISTORY, history)
+        artifacts.write_json(run / rundir.METRICS, metrics)
+        plots.training_curves({"phase 1": history["phase1"], "phase 2": history["phase2"]}, run / rundir.CURVES)
+        plots.confusion(metrics["final"]["confusion_matrix"], self.ds.classes, run / rundir.CONFUSION,
                         f"val confusion ({metrics['selected_phase']})")
-        files = [MODEL_FILE, LABELS_FILE, CONFIG_FILE, SPLIT_FILE, "history.json", "metrics.json",
-                 "curves.png", "confusion.png"]
         shutil.rmtree(self.ckpt, ignore_errors=True)
-        artifacts.update_manifest(run, "train", {
+        rundir.update_manifest(run, "train", {
             "kind": self.kind,
             "seed": self.cfg.seed,
             "config": self.cfg.to_dict(),
             "data_fingerprint": self.ds.fingerprint(),
-            "files": artifacts.file_hashes(run, files),
+            "files": artifacts.file_hashes(run, rundir.TRAIN_FILES),
             "weights": self.cfg.weights,
         })
 

@@ -10,19 +10,23 @@ from pathlib import Path
 import numpy as np
 
 from edgetl import artifacts
+from edgetl.config import VerifyOptions
 from edgetl.errors import EdgetlError
-from edgetl.runinfo import open_run
-
-REPORT_JSON, REPORT_MD = "report.json", "report.md"
-PLOTS = {"accuracy_latency": "verify_accuracy_latency.png", "sizes": "verify_sizes.png",
-         "confusion": "verify_confusion.png"}
+from edgetl.rundir import REPORT_JSON, REPORT_MD, list_artifacts, open_run
+from edgetl.rundir import VERIFY_PLOTS as PLOTS
 
 
 @dataclass
 class Gates:
-    max_drop: float = 1.0           # points of top-1 below Keras
-    min_agreement: float = 0.95     # top-1 agreement with Keras
-    max_latency_ms: float | None = None  # p50 at batch 1
+    """Pass/fail rules of an artifact row (values and defaults: :class:`VerifyOptions`)."""
+
+    max_drop: float                 # points of top-1 below Keras
+    min_agreement: float            # top-1 agreement with Keras
+    max_latency_ms: float | None    # p50 at batch 1
+
+    @classmethod
+    def of(cls, o: VerifyOptions) -> Gates:
+        return cls(o.max_drop, o.min_agreement, o.max_latency_ms)
 
     def check(self, row: dict) -> list[str]:
         fails = []
@@ -33,19 +37,6 @@ class Gates:
         if self.max_latency_ms is not None and row.get("p50_ms") is not None and row["p50_ms"] > self.max_latency_ms:
             fails.append(f"max-latency-ms ({row['p50_ms']:.2f} > {self.max_latency_ms:g} ms)")
         return fails
-
-
-def list_artifacts(run_dir) -> list[dict]:
-    """The Keras reference and every exported model of the run, with their quantization."""
-    run_dir = Path(run_dir)
-    out = [{"name": "model.keras", "path": run_dir / "model.keras", "format": "keras", "quant": "fp32"}]
-    exp = run_dir / "export"
-    for p in sorted(exp.glob("*")) if exp.is_dir() else []:
-        if p.suffix in (".tflite", ".onnx") and not p.name.startswith("."):
-            side = json.loads(Path(str(p) + ".json").read_text()) if Path(str(p) + ".json").exists() else {}
-            out.append({"name": p.name, "path": p, "format": p.suffix[1:],
-                        "quant": side.get("quantization", p.stem.replace("model_", ""))})
-    return out
 
 
 def held_out_data(run, data=None):
@@ -72,31 +63,11 @@ def held_out_data(run, data=None):
     return load_array(paths, run.img_size, run.resize), np.asarray(labels), src
 
 
-def isolated_timing(path, threads: int, runs: int, size) -> dict:
-    """Latency and peak memory of one model in a fresh process that imports only numpy
-    and the runtime (the bundle's edgetl_check.py), so that no other thread pool in this
-    process competes for the cores while it is timed."""
-    import subprocess
-    import sys
-
-    from edgetl.bundle import CHECK_SCRIPT
-
-    cmd = [sys.executable, str(CHECK_SCRIPT), "--time", str(path), "--threads", str(threads), "--runs", str(runs),
-           "--size", f"{size[0]},{size[1]}"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if p.returncode != 0:
-        raise EdgetlError(f"{path}: timing failed ({(p.stderr.strip().splitlines() or ['?'])[-1][:150]})", 1)
-    res = json.loads(p.stdout.strip().splitlines()[-1])
-    res["spread_p90_p50"] = res["p90_ms"] / res["p50_ms"] if res["p50_ms"] else None
-    return {k: res[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "runs", "warmup", "spread_p90_p50",
-                                "memory_mb", "peak_rss_mb")}
-
-
 def measure(entry: dict, x: np.ndarray, y: np.ndarray, ref: np.ndarray | None, threads: int, runs: int,
             batch: int, classes: list[str], isolated: bool = True) -> tuple[dict, np.ndarray]:
     from edgetl.evaluate import classification_metrics
     from edgetl.runners import open_runner
-    from edgetl.timing import latency, rss_mb, throughput
+    from edgetl.timing import isolated_timing, latency, rss_mb, throughput
 
     before = rss_mb()
     r = open_runner(entry["path"], threads=threads)
@@ -121,16 +92,17 @@ def measure(entry: dict, x: np.ndarray, y: np.ndarray, ref: np.ndarray | None, t
     return row, probs
 
 
-def verify(run_dir, data=None, threads: int = 2, gates: Gates | None = None, runs: int = 100, batch: int = 8,
-           out=None, device_results=(), echo=print, isolated: bool = True) -> dict:
+def verify(run_dir, opts: VerifyOptions | None = None, device_results=(), echo=print,
+           isolated: bool = True) -> dict:
+    """Score and time every artifact of the run against its Keras model; see :class:`VerifyOptions`."""
     from edgetl.timing import machine_info
 
-    gates = gates or Gates()
-    if runs < 100:
-        raise EdgetlError(f"--runs {runs}: at least 100 timed runs are needed for stable percentiles")
+    o = (opts or VerifyOptions()).validate()
+    gates = Gates.of(o)
+    threads, runs, batch = o.threads, o.runs, o.batch
     run = open_run(run_dir)
-    out = Path(out) if out else run.dir
-    x, y, src = held_out_data(run, data)
+    out = Path(o.out) if o.out else run.dir
+    x, y, src = held_out_data(run, o.data)
     entries = list_artifacts(run.dir)
     echo(f"verify: {len(entries)} model(s) on {len(x)} images from {src}, {threads} thread(s), batch-1 latency "
          f"over {runs} runs after warm-up")

@@ -1,5 +1,4 @@
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -8,19 +7,10 @@ _KERAS_HOME = tempfile.mkdtemp(prefix="edgetl-test-keras-")
 os.environ["KERAS_HOME"] = _KERAS_HOME
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("MPLBACKEND", "Agg")
-sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-HYMENOPTERA = SHARED / "datasets" / "hymenoptera"
-MNV2_035 = SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
-
-
-def quiet(*args, **kw):
-    pass
+from common import HYMENOPTERA, MNV2_035, SHARED, TINY, quiet  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -59,10 +49,6 @@ def tiny_data(tmp_path_factory):
     from synth import make_dataset
 
     return make_dataset(tmp_path_factory.mktemp("tiny") / "data", per_class=16)
-
-
-TINY = dict(alpha=1.0, img_size=32, weights="imagenet", epochs_head=10, epochs_finetune=2, views=2,
-            batch_size=16, seed=1)
 
 
 @pytest.fixture(scope="session")

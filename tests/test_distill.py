@@ -5,8 +5,8 @@ import json
 import keras
 import numpy as np
 import pytest
+from common import TINY, quiet
 
-from conftest import TINY, quiet
 from edgetl.config import TrainConfig
 from edgetl.distill import DistillConfig, Distiller, Teacher, distill, kd_loss_value, make_loss
 from edgetl.errors import EdgetlError

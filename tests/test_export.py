@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from common import quiet
 
-from conftest import quiet
 from edgetl.cli import main
 from edgetl.export import ExportOptions, export
 from edgetl.runners import KerasRunner, open_runner

@@ -4,8 +4,8 @@ import json
 import pytest
 import yaml
 from click.testing import CliRunner
+from common import TINY, quiet
 
-from conftest import TINY, quiet
 from edgetl.cli import main
 from edgetl.pipeline import load, run
 
@@ -34,15 +34,15 @@ def _write(tmp_path, data_dir, **sections):
     ({"train": {"alpah": 0.5}}, "unknown key 'train.alpah'"),
     ({"train": {"alpha": "big"}}, "train.alpha = 'big' has the wrong type; expected a number"),
     ({"train": {"epochs_head": 2.5}}, "train.epochs_head = 2.5 has the wrong type; expected an integer"),
-    ({"train": {"dropout": 3.0}}, "dropout 3.0: must be in [0, 1)"),
-    ({"export": {"quants": ["fp32", "int4"]}}, "quant fp32,int4"),
-    ({"verify": {"runs": 10}}, "verify.runs = 10; allowed: >= 100"),
+    ({"train": {"dropout": 3.0}}, "train.dropout = 3.0: must be in [0, 1)"),
+    ({"export": {"quants": ["fp32", "int4"]}}, "export.quants = 'fp32,int4': use a comma list of"),
+    ({"verify": {"runs": 10}}, "verify.runs = 10: at least 100 timed runs"),
     ({"data": "/no/such/folder"}, "data = '/no/such/folder': no such folder"),
-    ({"train": {"mixup": -1.0}}, "train: mixup -1.0: must be >= 0"),
-    ({"train": {"epochs_head": -2}}, "train: epochs_head -2: must be positive"),
+    ({"train": {"mixup": -1.0}}, "train.mixup = -1.0: must be >= 0"),
+    ({"train": {"epochs_head": -2}}, "train.epochs_head = -2: must be positive"),
     ({"distill": {"teacher": "t", "unlabeled": ["a"]}}, "distill.unlabeled = ['a'] has the wrong type"),
     ({"distill": {"teacher": "t", "unlabeled": "/no/such/dir"}},
-     "distill.unlabeled = '/no/such/dir'; allowed: an existing folder of images, or null"),
+     "distill.unlabeled = '/no/such/dir': not a folder"),
 ])
 def test_config_errors_are_one_line_exit_2(tmp_path, tiny_data, change, msg):
     p = _write(tmp_path, tiny_data, **change)
@@ -65,7 +65,17 @@ def test_init_writes_a_valid_commented_starter(tmp_path, tiny_data):
     text = out.read_text().replace("data: photos/", f"data: {tiny_data}")
     out.write_text(text)
     p = load(out)
-    assert p.train.alpha == 0.35 and p.export["quants"] == ["fp32", "fp16", "dynamic", "int8"]
+    # the template states every option's default, taken from the option classes
+    from edgetl.config import CalibrateOptions, ExportOptions, TrainConfig, VerifyOptions
+
+    assert p.train == TrainConfig(data=p.data, out=p.out)
+    assert p.export == ExportOptions() and p.verify == VerifyOptions() and p.distill is None
+    assert p.calibrate == CalibrateOptions(seed=p.train.seed, val_split=p.train.val_split)
+    text = out.read_text().replace("# distill:", "distill:").replace("#  ", "  ")
+    out.write_text(text.replace("models/teacher", str(tiny_data)))
+    from edgetl.config import DistillConfig
+
+    assert load(out).distill == DistillConfig(teacher=str(tiny_data))
     r = CliRunner().invoke(main, ["init", "--out", str(out)])
     assert r.exit_code == 2 and "already exists" in r.output
 
@@ -73,7 +83,7 @@ def test_init_writes_a_valid_commented_starter(tmp_path, tiny_data):
 def test_cli_overrides_the_file(tmp_path, tiny_data):
     p = _write(tmp_path, tiny_data)
     pipe = load(p, ["train.alpha=0.5", "verify.threads=3"])
-    assert pipe.train.alpha == 0.5 and pipe.verify["threads"] == 3
+    assert pipe.train.alpha == 0.5 and pipe.verify.threads == 3
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +125,15 @@ def test_unchanged_rerun_skips_every_stage(pipeline_run):
 def test_from_export_redoes_export_and_after_only(pipeline_run):
     p, _, _, d = pipeline_run
     mtime = (d / "model.keras").stat().st_mtime
+    arts = sorted((d / "export").glob("model_*.*[nx]"))
+    before = {a.name: a.stat().st_mtime_ns for a in arts}
     res = run(p, from_stage="export", echo=quiet)
     t = res["timings"]
     assert t["train"]["skipped"] and t["calibrate"]["skipped"]
     assert not t["export"]["skipped"] and not t["verify"]["skipped"] and not t["card"]["skipped"]
     assert (d / "model.keras").stat().st_mtime == mtime
+    # the artifacts themselves were redone, not "skipped (inputs unchanged)"
+    assert before and all((d / "export" / n).stat().st_mtime_ns > m for n, m in before.items())
 
 
 def test_changed_verify_key_reruns_verify_and_card(pipeline_run):

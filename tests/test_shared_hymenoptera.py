@@ -4,8 +4,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from common import HYMENOPTERA
 
-from conftest import HYMENOPTERA
 from edgetl.cli import main
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]

@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from common import TINY, quiet
 
-from conftest import TINY, quiet
 from edgetl.cli import main
 from edgetl.config import TrainConfig
 from edgetl.errors import EdgetlError, TrainingDiverged, TrainingInterrupted

@@ -8,16 +8,17 @@ import zipfile
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from common import quiet
 
-from conftest import quiet
 from edgetl.cli import main
-from edgetl.verify import Gates, verify
+from edgetl.config import VerifyOptions
+from edgetl.verify import verify
 
 
 @pytest.fixture(scope="module")
 def report(tiny_exported, tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    return verify(tiny_run.run_dir, threads=1, gates=Gates(max_drop=100, min_agreement=0.0), runs=100, out=out,
+    return verify(tiny_run.run_dir, VerifyOptions(threads=1, max_drop=100, min_agreement=0.0, runs=100, out=str(out)),
                   echo=quiet), out
 
 
@@ -132,8 +133,8 @@ def test_bundle_runs_in_a_bare_venv_and_imports_back(bundle_dir, tiny_run, tmp_p
     assert ran and all(m["format"] == fmt for m in ran)
     assert all(m["agreement_reference"] == 1.0 and m["p50_ms"] > 0 for m in ran)
     assert out["device"]["name"] == f"venv-{fmt}" and out["device"]["cores"]
-    rep = verify(tiny_run.run_dir, threads=1, gates=Gates(max_drop=100, min_agreement=0.0), out=tmp_path / "rep",
-                 device_results=[res], echo=quiet)
+    rep = verify(tiny_run.run_dir, VerifyOptions(threads=1, max_drop=100, min_agreement=0.0,
+                                                 out=str(tmp_path / "rep")), device_results=[res], echo=quiet)
     dev = [r for r in rep["rows"] if r.get("device") == f"venv-{fmt}" and "p50_ms" in r]
     assert len(dev) == len(ran)
     assert f"@ venv-{fmt}" in (tmp_path / "rep" / "report.md").read_text()

@@ -70,20 +70,18 @@ class OnnxModel:
 class TfliteModel:
     def __init__(self, path, threads):
         try:
-            from ai_edge_litert.interpreter import Interpreter
-
             import ai_edge_litert as mod
+            from ai_edge_litert.interpreter import Interpreter
 
             self.runtime = "ai-edge-litert"
         except ImportError:
             try:
-                from tflite_runtime.interpreter import Interpreter
-
                 import tflite_runtime as mod
+                from tflite_runtime.interpreter import Interpreter
 
                 self.runtime = "tflite-runtime"
             except ImportError:
-                raise ImportError("no TFLite runtime: pip install ai-edge-litert (or tflite-runtime)")
+                raise ImportError("no TFLite runtime: pip install ai-edge-litert (or tflite-runtime)") from None
         self.version = getattr(mod, "__version__", "?")
         self.it = Interpreter(model_path=str(path), num_threads=threads)
         self.batch = None

@@ -1,0 +1,132 @@
+"""The package's shape: a light CLI and configuration, no import cycles, one owner of the
+run directory's file names, `python -m edgetl`."""
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+from common import ROOT
+
+from edgetl import rundir
+from edgetl.cli import main
+
+PKG = ROOT / "edgetl"
+
+
+def _modules() -> dict[str, Path]:
+    return {("edgetl." + str(p.relative_to(PKG).with_suffix("")).replace("/", ".")).replace(".__init__", ""): p
+            for p in PKG.rglob("*.py") if "resources" not in p.parts}
+
+
+def _commands(group, prefix=()):
+    for name, cmd in group.commands.items():
+        yield (*prefix, name)
+        if hasattr(cmd, "commands"):
+            yield from _commands(cmd, (*prefix, name))
+
+
+def test_python_m_edgetl_lists_every_command():
+    p = subprocess.run([sys.executable, "-m", "edgetl", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    names = list(main.commands)
+    assert len(names) >= 13
+    listed = [line.split()[0] for line in p.stdout.split("Commands:")[1].splitlines() if line.strip()]
+    assert sorted(listed) == sorted(names)
+
+
+def test_config_validation_and_every_help_load_no_tensorflow():
+    """Configuration and --help stay light: validating every options class and printing every
+    command's help must not import TensorFlow (or Keras)."""
+    cmds = [list(c) for c in _commands(main)]
+    code = f"""
+import json, sys
+from click.testing import CliRunner
+from edgetl.config import TrainConfig, ExportOptions, VerifyOptions, CalibrateOptions, DistillConfig
+from edgetl.pipeline import load, starter_text
+from edgetl.cli import main
+TrainConfig(data="x", backbone="efficientnetb0", augment="flip,zoom").validate().resolved()
+ExportOptions(quants="fp32,int8").validate(); VerifyOptions().validate(); CalibrateOptions().validate()
+DistillConfig(teacher="t").validate()
+bad = {{}}
+for c in {json.dumps(cmds)} + [[]]:
+    r = CliRunner().invoke(main, c + ["--help"])
+    assert r.exit_code == 0, (c, r.output)
+    heavy = [m for m in ("tensorflow", "keras", "tf_keras", "onnxruntime", "tf2onnx") if m in sys.modules]
+    if heavy:
+        bad[" ".join(c)] = heavy
+print(json.dumps(bad))
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout.strip().splitlines()[-1]) == {}
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Every import of an edgetl module by another, module-level or inside a function."""
+    mods = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for name, path in mods.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for t in targets:
+                if t in mods and t != name and t != "edgetl":
+                    graph[name].add(t)
+    return graph
+
+
+def test_no_import_cycles_inside_the_package():
+    graph = _import_graph()
+    assert "edgetl.rundir" in graph and graph["edgetl.timing"] is not None
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(m):
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                cycles.append(stack[stack.index(n):] + [n])
+            elif n not in state:
+                visit(n)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+    assert cycles == [], " ; ".join(" -> ".join(c) for c in cycles)
+
+
+RUN_FILE_NAMES = {rundir.MODEL, rundir.LABELS, rundir.CONFIG, rundir.SPLIT, rundir.METRICS, rundir.HISTORY,
+                  rundir.CURVES, rundir.CONFUSION, rundir.MANIFEST, rundir.CHECKPOINTS, rundir.VIEWS,
+                  rundir.REPORT_JSON, rundir.REPORT_MD, rundir.CARD, rundir.DISTILL, rundir.DISTILL_CONFIG,
+                  *rundir.VERIFY_PLOTS.values()}
+
+
+def test_run_directory_file_names_are_written_in_one_module():
+    assert len(RUN_FILE_NAMES) == 19
+    found = []
+    for name, path in _modules().items():
+        if name == "edgetl.rundir":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                v = node.value
+                if v in RUN_FILE_NAMES or any(v.endswith("/" + f) for f in RUN_FILE_NAMES) \
+                        or v.startswith("export/"):
+                    found.append(f"{path.name}:{node.lineno}: {v!r}")
+    assert found == []
+
+
+def test_version_and_unknown_command():
+    r = CliRunner().invoke(main, ["--version"])
+    assert r.exit_code == 0 and "version" in r.output
+    r = CliRunner().invoke(main, ["nope"])
+    assert r.exit_code == 2 and "No such command" in r.output
