@@ -102,7 +102,7 @@ class Teacher:
         if not model_path.exists():
             raise EdgetlError(f"{source}: no teacher model; give an edgetl run directory or a .keras file")
         try:
-            self.model = keras.models.load_model(model_path, compile=False)
+            self.model = keras.models.load_model(model_path, compile=False, safe_mode=True)
         except Exception as e:
             raise EdgetlError(f"{model_path}: not a loadable Keras model ({str(e).splitlines()[0][:100]})") from None
         self.path = model_path

@@ -45,7 +45,7 @@ class Run:
 
         import edgetl.layers  # noqa: F401
 
-        return keras.models.load_model(self.model_path, compile=False)
+        return keras.models.load_model(self.model_path, compile=False, safe_mode=True)
 
 
 def open_run(run_dir) -> Run:

@@ -102,7 +102,7 @@ class KerasRunner(Runner):
         if threads:
             _tf_threads(threads)
         try:
-            self.model = keras.models.load_model(self.path, compile=False)
+            self.model = keras.models.load_model(self.path, compile=False, safe_mode=True)
         except Exception as e:
             raise EdgetlError(f"{self.path}: not a loadable Keras model ({str(e).splitlines()[0][:100]})") from None
         last = self.model.layers[-1]
