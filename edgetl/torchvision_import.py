@@ -156,7 +156,9 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise EdgetlError(f"{path}: no such file; give torchvision's mobilenet_v2 .pth checkpoint")
     try:
-        obj, buffers = _read_zip(path) if zipfile.is_zipfile(path) else _read_legacy(path)
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04" or zipfile.is_zipfile(f)  # a cut zip fails in zipfile
+        obj, buffers = _read_zip(path) if is_zip else _read_legacy(path)
         return _to_arrays(obj, buffers)
     except _Bad as e:
         raise EdgetlError(f"{path}: {e}", exit_code=2) from None
