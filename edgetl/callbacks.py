@@ -69,3 +69,61 @@ class HistoryFile(keras.callbacks.Callback):
         row["epoch"] = epoch + 1
         self.rows = self.rows[:epoch] + [row]
         write_json(self.path, self.rows)
+
+
+class AtomicBackup(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore, written so that the last good checkpoint survives any
+    failure: the weights and the epoch counter go to temporary files beside the
+    checkpoint and are renamed into place; the free space is checked before each write
+    (a full disk makes HDF5 crash, not fail), and a failed write becomes a one-line
+    error that says how much space is needed and how to resume."""
+
+    def __init__(self, backup_dir: str, resume_hint: str = ""):
+        super().__init__(backup_dir, double_checkpoint=False)
+        self.resume_hint = resume_hint
+        for stale in Path(backup_dir).glob(".*.tmp*"):  # left by a process killed mid-write
+            stale.unlink(missing_ok=True)
+
+    def needed_bytes(self) -> int:
+        """About what the next checkpoint takes: the last one, else the variables (weights
+        and optimizer slots) at 4 bytes each, plus a margin."""
+        last = Path(self._weights_path)
+        if last.exists():
+            size = last.stat().st_size
+        else:
+            n = sum(int(v.numpy().size) for v in self.model.variables)
+            opt = getattr(self.model, "optimizer", None)
+            n += sum(int(v.numpy().size) for v in getattr(opt, "variables", [])) if opt is not None else 0
+            size = 4 * n
+        return int(size * 1.2) + (4 << 20)
+
+    def write_weights(self, path: str) -> None:
+        self.model.save_weights(filepath=path, overwrite=True)
+
+    def _save_model(self):
+        import os
+        import shutil
+
+        from edgetl.errors import EdgetlError
+
+        d = Path(self.backup_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        need, free = self.needed_bytes(), shutil.disk_usage(d).free
+        resume = f"; then resume: {self.resume_hint}" if self.resume_hint else ""
+        if free < need:
+            raise EdgetlError(f"{d}: not enough free space for a checkpoint (needs about {need / 2**20:.0f} MB, "
+                              f"{free / 2**20:.0f} MB free); free some space{resume}", exit_code=1)
+        tmp_w = d / f".latest.tmp{os.getpid()}.weights.h5"
+        tmp_m = d / f".training_metadata.tmp{os.getpid()}.json"
+        try:
+            self.write_weights(str(tmp_w))
+            tmp_m.write_text(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+            os.replace(tmp_w, self._weights_path)
+            os.replace(tmp_m, self._training_metadata_path)
+        except OSError as e:
+            raise EdgetlError(f"{d}: writing a checkpoint failed ({e.strerror or e}); it needs about "
+                              f"{need / 2**20:.0f} MB free; the previous checkpoint is intact{resume}",
+                              exit_code=1) from None
+        finally:
+            tmp_w.unlink(missing_ok=True)
+            tmp_m.unlink(missing_ok=True)

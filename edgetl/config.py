@@ -49,12 +49,13 @@ def parse_augment(spec: str | list[str] | tuple[str, ...] | None) -> tuple[str, 
     return names
 
 
-def parse_list(v: str | list[str] | tuple[str, ...], allowed: tuple[str, ...], name: str) -> tuple[str, ...]:
+def parse_list(v: str | list[str] | tuple[str, ...], allowed: tuple[str, ...], name: str,
+               flag: str | None = None) -> tuple[str, ...]:
     items = [s.strip() for s in v.split(",")] if isinstance(v, str) else [str(s) for s in v]
     items = [s for s in items if s]
     bad = [s for s in items if s not in allowed]
     if bad or not items:
-        raise OptionError(name, ",".join(items) or "(empty)", f"use a comma list of {','.join(allowed)}")
+        raise OptionError(name, ",".join(items) or "(empty)", f"use a comma list of {','.join(allowed)}", flag)
     return tuple(dict.fromkeys(items))
 
 
@@ -240,8 +241,8 @@ class ExportOptions(Options):
 
     def problems(self) -> list[OptionError]:
         c = Checks(self)
-        fm = c.run("formats", lambda: parse_list(self.formats, FORMATS, "formats"))
-        qs = c.run("quants", lambda: parse_list(self.quants, QUANTS, "quants"))
+        fm = c.run("formats", lambda: parse_list(self.formats, FORMATS, "formats", "--format"))
+        qs = c.run("quants", lambda: parse_list(self.quants, QUANTS, "quants", "--quant"))
         if fm is not None:
             self.formats = fm
         if qs is not None:

@@ -152,8 +152,8 @@ class Distiller(Trainer):
         self.teacher.check_leak(self.ds.val.paths, self.echo)
         self.unlabeled = self._transfer_set()
 
-    def prepare(self) -> None:
-        super().prepare()
+    def start(self) -> None:
+        super().start()
         artifacts.write_json(self.run_dir / rundir.DISTILL_CONFIG, dataclasses.asdict(self.dcfg))
 
     def _transfer_set(self) -> list[str]:

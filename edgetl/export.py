@@ -287,7 +287,9 @@ class Exporter:
     def run_all(self) -> list[Artifact]:
         man = self.run.manifest()
         previous = {r["file"]: r for r in man.get("export", {}).get("artifacts", [])}
-        results = []
+        results: list[Artifact] = []
+        # failures of earlier runs that this run does not retry are dropped from the record
+        merged = {f: r for f, r in previous.items() if r.get("status") != "failed"}
         for fmt in self.opts.formats:
             for quant in self.opts.quants:
                 self.echo(f"export {fmt} {quant} ...")
@@ -297,12 +299,11 @@ class Exporter:
                        "skipped": f"up to date: {a.file}",
                        "failed": f"FAILED {a.file}: {a.reason}"}[a.status]
                 self.echo(f"  {msg}")
-        merged = {**previous, **{a.file: asdict(a) for a in results}}
-        for f, r in list(merged.items()):
-            if r.get("status") == "failed" and f not in {a.file for a in results}:
-                merged.pop(f)
-        rundir.update_manifest(self.run.dir, "export", {
-            "options": asdict(self.opts), "model_sha256": self.model_sha, "artifacts": list(merged.values())})
+                # recorded as each one finishes: a killed export resumes without redoing it
+                merged[a.file] = asdict(a)
+                rundir.update_manifest(self.run.dir, "export", {
+                    "options": asdict(self.opts), "model_sha256": self.model_sha,
+                    "artifacts": list(merged.values())})
         self.summary(results)
         return results
 

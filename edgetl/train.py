@@ -122,6 +122,16 @@ class Trainer:
             self.echo(f"warning: classes are imbalanced (largest/smallest = {ratio:.1f}){hint}")
         self.class_weight = class_weights(ds) if cfg.class_weights == "auto" else None
         self.check_inputs()  # before anything is written: a refused input leaves no half-made run
+        set_seed(cfg.seed)
+        self.strategy = get_strategy(cfg.strategy)
+        self.replicas = int(self.strategy.num_replicas_in_sync)
+        if self.replicas > 1:
+            self.echo(f"strategy: {type(self.strategy).__name__} over {self.replicas} replicas")
+
+    def start(self) -> None:
+        """Write the run's config, labels and split: only once every input was checked and the
+        model built (weights loaded), so that a refused run leaves nothing behind."""
+        cfg, ds = self.cfg, self.ds
         self.ckpt.mkdir(parents=True, exist_ok=True)
         artifacts.write_yaml(self.run_dir / rundir.CONFIG, cfg.to_dict())
         artifacts.write_text(self.run_dir / rundir.LABELS, "\n".join(ds.classes) + "\n")
@@ -132,11 +142,6 @@ class Trainer:
             **{name: [{"file": str(Path(p).resolve()), "label": int(y)} for p, y in zip(s.paths, s.labels)]
                for name, s in (("train", ds.train), ("val", ds.val), ("test", ds.test)) if s is not None},
         })
-        set_seed(cfg.seed)
-        self.strategy = get_strategy(cfg.strategy)
-        self.replicas = int(self.strategy.num_replicas_in_sync)
-        if self.replicas > 1:
-            self.echo(f"strategy: {type(self.strategy).__name__} over {self.replicas} replicas")
 
     def build(self) -> None:
         from edgetl import model as M
@@ -365,7 +370,7 @@ class Trainer:
     def callbacks(self, phase: str, epochs: int):
         import keras
 
-        from edgetl.callbacks import HistoryFile, NanGuard, Progress
+        from edgetl.callbacks import AtomicBackup, HistoryFile, NanGuard, Progress
 
         key = "lr_head" if phase == "phase 1" else "lr_finetune"
         tag = phase.replace(" ", "")
@@ -374,7 +379,7 @@ class Trainer:
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.cfg.patience, restore_best_weights=True),
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
                                               patience=max(1, self.cfg.patience // 2), min_lr=1e-7),
-            keras.callbacks.BackupAndRestore(str(self.ckpt / tag)),
+            AtomicBackup(str(self.ckpt / tag), rundir.resume_hint(self.run_dir)),
             HistoryFile(self.ckpt / f"history_{tag}.json"),
             Progress(phase, epochs, self.echo),
             *self.extra_callbacks,
@@ -496,9 +501,10 @@ class Trainer:
 
     def run(self) -> TrainResult:
         t_start = time.perf_counter()
+        self.prepare()
+        self.build()
+        self.start()
         try:
-            self.prepare()
-            self.build()
             h1 = self.phase1()
             m1 = self.evaluate()
             self.echo(f"phase 1: val accuracy {m1['accuracy']:.4f}")
@@ -510,7 +516,7 @@ class Trainer:
         except KeyboardInterrupt:
             raise TrainingInterrupted(
                 f"interrupted; every finished epoch is checkpointed in {self.ckpt}. Resume with: "
-                f"edgetl {self.kind} {self.cfg.data} --out {self.run_dir} --resume") from None
+                f"{rundir.resume_hint(self.run_dir)}") from None
         selected = "phase2" if m2 is not None and m2["accuracy"] >= m1["accuracy"] else "phase1"
         if selected == "phase1" and m2 is not None:
             self.echo("phase 2 did not improve val accuracy; keeping the phase-1 model")

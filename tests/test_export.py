@@ -166,11 +166,11 @@ def test_int8_missing_the_budget_is_not_written(tiny_run, tiny_calibration, tmp_
     shutil.copytree(tiny_run.run_dir, run)
     shutil.rmtree(run / "export", ignore_errors=True)
 
-    def collapsed(self, fmt, data, a):
+    def collapsed(self, data, a):
         a.accuracy, a.keras_accuracy, a.agreement, a.drop_points = 0.3, 0.9, 0.3, 60.0
         return 60.0
 
-    monkeypatch.setattr(E.Exporter, "_score", collapsed)
+    monkeypatch.setattr(E.Exporter, "score", collapsed)
     monkeypatch.setattr(E.Exporter, "larger_calibration", lambda self, factor=2: None)
     lines = []
     res = export(run, ExportOptions(formats="onnx", quants="int8", calibration=str(tiny_calibration)),

@@ -64,11 +64,16 @@ print(json.dumps(bad))
 
 
 def _import_graph() -> dict[str, set[str]]:
-    """Every import of an edgetl module by another, module-level or inside a function."""
+    """Every run-time import of an edgetl module by another, module-level or inside a function."""
     mods = _modules()
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for name, path in mods.items():
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                       and "TYPE_CHECKING" in ast.unparse(block.test) for n in ast.walk(block)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:  # annotations only: not imported at run time
+                continue
             targets = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
