@@ -10,6 +10,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
 from common import HYMENOPTERA, MNV2_035, SHARED, TINY, quiet  # noqa: E402
 
 
@@ -64,10 +65,10 @@ def tiny_run(tiny_data, imagenet_mnv2_100, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_holdout(tmp_path_factory):
     """Fresh images of the tiny task, never seen in training: (uint8 images, labels)."""
-    from synth import make_dataset
-
     from edgetl.data import scan
     from edgetl.tfdata import load_array
+
+    from synth import make_dataset
 
     root = make_dataset(tmp_path_factory.mktemp("holdout") / "data", per_class=20, seed=99)
     ds = scan(root, val_split=0.5, seed=0)

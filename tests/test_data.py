@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from synth import make_dataset
 
 from edgetl.cli import main
 from edgetl.data import class_weights, scan
 from edgetl.errors import EdgetlError
 from edgetl.images import BadImage, load_rgb, open_rgb
+
+from synth import make_dataset
 
 
 def _png16(path, size=20):

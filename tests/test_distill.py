@@ -5,11 +5,12 @@ import json
 import keras
 import numpy as np
 import pytest
-from common import TINY, quiet
 
 from edgetl.config import TrainConfig
 from edgetl.distill import DistillConfig, Distiller, Teacher, distill, kd_loss_value, make_loss
 from edgetl.errors import EdgetlError
+
+from common import TINY, quiet
 
 Y = np.array([[1, 0, 0], [0, 0, 1]], np.float32)
 S = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]], np.float32)

@@ -6,11 +6,12 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from common import quiet
 
 from edgetl.cli import main
 from edgetl.export import ExportOptions, export
 from edgetl.runners import KerasRunner, open_runner
+
+from common import quiet
 
 
 @pytest.fixture(scope="module")

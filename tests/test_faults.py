@@ -15,10 +15,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from common import ROOT, TINY, quiet
 from edgetl import rundir
 from edgetl.cli import main
 from edgetl.errors import EdgetlError
+
+from common import ROOT, TINY, quiet
 
 TRAIN_ARGS = ["--alpha", "1.0", "--img-size", "32", "--views", "1", "--batch-size", "16", "--seed", "1",
               "--epochs-finetune", "0"]

@@ -4,10 +4,11 @@ import json
 import pytest
 import yaml
 from click.testing import CliRunner
-from common import TINY, quiet
 
 from edgetl.cli import main
 from edgetl.pipeline import load, run
+
+from common import TINY, quiet
 
 BASE_TRAIN = {k: v for k, v in TINY.items()}
 

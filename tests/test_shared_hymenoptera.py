@@ -4,9 +4,10 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from common import HYMENOPTERA
 
 from edgetl.cli import main
+
+from common import HYMENOPTERA
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
 

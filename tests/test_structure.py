@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 
 from click.testing import CliRunner
-from common import ROOT
 
 from edgetl import rundir
 from edgetl.cli import main
+
+from common import ROOT
 
 PKG = ROOT / "edgetl"
 

@@ -10,12 +10,13 @@ import keras
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from common import TINY, quiet
 
 from edgetl.cli import main
 from edgetl.config import TrainConfig
 from edgetl.errors import EdgetlError, TrainingDiverged, TrainingInterrupted
 from edgetl.train import Trainer, train
+
+from common import TINY, quiet
 
 
 def test_run_directory_holds_everything(tiny_run):

@@ -8,11 +8,12 @@ import zipfile
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from common import quiet
 
 from edgetl.cli import main
 from edgetl.config import VerifyOptions
 from edgetl.verify import verify
+
+from common import quiet
 
 
 @pytest.fixture(scope="module")
