@@ -54,8 +54,9 @@ def bundle(run_dir, out, formats=("tflite", "onnx"), samples: int = 16, threads:
     x = load_array(files[:samples], run.img_size, run.resize)
     arrays = {"images": x, "labels": np.asarray(labels[:samples]),
               "keras_probs": KerasRunner(run.model_path).predict(x)}
-    spec = {"run": run.dir.name, "labels": run.labels, "input_size": [run.img_size, run.img_size],
-            "created": artifacts.now_iso(), "models": []}
+    name = run.dir.resolve().name  # results.json must name this run (checked by edgetl verify)
+    spec = {"run": name, "labels": run.labels, "input_size": [run.img_size, run.img_size],
+            "created": artifacts.now_iso(), "samples": len(x), "models": []}
     for m in models:
         arrays["ref_" + _key(m["name"])] = open_runner(m["path"], threads).predict(x)
         spec["models"].append({"file": m["name"], "format": m["format"], "quant": m["quant"], "key": _key(m["name"]),
@@ -69,7 +70,7 @@ def bundle(run_dir, out, formats=("tflite", "onnx"), samples: int = 16, threads:
     np.savez_compressed(buf, **arrays)
     with artifacts.atomic_path(out, suffix=".zip") as tmp:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-            root = run.dir.name + "-bundle/"
+            root = name + "-bundle/"
             for m in models:
                 z.write(m["path"], root + m["name"])
                 side = Path(str(m["path"]) + ".json")
