@@ -53,8 +53,9 @@ def bundle(run_dir, out, formats=("tflite", "onnx"), samples: int = 16, threads:
     x = load_array(files[:samples], run.img_size, run.resize)
     arrays = {"images": x, "labels": np.asarray(labels[:samples]),
               "keras_probs": KerasRunner(run.model_path).predict(x)}
-    spec: dict[str, Any] = {"run": run.dir.name, "labels": run.labels, "input_size": [run.img_size, run.img_size],
-            "created": artifacts.now_iso(), "models": []}
+    name = run.dir.resolve().name  # results.json must name this run (checked by edgetl verify)
+    spec: dict[str, Any] = {"run": name, "labels": run.labels, "input_size": [run.img_size, run.img_size],
+                            "created": artifacts.now_iso(), "samples": len(x), "models": []}
     for m in models:
         arrays["ref_" + _key(m["name"])] = open_runner(m["path"], threads).predict(x)
         spec["models"].append({"file": m["name"], "format": m["format"], "quant": m["quant"], "key": _key(m["name"]),
@@ -67,7 +68,7 @@ def bundle(run_dir, out, formats=("tflite", "onnx"), samples: int = 16, threads:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
     with artifacts.atomic_path(out, suffix=".zip") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-        root = run.dir.name + "-bundle/"
+        root = name + "-bundle/"
         for m in models:
             z.write(m["path"], root + m["name"])
             side = sidecar(m["path"])

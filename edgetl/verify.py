@@ -3,7 +3,6 @@ on held-out data and timed through the same Runner interface, with pass/fail
 gates, one table, report.json, report.md and plots."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 
 from edgetl import artifacts
 from edgetl.config import VerifyOptions
+from edgetl.device_results import device_rows
 from edgetl.errors import EdgetlError
 from edgetl.rundir import REPORT_JSON, REPORT_MD, list_artifacts, open_run
 from edgetl.rundir import VERIFY_PLOTS as PLOTS
@@ -102,6 +102,7 @@ def verify(run_dir, opts: VerifyOptions | None = None, device_results=(), echo=p
     threads, runs, batch = o.threads, o.runs, o.batch
     run = open_run(run_dir)
     out = Path(o.out) if o.out else run.dir
+    device = [r for f in device_results for r in device_rows(f, gates, run.dir)]  # refused before any timing
     x, y, src = held_out_data(run, o.data)
     entries = list_artifacts(run.dir)
     echo(f"verify: {len(entries)} model(s) on {len(x)} images from {src}, {threads} thread(s), batch-1 latency "
@@ -125,8 +126,7 @@ def verify(run_dir, opts: VerifyOptions | None = None, device_results=(), echo=p
         rows.append(row)
         echo(f"  {e['name']:<24} acc {row['accuracy']:.4f}  agree {row['agreement']:.3f}  "
              f"p50 {row['p50_ms']:.2f} ms  {row['status']}" + (f" ({'; '.join(fails)})" if fails else ""))
-    for f in device_results:
-        rows += device_rows(f, gates)
+    rows += device
     report = {
         "run": str(run.dir), "data": src, "n_images": int(len(x)), "labels": run.labels,
         "gates": {"max_drop": gates.max_drop, "min_agreement": gates.min_agreement,
@@ -246,31 +246,3 @@ def markdown_report(report: dict) -> str:
     if fails:
         lines += ["## Failed gates", ""] + [f"- `{r['artifact']}`: {'; '.join(r['failed_gates'])}" for r in fails]
     return "\n".join(lines) + "\n"
-
-
-def device_rows(path, gates: Gates) -> list[dict]:
-    """Rows from a bundle's results.json, labelled with the device."""
-    p = Path(path)
-    if not p.is_file():
-        raise EdgetlError(f"{p}: no such results file; run the bundle's edgetl_check.py on the device first")
-    try:
-        res = json.loads(p.read_text())
-        dev = res["device"]
-        name = dev.get("name") or dev.get("hostname") or dev.get("machine", "device")
-    except (ValueError, KeyError):
-        raise EdgetlError(f"{p}: not a results.json written by the bundle's edgetl_check.py") from None
-    rows = []
-    for m in res.get("models", []):
-        if m.get("error"):
-            rows.append({"artifact": m["file"], "device": name, "runtime": m.get("runtime"), "status": "fail",
-                         "failed_gates": [f"on device: {m['error']}"]})
-            continue
-        row = {"artifact": m["file"], "device": name, "runtime": m["runtime"], "quant": m.get("quant"),
-               "format": m.get("format"), "size_bytes": m.get("size_bytes"), "agreement": m["agreement_keras"],
-               "max_abs_dprob": m["max_abs_dprob_reference"], "p50_ms": m["p50_ms"], "p90_ms": m["p90_ms"],
-               "p99_ms": m["p99_ms"], "spread_p90_p50": m["p90_ms"] / m["p50_ms"] if m["p50_ms"] else None,
-               "threads": m.get("threads"), "cpu": dev.get("cpu")}
-        fails = gates.check(row)
-        row["status"], row["failed_gates"] = ("fail" if fails else "pass"), fails
-        rows.append(row)
-    return rows

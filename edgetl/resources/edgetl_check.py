@@ -12,6 +12,7 @@ ai-edge-litert or tflite-runtime (for .tflite). No TensorFlow, no edgetl.
 Then, on the machine with edgetl: edgetl verify RUN --device-results results.json
 """
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -22,6 +23,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+SCHEMA = 2  # of results.json; edgetl verify refuses versions it does not know
 
 
 def _proc_status_mb(key):
@@ -125,6 +128,14 @@ def time_model(model, x1, runs, warmup):
             "runs": runs, "warmup": warmup}
 
 
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
 def cpu_name():
     try:
         with open("/proc/cpuinfo") as f:
@@ -161,8 +172,10 @@ def check_bundle(folder, threads, runs, warmup, only):
     for m in spec["models"]:
         if only and m["file"] not in only:
             continue
-        row = {"file": m["file"], "format": m["format"], "quant": m["quant"],
-               "size_bytes": (folder / m["file"]).stat().st_size}
+        row = {"file": m["file"], "sha256": sha256_file(folder / m["file"]), "format": m["format"],
+               "quant": m["quant"], "size_bytes": (folder / m["file"]).stat().st_size}
+        if row["sha256"] != m.get("sha256"):
+            print(f"  {m['file']:<26} WARNING: differs from the file bundled (sha256); copy the bundle again")
         try:
             model = open_model(folder / m["file"], threads)
         except ImportError as e:
@@ -182,7 +195,7 @@ def check_bundle(folder, threads, runs, warmup, only):
         print(f"  {m['file']:<26} {model.runtime:<15} agree(ref) {row['agreement_reference']:.3f}  "
               f"agree(keras) {row['agreement_keras']:.3f}  p50 {row['p50_ms']:.2f} ms  "
               f"p90 {row['p90_ms']:.2f}  p99 {row['p99_ms']:.2f}")
-    return spec, rows
+    return spec, rows, len(x)
 
 
 def main():
@@ -202,8 +215,10 @@ def main():
         return 0
     folder = Path(__file__).resolve().parent
     print(f"edgetl device check: {folder.name}, {a.threads} thread(s), {a.runs} timed runs")
-    spec, rows = check_bundle(folder, a.threads, a.runs, a.warmup, {s for s in a.models.split(",") if s})
-    res = {"bundle": spec.get("run"), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    spec, rows, n = check_bundle(folder, a.threads, a.runs, a.warmup, {s for s in a.models.split(",") if s})
+    res = {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "samples": n,
+           "bundle": {"run": spec.get("run"), "created": spec.get("created"), "samples": spec.get("samples"),
+                      "models": [{"file": m["file"], "sha256": m["sha256"]} for m in spec["models"]]},
            "device": device_info(a.name), "threads": a.threads, "models": rows}
     Path(a.out).write_text(json.dumps(res, indent=2))
     print(f"results: {a.out}")
