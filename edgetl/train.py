@@ -138,6 +138,10 @@ class Trainer:
             self.echo(f"warning: skipped {len(ds.skipped)} unusable file(s):")
             for f, why in ds.skipped:
                 self.echo(f"  {f}: {why}")
+        if ds.nested:
+            listed = ", ".join(f"{f} ({n})" for f, n in ds.nested[:10]) + (", ..." if len(ds.nested) > 10 else "")
+            self.echo(f"warning: {sum(n for _, n in ds.nested)} images in subfolders of class folders were "
+                      f"included in their class: {listed}")
         ratio = ds.imbalance()
         if ratio >= 1.5:
             hint = "" if cfg.class_weights == "auto" else "; --class-weights auto balances the loss"
