@@ -557,6 +557,7 @@ class Trainer:
 
     def write_outputs(self, metrics: dict, history: dict) -> None:
         from edgetl import plots
+        from edgetl.evaluate import confusion_of, move_confusions
         from edgetl.model import count_params
 
         run = self.run_dir
@@ -565,12 +566,14 @@ class Trainer:
         with artifacts.atomic_path(run / MODEL_FILE, suffix=".keras") as tmp:
             self.model.save(str(tmp))
         artifacts.write_json(run / "history.json", history)
+        cm = confusion_of(metrics["final"])
+        side = move_confusions(metrics, run)  # above 30 classes the matrices go to confusion.npz
         artifacts.write_json(run / "metrics.json", metrics)
         plots.training_curves({"phase 1": history["phase1"], "phase 2": history["phase2"]}, run / "curves.png")
-        plots.confusion(metrics["final"]["confusion_matrix"], self.ds.classes, run / "confusion.png",
-                        f"val confusion ({metrics['selected_phase']})")
+        plots.confusion(cm, self.ds.classes, run / "confusion.png", f"val confusion ({metrics['selected_phase']})",
+                        metrics["final"].get("top_confusions"))
         files = [MODEL_FILE, LABELS_FILE, CONFIG_FILE, SPLIT_FILE, "history.json", "metrics.json",
-                 "curves.png", "confusion.png"]
+                 "curves.png", "confusion.png"] + ([side.name] if side else [])
         shutil.rmtree(self.ckpt, ignore_errors=True)
         artifacts.update_manifest(run, "train", {
             "kind": self.kind,
