@@ -188,3 +188,61 @@ def test_scan_lists_nested_subfolders(tmp_path):
     make_dataset(split / "val", per_class=2, classes=("red", "green"))
     make_dataset(split / "val" / "red" / "old", per_class=1, classes=("red",))
     assert scan(split).nested == [(f"val{os.sep}red{os.sep}old", 1)]
+
+
+# ---- predict -------------------------------------------------------------------
+
+def _tiny_run(d: Path, resize: str) -> Path:
+    """A run directory holding a small classifier whose output depends on where each
+    pixel is, so a central crop and a squash of a wide image give different answers."""
+    import keras
+
+    from edgetl.artifacts import write_yaml
+    from edgetl.config import TrainConfig
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    z = keras.layers.Rescaling(1 / 255.0)(inp)
+    out = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(z))
+    d.mkdir(parents=True)
+    keras.Model(inp, out).save(d / "model.keras")
+    (d / "labels.txt").write_text("a\nb\nc\n")
+    write_yaml(d / "config.yaml", TrainConfig(data="x", img_size=8, resize=resize).to_dict())
+    return d / "model.keras"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("predict")
+    return {r: _tiny_run(base / r, r) for r in ("squash", "crop")}
+
+
+def _wide(path) -> Path:
+    a = np.zeros((16, 48, 3), np.uint8)
+    a[:, :16] = (255, 0, 0)
+    a[:, 32:] = (0, 0, 255)
+    a[:, 16:32] = (0, 255, 0)
+    Image.fromarray(a).save(path)
+    return path
+
+
+def test_predict_skips_unreadable_images(runs, tmp_path):
+    from edgetl.predict import predict, unreadable
+
+    good = _wide(tmp_path / "good.png")
+    bad = tmp_path / "x.jpg"
+    bad.write_text("not an image")
+    good2 = _wide(tmp_path / "good2.png")
+    res = predict(runs["squash"], [good, bad, good2], top_k=2)
+    assert [r["image"] for r in res] == [str(good), str(bad), str(good2)]
+    assert unreadable(res) == [{"image": str(bad), "model": str(runs["squash"]), "error": "not an image file"}]
+
+    r = CliRunner().invoke(main, ["predict", str(runs["squash"]), str(good), str(bad), str(good2), "--top-k", "2"])
+    assert r.exit_code == 1, r.output
+    _one_line_error(r.output, f"1 of 3 image(s) could not be read: {bad}")
+    assert f"warning: {bad}: not an image file; skipped" in r.output
+    assert f"{good}\n" in r.stdout and f"{good2}\n" in r.stdout  # both good images predicted
+    r = CliRunner().invoke(main, ["predict", str(runs["squash"]), str(bad), str(good), "--json"])
+    assert r.exit_code == 1
+    assert json.loads(r.stdout)[0] == {"image": str(bad), "model": str(runs["squash"]), "error": "not an image file"}
+    assert "could not be read" in r.stderr
