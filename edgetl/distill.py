@@ -90,9 +90,7 @@ class Teacher:
     """An edgetl run or any Keras classifier file, as a logits function."""
 
     def __init__(self, source, echo=print):
-        import keras
-
-        import edgetl.layers  # noqa: F401
+        from edgetl.runners import load_keras
 
         p = Path(source)
         if p.is_dir():
@@ -101,10 +99,7 @@ class Teacher:
             model_path, labels_path = p, p.parent / "labels.txt"
         if not model_path.exists():
             raise EdgetlError(f"{source}: no teacher model; give an edgetl run directory or a .keras file")
-        try:
-            self.model = keras.models.load_model(model_path, compile=False)
-        except Exception as e:
-            raise EdgetlError(f"{model_path}: not a loadable Keras model ({str(e).splitlines()[0][:100]})") from None
+        self.model = load_keras(model_path)
         self.path = model_path
         self.labels = ([l for l in labels_path.read_text().splitlines() if l.strip()]
                        if labels_path.exists() else None)

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -246,3 +247,33 @@ def test_predict_skips_unreadable_images(runs, tmp_path):
     assert r.exit_code == 1
     assert json.loads(r.stdout)[0] == {"image": str(bad), "model": str(runs["squash"]), "error": "not an image file"}
     assert "could not be read" in r.stderr
+
+
+@pytest.mark.parametrize("kind", ["truncated", "random", "empty"])
+def test_predict_corrupt_keras_file(runs, tmp_path, kind):
+    blob = runs["crop"].read_bytes()
+    bad = tmp_path / "model.keras"
+    bad.write_bytes({"truncated": blob[: len(blob) // 2], "random": np.random.default_rng(0).bytes(4000),
+                     "empty": b""}[kind])
+    assert not zipfile.is_zipfile(bad)
+    img = _wide(tmp_path / "i.png")
+    r = CliRunner().invoke(main, ["predict", str(bad), str(img)])
+    assert r.exit_code == 2, r.output
+    why = "zero-byte file" if kind == "empty" else "corrupt or truncated zip"
+    _one_line_error(r.output, f"{bad}: not a loadable Keras model ({why}")
+    assert "File not found" not in r.output
+
+
+def test_predict_refuses_lambda_layer(tmp_path):
+    import keras
+
+    inp = keras.Input((8, 8, 3))
+    z = keras.layers.Lambda(lambda x: x / 255.0)(inp)
+    out = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(z))
+    path = tmp_path / "lam.keras"
+    keras.Model(inp, out).save(path)
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    r = CliRunner().invoke(main, ["predict", str(path), str(_wide(tmp_path / "i.png"))])
+    assert r.exit_code == 2, r.output
+    _one_line_error(r.output, f"{path}: refused: the model contains a Lambda layer, whose Python code would run "
+                              "on load; rebuild it without Lambda layers (edgetl never loads code from model files)")
