@@ -79,14 +79,25 @@ def sidecar_path(path) -> Path:
 
 def read_sidecar(path) -> dict:
     """Labels and preprocessing travelling with a model: the JSON sidecar, else
-    labels.txt beside it or in the run directory above."""
+    labels.txt beside it or in the run directory above, with the run's resize mode
+    from config.yaml there (a .keras file has no sidecar)."""
     p = Path(path)
     sc = sidecar_path(p)
     if sc.exists():
         return json.loads(sc.read_text())
     for d in (p.parent, p.parent.parent):
         if (d / "labels.txt").exists():
-            return {"labels": [l for l in (d / "labels.txt").read_text().splitlines() if l.strip()]}
+            meta = {"labels": [l for l in (d / "labels.txt").read_text().splitlines() if l.strip()]}
+            if (d / "config.yaml").exists():
+                import yaml
+
+                try:
+                    cfg = yaml.safe_load((d / "config.yaml").read_text())
+                except yaml.YAMLError:
+                    cfg = None
+                if isinstance(cfg, dict) and cfg.get("resize"):
+                    meta["input"] = {"resize": cfg["resize"]}
+            return meta
     return {}
 
 

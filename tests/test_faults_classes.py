@@ -227,6 +227,25 @@ def _wide(path) -> Path:
     return path
 
 
+def test_predict_keras_in_a_run_uses_the_runs_resize(runs, tmp_path):
+    from edgetl.images import fit_size
+    from edgetl.predict import predict
+    from edgetl.runners import open_runner
+
+    img = _wide(tmp_path / "wide.png")
+    for mode, model in runs.items():
+        r = open_runner(model)
+        assert r.meta["input"]["resize"] == mode
+        probs = {m: r.predict(np.asarray(fit_size(Image.open(img).convert("RGB"), (8, 8), m), np.uint8)[None])[0]
+                 for m in ("squash", "crop")}
+        assert not np.allclose(probs["squash"], probs["crop"], atol=1e-4)
+        top = predict(model, [img], top_k=3)[0]["top"]
+        got = np.zeros(3)
+        for t in top:
+            got[t["index"]] = t["probability"]
+        np.testing.assert_allclose(got, probs[mode], atol=1e-6)
+
+
 def test_predict_skips_unreadable_images(runs, tmp_path):
     from edgetl.predict import predict, unreadable
 
