@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from edgetl import artifacts, rundir
+from edgetl.evaluate import INLINE_MAX
 
 SNIPPETS = '''### Python (onnxruntime)
 
@@ -145,7 +146,13 @@ def write_card(run_dir, pipeline=None, echo=print) -> Path:
           f"- Validation set: {n_val} images; one image is {100 / max(n_val, 1):.1f} points of accuracy, so "
           "differences of a point or two between artifacts are within noise.",
           "- Accuracy per class (recall on the validation set):"]
-    L += [f"  - {c}: {v['recall']:.3f} (precision {v['precision']:.3f}, {v['support']} images)" for c, v in per]
+    shown = per if len(per) <= INLINE_MAX else per[:10]  # many classes: the weakest ten, then the confusions
+    L += [f"  - {c}: {v['recall']:.3f} (precision {v['precision']:.3f}, {v['support']} images)" for c, v in shown]
+    if len(shown) < len(per):
+        L.append(f"  - ... {len(per) - len(shown)} more classes in metrics.json")
+    if len(per) > INLINE_MAX and final.get("top_confusions"):
+        L.append("- Most-confused pairs (true → predicted, images): "
+                 + ", ".join(f"{t['true']} → {t['predicted']} ({t['count']})" for t in final["top_confusions"][:10]))
     worst = per[0]
     if worst[1]["recall"] < final["accuracy"] - 0.05:
         L.append(f"- `{worst[0]}` is the weakest class; collect more of its images before relying on it.")

@@ -408,15 +408,22 @@ def predict(model, images, top_k, as_json, threads):
     import json as _json
 
     from edgetl.predict import predict as run_predict
+    from edgetl.predict import unreadable
 
     res = run_predict(model, images, top_k, threads)
     if as_json:
         click.echo(_json.dumps(res, indent=2))
-        return
     for r in res:
-        click.echo(r["image"])
-        for t in r["top"]:
-            click.echo(f"  {t['probability']:7.4f}  {t['label']}")
+        if "error" in r:
+            click.echo(f"warning: {r['image']}: {r['error']}; skipped", err=True)
+        elif not as_json:
+            click.echo(r["image"])
+            for t in r["top"]:
+                click.echo(f"  {t['probability']:7.4f}  {t['label']}")
+    bad = unreadable(res)
+    if bad:  # the others are printed above; the exit code still says something went wrong
+        raise EdgetlError(f"{len(bad)} of {len(res)} image(s) could not be read: "
+                          + ", ".join(r["image"] for r in bad), exit_code=1)
 
 
 # -------------------------------------------------------------- distill ----

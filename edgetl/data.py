@@ -2,10 +2,12 @@
 
 Layouts: ``DATA/<class>/<images>`` (a seeded, stratified validation split is
 made), or ``DATA/train/<class>/...`` and ``DATA/val/<class>/...`` (optionally
-``DATA/test/...``)."""
+``DATA/test/...``). Images in subfolders of a class folder (``DATA/cat/2019/...``)
+belong to that class; ``Dataset.nested`` lists those subfolders so callers can warn."""
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +40,7 @@ class Dataset:
     test: Split | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     layout: str = "folders"  # or "train/val"
+    nested: list[tuple[str, int]] = field(default_factory=list)  # (subfolder of a class folder, images used)
 
     @property
     def held_out(self) -> Split:
@@ -54,6 +57,7 @@ class Dataset:
             "val_counts": self.val.counts(k),
             "test_counts": self.test.counts(k) if self.test is not None else None,
             "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
+            "nested": [{"folder": f, "images": n} for f, n in self.nested],
         }
 
     def imbalance(self) -> float:
@@ -101,8 +105,12 @@ def same_images(files, others) -> list[tuple[str, str]]:
     return [(str(f), held[h]) for f in files if (h := sha256_file(f)) in held]
 
 
-def _scan_classes(folder: Path, strict: bool, skipped: list, classes: list[str] | None = None):
-    """Return {class: [usable paths]} for a class-per-folder directory."""
+def _scan_classes(folder: Path, strict: bool, skipped: list, classes: list[str] | None = None,
+                  nested: list | None = None):
+    """Return {class: [usable paths]} for a class-per-folder directory.
+
+    Images in subfolders of a class folder (``cat/2019/...``) belong to that class; each
+    such subfolder is appended to ``nested`` as (folder, usable images) for a warning."""
     if not folder.is_dir():
         raise EdgetlError(f"{folder}: not a folder; give a folder with one sub-folder of images per class")
     names = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -124,6 +132,10 @@ def _scan_classes(folder: Path, strict: bool, skipped: list, classes: list[str] 
                     raise EdgetlError(f"{p}: {e}; remove or fix the file (or drop --strict to skip it)") from None
                 skipped.append((str(p), str(e)))
         out[name] = good
+        if nested is not None:
+            subs = Counter(Path(p).relative_to(folder / name).parts[0] for p in good
+                           if Path(p).parent != folder / name)
+            nested += [(str(folder / name / d), n) for d, n in sorted(subs.items())]
     return out
 
 
@@ -138,25 +150,27 @@ def scan(root, val_split: float = 0.2, seed: int = 42, strict: bool = False, min
     if not root.is_dir():
         raise EdgetlError(f"{root}: not a folder; give the folder that holds one sub-folder of images per class")
     skipped: list[tuple[str, str]] = []
+    nested: list[tuple[str, int]] = []
     subdirs = {d.name for d in root.iterdir() if d.is_dir()}
     if {"train", "val"} <= subdirs:
-        train_map = _scan_classes(root / "train", strict, skipped)
+        train_map = _scan_classes(root / "train", strict, skipped, nested=nested)
         _check_classes(root / "train", train_map, min_per_class)
         classes = list(train_map)
-        val_map = _scan_classes(root / "val", strict, skipped, classes)
-        test_map = _scan_classes(root / "test", strict, skipped, classes) if "test" in subdirs else None
+        val_map = _scan_classes(root / "val", strict, skipped, classes, nested)
+        test_map = _scan_classes(root / "test", strict, skipped, classes, nested) if "test" in subdirs else None
         if sum(len(v) for v in val_map.values()) == 0:
             raise EdgetlError(f"{root / 'val'}: no usable images; put validation images in val/<class>/")
         ds = Dataset(root, classes, _to_split(train_map, classes), _to_split(val_map, classes),
                      _to_split(test_map, classes) if test_map else None, skipped, "train/val")
     else:
-        cmap = _scan_classes(root, strict, skipped)
+        cmap = _scan_classes(root, strict, skipped, nested=nested)
         _check_classes(root, cmap, min_per_class)
         classes = list(cmap)
         if not 0.0 < val_split < 1.0:
             raise EdgetlError(f"--val-split {val_split}: must be between 0 and 1 (exclusive)")
         train, val = _stratified_split(cmap, classes, val_split, seed)
         ds = Dataset(root, classes, train, val, None, skipped, "folders")
+    ds.nested = [(str(Path(f).relative_to(root)), n) for f, n in nested]
     return ds
 
 

@@ -60,10 +60,32 @@ def count_params(model) -> dict:
 
 
 def load_keras(path) -> object:
-    """A Keras model file, in safe mode: a file never runs code (Lambda layers are refused)."""
+    """keras.models.load_model in safe mode (edgetl never runs code stored in a model file),
+    with one clear line for each way it fails: a file that is not a whole zip archive
+    (Keras reports those as "File not found"), a Lambda layer, anything else."""
+    import zipfile
+    from pathlib import Path
+
     from edgetl.errors import EdgetlError
 
+    path = Path(path)
+    why = None
+    if path.suffix.lower() == ".keras":  # a zip archive
+        try:
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()  # reads every member and checks its CRC
+            why = bad and f"corrupt or truncated zip: {bad} fails its CRC check"
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError):
+            why = "zero-byte file" if path.stat().st_size == 0 else "corrupt or truncated zip, or not a zip at all"
+    if why:
+        raise EdgetlError(f"{path}: not a loadable Keras model ({why}); copy or save it again")
     try:
         return keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as e:
-        raise EdgetlError(f"{path}: not a loadable Keras model ({str(e).splitlines()[0][:100]})") from None
+        msg = str(e)
+        if "Lambda" in msg and "safe_mode" in msg:
+            raise EdgetlError(f"{path}: refused: the model contains a Lambda layer, whose Python code would run on "
+                              f"load; rebuild it without Lambda layers (edgetl never loads code from model "
+                              f"files)") from None
+        first = (msg.strip().splitlines() or [type(e).__name__])[0]
+        raise EdgetlError(f"{path}: not a loadable Keras model ({first})") from None

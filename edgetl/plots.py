@@ -41,11 +41,17 @@ def training_curves(history: dict[str, list[dict]], dest) -> Path:
     return _save(fig, dest)
 
 
-def confusion(cm, classes, dest, title="confusion matrix") -> Path:
+def confusion(cm, classes, dest, title="confusion matrix", top=None) -> Path:
+    """Annotated matrix up to ``ANNOTATE_MAX`` classes. Above that, a bounded figure
+    whatever the class count: the matrix as an image (tick labels up to ``TICKS_MAX``
+    classes), beside a bar chart of the most-confused pairs (``top``: evaluate's
+    top_confusions, computed from ``cm`` when not given)."""
     import numpy as np
 
     cm = np.asarray(cm)
     n = len(classes)
+    if n > ANNOTATE_MAX:
+        return _large_confusion(cm, classes, dest, title, top)
     fig, ax = plt.subplots(figsize=(max(3.5, 0.5 * n + 2), max(3, 0.5 * n + 1.5)))
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
@@ -57,6 +63,61 @@ def confusion(cm, classes, dest, title="confusion matrix") -> Path:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
+    return _save(fig, dest)
+
+
+ANNOTATE_MAX = 30  # classes: one text label per cell up to here (the figure grows with n)
+TICKS_MAX = 60     # classes: class names on the axes up to here
+MAX_CELLS = 400    # matrix side drawn at most; larger matrices are max-pooled into blocks
+
+
+def _short(s: str, n: int = 28) -> str:
+    """``s`` in at most ``n`` characters, its middle elided (the ends tell classes apart)."""
+    return s if len(s) <= n else s[: (n - 1) // 2] + "…" + s[len(s) - (n - 1) // 2:]
+
+
+def _large_confusion(cm, classes, dest, title, top) -> Path:
+    """The figure size, and so the canvas, is fixed: memory and time do not grow with
+    the square of the class count (an annotated 500-class matrix needed a 27,700-px
+    canvas and 250,000 text objects)."""
+    import numpy as np
+    from matplotlib.colors import LogNorm, Normalize
+
+    from edgetl.evaluate import top_confusions
+
+    n = len(classes)
+    top = top_confusions(cm, classes) if top is None else top
+    b = -(-n // MAX_CELLS)  # block side: each drawn cell is the max of a b x b block
+    m = -(-n // b) * b
+    img = np.zeros((m, m), cm.dtype)
+    img[:n, :n] = cm
+    img = img.reshape(m // b, b, m // b, b).max(axis=(1, 3))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 6.2), gridspec_kw={"width_ratios": [1.15, 1]})
+    vmax = max(2, int(img.max()))
+    norm = LogNorm(vmin=1, vmax=vmax) if vmax > 20 else Normalize(vmin=1, vmax=vmax)
+    shown = ax.imshow(np.ma.masked_equal(img, 0), cmap="viridis", norm=norm, interpolation="nearest",
+                      extent=(-0.5, m - 0.5, m - 0.5, -0.5))  # zero cells masked: white
+    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+    bar.ax.set_title("images", fontsize=7)
+    bar.ax.yaxis.set_major_formatter("{x:.0f}")
+    if n <= TICKS_MAX:
+        ax.set_xticks(range(n), [_short(c, 16) for c in classes], rotation=90, fontsize=5)
+        ax.set_yticks(range(n), [_short(c, 16) for c in classes], fontsize=5)
+    ax.set_xlabel("predicted" + ("" if n <= TICKS_MAX else " (class index)"))
+    ax.set_ylabel("true" + ("" if n <= TICKS_MAX else " (class index)"))
+    ax.set_title(f"{title}\n{n} classes" + (f", {b}x{b} blocks shown by their maximum" if b > 1 else ""), fontsize=9)
+    if top:
+        labels = [f"{_short(t['true'])} → {_short(t['predicted'])}" for t in top]
+        bx.barh(range(len(top)), [t["count"] for t in top], color="#C44E52")
+        bx.set_yticks(range(len(top)), labels, fontsize=7)
+        bx.invert_yaxis()
+        bx.set_xlabel("images")
+        bx.xaxis.get_major_locator().set_params(integer=True)
+    else:
+        bx.text(0.5, 0.5, "no confusions", ha="center", va="center", transform=bx.transAxes)
+        bx.set_axis_off()
+    bx.set_title(f"most-confused pairs (true → predicted), top {len(top)}", fontsize=9)
+    fig.tight_layout()
     return _save(fig, dest)
 
 

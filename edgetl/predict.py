@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -11,6 +12,9 @@ from edgetl.runners import open_runner
 
 
 def predict(model, images, top_k: int = 5, threads: int | None = None) -> list[dict]:
+    """One dict per image, in order: {"image", "model", "top": [{"label", "index",
+    "probability"}]}, or for an image that cannot be read {"image", "model", "error"}
+    (the others are still predicted; :func:`unreadable` picks those entries out)."""
     if top_k < 1:
         raise EdgetlError(f"--top-k {top_k}: must be >= 1")
     r = open_runner(model, threads)
@@ -18,14 +22,20 @@ def predict(model, images, top_k: int = 5, threads: int | None = None) -> list[d
     resize = r.meta.get("input", {}).get("resize", "crop")
     if not labels:
         raise EdgetlError(f"{model}: no labels found (no sidecar JSON, metadata or labels.txt beside it)")
-    out = []
+    out: list[dict[str, Any]] = []
     for img in images:
         try:
             x = np.asarray(fit_size(open_rgb(img), r.input_size, resize), np.uint8)[None]
         except BadImage as e:
-            raise EdgetlError(f"{img}: {e}; give an image file") from None
+            out.append({"image": str(Path(img)), "model": str(model), "error": str(e)})
+            continue
         p = r.predict(x)[0]
         order = np.argsort(-p)[: min(top_k, len(p))]
         out.append({"image": str(Path(img)), "model": str(model),
                     "top": [{"label": labels[i], "index": int(i), "probability": float(p[i])} for i in order]})
     return out
+
+
+def unreadable(results: list[dict]) -> list[dict]:
+    """The entries of :func:`predict`'s results for images that could not be read."""
+    return [r for r in results if "error" in r]

@@ -33,6 +33,7 @@ METRICS = "metrics.json"
 HISTORY = "history.json"
 CURVES = "curves.png"
 CONFUSION = "confusion.png"
+CONFUSION_MATRICES = "confusion.npz"  # above 30 classes, instead of inline in metrics.json
 MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints"
 VIEWS = "views.npz"
@@ -96,13 +97,31 @@ def read_labels(run_dir: str | Path) -> list[str]:
     return [line for line in p.read_text().splitlines() if line.strip()]
 
 
+def run_of(model_path: str | Path) -> Path | None:
+    """The run directory a model file belongs to: the folder holding labels.txt, beside the
+    file or above it (export/)."""
+    p = Path(model_path)
+    return next((d for d in (p.parent, p.parent.parent) if (d / LABELS).exists()), None)
+
+
 def labels_near(model_path: str | Path) -> list[str] | None:
     """labels.txt beside a model file or in the run directory above it (export/)."""
-    p = Path(model_path)
-    for d in (p.parent, p.parent.parent):
-        if (d / LABELS).exists():
-            return read_labels(d)
-    return None
+    d = run_of(model_path)
+    return read_labels(d) if d is not None else None
+
+
+def resize_near(model_path: str | Path) -> str | None:
+    """The resize mode of the run a model file belongs to (a .keras file has no sidecar)."""
+    import yaml
+
+    d = run_of(model_path)
+    if d is None or not (d / CONFIG).exists():
+        return None
+    try:
+        cfg = yaml.safe_load((d / CONFIG).read_text())
+    except yaml.YAMLError:
+        return None
+    return cfg.get("resize") if isinstance(cfg, dict) and isinstance(cfg.get("resize"), str) else None
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:

@@ -75,7 +75,7 @@ def file_size(path) -> int:
 def read_sidecar(path) -> dict:
     """Labels and preprocessing travelling with a model: the JSON sidecar, else
     labels.txt beside it or in the run directory above."""
-    from edgetl.rundir import labels_near, sidecar
+    from edgetl.rundir import labels_near, resize_near, sidecar
 
     sc = sidecar(path)
     if sc.exists():
@@ -87,7 +87,10 @@ def read_sidecar(path) -> dict:
             raise EdgetlError(f"{sc}: expected a JSON object; re-export the model")
         return meta
     labels = labels_near(path)
-    return {"labels": labels} if labels else {}
+    if not labels:
+        return {}
+    resize = resize_near(path)
+    return {"labels": labels, **({"input": {"resize": resize}} if resize else {})}
 
 
 class KerasRunner(Runner):

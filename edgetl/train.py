@@ -116,6 +116,10 @@ class Trainer:
             self.echo(f"warning: skipped {len(ds.skipped)} unusable file(s):")
             for f, why in ds.skipped:
                 self.echo(f"  {f}: {why}")
+        if ds.nested:
+            listed = ", ".join(f"{f} ({n})" for f, n in ds.nested[:10]) + (", ..." if len(ds.nested) > 10 else "")
+            self.echo(f"warning: {sum(n for _, n in ds.nested)} images in subfolders of class folders were "
+                      f"included in their class: {listed}")
         ratio = ds.imbalance()
         if ratio >= 1.5:
             hint = "" if cfg.class_weights == "auto" else "; --class-weights auto balances the loss"
@@ -535,6 +539,7 @@ class Trainer:
 
     def write_outputs(self, metrics: dict, history: dict) -> None:
         from edgetl import plots
+        from edgetl.evaluate import confusion_of, move_confusions
         from edgetl.model import count_params
 
         run = self.run_dir
@@ -543,17 +548,20 @@ class Trainer:
         with artifacts.atomic_path(run / rundir.MODEL, suffix=".keras") as tmp:
             self.model.save(str(tmp))
         artifacts.write_json(run / rundir.HISTORY, history)
+        cm = confusion_of(metrics["final"])
+        side = move_confusions(metrics, run)  # above 30 classes the matrices go to confusion.npz
         artifacts.write_json(run / rundir.METRICS, metrics)
         plots.training_curves({"phase 1": history["phase1"], "phase 2": history["phase2"]}, run / rundir.CURVES)
-        plots.confusion(metrics["final"]["confusion_matrix"], self.ds.classes, run / rundir.CONFUSION,
-                        f"val confusion ({metrics['selected_phase']})")
+        plots.confusion(cm, self.ds.classes, run / rundir.CONFUSION, f"val confusion ({metrics['selected_phase']})",
+                        metrics["final"].get("top_confusions"))
+        files = [*rundir.TRAIN_FILES, *([side.name] if side else [])]
         shutil.rmtree(self.ckpt, ignore_errors=True)
         rundir.update_manifest(run, "train", {
             "kind": self.kind,
             "seed": self.cfg.seed,
             "config": self.cfg.to_dict(),
             "data_fingerprint": self.ds.fingerprint(),
-            "files": artifacts.file_hashes(run, rundir.TRAIN_FILES),
+            "files": artifacts.file_hashes(run, files),
             "weights": self.cfg.weights,
         })
 

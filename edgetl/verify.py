@@ -88,7 +88,7 @@ def measure(entry: dict, x: np.ndarray, y: np.ndarray, ref: np.ndarray | None, t
     row["batch"] = batch
     if "memory_mb" not in row:
         row["memory_mb"] = round(max(0.0, rss_mb() - before), 1)
-    row["confusion_matrix"] = m["confusion_matrix"]
+    row["confusion_matrix"], row["top_confusions"] = m["confusion_matrix"], m["top_confusions"]
     return row, probs
 
 
@@ -204,6 +204,7 @@ def table(report: dict, markdown: bool = False) -> str:
 
 def write_report(report: dict, out: Path) -> None:
     from edgetl import plots
+    from edgetl.evaluate import json_row
 
     out.mkdir(parents=True, exist_ok=True)
     rows = [r for r in report["rows"] if r.get("p50_ms") is not None]
@@ -215,10 +216,11 @@ def write_report(report: dict, out: Path) -> None:
                "KiB", "artifact size")
     best = report["recommended"].get("fastest")
     best_row = next((r for r in local if r["artifact"] == best), local[0] if local else None)
-    if best_row is not None and best_row.get("confusion_matrix"):
+    if best_row is not None and best_row.get("confusion_matrix") is not None:
         plots.confusion(best_row["confusion_matrix"], report["labels"], out / PLOTS["confusion"],
-                        f"confusion: {best_row['artifact']}")
-    artifacts.write_json(out / REPORT_JSON, report)
+                        f"confusion: {best_row['artifact']}", best_row.get("top_confusions"))
+    # above 30 classes report.json keeps each row's top_confusions, not its matrix
+    artifacts.write_json(out / REPORT_JSON, {**report, "rows": [json_row(r) for r in report["rows"]]})
     artifacts.write_text(out / REPORT_MD, markdown_report(report))
 
 
