@@ -28,13 +28,15 @@ def stratified_sample(paths, labels, size: int, seed: int) -> list[int]:
     return sorted(out)
 
 
-def calibrate(data, size: int = 200, out=DEFAULT_DIR, seed: int = 42, val_split: float = 0.2, echo=print) -> Path:
-    """Sample ``size`` training images of ``data`` into ``out`` (class sub-folders)."""
+def calibrate(data, size: int = 200, out=DEFAULT_DIR, seed: int = 42, val_split: float = 0.2, echo=print,
+              test_split: float | None = None) -> Path:
+    """Sample ``size`` training images of ``data`` into ``out`` (class sub-folders): the same
+    seeded train/val/test split as training, so that no val or test image is used."""
     from edgetl.data import scan
 
     if size < 1:
         raise EdgetlError(f"--size {size}: must be at least 1")
-    ds = scan(data, val_split=val_split, seed=seed)
+    ds = scan(data, val_split=val_split, seed=seed, test_split=test_split)
     idx = stratified_sample(ds.train.paths, ds.train.labels, size, seed)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import yaml
 
 from edgetl import artifacts, rundir
 from edgetl.evaluate import INLINE_MAX
+from edgetl.stats import fmt_acc
 
 SNIPPETS = '''### Python (onnxruntime)
 
@@ -98,9 +99,16 @@ def write_card(run_dir, pipeline=None, echo=print) -> Path:
           + f" at {h}x{w} px, fine-tuned by edgetl from `{cfg['weights']}` weights. "
           f"Input: RGB 0-255 at {h}x{w} ({cfg.get('resize', 'crop')} resize), preprocessing inside the model; "
           "output: class probabilities in `labels.txt` order.", ""]
+    head = metrics.get("headline")
+    if head:
+        L += [f"**Headline accuracy: {fmt_acc(head['accuracy'], head.get('ci95'), head['n'])} on the "
+              f"{head['split']} split** (95% Wilson interval) — {head['note']}.", ""]
     if metrics.get("distillation"):
         dist = metrics["distillation"]
-        L += [f"Distilled from `{dist['teacher']}` (kd_alpha {dist['kd_alpha']}, temperature {dist['temperature']}).", ""]
+        L += [f"Distilled from `{dist['teacher']}` (kd_alpha {dist['kd_alpha']}, temperature {dist['temperature']})"
+              + (f": {dist['gain_points']:+.2f} points over the student alone on {dist.get('n', '?')} "
+                 f"{dist.get('split', 'val')} images, 95% CI [{dist['gain_ci95_points'][0]:+.2f}, "
+                 f"{dist['gain_ci95_points'][1]:+.2f}]" if dist.get("gain_ci95_points") else "") + ".", ""]
     # data
     L += ["## Data", "", f"Source: `{data.get('root')}` ({data.get('layout')} layout).", "",
           "| class | train | val |" + (" test |" if data.get("test_counts") else ""),
@@ -115,11 +123,17 @@ def write_card(run_dir, pipeline=None, echo=print) -> Path:
     L += [f"- `{s['file']}`: {s['reason']}" for s in skipped[:20]]
     # training
     L += ["", "## Training", "", "```yaml", yaml.safe_dump(cfg, sort_keys=False).strip(), "```", "",
+          "Validation accuracies below were used for model selection (early stopping, the phase kept), so "
+          "they are optimistic; the test split, when there is one, was never used for any choice.", "",
           f"Phase 1 (frozen base, head on cached features): val accuracy {metrics['phase1']['accuracy']:.4f}."]
     if metrics.get("phase2"):
         L.append(f"Phase 2 (last layers unfrozen, BatchNorm frozen): val accuracy {metrics['phase2']['accuracy']:.4f}.")
     L += [f"Kept: {metrics['selected_phase']} (val accuracy {metrics['val_accuracy']:.4f}); "
-          f"{metrics['params']['total']:,} parameters.", "", f"![training curves]({rundir.CURVES})", ""]
+          f"{metrics['params']['total']:,} parameters."]
+    if metrics.get("test"):
+        t = metrics["test"]
+        L.append(f"Test accuracy of the kept model: {fmt_acc(t['accuracy'], t.get('ci95'), t['n'])} ({t.get('source')}).")
+    L += ["", f"![training curves]({rundir.CURVES})", ""]
     # artifacts
     L += ["## Artifacts", ""]
     rec = None
@@ -139,13 +153,16 @@ def write_card(run_dir, pipeline=None, echo=print) -> Path:
     else:
         L += ["Not verified yet: run `edgetl verify` for the per-artifact table.", ""]
     # limits
-    final = metrics["final"]
+    final = metrics.get("test") or metrics["final"]
+    where = "test" if metrics.get("test") else "validation"
     per = sorted(final["per_class"].items(), key=lambda kv: kv[1]["recall"])
     n_val = final.get("n") or sum(v["support"] for v in final["per_class"].values())
+    ci = final.get("ci95") or [float("nan"), float("nan")]
     L += ["## Known limits", "",
-          f"- Validation set: {n_val} images; one image is {100 / max(n_val, 1):.1f} points of accuracy, so "
-          "differences of a point or two between artifacts are within noise.",
-          "- Accuracy per class (recall on the validation set):"]
+          f"- The {where} set has {n_val} images; one image is {100 / max(n_val, 1):.1f} points of accuracy and "
+          f"the 95% interval of the accuracy is [{ci[0]:.3f}, {ci[1]:.3f}], so differences of a point or two "
+          "between artifacts are within noise.",
+          f"- Accuracy per class (recall on the {where} set):"]
     shown = per if len(per) <= INLINE_MAX else per[:10]  # many classes: the weakest ten, then the confusions
     L += [f"  - {c}: {v['recall']:.3f} (precision {v['precision']:.3f}, {v['support']} images)" for c, v in shown]
     if len(shown) < len(per):

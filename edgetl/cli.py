@@ -161,6 +161,10 @@ def train_options(f):
                      help="crop: central crop to the input's aspect ratio, then resize; squash: stretch."),
         click.option("--val-split", type=float, default=d(TrainConfig, "val_split"), show_default=True,
                      help="Validation fraction when DATA has no train/ and val/ folders (stratified, seeded)."),
+        click.option("--test-split", type=float, default=None,
+                     help="Untouched test fraction carved from the training pool when DATA has no test/ "
+                          "(stratified, seeded; never used for any choice). [default: auto: 0.15 when every "
+                          "class keeps >= 10 test images, else none; 0: none]"),
         click.option("--seed", type=int, default=d(TrainConfig, "seed"), show_default=True, help="Same seed, same machine: same result."),
         click.option("--batch-size", type=int, default=d(TrainConfig, "batch_size"), show_default=True),
         click.option("--epochs-head", type=int, default=d(TrainConfig, "epochs_head"), show_default=True,
@@ -292,12 +296,15 @@ def backbones():
 @click.option("--val-split", type=float, default=d(CalibrateOptions, "val_split"), show_default=True,
               help="For DATA without train/ and val/: the same seeded split as `edgetl train`, so that "
                    "calibration images come from its training part only.")
-def calibrate(data, size, out, seed, val_split):
+@click.option("--test-split", type=float, default=None,
+              help="The same test split as `edgetl train` (default: its auto rule), so that no test image "
+                   "is sampled.")
+def calibrate(data, size, out, seed, val_split, test_split):
     """Sample a calibration set for int8 from the training images of DATA (never val/test)."""
     from edgetl.calibrate import calibrate as run
 
-    o = CalibrateOptions(size, seed, val_split).validate()
-    run(data, o.size, out, o.seed, o.val_split, echo=echo)
+    o = CalibrateOptions(size, seed, val_split, test_split).validate()
+    run(data, o.size, out, o.seed, o.val_split, echo=echo, test_split=o.test_split)
 
 
 @main.command()

@@ -125,6 +125,8 @@ class TrainConfig(Options):
     weights: str = doc("imagenet | none | path/to/weights.h5", "imagenet")
     resize: str = doc("crop (central crop to the aspect ratio, then resize) | squash", "crop")
     val_split: float = doc("validation fraction when DATA has no train/ and val/", 0.2)
+    test_split: float | None = doc("untouched test fraction carved when DATA has no test/ (null: auto, 0.15 when "
+                                   "every class keeps >= 10 test images; 0: none)", None)
     seed: int = doc("same seed, same machine: same result", 42)
     batch_size: int = doc("training batch size", 32)
     epochs_head: int = doc("phase 1: frozen base, head on cached features", 20)
@@ -164,6 +166,8 @@ class TrainConfig(Options):
         c.require("dropout", 0.0 <= self.dropout < 1.0, "must be in [0, 1)")
         c.require("label_smoothing", 0.0 <= self.label_smoothing < 1.0, "must be in [0, 1)")
         c.require("val_split", 0.0 < self.val_split < 1.0, "must be between 0 and 1 (exclusive)")
+        if self.test_split is not None:
+            c.require("test_split", 0.0 <= self.test_split < 1.0, "must be in [0, 1)")
         c.one_of("resize", RESIZES)
         c.one_of("class_weights", ("none", "auto"))
         c.one_of("strategy", STRATEGIES)
@@ -217,6 +221,7 @@ class CalibrateOptions(Options):
     size: int = doc("training images sampled for int8 calibration (never val/test)", 200)
     seed: int = doc("sampling seed", 42)
     val_split: float = doc("for DATA without train/ and val/: the same split as training", 0.2)
+    test_split: float | None = doc("the same test split as training (null: auto)", None)
 
     def problems(self) -> list[OptionError]:
         c = Checks(self)

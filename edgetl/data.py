@@ -40,6 +40,7 @@ class Dataset:
     test: Split | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     layout: str = "folders"  # or "train/val"
+    test_source: str | None = None  # "test/" (a folder), "carved ..." (from the training pool) or None
     nested: list[tuple[str, int]] = field(default_factory=list)  # (subfolder of a class folder, images used)
 
     @property
@@ -56,6 +57,7 @@ class Dataset:
             "train_counts": self.train.counts(k),
             "val_counts": self.val.counts(k),
             "test_counts": self.test.counts(k) if self.test is not None else None,
+            "test_source": self.test_source,
             "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
             "nested": [{"folder": f, "images": n} for f, n in self.nested],
         }
@@ -139,8 +141,24 @@ def _scan_classes(folder: Path, strict: bool, skipped: list, classes: list[str] 
     return out
 
 
-def scan(root, val_split: float = 0.2, seed: int = 42, strict: bool = False, min_per_class: int = 2) -> Dataset:
+AUTO_TEST_FRACTION = 0.15   # --test-split auto: this fraction of each class ...
+AUTO_TEST_MIN = 10          # ... when every class then gets at least this many test images
+
+
+def auto_test_split(counts: list[int]) -> float:
+    """The default rule: carve AUTO_TEST_FRACTION as a test split when every class keeps at
+    least AUTO_TEST_MIN test images; else none (too few images to spare)."""
+    return AUTO_TEST_FRACTION if counts and min(counts) * AUTO_TEST_FRACTION >= AUTO_TEST_MIN else 0.0
+
+
+def scan(root, val_split: float = 0.2, seed: int = 42, strict: bool = False, min_per_class: int = 2,
+         test_split: float | None = None) -> Dataset:
     """Scan ``root`` and return the classes, splits and skipped files.
+
+    The test split is ``DATA/test/`` when it exists; otherwise ``test_split`` of each class
+    is carved (seeded, stratified) from the training pool: the images of DATA/<class>/, or
+    DATA/train/ when DATA has train/ and val/. ``test_split=None`` applies the default rule
+    (:func:`auto_test_split`), 0 carves none. Validation images are never carved into test.
 
     Raises EdgetlError (exit code 2) for an empty folder, a single class, or a
     class with fewer than ``min_per_class`` usable images."""
@@ -160,18 +178,45 @@ def scan(root, val_split: float = 0.2, seed: int = 42, strict: bool = False, min
         test_map = _scan_classes(root / "test", strict, skipped, classes, nested) if "test" in subdirs else None
         if sum(len(v) for v in val_map.values()) == 0:
             raise EdgetlError(f"{root / 'val'}: no usable images; put validation images in val/<class>/")
+        test_from = "test/"
+        if not test_map:
+            train_map, test_map, test_from = _carve_test(train_map, classes, test_split, seed)
         ds = Dataset(root, classes, _to_split(train_map, classes), _to_split(val_map, classes),
                      _to_split(test_map, classes) if test_map else None, skipped, "train/val")
+        ds.test_source = test_from if test_map else None
     else:
         cmap = _scan_classes(root, strict, skipped, nested=nested)
         _check_classes(root, cmap, min_per_class)
         classes = list(cmap)
         if not 0.0 < val_split < 1.0:
             raise EdgetlError(f"--val-split {val_split}: must be between 0 and 1 (exclusive)")
+        cmap, test_map, test_from = _carve_test(cmap, classes, test_split, seed)
         train, val = _stratified_split(cmap, classes, val_split, seed)
-        ds = Dataset(root, classes, train, val, None, skipped, "folders")
+        ds = Dataset(root, classes, train, val, _to_split(test_map, classes) if test_map else None, skipped,
+                     "folders")
+        ds.test_source = test_from if test_map else None
     ds.nested = [(str(Path(f).relative_to(root)), n) for f, n in nested]
     return ds
+
+
+def _carve_test(cmap: dict, classes: list[str], fraction: float | None, seed: int):
+    """(remaining pool, test map or None, how it was chosen) — a seeded, stratified test split."""
+    counts = [len(cmap[c]) for c in classes]
+    rule = "auto" if fraction is None else "given"
+    f = auto_test_split(counts) if fraction is None else fraction
+    if f <= 0:
+        return cmap, None, None
+    if not 0.0 < f < 1.0:
+        raise EdgetlError(f"--test-split {f}: must be in [0, 1)")
+    rng = np.random.default_rng([seed, 7])  # its own stream: the val split's draws are unchanged
+    pool, test = {}, {}
+    for c in classes:
+        files = list(cmap[c])
+        n = min(max(1, int(round(len(files) * f))), len(files) - 2)  # keep >= 2 for train and val
+        order = rng.permutation(len(files))
+        test[c] = sorted(files[k] for k in order[:max(n, 0)])
+        pool[c] = [files[k] for k in sorted(order[max(n, 0):])]
+    return pool, test, f"carved {f:g} of each class ({rule}, seed {seed})"
 
 
 def _check_classes(folder: Path, cmap: dict, min_per_class: int) -> None:

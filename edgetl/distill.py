@@ -19,6 +19,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -247,24 +248,36 @@ def _latency_ms(model_path) -> float:
     return latency(r, x, runs=100, warmup=10)["p50_ms"]
 
 
-def _row(name, run_dir, accuracy, params) -> dict:
-    m = Path(run_dir) / rundir.MODEL if Path(run_dir).is_dir() else Path(run_dir)
-    return {"model": name, "path": str(m), "accuracy": accuracy, "params": params,
+def _row(name, path, probs, labels, params, split) -> dict:
+    from edgetl.stats import accuracy_interval
+
+    m = Path(path) / rundir.MODEL if Path(path).is_dir() else Path(path)
+    correct = int((probs.argmax(-1) == labels).sum())
+    return {"model": name, "path": str(m), "split": split, "n": int(len(labels)), "accuracy": correct / len(labels),
+            "ci95": accuracy_interval(correct, len(labels)), "params": params,
             "size_bytes": m.stat().st_size, "keras_p50_ms": _latency_ms(m)}
+
+
+def _student_probs(model_path, paths, resize: str) -> np.ndarray:
+    from edgetl.runners import KerasRunner
+    from edgetl.tfdata import load_array
+
+    r = KerasRunner(model_path)
+    x = load_array(paths, r.input_size[0], resize)
+    return np.concatenate([r.predict(x[i:i + 64]) for i in range(0, len(x), 64)])
 
 
 def distill(config: TrainConfig, dcfg: DistillConfig, resume: bool = False, echo=print, callbacks=()) -> dict:
     """Distil ``dcfg.teacher`` into the student of ``config``; returns the side-by-side report."""
-    from edgetl.evaluate import classification_metrics
     from edgetl.tfdata import load_array
 
     dcfg.validate()
+    results: list[dict] = []
     t0 = time.perf_counter()
     teacher = Teacher(dcfg.teacher, echo)
     if dcfg.sweep:
         best: tuple[float, float, float] | None = None
         base_out = Path(config.out) if config.out else None
-        results = []
         for a, T in SWEEP_GRID:
             sub = dataclasses.replace(config, out=str((base_out or Path("models/distill")) / "sweep" / f"a{a}-T{T:g}"))
             d = Distiller(sub, dataclasses.replace(dcfg, kd_alpha=a, temperature=T, sweep=False), echo=echo,
@@ -283,22 +296,40 @@ def distill(config: TrainConfig, dcfg: DistillConfig, resume: bool = False, echo
     res = d.run()
     run_dir = res.run_dir
     ds = d.ds
-    x_val = load_array(ds.val.paths, d.cfg.size, d.cfg.resize)
-    t_probs = np.exp(teacher.logits(x_val.astype(np.float32)))
+    # every model is scored on the same held-out images: test when there is one, else val
+    split_name, split = ("test", ds.test) if ds.test is not None and len(ds.test) else ("val", ds.val)
+    y = np.asarray(split.labels)
+    x_t = load_array(split.paths, teacher.size[0], d.cfg.resize).astype(np.float32)  # the teacher's own size
+    t_logits = np.concatenate([teacher.logits(x_t[i:i + 64]) for i in range(0, len(x_t), 64)])
+    t_probs = np.exp(t_logits - t_logits.max(-1, keepdims=True))
     t_probs /= t_probs.sum(-1, keepdims=True)
-    t_acc = classification_metrics(ds.val.labels, t_probs, ds.classes)["accuracy"]
-    rows = [_row("teacher", teacher.path, t_acc, sum(int(np.prod(w.shape)) for w in teacher.model.weights))]
+    rows = [_row("teacher", teacher.path, t_probs, y, sum(int(np.prod(w.shape)) for w in teacher.model.weights),
+                 split_name)]
+    probs = {}
     if dcfg.compare:
         alone_dir = run_dir / rundir.STUDENT_ALONE
         shutil.rmtree(alone_dir, ignore_errors=True)
         alone = Trainer(dataclasses.replace(d.cfg, out=str(alone_dir)), echo=lambda *a: None).run()
-        rows.append(_row("student alone", alone_dir, alone.metrics["val_accuracy"], alone.metrics["params"]["total"]))
-    rows.append(_row("distilled student", run_dir, res.metrics["val_accuracy"], res.metrics["params"]["total"]))
-    report = {"teacher": str(dcfg.teacher), "kd_alpha": dcfg.kd_alpha, "temperature": dcfg.temperature,
+        probs["alone"] = _student_probs(alone_dir / rundir.MODEL, split.paths, d.cfg.resize)
+        rows.append(_row("student alone", alone_dir, probs["alone"], y, alone.metrics["params"]["total"], split_name))
+    probs["distilled"] = _student_probs(run_dir / rundir.MODEL, split.paths, d.cfg.resize)
+    rows.append(_row("distilled student", run_dir, probs["distilled"], y, res.metrics["params"]["total"], split_name))
+    report: dict[str, Any] = {"teacher": str(dcfg.teacher), "kd_alpha": dcfg.kd_alpha, "temperature": dcfg.temperature,
               "seed": d.cfg.seed, "transfer_set": {"folder": dcfg.unlabeled, "images": len(d.unlabeled)},
+              "split": split_name, "n": int(len(y)),
+              "split_note": ("test: held out, never used for any choice" if split_name == "test" else
+                             "val: also used for model selection (early stopping, phase choice), so optimistic"),
               "rows": rows, "seconds": round(time.perf_counter() - t0, 1)}
+    if dcfg.sweep:
+        report["sweep"] = {"chosen_on": "val", "grid": results}
     if dcfg.compare:
-        report["gain_points"] = round(100 * (rows[-1]["accuracy"] - rows[-2]["accuracy"]), 2)
+        from edgetl.stats import paired_drop
+
+        pd = paired_drop(y, probs["alone"].argmax(-1), probs["distilled"].argmax(-1))  # drop of distilled vs alone
+        report["gain_points"] = round(-pd.drop_points, 2)
+        report["gain_ci95_points"] = [round(-pd.ci95_points[1], 2), round(-pd.ci95_points[0], 2)]
+        report["gain_mcnemar_p"] = pd.p_value
+        report["discordant"] = {"only_distilled_right": pd.c, "only_alone_right": pd.b}
     artifacts.write_json(run_dir / rundir.DISTILL, report)
     metrics = rundir.read_json(run_dir / rundir.METRICS)
     metrics["distillation"] = report
@@ -308,12 +339,16 @@ def distill(config: TrainConfig, dcfg: DistillConfig, resume: bool = False, echo
     man_files.update(artifacts.file_hashes(run_dir, (rundir.METRICS, rundir.DISTILL)))
     rundir.update_manifest(run_dir, "train", {**man.get("train", {}), "files": man_files})
     echo("")
-    echo(f"{'model':<20}{'val acc':>9}{'params':>12}{'size KiB':>10}{'keras p50 ms':>14}")
+    echo(f"scored on the {split_name} split ({len(y)} images; {report['split_note']})")
+    echo(f"{'model':<20}{split_name + ' acc':>9} {'95% CI':>15}{'params':>12}{'size KiB':>10}{'keras p50 ms':>14}")
     for row in rows:
-        echo(f"{row['model']:<20}{row['accuracy']:>9.4f}{row['params']:>12,}{row['size_bytes'] / 1024:>10.0f}"
-             f"{row['keras_p50_ms']:>14.2f}")
+        ci = f"[{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}]"
+        echo(f"{row['model']:<20}{row['accuracy']:>9.4f} {ci:>15}{row['params']:>12,}"
+             f"{row['size_bytes'] / 1024:>10.0f}{row['keras_p50_ms']:>14.2f}")
     if dcfg.compare:
         extra = f", transfer set of {len(d.unlabeled)} images" if d.unlabeled else ""
-        echo(f"distillation bought {report['gain_points']:+.2f} points over the student alone "
+        lo, hi = report["gain_ci95_points"]
+        echo(f"distillation bought {report['gain_points']:+.2f} points over the student alone, 95% CI "
+             f"[{lo:+.2f}, {hi:+.2f}], McNemar p={report['gain_mcnemar_p']:.3g} on {len(y)} {split_name} images "
              f"(kd_alpha {dcfg.kd_alpha}, T {dcfg.temperature:g}, seed {d.cfg.seed}{extra})")
     return report

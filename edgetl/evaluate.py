@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.rundir import CONFUSION_MATRICES
+from edgetl.stats import PairedDrop, accuracy_interval, paired_drop
 
 INLINE_MAX = 30  # classes; larger confusion matrices stay out of JSON
 TOP_PAIRS = 20
@@ -30,9 +31,11 @@ def classification_metrics(y_true, probs, classes: list[str]) -> dict:
     p = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)  # 0 where undefined, like
     r = np.divide(tp, support, out=np.zeros(k), where=support > 0)      # sklearn's zero_division=0
     f = np.divide(2 * p * r, p + r, out=np.zeros(k), where=(p + r) > 0)
+    correct = int((pred == y_true).sum())
     out = {
-        "accuracy": float((pred == y_true).mean()) if len(y_true) else float("nan"),
+        "accuracy": correct / len(y_true) if len(y_true) else float("nan"),
         "n": int(len(y_true)),
+        "ci95": accuracy_interval(correct, int(len(y_true))),  # Wilson
         "per_class": {c: {"precision": round(float(p[i]), 4), "recall": round(float(r[i]), 4),
                           "f1": round(float(f[i]), 4), "support": int(support[i])}
                       for i, c in enumerate(classes)},
@@ -53,6 +56,7 @@ class Score:
     keras_accuracy: float
     agreement: float        # top-1 agreement with the reference
     n: int
+    paired: PairedDrop      # the drop against the reference on the same images, with its interval
 
     @property
     def drop_points(self) -> float:
@@ -64,7 +68,8 @@ def score_probs(probs: np.ndarray, labels: np.ndarray, reference: np.ndarray) ->
     """Score predicted probabilities against labels and the reference's probabilities."""
     y = np.asarray(labels)
     pred, ref = np.asarray(probs).argmax(-1), np.asarray(reference).argmax(-1)
-    return Score(float((pred == y).mean()), float((ref == y).mean()), float((pred == ref).mean()), int(len(y)))
+    return Score(float((pred == y).mean()), float((ref == y).mean()), float((pred == ref).mean()), int(len(y)),
+                 paired_drop(y, ref, pred))
 
 
 def score_model(data: bytes, fmt: str, images: np.ndarray, labels: np.ndarray, reference: np.ndarray,
@@ -112,7 +117,7 @@ def confusion_of(section: dict, folder=None) -> np.ndarray | None:
         return z[section.get("confusion_matrix_key", "confusion_matrix")]
 
 
-def move_confusions(metrics: dict, folder, phases=("phase1", "phase2")) -> Path | None:
+def move_confusions(metrics: dict, folder, phases=("phase1", "phase2", "test")) -> Path | None:
     """Above ``INLINE_MAX`` classes: write the phases' confusion matrices to
     ``folder/confusion.npz`` (compressed int32, atomically) and leave in each section a
     reference to it; the per-class table of a phase that was not selected is dropped
@@ -132,7 +137,7 @@ def move_confusions(metrics: dict, folder, phases=("phase1", "phase2")) -> Path 
     for ph, s in big.items():
         del s["confusion_matrix"]
         s["confusion_matrix_file"], s["confusion_matrix_key"] = CONFUSION_FILE, ph
-        if metrics.get("selected_phase") not in (None, ph):
+        if ph in ("phase1", "phase2") and metrics.get("selected_phase") not in (None, ph):
             s.pop("per_class", None)
     return dest
 

@@ -34,7 +34,7 @@ STAGES = ("train", "calibrate", "export", "verify", "card")
 SECTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
     "train": (TrainConfig, ("data", "out")),
     "distill": (DistillConfig, ("sweep", "compare")),
-    "calibrate": (CalibrateOptions, ("seed", "val_split")),
+    "calibrate": (CalibrateOptions, ("seed", "val_split", "test_split")),
     "export": (ExportOptions, ("calibration", "calib_size", "force", "seed")),
     "verify": (VerifyOptions, ("data", "out")),
 }
@@ -196,7 +196,7 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Pipel
     assert isinstance(train, TrainConfig)
     cal = objs["calibrate"]
     assert isinstance(cal, CalibrateOptions)
-    cal.seed, cal.val_split = train.seed, train.val_split
+    cal.seed, cal.val_split, cal.test_split = train.seed, train.val_split, train.test_split
     return Pipeline(where, data, out, train, cal, objs["export"], objs["verify"], objs["distill"])  # type: ignore[arg-type]
 
 
@@ -254,7 +254,7 @@ class PipelineRunner:
         if stage == "train":
             from edgetl.data import scan
 
-            ds = scan(p.data, p.train.val_split, p.train.seed, p.train.strict)
+            ds = scan(p.data, p.train.val_split, p.train.seed, p.train.strict, test_split=p.train.test_split)
             return _h({"train": p.section("train"), "distill": p.section("distill") or None,
                        "data": ds.fingerprint()})
         if stage == "calibrate":
@@ -335,7 +335,8 @@ class PipelineRunner:
         from edgetl.calibrate import calibrate
 
         c = self.p.calibrate
-        return calibrate(self.p.data, c.size, self.run_dir / rundir.CALIBRATION, c.seed, c.val_split, echo=self.echo)
+        return calibrate(self.p.data, c.size, self.run_dir / rundir.CALIBRATION, c.seed, c.val_split, echo=self.echo,
+                         test_split=c.test_split)
 
     def stage_export(self, redo: bool) -> Any:
         from edgetl.export import export

@@ -104,14 +104,20 @@ class Trainer:
     # ---- set-up ---------------------------------------------------------
     def prepare(self) -> None:
         cfg = self.cfg
-        self.ds: Dataset = scan(cfg.data, cfg.val_split, cfg.seed, cfg.strict)
+        self.ds: Dataset = scan(cfg.data, cfg.val_split, cfg.seed, cfg.strict, test_split=cfg.test_split)
         ds = self.ds
         k = len(ds.classes)
         self.echo(f"data: {ds.root} ({ds.layout}), {k} classes, "
                   f"{len(ds.train)} train / {len(ds.val)} val"
                   + (f" / {len(ds.test)} test" if ds.test is not None else ""))
-        for c, n_tr, n_va in zip(ds.classes, ds.train.counts(k), ds.val.counts(k)):
-            self.echo(f"  {c:<20} {n_tr:>6} train {n_va:>6} val")
+        n_te = ds.test.counts(k) if ds.test is not None else [None] * k
+        for c, n_tr, n_va, n_t in zip(ds.classes, ds.train.counts(k), ds.val.counts(k), n_te):
+            self.echo(f"  {c:<20} {n_tr:>6} train {n_va:>6} val" + (f" {n_t:>6} test" if n_t is not None else ""))
+        if ds.test is not None:
+            self.echo(f"test split: {ds.test_source}; held out: never used for any choice, reported at the end")
+        else:
+            self.echo("test split: none (too few images for the auto rule, or --test-split 0); the val accuracy "
+                      "below is the one selection used, so it is optimistic")
         if ds.skipped:
             self.echo(f"warning: skipped {len(ds.skipped)} unusable file(s):")
             for f, why in ds.skipped:
@@ -488,20 +494,33 @@ class Trainer:
         return json.loads(p.read_text()) if p.exists() else []
 
     # ---- evaluation and outputs -----------------------------------------
-    def predict_val(self) -> np.ndarray:
+    def predict_split(self, split) -> np.ndarray:
         import keras
 
         from edgetl.tfdata import image_dataset
 
-        ds = image_dataset(self.ds.val.paths, self.ds.val.labels, self.cfg.size, self.cfg.resize).batch(self.cfg.batch_size)
+        ds = image_dataset(split.paths, split.labels, self.cfg.size, self.cfg.resize).batch(self.cfg.batch_size)
         logits = np.concatenate([np.asarray(self.model(keras.ops.cast(x, "float32"), training=False)) for x, _ in ds])
         e = np.exp(logits - logits.max(-1, keepdims=True))
         return e / e.sum(-1, keepdims=True)
 
+    def predict_val(self) -> np.ndarray:
+        return self.predict_split(self.ds.val)
+
     def evaluate(self) -> dict:
+        """Scores on the validation split: what model selection uses."""
         from edgetl.evaluate import classification_metrics
 
-        return classification_metrics(self.ds.val.labels, self.predict_val(), self.ds.classes)
+        return {**classification_metrics(self.ds.val.labels, self.predict_val(), self.ds.classes), "split": "val"}
+
+    def evaluate_test(self) -> dict | None:
+        """Scores of the selected model on the test split, once every choice is made."""
+        from edgetl.evaluate import classification_metrics
+
+        if self.ds.test is None or not len(self.ds.test):
+            return None
+        return {**classification_metrics(self.ds.test.labels, self.predict_split(self.ds.test), self.ds.classes),
+                "split": "test", "source": self.ds.test_source}
 
     def run(self) -> TrainResult:
         t_start = time.perf_counter()
@@ -526,10 +545,15 @@ class Trainer:
             self.echo("phase 2 did not improve val accuracy; keeping the phase-1 model")
             self.model.set_weights(w1)
         final = m2 if selected == "phase2" and m2 is not None else m1
+        test = self.evaluate_test()  # after every choice: test never steers one
+        head = test or final
         self.timings["total_s"] = time.perf_counter() - t_start
         metrics = {
             "phase1": m1, "phase2": m2, "selected_phase": selected,
-            "val_accuracy": final["accuracy"], "final": final,
+            "val_accuracy": final["accuracy"], "final": final, "test": test,
+            "headline": {"split": head["split"], "accuracy": head["accuracy"], "ci95": head["ci95"], "n": head["n"],
+                         "note": "test split: held out, never used for any choice" if test else
+                         "validation split: used for model selection (early stopping, phase choice), so optimistic"},
             "timings": self.timings,
         }
         history = {"phase1": h1, "phase2": h2}
@@ -578,8 +602,14 @@ class Trainer:
             t = self.timings.get(tkey, float("nan")) + (self.timings.get("features_s", 0.0) if key == "phase1" else 0)
             self.echo(f"{name:<8}{len(rows):>8}{best['epoch']:>6}{m['accuracy']:>9.4f}"
                       f"{best.get('val_loss', float('nan')):>10.4f}{t:>8.1f}s")
-        self.echo(f"selected: {metrics['selected_phase']}  val accuracy {metrics['val_accuracy']:.4f}  "
-                  f"params {metrics['params']['total']:,}")
+        from edgetl.stats import fmt_acc
+
+        f = metrics["final"]
+        self.echo(f"selected: {metrics['selected_phase']}  params {metrics['params']['total']:,}")
+        self.echo(f"val accuracy  {fmt_acc(f['accuracy'], f.get('ci95'), f['n'])}  (used for model selection)")
+        te = metrics.get("test")
+        if te:
+            self.echo(f"test accuracy {fmt_acc(te['accuracy'], te.get('ci95'), te['n'])}  (held out; the headline)")
         self.echo(f"run directory: {self.run_dir}")
 
 

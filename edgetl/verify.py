@@ -29,9 +29,19 @@ class Gates:
         return cls(o.max_drop, o.min_agreement, o.max_latency_ms)
 
     def check(self, row: dict) -> list[str]:
+        """The failed gates of a row. The accuracy gate is noise-aware (see :mod:`edgetl.stats`):
+        it fails only when the paired drop is above --max-drop with 95% confidence."""
+        from edgetl.stats import PairedDrop, drop_gate
+
         fails = []
-        if row.get("delta_accuracy_points") is not None and -row["delta_accuracy_points"] > self.max_drop + 1e-9:
-            fails.append(f"max-drop ({-row['delta_accuracy_points']:.2f} > {self.max_drop:g} points)")
+        if row.get("paired") is not None:
+            v = drop_gate(PairedDrop(**{**row["paired"], "ci95_points": tuple(row["paired"]["ci95_points"])}),
+                          self.max_drop)
+            row["drop_resolvable"] = v.resolvable
+            if v.fails:
+                fails.append(v.reason)
+            elif not v.resolvable:
+                row["note"] = v.reason
         if row.get("agreement") is not None and row["agreement"] + 1e-9 < self.min_agreement:
             fails.append(f"min-agreement ({row['agreement']:.3f} < {self.min_agreement:g})")
         if self.max_latency_ms is not None and row.get("p50_ms") is not None and row["p50_ms"] > self.max_latency_ms:
@@ -46,7 +56,7 @@ def held_out_data(run, data=None):
     if data:
         from edgetl.data import scan
 
-        ds = scan(data, val_split=0.5)
+        ds = scan(data, val_split=0.5, test_split=0)
         split = ds.test if ds.test is not None and len(ds.test) else ds.val
         if ds.layout == "folders":  # a plain folder given for verification: use all of it
             paths = ds.train.paths + ds.val.paths
@@ -59,7 +69,8 @@ def held_out_data(run, data=None):
         src = str(data)
     else:
         name, paths, labels = run.held_out()
-        src = f"the run's {name} split"
+        src = f"the run's {name} split" + ("" if name == "test" else
+                                          ", which also chose the model (no test split), so optimistic")
     return load_array(paths, run.img_size, run.resize), np.asarray(labels), src
 
 
@@ -74,7 +85,7 @@ def measure(entry: dict, x: np.ndarray, y: np.ndarray, ref: np.ndarray | None, t
     probs = np.concatenate([r.predict(x[i:i + 32]) for i in range(0, len(x), 32)])
     m = classification_metrics(y, probs, classes)
     row = {"artifact": entry["name"], "format": entry["format"], "runtime": r.runtime, "quant": entry["quant"],
-           "input_dtype": r.input_dtype, "size_bytes": r.describe()["size_bytes"], "accuracy": m["accuracy"],
+           "input_dtype": r.input_dtype, "size_bytes": r.describe()["size_bytes"], "accuracy": m["accuracy"], "ci95": m["ci95"],
            "top5_accuracy": m.get("top5_accuracy"), "threads": threads}
     if ref is not None:
         row["agreement"] = float((probs.argmax(1) == ref.argmax(1)).mean())
@@ -120,6 +131,10 @@ def verify(run_dir, opts: VerifyOptions | None = None, device_results=(), echo=p
             ref, keras_acc = probs, row["accuracy"]
             row.update(agreement=1.0, max_abs_dprob=0.0, mean_abs_dprob=0.0)
         row["delta_accuracy_points"] = round(100 * (row["accuracy"] - keras_acc), 3)
+        if e["format"] != "keras":
+            from edgetl.stats import paired_drop
+
+            row["paired"] = paired_drop(y, ref.argmax(1), probs.argmax(1)).to_dict()
         fails = gates.check(row) if e["format"] != "keras" else []
         row["status"] = "reference" if e["format"] == "keras" else ("fail" if fails else "pass")
         row["failed_gates"] = fails
@@ -127,10 +142,14 @@ def verify(run_dir, opts: VerifyOptions | None = None, device_results=(), echo=p
         echo(f"  {e['name']:<24} acc {row['accuracy']:.4f}  agree {row['agreement']:.3f}  "
              f"p50 {row['p50_ms']:.2f} ms  {row['status']}" + (f" ({'; '.join(fails)})" if fails else ""))
     rows += device
+    from edgetl.stats import images_needed
+
     report = {
         "run": str(run.dir), "data": src, "n_images": int(len(x)), "labels": run.labels,
         "gates": {"max_drop": gates.max_drop, "min_agreement": gates.min_agreement,
-                  "max_latency_ms": gates.max_latency_ms},
+                  "max_latency_ms": gates.max_latency_ms,
+                  "max_drop_rule": "fails when the one-sided 95% lower bound of the paired drop exceeds max_drop",
+                  "images_to_resolve_max_drop": images_needed(gates.max_drop)},
         "machine": machine_info(), "threads": threads, "created": artifacts.now_iso(),
         "rows": rows, "recommended": recommend(rows),
     }
@@ -138,6 +157,10 @@ def verify(run_dir, opts: VerifyOptions | None = None, device_results=(), echo=p
     write_report(report, out)
     echo("")
     echo(table(report))
+    if len(x) < report["gates"]["images_to_resolve_max_drop"]:
+        echo(f"note: {len(x)} images cannot resolve a {gates.max_drop:g}-point accuracy budget (one image is "
+             f"{100 / max(len(x), 1):.2f} points); a drop fails only when it is above the budget with 95% "
+             f"confidence. About {report['gates']['images_to_resolve_max_drop']} images would resolve it.")
     echo(f"\nreport: {out / REPORT_MD}, {out / REPORT_JSON}")
     return report
 
@@ -160,8 +183,8 @@ def recommend(rows: list[dict]) -> dict:
 
 
 COLUMNS = [("artifact", "artifact", "{}"), ("runtime", "runtime", "{}"), ("quant", "quant", "{}"),
-           ("size KiB", "size_bytes", "kib"), ("acc", "accuracy", "{:.4f}"),
-           ("Δacc pt", "delta_accuracy_points", "{:+.2f}"), ("agree", "agreement", "{:.3f}"),
+           ("size KiB", "size_bytes", "kib"), ("acc", "accuracy", "{:.4f}"), ("95% CI", "ci95", "ci"),
+           ("Δacc pt", "delta_accuracy_points", "{:+.2f}"), ("drop 95% CI", "paired", "dropci"), ("agree", "agreement", "{:.3f}"),
            ("maxΔp", "max_abs_dprob", "{:.1e}"), ("p50 ms", "p50_ms", "{:.2f}"), ("p90 ms", "p90_ms", "{:.2f}"),
            ("p99 ms", "p99_ms", "{:.2f}"), ("p90/p50", "spread_p90_p50", "{:.2f}"),
            ("img/s", "throughput_ips", "{:.0f}"), ("mem MB", "memory_mb", "{:.0f}"), ("status", "status", "{}")]
@@ -173,6 +196,11 @@ def _cell(row, key, fmt) -> str:
         return "-"
     if fmt == "kib":
         return f"{v / 1024:.0f}"
+    if fmt == "ci":
+        return f"[{v[0]:.3f}, {v[1]:.3f}]"
+    if fmt == "dropci":
+        lo, hi = v["ci95_points"]
+        return f"[{lo:+.2f}, {hi:+.2f}]"
     if key == "artifact" and row.get("device"):
         return f"{v} @ {row['device']}"
     return fmt.format(v)
@@ -230,8 +258,12 @@ def markdown_report(report: dict) -> str:
     lines = [
         f"# Verification report: {Path(report['run']).name}", "",
         f"{report['n_images']} held-out images ({report['data']}); created {report['created']}.", "",
-        f"Gates: accuracy drop ≤ {g['max_drop']} points, top-1 agreement with Keras ≥ {g['min_agreement']}"
-        + (f", p50 latency ≤ {g['max_latency_ms']} ms" if g["max_latency_ms"] is not None else "") + ".", "",
+        f"Gates: accuracy drop ≤ {g['max_drop']} points with 95% confidence (an artifact fails only when the "
+        f"one-sided 95% lower bound of its paired drop against Keras is above it; "
+        f"{g.get('images_to_resolve_max_drop', '?')} images resolve this budget), top-1 agreement with Keras "
+        f"≥ {g['min_agreement']}"
+        + (f", p50 latency ≤ {g['max_latency_ms']} ms" if g["max_latency_ms"] is not None else "") + ". "
+        "Accuracies carry 95% Wilson intervals; the drop interval is paired (same images).", "",
         f"Machine: {m['cpu']} ({m['cores']} cores, {m['machine']}), {report['threads']} thread(s); "
         + ", ".join(f"{k} {v}" for k, v in m["runtimes"].items()) + ".", "",
         "Latency is batch 1 after warm-up, each exported model timed in its own process (numpy and its "
