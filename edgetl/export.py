@@ -303,7 +303,8 @@ class Exporter:
         previous = {r["file"]: r for r in man.get("export", {}).get("artifacts", [])}
         results: list[Artifact] = []
         # failures of earlier runs that this run does not retry are dropped from the record
-        merged = {f: r for f, r in previous.items() if r.get("status") != "failed"}
+        merged = {f: r for f, r in previous.items()
+                  if r.get("status") != "failed" and (self.run.dir / f).exists()}  # no records of vanished files
         for fmt in self.opts.formats:
             for quant in self.opts.quants:
                 self.echo(f"export {fmt} {quant} ...")

@@ -100,6 +100,8 @@ class Trainer:
                               f"or choose another --out")
         self.ckpt = self.run_dir / rundir.CHECKPOINTS
         self.timings: dict[str, float] = {}
+        self.recipe_log: dict = {"recipe": self.cfg.recipe, "lr_decay": self.cfg.lr_decay,
+                                 "accumulate": self.cfg.accumulate, "min_steps": self.cfg.min_steps}
 
     # ---- set-up ---------------------------------------------------------
     def prepare(self) -> None:
@@ -225,9 +227,12 @@ class Trainer:
         the cached activations. Returns the layers to unfreeze."""
         import keras
 
+        from edgetl import recipe
+
         cfg = self.cfg
-        to_train = (backbones.layers_to_unfreeze(self.base, self.bb, cfg.unfreeze, cfg.unfreeze_blocks)
-                    if cfg.epochs_finetune else [])
+        self.candidates = recipe.candidates(self.base, self.bb, cfg)
+        deepest = max(self.candidates, key=lambda c: len(c.layers))
+        to_train = deepest.layers  # the cut serves every candidate: it is before the deepest one
         self.cut_tensor = None
         if to_train:
             first = to_train[0]
@@ -417,8 +422,21 @@ class Trainer:
         return tf.data.Dataset.from_tensor_slices((x[:n], t[:n])).batch(self.cfg.batch_size).prefetch(2)
 
     # ---- phase 1 ---------------------------------------------------------
+    def phase_epochs(self, phase: str, epochs: int, rows: int, min_steps: int) -> int:
+        """The phase's epochs: as given, or (auto recipe) enough for ``min_steps`` updates."""
+        from edgetl import recipe
+
+        if self.cfg.recipe != "auto" or not epochs:
+            return epochs
+        n = recipe.budget_epochs(epochs, rows, self.cfg.batch_size, min_steps, self.cfg.accumulate)
+        if n > epochs:
+            self.echo(f"{phase.replace('phase', 'phase ')}: {n} epochs instead of {epochs}, so that it makes at least "
+                      f"{min_steps} optimizer steps on {rows} rows (auto recipe; early stopping still applies)")
+        self.recipe_log[f"{phase}_epochs"] = n
+        return n
+
     def phase1(self) -> list[dict]:
-        import keras
+        from edgetl import recipe
 
         cfg = self.cfg
         self.to_train = self.plan_cut()
@@ -440,12 +458,13 @@ class Trainer:
         vtargets = self.val_targets(vy)
         with self.strategy.scope():
             # the head is tiny: run several batches per call to cut per-step overhead
-            self.head.compile(optimizer=keras.optimizers.Adam(cfg.lr_head), loss=self.loss(), metrics=self.metrics(),
-                              steps_per_execution=16 if self.replicas == 1 else 1)
+            self.head.compile(optimizer=recipe.optimizer(cfg.lr_head, accumulate=cfg.accumulate), loss=self.loss(),
+                              metrics=self.metrics(), steps_per_execution=16 if self.replicas == 1 else 1)
+        epochs = self.phase_epochs("phase1", cfg.epochs_head, len(fx), cfg.min_steps)
         self.head.fit(self.arrays_dataset(fx, targets, True, self.row_weights()),
                       validation_data=self.arrays_dataset(fvx, vtargets, False),
-                      epochs=cfg.epochs_head, verbose=0, shuffle=False,
-                      callbacks=self.callbacks("phase 1", cfg.epochs_head))
+                      epochs=epochs, verbose=0, shuffle=False,
+                      callbacks=self.callbacks("phase 1", epochs))
         with artifacts.atomic_path(head_w, suffix=".weights.h5") as tmp:
             self.head.save_weights(str(tmp))
         self.timings["phase1_train_s"] = time.perf_counter() - t0
@@ -463,11 +482,6 @@ class Trainer:
         if cfg.epochs_finetune == 0:
             return []
         t0 = time.perf_counter()
-        n = M.set_trainable(self.base, self.to_train)
-        what = (f"last {cfg.unfreeze_blocks} block(s)" if cfg.unfreeze_blocks is not None
-                else f"last {cfg.unfreeze} layer(s)" + (" widened to whole blocks" if self.bb.unit == "block" else ""))
-        self.echo(f"phase 2: fine-tuning the {what}: {len(self.to_train)} layers, {n} with trainable weights "
-                  f"(BatchNorm frozen, inference mode), lr {cfg.lr_finetune:g}")
         if self.cut_tensor is not None:
             x, y, view, vx, vy = self.views
             self.echo(f"phase 2: training on the {len(x)} cached views at the cut {tuple(x.shape[1:])}; "
@@ -481,17 +495,80 @@ class Trainer:
             tr = self.arrays_dataset(x, self.head_targets(), True, self.row_weights())
             va = self.arrays_dataset(vx, self.val_targets(vy), False)
             class_weight = None  # in the rows' sample weights
+            rows = len(x)
         else:
             model = self.model
             tr, va = self.finetune_data()
             class_weight = self.class_weight
+            rows = len(self.ds.train)
+        chosen = self.choose_candidate(model, tr, va, class_weight)
+        n = M.set_trainable(self.base, chosen.layers)
+        what = (chosen.name if cfg.recipe == "auto" else
+                f"last {cfg.unfreeze_blocks} block(s)" if cfg.unfreeze_blocks is not None
+                else f"last {cfg.unfreeze} layer(s)" + (" widened to whole blocks" if self.bb.unit == "block" else ""))
+        decay = f", lr x {cfg.lr_decay:g} per unit deeper" if cfg.lr_decay != 1.0 else ""
+        self.echo(f"phase 2: fine-tuning the {what}: {len(chosen.layers)} layers, {n} with trainable weights "
+                  f"(BatchNorm frozen, inference mode), lr {chosen.lr:g}{decay}")
+        epochs = self.phase_epochs("phase2", cfg.epochs_finetune, rows, cfg.min_steps // 2)
         with self.strategy.scope():
-            model.compile(optimizer=keras.optimizers.Adam(cfg.lr_finetune), loss=self.loss(), metrics=self.metrics())
-        model.fit(tr, validation_data=va, epochs=cfg.epochs_finetune, verbose=0, shuffle=False,  # tf.data shuffles
-                  class_weight=class_weight, callbacks=self.callbacks("phase 2", cfg.epochs_finetune))
+            model.compile(optimizer=self.finetune_optimizer(chosen), loss=self.loss(), metrics=self.metrics())
+        model.fit(tr, validation_data=va, epochs=epochs, verbose=0, shuffle=False,  # tf.data shuffles
+                  class_weight=class_weight, callbacks=self.callbacks("phase 2", epochs))
         self.timings["phase2_s"] = time.perf_counter() - t0
         p = self.ckpt / "history_phase2.json"
         return json.loads(p.read_text()) if p.exists() else []
+
+    def finetune_optimizer(self, cand):
+        from edgetl import recipe
+
+        mult = recipe.lr_multipliers(self.base, self.bb, cand.layers, self.cfg.lr_decay)
+        return recipe.optimizer(cand.lr, mult, self.cfg.accumulate)
+
+    def choose_candidate(self, model, tr, va, class_weight):
+        """The phase-2 setting: the only one (fixed recipe), or the grid's best on validation,
+        each candidate trained for a few epochs from the same starting weights. The choice is
+        kept in the checkpoints, so a resumed run does not search again."""
+        from edgetl import model as M
+        from edgetl import recipe
+
+        cands = self.candidates
+        saved = self.ckpt / "recipe_choice.json"
+        if len(cands) == 1:
+            self.recipe_log["phase2"] = {"chosen": cands[0].record(), "grid": []}
+            return cands[0]
+        if saved.exists():
+            name = json.loads(saved.read_text())["chosen"]["name"]
+            chosen = next(c for c in cands if c.name == name)
+            self.recipe_log["phase2"] = json.loads(saved.read_text())
+            self.echo(f"phase 2: recipe chosen in an earlier run: {chosen.name}")
+            return chosen
+        if self.cut_tensor is None:  # on images a search costs whole trainings: use the middle setting
+            chosen = cands[len(cands) // 2]
+            self.recipe_log["phase2"] = {"chosen": chosen.record(), "grid": [], "note": "no search: no cached cut"}
+            return chosen
+        t0 = time.perf_counter()
+        start = model.get_weights()
+        self.echo(f"phase 2: auto recipe: {len(cands)} candidates, {recipe.PROBE_EPOCHS} epochs each on the cached "
+                  f"activations, scored on the validation split")
+        for c in cands:
+            model.set_weights(start)
+            M.set_trainable(self.base, c.layers)
+            with self.strategy.scope():
+                model.compile(optimizer=self.finetune_optimizer(c), loss=self.loss(), metrics=self.metrics())
+            h = model.fit(tr, validation_data=va, epochs=recipe.PROBE_EPOCHS, verbose=0, shuffle=False,
+                          class_weight=class_weight)
+            c.val_accuracy = float(h.history["val_accuracy"][-1])
+            c.val_loss = float(h.history["val_loss"][-1])
+            self.echo(f"  {c.name:<28} val acc {c.val_accuracy:.4f}  val loss {c.val_loss:.4f}")
+        model.set_weights(start)
+        chosen = recipe.choose(cands)
+        self.timings["recipe_search_s"] = time.perf_counter() - t0
+        log = {"chosen": chosen.record(), "grid": [c.record() for c in cands], "scored_on": "val",
+               "probe_epochs": recipe.PROBE_EPOCHS}
+        self.recipe_log["phase2"] = log
+        artifacts.write_json(saved, log)
+        self.echo(f"phase 2: auto recipe chose {chosen.name} ({self.timings['recipe_search_s']:.1f}s)")
+        return chosen
 
     # ---- evaluation and outputs -----------------------------------------
     def predict_split(self, split) -> np.ndarray:
@@ -554,6 +631,7 @@ class Trainer:
             "headline": {"split": head["split"], "accuracy": head["accuracy"], "ci95": head["ci95"], "n": head["n"],
                          "note": "test split: held out, never used for any choice" if test else
                          "validation split: used for model selection (early stopping, phase choice), so optimistic"},
+            "recipe": self.recipe_log,
             "timings": self.timings,
         }
         history = {"phase1": h1, "phase2": h2}

@@ -1,0 +1,123 @@
+"""The fine-tuning recipe: how long each phase trains, how deep phase 2 reaches and how fast
+each part of it learns.
+
+- ``fixed``: phase 2 unfreezes ``--unfreeze`` layers (or ``--unfreeze-blocks``) at
+  ``--lr-finetune``, for the epochs given.
+- ``auto`` (the default): each phase runs at least a minimum number of optimizer steps (small
+  data sets otherwise stop underfitted: 100 images at batch 32 are 4 steps an epoch), and
+  phase 2 picks its depth and learning rate from a small grid, each candidate trained
+  briefly on the cached activations and scored on the validation split (never on test).
+
+Both take ``--lr-decay`` (discriminative learning rates: each unit deeper from the top gets
+the rate times the decay) and ``--accumulate`` (gradients averaged over N batches before an
+update: a large effective batch on small memory)."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+GRID_BLOCKS = (2, 3, 5)           # units from the top (MobileNetV2: top conv + 1, 2, 4 inverted-residual blocks)
+GRID_LRS = (1e-5, 1e-4)
+PROBE_EPOCHS = 2
+
+
+@dataclass
+class Candidate:
+    """One phase-2 setting: the layers it trains and its base learning rate."""
+
+    name: str
+    blocks: int | None
+    lr: float
+    layers: list[Any]
+    val_accuracy: float | None = None
+    val_loss: float | None = None
+
+    def record(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("layers")
+        d["trained_layers"] = len(self.layers)
+        return d
+
+
+def budget_epochs(epochs: int, rows: int, batch: int, min_steps: int, accumulate: int = 1) -> int:
+    """Epochs so that the phase makes at least ``min_steps`` optimizer updates (never fewer
+    than asked)."""
+    steps = max(1, math.ceil(rows / batch) // max(1, accumulate))
+    return max(epochs, math.ceil(min_steps / steps))
+
+
+def candidates(base: Any, bb: Any, cfg: Any) -> list[Candidate]:
+    """The phase-2 settings to try: one for ``fixed``; the grid for ``auto``."""
+    from edgetl.backbones import layers_to_unfreeze, units
+
+    if cfg.recipe == "fixed" or not cfg.epochs_finetune:
+        layers = layers_to_unfreeze(base, bb, cfg.unfreeze, cfg.unfreeze_blocks) if cfg.epochs_finetune else []
+        return [Candidate("fixed", cfg.unfreeze_blocks, cfg.lr_finetune, layers)]
+    n_units = len(units(base, bb))
+    out = []
+    for k in GRID_BLOCKS:
+        if k >= n_units:
+            continue
+        layers = layers_to_unfreeze(base, bb, n_blocks=k)
+        for lr in GRID_LRS:
+            out.append(Candidate(f"last {k} units at {lr:g}", k, lr, layers))
+    return out or [Candidate("fixed", cfg.unfreeze_blocks, cfg.lr_finetune,
+                             layers_to_unfreeze(base, bb, cfg.unfreeze, cfg.unfreeze_blocks))]
+
+
+def choose(cands: list[Candidate]) -> Candidate:
+    """Best validation accuracy, then lowest validation loss, then the shallower and slower."""
+    scored = [c for c in cands if c.val_accuracy is not None]
+    if not scored:
+        return cands[0]
+    return min(scored, key=lambda c: (-round(c.val_accuracy or 0.0, 6), c.val_loss if c.val_loss is not None
+                                      else math.inf, c.blocks or 0, c.lr))
+
+
+def lr_multipliers(base: Any, bb: Any, trained_layers: list[Any], decay: float) -> dict[str, float]:
+    """{variable path: factor}: the top unit learns at the base rate, each unit deeper at
+    ``decay`` times the one above it. Empty when decay is 1 (one rate for all)."""
+    from edgetl.backbones import units
+
+    if decay == 1.0:
+        return {}
+    keep = {id(layer) for layer in trained_layers}
+    out: dict[str, float] = {}
+    depth = 0
+    for _, layers in reversed(units(base, bb)):
+        mine = [layer for layer in layers if id(layer) in keep]
+        if not mine:
+            continue
+        for layer in mine:
+            for v in layer.trainable_weights:
+                out[v.path] = decay ** depth
+        depth += 1
+    return out
+
+
+def optimizer(lr: float, multipliers: dict[str, float] | None = None, accumulate: int = 1) -> Any:
+    """Adam with per-variable learning-rate factors and optional gradient accumulation."""
+    import keras
+
+    class LayerwiseAdam(keras.optimizers.Adam):
+        """Adam whose update of each variable uses lr times that variable's factor."""
+
+        def __init__(self, factors: dict[str, float], **kw: Any):
+            super().__init__(**kw)
+            self.factors = dict(factors)  # by variable path
+            self._by_key: dict[Any, float] = {}
+
+        def build(self, variables: Any) -> None:
+            super().build(variables)
+            # the backend hands update_step its own variable objects: map them by the optimizer's key
+            self._by_key = {self._var_key(v): self.factors.get(v.path, 1.0) for v in variables}
+
+        def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+            f = self._by_key.get(self._var_key(variable), 1.0)
+            super().update_step(gradient, variable, learning_rate * f if f != 1.0 else learning_rate)
+
+    kw: dict[str, Any] = {"learning_rate": lr}
+    if accumulate > 1:
+        kw["gradient_accumulation_steps"] = int(accumulate)
+    return LayerwiseAdam(multipliers or {}, **kw)

@@ -1,0 +1,85 @@
+"""The fine-tuning recipe: step budget, phase-2 grid chosen on validation, layer-wise
+learning rates, gradient accumulation."""
+import json
+
+import numpy as np
+import pytest
+
+from edgetl import recipe
+
+from common import TINY
+
+
+def test_step_budget_raises_epochs_for_small_data_only():
+    assert recipe.budget_epochs(20, rows=100, batch=32, min_steps=300) == 75     # 4 steps an epoch
+    assert recipe.budget_epochs(20, rows=10_000, batch=32, min_steps=300) == 20  # already enough
+    assert recipe.budget_epochs(20, rows=100, batch=32, min_steps=300, accumulate=2) == 150
+
+
+@pytest.fixture(scope="module")
+def small_base():
+    from edgetl import backbones
+
+    bb = backbones.get("mobilenetv2")
+    return bb.build(32, 0.35, weights=None), bb
+
+
+def test_lr_decay_gives_each_unit_its_own_rate(small_base):
+    from edgetl.backbones import layers_to_unfreeze, units
+
+    base, bb = small_base
+    layers = layers_to_unfreeze(base, bb, n_blocks=3)
+    mult = recipe.lr_multipliers(base, bb, layers, 0.5)
+    top3 = [u for u in units(base, bb)][-3:]
+    for depth, (_, ls) in enumerate(reversed(top3)):
+        paths = [v.path for layer in ls for v in layer.trainable_weights]
+        assert paths and all(mult[p] == 0.5 ** depth for p in paths), depth
+    assert recipe.lr_multipliers(base, bb, layers, 1.0) == {}
+    # the optimizer applies them: Adam's first step moves each variable by about lr x factor
+    import keras
+
+    a, b = keras.Variable(np.zeros(4, "float32"), name="a"), keras.Variable(np.zeros(4, "float32"), name="b")
+    opt = recipe.optimizer(1e-2, {a.path: 1.0, b.path: 0.25})
+    opt.apply([np.ones(4, "float32"), np.ones(4, "float32")], [a, b])
+    step_a, step_b = -np.asarray(a)[0], -np.asarray(b)[0]
+    assert step_a == pytest.approx(1e-2, rel=1e-3) and step_b == pytest.approx(0.25e-2, rel=1e-3)
+
+
+def test_accumulate_4_at_batch_8_matches_batch_32():
+    import keras
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 5)).astype("float32")
+    y = (x @ rng.normal(size=(5, 1)) + 0.1).astype("float32")
+
+    def fit(batch, accumulate):
+        keras.utils.set_random_seed(1)
+        m = keras.Sequential([keras.Input((5,)), keras.layers.Dense(1)])
+        m.compile(optimizer=recipe.optimizer(0.05, accumulate=accumulate), loss="mse")
+        m.fit(x, y, batch_size=batch, epochs=3, shuffle=False, verbose=0)
+        return [np.asarray(w) for w in m.get_weights()]
+
+    acc, big, small = fit(8, 4), fit(32, 1), fit(8, 1)
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(acc, big))
+    assert not all(np.allclose(a, b, atol=1e-3) for a, b in zip(small, big))  # the toy tells them apart
+
+
+def test_auto_recipe_searches_on_val_and_records_its_choice(tiny_data, imagenet_mnv2_100, tmp_path):
+    from edgetl.config import TrainConfig
+    from edgetl.train import train
+
+    cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), **{**TINY, "recipe": "auto", "min_steps": 40,
+                                                                        "epochs_head": 2})
+    lines = []
+    res = train(cfg, echo=lines.append)
+    m = json.loads((res.run_dir / "metrics.json").read_text())
+    r = m["recipe"]
+    assert r["recipe"] == "auto" and r["phase2"]["scored_on"] == "val"
+    grid = r["phase2"]["grid"]
+    assert len(grid) == 6 and {g["lr"] for g in grid} == {1e-5, 1e-4} and {g["blocks"] for g in grid} == {2, 3, 5}
+    assert all(0.0 <= g["val_accuracy"] <= 1.0 for g in grid)
+    best = max(g["val_accuracy"] for g in grid)
+    assert r["phase2"]["chosen"]["val_accuracy"] == best
+    # 39 training images x 2 views at batch 16: 5 steps an epoch, so 2 epochs became 8 for 40 steps
+    assert m["data"]["train_counts"] == [13, 13, 13] and r["phase1_epochs"] == 8
+    assert any("auto recipe chose" in line for line in lines)
