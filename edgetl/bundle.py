@@ -16,6 +16,7 @@ from edgetl import artifacts
 from edgetl.errors import EdgetlError
 from edgetl.rundir import LABELS, list_artifacts, open_run, sidecar
 from edgetl.timing import CHECK_SCRIPT
+from edgetl.types import Echo, PathLike
 
 README = """edgetl device bundle for {run}
 
@@ -34,7 +35,8 @@ def _key(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
-def bundle(run_dir, out, formats=("tflite", "onnx"), samples: int = 16, threads: int = 2, echo=print) -> Path:
+def bundle(run_dir: PathLike, out: PathLike, formats: str | tuple[str, ...] = ("tflite", "onnx"), samples: int = 16,
+           threads: int = 2, echo: Echo = print) -> Path:
     from edgetl.runners import KerasRunner, open_runner
     from edgetl.tfdata import load_array
 

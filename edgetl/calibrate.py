@@ -10,6 +10,7 @@ import numpy as np
 
 from edgetl import artifacts, rundir
 from edgetl.errors import EdgetlError
+from edgetl.types import Echo, PathLike
 
 DEFAULT_DIR = rundir.CALIBRATION
 
@@ -28,7 +29,8 @@ def stratified_sample(paths, labels, size: int, seed: int) -> list[int]:
     return sorted(out)
 
 
-def calibrate(data, size: int = 200, out=DEFAULT_DIR, seed: int = 42, val_split: float = 0.2, echo=print,
+def calibrate(data: PathLike, size: int = 200, out: PathLike = DEFAULT_DIR, seed: int = 42, val_split: float = 0.2,
+              echo: Echo = print,
               test_split: float | None = None) -> Path:
     """Sample ``size`` training images of ``data`` into ``out`` (class sub-folders): the same
     seeded train/val/test split as training, so that no val or test image is used."""
@@ -78,7 +80,7 @@ def _swap_in(out: Path, new: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def check_overlap(calib_files, held_out_files, where: str) -> None:
+def check_overlap(calib_files, held_out_files, where: str, data: str = "DATA") -> None:
     """Refuse a calibration set that shares an image (by content) with the held-out split."""
     from edgetl.data import same_images
 
@@ -87,4 +89,4 @@ def check_overlap(calib_files, held_out_files, where: str) -> None:
         c, h = clash[0]
         raise EdgetlError(
             f"{where}: {len(clash)} calibration image(s) are also in the run's held-out split (e.g. {c} = {h}); "
-            f"calibrate from training images only: edgetl calibrate DATA --out {where}")
+            f"calibrate from training images only: edgetl calibrate {data} --out {where}")

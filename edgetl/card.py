@@ -9,6 +9,7 @@ import yaml
 from edgetl import artifacts, rundir
 from edgetl.evaluate import INLINE_MAX
 from edgetl.stats import fmt_acc
+from edgetl.types import Echo, PathLike
 
 SNIPPETS = '''### Python (onnxruntime)
 
@@ -82,7 +83,7 @@ def _onnx_io(path: Path) -> tuple[str, str]:
         return "image", "probabilities"
 
 
-def write_card(run_dir, pipeline=None, echo=print) -> Path:
+def write_card(run_dir: PathLike, pipeline: object = None, echo: Echo = print) -> Path:
     from edgetl.verify import table
 
     run = rundir.open_run(run_dir)

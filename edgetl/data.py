@@ -15,6 +15,7 @@ import numpy as np
 
 from edgetl.errors import EdgetlError
 from edgetl.images import BadImage, open_rgb
+from edgetl.types import PathLike
 
 SPLIT_DIRS = ("train", "val", "test")
 
@@ -151,7 +152,7 @@ def auto_test_split(counts: list[int]) -> float:
     return AUTO_TEST_FRACTION if counts and min(counts) * AUTO_TEST_FRACTION >= AUTO_TEST_MIN else 0.0
 
 
-def scan(root, val_split: float = 0.2, seed: int = 42, strict: bool = False, min_per_class: int = 2,
+def scan(root: PathLike, val_split: float = 0.2, seed: int = 42, strict: bool = False, min_per_class: int = 2,
          test_split: float | None = None) -> Dataset:
     """Scan ``root`` and return the classes, splits and skipped files.
 

@@ -27,6 +27,7 @@ from edgetl import artifacts, rundir
 from edgetl.config import DistillConfig, TrainConfig
 from edgetl.errors import EdgetlError
 from edgetl.train import Trainer
+from edgetl.types import Echo
 
 __all__ = ["DistillConfig", "Distiller", "Teacher", "distill", "kd_loss_value", "make_loss"]
 
@@ -267,7 +268,8 @@ def _student_probs(model_path, paths, resize: str) -> np.ndarray:
     return np.concatenate([r.predict(x[i:i + 64]) for i in range(0, len(x), 64)])
 
 
-def distill(config: TrainConfig, dcfg: DistillConfig, resume: bool = False, echo=print, callbacks=()) -> dict:
+def distill(config: TrainConfig, dcfg: DistillConfig, resume: bool = False, echo: Echo = print,
+            callbacks: tuple = ()) -> dict[str, Any]:
     """Distil ``dcfg.teacher`` into the student of ``config``; returns the side-by-side report."""
     from edgetl.tfdata import load_array
 

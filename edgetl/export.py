@@ -26,6 +26,7 @@ from edgetl import __version__, artifacts, rundir
 from edgetl.config import CALIB_METHODS, ExportOptions
 from edgetl.errors import EdgetlError
 from edgetl.rundir import Run, artifact_file, open_run
+from edgetl.types import Echo, PathLike
 
 __all__ = ["Artifact", "ExportOptions", "Exporter", "export", "artifact_file"]
 
@@ -94,16 +95,16 @@ class Exporter:
             files = [str(p) for p in readable_images(folder)]
             if not files and self.opts.calibration:
                 raise EdgetlError(f"{folder}: no calibration images; give a folder of training images "
-                                  f"or create one with: edgetl calibrate DATA --out {folder}")
+                                  f"or create one with: edgetl calibrate {self.run.config.data or 'DATA'} --out {folder}")
             if files:
                 held = self.run.split_files("val")[0] + self.run.split_files("test")[0]
-                check_overlap(files, held, str(folder))
+                check_overlap(files, held, str(folder), self.run.config.data or "DATA")
                 src = str(folder)
             else:
                 tr, lab = self.run.split_files("train")
                 if not tr:
                     raise EdgetlError(f"no calibration images in {folder}/ and no training split in {self.run.dir}; "
-                                      f"run: edgetl calibrate DATA")
+                                      f"run: edgetl calibrate {self.run.config.data or 'DATA'}")
                 from edgetl.calibrate import stratified_sample
 
                 idx = stratified_sample(tr, lab, self.opts.calib_size, self.opts.seed)
@@ -350,6 +351,6 @@ def _debug() -> bool:
     return bool(os.environ.get("EDGETL_DEBUG"))
 
 
-def export(run_dir, opts: ExportOptions | None = None, echo=print) -> list[Artifact]:
+def export(run_dir: PathLike, opts: ExportOptions | None = None, echo: Echo = print) -> list[Artifact]:
     """Export the run's model; returns one Artifact per requested (format, quantization)."""
     return Exporter(run_dir, opts or ExportOptions(), echo).run_all()

@@ -27,6 +27,7 @@ from edgetl.config import (
     field_types,
 )
 from edgetl.errors import EdgetlError, OptionError
+from edgetl.types import Echo, PathLike
 
 STAGES = ("train", "calibrate", "export", "verify", "card")
 
@@ -116,7 +117,7 @@ def _resolve(base: Path, section: str, key: str, value: Any) -> Any:
     return str(p if p.is_absolute() else base / p)
 
 
-def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Pipeline:
+def load(path: PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Pipeline:
     """Read and validate a pipeline file; ``overrides`` are 'section.key=value' strings.
 
     Every problem in the file is reported at once. Relative paths in it (data, out,
@@ -360,7 +361,8 @@ class PipelineRunner:
         return write_card(self.run_dir, self.p, echo=self.echo)
 
 
-def run(config, from_stage=None, force=False, overrides=(), echo=print) -> dict:
+def run(config: PathLike, from_stage: str | None = None, force: bool = False, overrides: tuple[str, ...] | list[str] = (),
+        echo: Echo = print) -> dict[str, Any]:
     return PipelineRunner(load(config, overrides), from_stage, force, echo).run()
 
 

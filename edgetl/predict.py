@@ -9,9 +9,11 @@ import numpy as np
 from edgetl.errors import EdgetlError
 from edgetl.images import BadImage, fit_size, open_rgb
 from edgetl.runners import open_runner
+from edgetl.types import PathLike
 
 
-def predict(model, images, top_k: int = 5, threads: int | None = None) -> list[dict]:
+def predict(model: PathLike, images: list[PathLike] | tuple[PathLike, ...], top_k: int = 5,
+            threads: int | None = None) -> list[dict[str, Any]]:
     """One dict per image, in order: {"image", "model", "top": [{"label", "index",
     "probability"}]}, or for an image that cannot be read {"image", "model", "error"}
     (the others are still predicted; :func:`unreadable` picks those entries out)."""

@@ -18,6 +18,7 @@ import numpy as np
 from edgetl import artifacts, backbones, rundir
 from edgetl.errors import EdgetlError
 from edgetl.rundir import open_run
+from edgetl.types import Echo, PathLike
 
 QAT_FILE = rundir.artifact_file("tflite", "qat_int8")
 
@@ -149,8 +150,8 @@ def to_int8_tflite(qmodel, img_size: int, calib: np.ndarray, io_type: str = "flo
     return bytes(full_integer(c, calib, io_type).convert())
 
 
-def qat(run_dir, epochs: int = 3, lr: float = 1e-5, batch_size: int = 32, io_type: str = "float32",
-        calibration: str | None = None, echo=print) -> QatResult:
+def qat(run_dir: PathLike, epochs: int = 3, lr: float = 1e-5, batch_size: int = 32, io_type: str = "float32",
+        calibration: str | None = None, echo: Echo = print) -> QatResult:
     import tensorflow as tf
     import tf_keras as tfk
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgetl import artifacts
 from edgetl.errors import EdgetlError
+from edgetl.types import PathLike
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgetl.config import TrainConfig
@@ -58,14 +59,14 @@ def artifact_file(fmt: str, quant: str) -> str:
     return f"{EXPORT}/model_{quant}.{fmt}"
 
 
-def sidecar(path: str | Path) -> Path:
+def sidecar(path: PathLike) -> Path:
     """The JSON sidecar (labels, input contract, preprocessing) beside an exported model."""
     p = Path(path)
     return p.with_name(p.name + SIDECAR_SUFFIX)
 
 
 # ---------------------------------------------------------------- manifest ----
-def read_manifest(folder: str | Path) -> dict[str, Any]:
+def read_manifest(folder: PathLike) -> dict[str, Any]:
     p = Path(folder) / MANIFEST
     if not p.exists():
         return {}
@@ -78,7 +79,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     return man
 
 
-def update_manifest(folder: str | Path, section: str, payload: dict[str, Any]) -> dict[str, Any]:
+def update_manifest(folder: PathLike, section: str, payload: dict[str, Any]) -> dict[str, Any]:
     """Merge ``payload`` under ``section`` of the folder's manifest (atomically)."""
     man = read_manifest(folder)
     man.setdefault("created", artifacts.now_iso())
@@ -90,27 +91,27 @@ def update_manifest(folder: str | Path, section: str, payload: dict[str, Any]) -
 
 
 # ----------------------------------------------------------------- readers ----
-def read_labels(run_dir: str | Path) -> list[str]:
+def read_labels(run_dir: PathLike) -> list[str]:
     p = Path(run_dir) / LABELS
     if not p.exists():
         raise EdgetlError(f"{run_dir}: no {LABELS}; give a run directory written by 'edgetl train'")
     return [line for line in p.read_text().splitlines() if line.strip()]
 
 
-def run_of(model_path: str | Path) -> Path | None:
+def run_of(model_path: PathLike) -> Path | None:
     """The run directory a model file belongs to: the folder holding labels.txt, beside the
     file or above it (export/)."""
     p = Path(model_path)
     return next((d for d in (p.parent, p.parent.parent) if (d / LABELS).exists()), None)
 
 
-def labels_near(model_path: str | Path) -> list[str] | None:
+def labels_near(model_path: PathLike) -> list[str] | None:
     """labels.txt beside a model file or in the run directory above it (export/)."""
     d = run_of(model_path)
     return read_labels(d) if d is not None else None
 
 
-def resize_near(model_path: str | Path) -> str | None:
+def resize_near(model_path: PathLike) -> str | None:
     """The resize mode of the run a model file belongs to (a .keras file has no sidecar)."""
     import yaml
 
@@ -124,7 +125,7 @@ def resize_near(model_path: str | Path) -> str | None:
     return cfg.get("resize") if isinstance(cfg, dict) and isinstance(cfg.get("resize"), str) else None
 
 
-def load_run_config(run_dir: str | Path) -> TrainConfig:
+def load_run_config(run_dir: PathLike) -> TrainConfig:
     import yaml
 
     from edgetl.config import TrainConfig
@@ -141,7 +142,7 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     return TrainConfig.from_dict(raw, where=str(p))
 
 
-def read_json(path: str | Path) -> dict[str, Any]:
+def read_json(path: PathLike) -> dict[str, Any]:
     p = Path(path)
     try:
         out = json.loads(p.read_text())
@@ -154,12 +155,12 @@ def read_json(path: str | Path) -> dict[str, Any]:
     return out
 
 
-def is_finished(run_dir: str | Path) -> bool:
+def is_finished(run_dir: PathLike) -> bool:
     d = Path(run_dir)
     return (d / MODEL).is_file() and "train" in read_manifest(d)
 
 
-def resume_hint(run_dir: str | Path) -> str:
+def resume_hint(run_dir: PathLike) -> str:
     """The command that finishes an interrupted run, with its real paths."""
     d = Path(run_dir)
     kind, data = "train", "DATA"
@@ -227,7 +228,7 @@ class Run:
         return load_keras(self.model_path)
 
 
-def open_run(run_dir: str | Path, finished: bool = True) -> Run:
+def open_run(run_dir: PathLike, finished: bool = True) -> Run:
     """Open a run directory for a later stage. ``finished`` (the default) refuses a run
     without its manifest: training wrote it last, so without it the run is unfinished."""
     d = Path(run_dir)
@@ -241,7 +242,7 @@ def open_run(run_dir: str | Path, finished: bool = True) -> Run:
     return Run(d, read_labels(d), load_run_config(d), split)
 
 
-def list_artifacts(run_dir: str | Path) -> list[dict[str, Any]]:
+def list_artifacts(run_dir: PathLike) -> list[dict[str, Any]]:
     """The Keras reference and every exported model of the run, with their quantization."""
     d = Path(run_dir)
     out: list[dict[str, Any]] = [{"name": MODEL, "path": d / MODEL, "format": "keras", "quant": "fp32"}]

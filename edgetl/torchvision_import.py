@@ -28,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from edgetl.errors import EdgetlError
+from edgetl.types import PathLike
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
@@ -358,7 +359,7 @@ def save_legacy_h5(model, dest) -> Path:
     return Path(dest)
 
 
-def import_mobilenet_v2(checkpoint, out_dir=None) -> dict[str, Path]:
+def import_mobilenet_v2(checkpoint: PathLike, out_dir: PathLike | None = None) -> dict[str, Path]:
     """Convert the checkpoint and write both Keras files (with and without top)
     under their official names into ``out_dir`` (default: Keras' cache)."""
     from edgetl.weights import keras_models_dir

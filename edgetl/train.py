@@ -26,6 +26,7 @@ from edgetl.config import TrainConfig, parse_augment
 from edgetl.data import Dataset, class_weights, scan
 from edgetl.errors import EdgetlError, TrainingInterrupted
 from edgetl.rundir import load_run_config, read_labels  # noqa: F401  (part of this module's API)
+from edgetl.types import Echo, PathLike
 
 
 @dataclass
@@ -691,6 +692,7 @@ class Trainer:
         self.echo(f"run directory: {self.run_dir}")
 
 
-def train(config: TrainConfig, resume: bool = False, callbacks=(), echo=print, root="models") -> TrainResult:
+def train(config: TrainConfig, resume: bool = False, callbacks: tuple = (), echo: Echo = print,
+          root: PathLike = "models") -> TrainResult:
     """Train a classifier; see :class:`Trainer`. Returns the run directory and metrics."""
     return Trainer(config, resume=resume, callbacks=callbacks, echo=echo, root=root).run()

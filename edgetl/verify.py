@@ -14,6 +14,7 @@ from edgetl.device_results import device_rows
 from edgetl.errors import EdgetlError
 from edgetl.rundir import REPORT_JSON, REPORT_MD, list_artifacts, open_run
 from edgetl.rundir import VERIFY_PLOTS as PLOTS
+from edgetl.types import Echo, PathLike
 
 
 @dataclass
@@ -103,7 +104,8 @@ def measure(entry: dict, x: np.ndarray, y: np.ndarray, ref: np.ndarray | None, t
     return row, probs
 
 
-def verify(run_dir, opts: VerifyOptions | None = None, device_results=(), echo=print,
+def verify(run_dir: PathLike, opts: VerifyOptions | None = None, device_results: tuple[PathLike, ...] | list[PathLike] = (),
+           echo: Echo = print,
            isolated: bool = True) -> dict:
     """Score and time every artifact of the run against its Keras model; see :class:`VerifyOptions`."""
     from edgetl.timing import machine_info

@@ -8,6 +8,7 @@ from pathlib import Path
 from edgetl import backbones
 from edgetl.artifacts import copy_file
 from edgetl.errors import EdgetlError
+from edgetl.types import PathLike
 
 
 def keras_models_dir() -> Path:
@@ -73,7 +74,7 @@ def build_base(bb: backbones.Backbone, img_size: int, alpha: float | None, weigh
     return base
 
 
-def install(file, backbone: str, alpha: float | None = None) -> Path:
+def install(file: PathLike, backbone: str, alpha: float | None = None) -> Path:
     """Check ``file`` loads into the backbone (no top), then copy it into Keras' cache."""
     bb = backbones.get(backbone)
     file = Path(file).expanduser()
