@@ -15,7 +15,6 @@ views; the teacher labels them and their rows carry only the distillation term
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 from pathlib import Path
@@ -112,16 +111,20 @@ class Teacher:
             raise EdgetlError(f"{self.path}: teacher classes {self.labels} differ from the data's {classes} "
                               f"(names or order); train the teacher on the same class folders")
 
-    def check_leak(self, val_paths, echo) -> int:
-        """Warn when the teacher (an edgetl run) trained on the student's validation images."""
+    def check_leak(self, held_paths, echo) -> int:
+        """Warn when the teacher (an edgetl run) trained on images the student is scored on
+        (its validation or test split), compared by content: a copy under another name counts."""
+        from edgetl.data import same_images
+
         split = self.path.parent / rundir.SPLIT
         if not split.exists():
             return 0
-        seen = {r["file"] for r in json.loads(split.read_text()).get("train", [])}
-        n = sum(str(Path(p).resolve()) in seen for p in val_paths)
+        seen = [r["file"] for r in rundir.read_json(split).get("train", [])]
+        n = len({f for f, _ in same_images(held_paths, seen)})
         if n:
-            echo(f"warning: the teacher trained on {n} of the student's {len(val_paths)} validation images; "
-                 f"its accuracy below is optimistic (use the same data split and seed for both)")
+            echo(f"warning: the teacher trained on {n} of the {len(held_paths)} images the student is scored on "
+                 f"(same content); its accuracy and the distilled student's are optimistic: train the teacher "
+                 f"without them (the same data split and seed for both)")
         return n
 
     def logits(self, images) -> np.ndarray:
@@ -151,7 +154,8 @@ class Distiller(Trainer):
 
     def check_inputs(self) -> None:
         self.teacher.check_classes(self.ds.classes)
-        self.teacher.check_leak(self.ds.val.paths, self.echo)
+        self.teacher.check_leak(self.ds.val.paths + (self.ds.test.paths if self.ds.test is not None else []),
+                                self.echo)
         self.unlabeled = self._transfer_set()
 
     def start(self) -> None:

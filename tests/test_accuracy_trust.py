@@ -159,3 +159,22 @@ def test_train_cli_carves_and_says_so(tmp_path, imagenet_mnv2_100):
     assert "test split: carved 0.25 of each class (given, seed 42)" in r.output
     assert "(used for model selection)" in r.output and "(held out; the headline)" in r.output
     assert "test accuracy" in r.output and "[" in r.output.split("test accuracy")[1].splitlines()[0]
+
+
+def test_teacher_leak_is_found_by_content_not_by_path(tiny_run, tmp_path):
+    import shutil
+
+    from edgetl.distill import Teacher
+
+    split = json.loads((tiny_run.run_dir / "split.json").read_text())
+    seen = [r["file"] for r in split["train"]][:3]
+    held = []
+    for i, f in enumerate(seen):  # the teacher's training images, copied under other names
+        dest = tmp_path / f"renamed_{i}.png"
+        shutil.copyfile(f, dest)
+        held.append(str(dest))
+    fresh = make_dataset(tmp_path / "fresh", per_class=2, seed=123)
+    held += [str(p) for p in sorted(fresh.rglob("*.png"))]
+    lines = []
+    n = Teacher(tiny_run.run_dir, echo=quiet).check_leak(held, lines.append)
+    assert n == 3 and "trained on 3 of the 9 images the student is scored on" in lines[0]
