@@ -175,7 +175,7 @@ def train_options(f):
         click.option("--lr-head", type=float, default=d(TrainConfig, "lr_head"), show_default=True, help="Adam learning rate, phase 1."),
         click.option("--lr-finetune", type=float, default=d(TrainConfig, "lr_finetune"), show_default=True, help="Adam learning rate, phase 2."),
         click.option("--recipe", type=click.Choice(RECIPES), default=d(TrainConfig, "recipe"), show_default=True,
-                     help="auto: phase 2 picks its depth (2, 3 or 5 units from the top) and learning rate (1e-5 or "
+                     help="auto: phase 2 picks its depth (2 or 5 units from the top) and learning rate (1e-5 or "
                           "1e-4) from a short trial of each on the cached activations, scored on validation, and "
                           "each phase runs at least --min-steps updates; fixed: --unfreeze and --lr-finetune as given."),
         click.option("--lr-decay", type=float, default=d(TrainConfig, "lr_decay"), show_default=True,

@@ -6,7 +6,8 @@ each part of it learns.
 - ``auto`` (the default): each phase runs at least a minimum number of optimizer steps (small
   data sets otherwise stop underfitted: 100 images at batch 32 are 4 steps an epoch), and
   phase 2 picks its depth and learning rate from a small grid, each candidate trained
-  briefly on the cached activations and scored on the validation split (never on test).
+  briefly (PROBE_STEPS updates on the plain view of each image) on the cached activations
+  and scored on the validation split (never on test).
 
 Both take ``--lr-decay`` (discriminative learning rates: each unit deeper from the top gets
 the rate times the decay) and ``--accumulate`` (gradients averaged over N batches before an
@@ -17,9 +18,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-GRID_BLOCKS = (2, 3, 5)           # units from the top (MobileNetV2: top conv + 1, 2, 4 inverted-residual blocks)
+GRID_BLOCKS = (2, 5)              # units from the top (MobileNetV2: top conv + 1 or 4 inverted-residual blocks)
 GRID_LRS = (1e-5, 1e-4)
-PROBE_EPOCHS = 2
+PROBE_STEPS = 40                  # optimizer steps of each trial (on the plain views)
 
 
 @dataclass

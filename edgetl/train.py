@@ -549,15 +549,20 @@ class Trainer:
             return chosen
         t0 = time.perf_counter()
         start = model.get_weights()
-        self.echo(f"phase 2: auto recipe: {len(cands)} candidates, {recipe.PROBE_EPOCHS} epochs each on the cached "
-                  f"activations, scored on the validation split")
+        # the trials train on the plain view of each image only (1/views of the rows): a cheap, unbiased probe
+        x, _, view, _, _ = self.views
+        plain = np.flatnonzero(view == 0)
+        targets, weights = self.head_targets(), self.row_weights()
+        tr = self.arrays_dataset(x[plain], targets[plain], True, None if weights is None else weights[plain])
+        probe_epochs = recipe.budget_epochs(1, len(plain), self.cfg.batch_size, recipe.PROBE_STEPS, self.cfg.accumulate)
+        self.echo(f"phase 2: auto recipe: {len(cands)} candidates, {probe_epochs} epochs each on the cached "
+                  f"activations of the {len(plain)} plain views, scored on the validation split")
         for c in cands:
             model.set_weights(start)
             M.set_trainable(self.base, c.layers)
             with self.strategy.scope():
                 model.compile(optimizer=self.finetune_optimizer(c), loss=self.loss(), metrics=self.metrics())
-            h = model.fit(tr, validation_data=va, epochs=recipe.PROBE_EPOCHS, verbose=0, shuffle=False,
-                          class_weight=class_weight)
+            h = model.fit(tr, validation_data=va, epochs=probe_epochs, verbose=0, shuffle=False)
             c.val_accuracy = float(h.history["val_accuracy"][-1])
             c.val_loss = float(h.history["val_loss"][-1])
             self.echo(f"  {c.name:<28} val acc {c.val_accuracy:.4f}  val loss {c.val_loss:.4f}")
@@ -565,7 +570,7 @@ class Trainer:
         chosen = recipe.choose(cands)
         self.timings["recipe_search_s"] = time.perf_counter() - t0
         log = {"chosen": chosen.record(), "grid": [c.record() for c in cands], "scored_on": "val",
-               "probe_epochs": recipe.PROBE_EPOCHS}
+               "probe_epochs": probe_epochs, "probe_rows": int(len(plain))}
         self.recipe_log["phase2"] = log
         artifacts.write_json(saved, log)
         self.echo(f"phase 2: auto recipe chose {chosen.name} ({self.timings['recipe_search_s']:.1f}s)")

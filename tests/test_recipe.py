@@ -76,7 +76,8 @@ def test_auto_recipe_searches_on_val_and_records_its_choice(tiny_data, imagenet_
     r = m["recipe"]
     assert r["recipe"] == "auto" and r["phase2"]["scored_on"] == "val"
     grid = r["phase2"]["grid"]
-    assert len(grid) == 6 and {g["lr"] for g in grid} == {1e-5, 1e-4} and {g["blocks"] for g in grid} == {2, 3, 5}
+    assert len(grid) == 4 and {g["lr"] for g in grid} == {1e-5, 1e-4} and {g["blocks"] for g in grid} == {2, 5}
+    assert r["phase2"]["probe_rows"] == 39  # the plain view of each training image
     assert all(0.0 <= g["val_accuracy"] <= 1.0 for g in grid)
     best = max(g["val_accuracy"] for g in grid)
     assert r["phase2"]["chosen"]["val_accuracy"] == best
