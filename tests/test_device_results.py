@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from edgetl.artifacts import sha256_file
 from edgetl.cli import main
+from edgetl.config import VerifyOptions
 from edgetl.device_results import MAX_BYTES, device_rows
 from edgetl.errors import EdgetlError
 from edgetl.verify import Gates
@@ -45,7 +46,7 @@ def good(run_dir) -> dict:
 
 def refusal(path, run_dir) -> str:
     with pytest.raises(EdgetlError) as e:
-        device_rows(path, Gates(), run_dir)
+        device_rows(path, Gates.of(VerifyOptions()), run_dir)
     assert e.value.exit_code == 2
     msg = e.value.message
     assert "\n" not in msg and msg.startswith(f"{path}: "), msg
@@ -60,11 +61,11 @@ def write(tmp_path, res) -> str:
 
 def test_valid_results_become_gated_device_rows(run_dir, tmp_path):
     p = write(tmp_path, good(run_dir))
-    rows = device_rows(p, Gates(min_agreement=0.5), run_dir)
+    rows = device_rows(p, Gates.of(VerifyOptions(min_agreement=0.5)), run_dir)
     assert [r["artifact"] for r in rows] == list(FILES)
     assert all(r["device"] == "pi5" and r["status"] == "pass" and r["p50_ms"] == 1.5 for r in rows)
     assert rows[0]["sha256"] == sha256_file(run_dir / "export" / FILES[0]) and rows[0]["samples"] == 8
-    rows = device_rows(p, Gates(min_agreement=0.9, max_latency_ms=1.0), run_dir)
+    rows = device_rows(p, Gates.of(VerifyOptions(min_agreement=0.9, max_latency_ms=1.0)), run_dir)
     assert all(r["status"] == "fail" and len(r["failed_gates"]) == 2 for r in rows)
 
 
@@ -160,7 +161,7 @@ def test_error_rows_are_failures_but_still_checked(run_dir, tmp_path):
         if k not in ("file", "sha256", "format", "quant", "size_bytes"):
             del m[k]
     m["error"] = "no TFLite runtime: pip install ai-edge-litert"
-    rows = device_rows(write(tmp_path, res), Gates(), run_dir)
+    rows = device_rows(write(tmp_path, res), Gates.of(VerifyOptions()), run_dir)
     assert rows[1]["status"] == "fail" and "no TFLite runtime" in rows[1]["failed_gates"][0]
     bad = copy.deepcopy(res)
     bad["models"][1]["file"] = "/etc/passwd"
