@@ -162,7 +162,7 @@ def test_a_killed_export_resumes_without_redoing_finished_artifacts(tiny_run, tm
 
 
 # -------------------------------------------------------------- output paths ----
-def test_outputs_under_proc_are_one_line(tiny_data, tiny_run, tmp_path):
+def test_outputs_under_proc_are_one_line(tiny_data, tiny_run, tiny_exported, tmp_path):
     r = CliRunner().invoke(main, ["calibrate", str(tiny_data), "--size", "4", "--out", "/proc/edgetl-nope/calib"])
     err = one_error_line(r, 1)
     assert "/proc/edgetl-nope" in err
