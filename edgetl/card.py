@@ -127,6 +127,11 @@ def write_card(run_dir, pipeline=None, echo=print) -> Path:
               f"{report['threads']} thread(s) on {report['machine']['cpu']}.", "", table(report, markdown=True), "",
               f"![accuracy vs latency]({rundir.VERIFY_PLOTS['accuracy_latency']}) "
               f"![sizes]({rundir.VERIFY_PLOTS['sizes']})", ""]
+        if report.get("robustness"):
+            from edgetl.robustness import table as rob_table
+
+            L += ["Accuracy under common corruptions (`edgetl verify --robustness`):", "",
+                  rob_table(report["robustness"], markdown=True), "", f"![robustness]({rundir.ROBUSTNESS_PLOT})", ""]
         rec = report["recommended"]
         L += ["## Recommended artifact", ""]
         if rec.get("fastest"):

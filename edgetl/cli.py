@@ -370,13 +370,16 @@ def qat(run, epochs, lr, batch_size, io_type, calibration):
 @click.option("--device-results", type=click.Path(), multiple=True,
               help="results.json from a bundle run on a device; its rows join the report.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Report folder. [default: RUN]")
-def verify(run, data, threads, max_drop, min_agreement, max_latency_ms, runs, batch, device_results, out):
+@click.option("--robustness", is_flag=True,
+              help="Also score every artifact under gaussian noise, blur, low light, contrast and JPEG at 3 "
+                   "severities: a table and a plot.")
+def verify(run, data, threads, max_drop, min_agreement, max_latency_ms, runs, batch, device_results, out, robustness):
     """Score and time every artifact of RUN against the Keras reference, with gates.
 
     Writes a table, report.json, report.md and plots; exit code 1 when any gate fails."""
     from edgetl.verify import verify as run_verify
 
-    opts = VerifyOptions(threads, max_drop, min_agreement, max_latency_ms, runs, batch, data, out)
+    opts = VerifyOptions(threads, max_drop, min_agreement, max_latency_ms, runs, batch, data, out, robustness)
     rep = run_verify(run, opts.validate(), device_results, echo=echo)
     if not rep["passed"]:
         failed = [f"{r['artifact']}: {'; '.join(r['failed_gates'])}" for r in rep["rows"] if r.get("failed_gates")]

@@ -265,6 +265,7 @@ class VerifyOptions(Options):
     batch: int = doc("batch size for throughput", 8)
     data: str | None = doc("folder of labelled images (null: the run's held-out split)", None)
     out: str | None = doc("report folder (null: the run directory)", None)
+    robustness: bool = doc("also score every artifact under common corruptions at 3 severities", False)
 
     def problems(self) -> list[OptionError]:
         c = Checks(self)

@@ -42,6 +42,7 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 VERIFY_PLOTS = {"accuracy_latency": "verify_accuracy_latency.png", "sizes": "verify_sizes.png",
                 "confusion": "verify_confusion.png"}
+ROBUSTNESS_PLOT = "verify_robustness.png"  # verify --robustness
 CARD = "MODEL_CARD.md"
 DISTILL = "distill.json"
 DISTILL_CONFIG = "distill_config.json"

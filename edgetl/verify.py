@@ -12,7 +12,7 @@ import numpy as np
 from edgetl import artifacts
 from edgetl.config import VerifyOptions
 from edgetl.errors import EdgetlError
-from edgetl.rundir import REPORT_JSON, REPORT_MD, list_artifacts, open_run
+from edgetl.rundir import REPORT_JSON, REPORT_MD, ROBUSTNESS_PLOT, list_artifacts, open_run
 from edgetl.rundir import VERIFY_PLOTS as PLOTS
 
 
@@ -135,9 +135,17 @@ def verify(run_dir, opts: VerifyOptions | None = None, device_results=(), echo=p
         "rows": rows, "recommended": recommend(rows),
     }
     report["passed"] = all(r["status"] in ("pass", "reference") for r in rows)
+    if o.robustness:
+        from edgetl import robustness
+
+        report["robustness"] = robustness.robustness(entries, x, y, threads, out / ROBUSTNESS_PLOT, echo=echo)
     write_report(report, out)
     echo("")
     echo(table(report))
+    if report.get("robustness"):
+        from edgetl.robustness import table as rob_table
+
+        echo("\naccuracy under corruptions (severity 1-3):\n" + rob_table(report["robustness"]))
     echo(f"\nreport: {out / REPORT_MD}, {out / REPORT_JSON}")
     return report
 
@@ -242,6 +250,11 @@ def markdown_report(report: dict) -> str:
         "", f"![accuracy vs latency]({PLOTS['accuracy_latency']})", f"![sizes]({PLOTS['sizes']})",
         f"![confusion]({PLOTS['confusion']})", "",
     ]
+    if report.get("robustness"):
+        from edgetl.robustness import table as rob_table
+
+        lines += ["## Accuracy under corruptions", "", rob_table(report["robustness"], markdown=True), "",
+                  f"![robustness]({ROBUSTNESS_PLOT})", ""]
     fails = [r for r in report["rows"] if r.get("failed_gates")]
     if fails:
         lines += ["## Failed gates", ""] + [f"- `{r['artifact']}`: {'; '.join(r['failed_gates'])}" for r in fails]
