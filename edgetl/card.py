@@ -119,6 +119,17 @@ def write_card(run_dir, pipeline=None, echo=print) -> Path:
         L.append(f"Phase 2 (last layers unfrozen, BatchNorm frozen): val accuracy {metrics['phase2']['accuracy']:.4f}.")
     L += [f"Kept: {metrics['selected_phase']} (val accuracy {metrics['val_accuracy']:.4f}); "
           f"{metrics['params']['total']:,} parameters.", "", f"![training curves]({rundir.CURVES})", ""]
+    # adaptation
+    if (d / rundir.ADAPT).exists():
+        from edgetl.adapt import table as adapt_table
+
+        ad = rundir.read_json(d / rundir.ADAPT)
+        L += ["## Domain adaptation", "",
+              f"The training above is the source run `{ad['source_run']}`; its model was adapted to "
+              f"{ad['target_images']} unlabelled target images (`{ad['target']}`) with **{ad['chosen']}** "
+              f"(`--method {ad['method']}`). Source accuracy is on the run's {ad['source_split']} split; target "
+              "accuracy (when labelled target images were given, for evaluation only) on those images; "
+              "95% Wilson intervals.", "", adapt_table(ad, markdown=True), ""]
     # artifacts
     L += ["## Artifacts", ""]
     rec = None

@@ -96,9 +96,9 @@ def corrupt_batch(images: np.ndarray, name: str, severity: int, seed: int = 0) -
         else np.asarray(images)
 
 
-def night(img: np.ndarray, seed: int = 0, gain: float = 0.3, noise: float = 0.035, blur_px: float = 1.0,
+def night(img: np.ndarray, seed: int = 0, gain: float = 0.35, noise: float = 0.035, blur_px: float = 1.0,
           quality: int = 15) -> np.ndarray:
-    """A phone camera at night: less than a third of the light with a slightly cool cast, sensor noise
+    """A phone camera at night: about a third of the light with a slightly cool cast, sensor noise
     (luminance and coarser chroma noise, both scaled to the image's size so they survive
     downscaling), a slight blur, and a low-quality JPEG."""
     a = np.asarray(img)

@@ -11,6 +11,7 @@ this one for a path or a reader, so a file is renamed here or nowhere::
       checkpoints/                                           (only while unfinished)
       calibration/  export/model_<quant>.<format>[.json]     (calibrate, export)
       report.json  report.md  verify_*.png  MODEL_CARD.md    (verify, card)
+      adapt.json                                             (adapt: the adapted run's report)
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ ROBUSTNESS_PLOT = "verify_robustness.png"  # verify --robustness
 CARD = "MODEL_CARD.md"
 DISTILL = "distill.json"
 DISTILL_CONFIG = "distill_config.json"
+ADAPT = "adapt.json"
 STUDENT_ALONE = "student_alone"
 SIDECAR_SUFFIX = ".json"  # export/model_int8.tflite -> export/model_int8.tflite.json
 MODEL_SUFFIXES = (".tflite", ".onnx")
