@@ -286,6 +286,7 @@ class Adapter(Trainer):
                  if self.cut_tensor is not None else "as pooled features, training the head")
         self.echo(f"adapt: {n_src} source and {n_tgt} target cached views {where}")
         self._nets: dict[bool, Any] = {}
+        self._probs_fns: dict[int, Any] = {}
 
     def net(self, dann: bool):
         """(classifier on cached activations -> [logits, features], domain head or None)."""
@@ -317,7 +318,10 @@ class Adapter(Trainer):
 
         net = net or self.net(False)[0]
         xs = self.x[self.is_target]
-        f = tf.function(lambda a: tf.nn.softmax(net(a, training=False)[0]))
+        if id(net) not in self._probs_fns:  # traced once per network, whatever the batch size
+            self._probs_fns[id(net)] = tf.function(lambda a: tf.nn.softmax(net(a, training=False)[0]),
+                                                   input_signature=[tf.TensorSpec([None, *xs.shape[1:]], tf.float32)])
+        f = self._probs_fns[id(net)]
         probs = np.concatenate([f(xs[i:i + 256]).numpy() for i in range(0, len(xs), 256)])
         m = len(self.target)
         return probs.reshape(-1, m, probs.shape[-1]).mean(0)
