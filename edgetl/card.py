@@ -135,6 +135,17 @@ def write_card(run_dir: PathLike, pipeline: object = None, echo: Echo = print) -
         t = metrics["test"]
         L.append(f"Test accuracy of the kept model: {fmt_acc(t['accuracy'], t.get('ci95'), t['n'])} ({t.get('source')}).")
     L += ["", f"![training curves]({rundir.CURVES})", ""]
+    # adaptation
+    if (d / rundir.ADAPT).exists():
+        from edgetl.adapt import table as adapt_table
+
+        ad = rundir.read_json(d / rundir.ADAPT)
+        L += ["## Domain adaptation", "",
+              f"The training above is the source run `{ad['source_run']}`; its model was adapted to "
+              f"{ad['target_images']} unlabelled target images (`{ad['target']}`) with **{ad['chosen']}** "
+              f"(`--method {ad['method']}`). Source accuracy is on the run's {ad['source_split']} split; target "
+              "accuracy (when labelled target images were given, for evaluation only) on those images; "
+              "95% Wilson intervals.", "", adapt_table(ad, markdown=True), ""]
     # artifacts
     L += ["## Artifacts", ""]
     rec = None
@@ -143,6 +154,11 @@ def write_card(run_dir: PathLike, pipeline: object = None, echo: Echo = print) -
               f"{report['threads']} thread(s) on {report['machine']['cpu']}.", "", table(report, markdown=True), "",
               f"![accuracy vs latency]({rundir.VERIFY_PLOTS['accuracy_latency']}) "
               f"![sizes]({rundir.VERIFY_PLOTS['sizes']})", ""]
+        if report.get("robustness"):
+            from edgetl.robustness import table as rob_table
+
+            L += ["Accuracy under common corruptions (`edgetl verify --robustness`):", "",
+                  rob_table(report["robustness"], markdown=True), "", f"![robustness]({rundir.ROBUSTNESS_PLOT})", ""]
         rec = report["recommended"]
         L += ["## Recommended artifact", ""]
         if rec.get("fastest"):

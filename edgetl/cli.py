@@ -13,12 +13,14 @@ from typing import Any
 import click
 
 from edgetl.config import (
+    ADAPT_METHODS,
     CALIB_METHODS,
     IO_TYPES,
     ONNX_FORMATS,
     RECIPES,
     RESIZES,
     STRATEGIES,
+    AdaptOptions,
     CalibrateOptions,
     DistillConfig,
     ExportOptions,
@@ -388,13 +390,16 @@ def qat(run, epochs, lr, batch_size, io_type, calibration):
 @click.option("--device-results", type=click.Path(), multiple=True,
               help="results.json from a bundle run on a device; its rows join the report.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Report folder. [default: RUN]")
-def verify(run, data, threads, max_drop, min_agreement, max_latency_ms, runs, batch, device_results, out):
+@click.option("--robustness", is_flag=True,
+              help="Also score every artifact under gaussian noise, blur, low light, contrast and JPEG at 3 "
+                   "severities: a table and a plot.")
+def verify(run, data, threads, max_drop, min_agreement, max_latency_ms, runs, batch, device_results, out, robustness):
     """Score and time every artifact of RUN against the Keras reference, with gates.
 
     Writes a table, report.json, report.md and plots; exit code 1 when any gate fails."""
     from edgetl.verify import verify as run_verify
 
-    opts = VerifyOptions(threads, max_drop, min_agreement, max_latency_ms, runs, batch, data, out)
+    opts = VerifyOptions(threads, max_drop, min_agreement, max_latency_ms, runs, batch, data, out, robustness)
     rep = run_verify(run, opts.validate(), device_results, echo=echo)
     if not rep["passed"]:
         failed = [f"{r['artifact']}: {'; '.join(r['failed_gates'])}" for r in rep["rows"] if r.get("failed_gates")]
@@ -472,6 +477,47 @@ def distill(data, teacher, student, kd_alpha, temperature, sweep, no_compare, un
     cfg = _train_config(data, {**kw, "backbone": student})
     run_distill(cfg, DistillConfig(teacher, kd_alpha, temperature, sweep, not no_compare, unlabeled),
                 resume=kw["resume"], echo=echo)
+
+
+# ---------------------------------------------------------------- adapt ----
+@main.command()
+@click.argument("run", type=click.Path())
+@click.option("--target", required=True, type=click.Path(),
+              help="Folder of unlabelled target images (any depth): what the device's camera sees.")
+@click.option("--method", type=click.Choice(ADAPT_METHODS), default=d(AdaptOptions, "method"), show_default=True,
+              help="adabn: BatchNorm statistics re-estimated on the target; pseudo: self-training on confident, "
+                   "class-balanced target predictions; dann: domain-adversarial (gradient reversal); auto: all three, "
+                   "chosen without target labels.")
+@click.option("--target-labels", type=click.Path(), default=None,
+              help="Folder of labelled target images (class folders), for evaluation only; never trained on. "
+                   "Must not share images with --target.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="The adapted run. [default: RUN-adapt]")
+@click.option("--seed", type=int, default=d(AdaptOptions, "seed"), show_default=True)
+@click.option("--epochs", type=int, default=d(AdaptOptions, "epochs"), show_default=True,
+              help="Fine-tuning epochs (pseudo: per round; dann: epochs x rounds in all).")
+@click.option("--rounds", type=int, default=d(AdaptOptions, "rounds"), show_default=True, help="Pseudo-labelling rounds.")
+@click.option("--threshold", type=float, default=d(AdaptOptions, "threshold"), show_default=True,
+              help="Least confidence of a pseudo-label.")
+@click.option("--max-fraction", type=float, default=d(AdaptOptions, "max_fraction"), show_default=True,
+              help="Most of the target images pseudo-labelled (in the last round; earlier rounds take less).")
+@click.option("--dann-weight", type=float, default=d(AdaptOptions, "dann_weight"), show_default=True,
+              help="Final weight of DANN's reversed domain gradient (ramped up from 0).")
+@click.option("--lr", type=float, default=d(AdaptOptions, "lr"), show_default=True, help="Adam learning rate.")
+@click.option("--unfreeze", type=int, default=d(AdaptOptions, "unfreeze"), show_default=True,
+              help="Last N layers of the base that pseudo and dann train (BatchNorm stays frozen).")
+@click.option("--views", type=int, default=d(AdaptOptions, "views"), show_default=True,
+              help="Cached views per image: 1 plain + (views-1) augmented.")
+@click.option("--batch-size", type=int, default=d(AdaptOptions, "batch_size"), show_default=True)
+def adapt(run, **kw):
+    """Adapt RUN's model to unlabelled target images; writes a new, ordinary run.
+
+    Reports source and target accuracy before and after (95% Wilson intervals) when
+    --target-labels is given, else label-free signals: prediction entropy, class shares
+    and agreement between methods. export, verify, bundle and the model card work on the
+    adapted run unchanged."""
+    from edgetl.adapt import adapt as run_adapt
+
+    run_adapt(run, AdaptOptions(**kw).validate(), echo=echo)
 
 
 # ------------------------------------------------------------- pipeline ----

@@ -279,6 +279,7 @@ class VerifyOptions(Options):
     batch: int = doc("batch size for throughput", 8)
     data: str | None = doc("folder of labelled images (null: the run's held-out split)", None)
     out: str | None = doc("report folder (null: the run directory)", None)
+    robustness: bool = doc("also score every artifact under common corruptions at 3 severities", False)
 
     def problems(self) -> list[OptionError]:
         c = Checks(self)
@@ -289,6 +290,41 @@ class VerifyOptions(Options):
         c.non_negative("max_drop")
         if self.max_latency_ms is not None:
             c.require("max_latency_ms", self.max_latency_ms > 0, "must be positive")
+        return c.errors
+
+
+ADAPT_METHODS = ("adabn", "pseudo", "dann", "auto")
+
+
+@dataclass
+class AdaptOptions(Options):
+    target: str = doc("folder of unlabelled target images (any depth): the images the device will see", "")
+    method: str = doc("adabn | pseudo | dann | auto (all three, chosen without target labels)", "auto")
+    target_labels: str | None = doc("folder of labelled target images (class folders), for evaluation only", None)
+    out: str | None = doc("the adapted run directory (null: RUN-adapt beside the run)", None)
+    seed: int = doc("seed of views, pseudo-label order and training", 42)
+    epochs: int = doc("fine-tuning epochs (pseudo: per round)", 5)
+    rounds: int = doc("pseudo-labelling rounds (labels refreshed each round)", 3)
+    threshold: float = doc("pseudo-labelling: least confidence of a target prediction to be used", 0.8)
+    max_fraction: float = doc("pseudo-labelling: most of the target set labelled in the last round", 0.8)
+    dann_weight: float = doc("DANN: final weight of the reversed domain gradient", 0.3)
+    lr: float = doc("Adam learning rate of the fine-tuning", 1e-4)
+    unfreeze: int = doc("last N layers of the base trained by pseudo and dann (BatchNorm stays frozen)", 20)
+    views: int = doc("cached views per image (1 plain + views-1 augmented)", 4)
+    batch_size: int = doc("rows per step (source and target together)", 64)
+
+    def problems(self) -> list[OptionError]:
+        c = Checks(self)
+        c.require("target", bool(self.target) and Path(self.target).expanduser().is_dir(),
+                  "not a folder; give a folder of target images (any depth)")
+        c.one_of("method", ADAPT_METHODS)
+        if self.target_labels is not None:
+            c.require("target_labels", Path(self.target_labels).expanduser().is_dir(),
+                      "not a folder; give a folder with one sub-folder of images per class")
+        c.positive("epochs", "rounds", "views", "batch_size", "lr")
+        c.non_negative("unfreeze", "dann_weight")
+        c.require("threshold", 0.0 <= self.threshold < 1.0, "must be in [0, 1)")
+        c.require("max_fraction", 0.0 < self.max_fraction <= 1.0, "must be in (0, 1]")
         return c.errors
 
 

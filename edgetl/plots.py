@@ -144,3 +144,23 @@ def bars(labels, values, dest, ylabel, title) -> Path:
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     return _save(fig, dest)
+
+
+def robustness(rob: dict, dest) -> Path:
+    """Accuracy against severity, one panel per corruption, one line per artifact (clean at 0)."""
+    names = rob["artifacts"]
+    corruptions = list(dict.fromkeys(r["corruption"] for r in rob["rows"]))
+    fig, axes = plt.subplots(1, len(corruptions), figsize=(3.0 * len(corruptions), 3.2), sharey=True, squeeze=False)
+    for ax, c in zip(axes[0], corruptions):
+        rows = [r for r in rob["rows"] if r["corruption"] == c]
+        xs = [0] + [r["severity"] for r in rows]
+        for n in names:
+            ax.plot(xs, [rob["clean"][n]] + [r["accuracy"][n] for r in rows], "o-", ms=3, label=n)
+        ax.set_title(c.replace("_", " "), fontsize=9)
+        ax.set_xticks(xs)
+        ax.set_xlabel("severity (0: clean)", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("held-out top-1 accuracy")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"accuracy under corruptions ({rob['n_images']} images)", fontsize=10)
+    return _save(fig, dest)

@@ -11,6 +11,7 @@ this one for a path or a reader, so a file is renamed here or nowhere::
       checkpoints/                                           (only while unfinished)
       calibration/  export/model_<quant>.<format>[.json]     (calibrate, export)
       report.json  report.md  verify_*.png  MODEL_CARD.md    (verify, card)
+      adapt.json                                             (adapt: the adapted run's report)
 """
 from __future__ import annotations
 
@@ -44,9 +45,11 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 VERIFY_PLOTS = {"accuracy_latency": "verify_accuracy_latency.png", "sizes": "verify_sizes.png",
                 "confusion": "verify_confusion.png"}
+ROBUSTNESS_PLOT = "verify_robustness.png"  # verify --robustness
 CARD = "MODEL_CARD.md"
 DISTILL = "distill.json"
 DISTILL_CONFIG = "distill_config.json"
+ADAPT = "adapt.json"
 STUDENT_ALONE = "student_alone"
 SIDECAR_SUFFIX = ".json"  # export/model_int8.tflite -> export/model_int8.tflite.json
 MODEL_SUFFIXES = (".tflite", ".onnx")

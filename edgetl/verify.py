@@ -12,7 +12,7 @@ from edgetl import artifacts
 from edgetl.config import VerifyOptions
 from edgetl.device_results import device_rows
 from edgetl.errors import EdgetlError
-from edgetl.rundir import REPORT_JSON, REPORT_MD, list_artifacts, open_run
+from edgetl.rundir import REPORT_JSON, REPORT_MD, ROBUSTNESS_PLOT, list_artifacts, open_run
 from edgetl.rundir import VERIFY_PLOTS as PLOTS
 from edgetl.types import Echo, PathLike
 
@@ -156,6 +156,10 @@ def verify(run_dir: PathLike, opts: VerifyOptions | None = None, device_results:
         "rows": rows, "recommended": recommend(rows),
     }
     report["passed"] = all(r["status"] in ("pass", "reference") for r in rows)
+    if o.robustness:
+        from edgetl import robustness
+
+        report["robustness"] = robustness.robustness(entries, x, y, threads, out / ROBUSTNESS_PLOT, echo=echo)
     write_report(report, out)
     echo("")
     echo(table(report))
@@ -163,6 +167,10 @@ def verify(run_dir: PathLike, opts: VerifyOptions | None = None, device_results:
         echo(f"note: {len(x)} images cannot resolve a {gates.max_drop:g}-point accuracy budget (one image is "
              f"{100 / max(len(x), 1):.2f} points); a drop fails only when it is above the budget with 95% "
              f"confidence. About {report['gates']['images_to_resolve_max_drop']} images would resolve it.")
+    if report.get("robustness"):
+        from edgetl.robustness import table as rob_table
+
+        echo("\naccuracy under corruptions (severity 1-3):\n" + rob_table(report["robustness"]))
     echo(f"\nreport: {out / REPORT_MD}, {out / REPORT_JSON}")
     return report
 
@@ -278,6 +286,11 @@ def markdown_report(report: dict) -> str:
         "", f"![accuracy vs latency]({PLOTS['accuracy_latency']})", f"![sizes]({PLOTS['sizes']})",
         f"![confusion]({PLOTS['confusion']})", "",
     ]
+    if report.get("robustness"):
+        from edgetl.robustness import table as rob_table
+
+        lines += ["## Accuracy under corruptions", "", rob_table(report["robustness"], markdown=True), "",
+                  f"![robustness]({ROBUSTNESS_PLOT})", ""]
     fails = [r for r in report["rows"] if r.get("failed_gates")]
     if fails:
         lines += ["## Failed gates", ""] + [f"- `{r['artifact']}`: {'; '.join(r['failed_gates'])}" for r in fails]

@@ -113,11 +113,11 @@ def test_no_import_cycles_inside_the_package():
 RUN_FILE_NAMES = {rundir.MODEL, rundir.LABELS, rundir.CONFIG, rundir.SPLIT, rundir.METRICS, rundir.HISTORY,
                   rundir.CURVES, rundir.CONFUSION, rundir.MANIFEST, rundir.CHECKPOINTS, rundir.VIEWS,
                   rundir.REPORT_JSON, rundir.REPORT_MD, rundir.CARD, rundir.DISTILL, rundir.DISTILL_CONFIG,
-                  *rundir.VERIFY_PLOTS.values()}
+                  rundir.ADAPT, rundir.ROBUSTNESS_PLOT, *rundir.VERIFY_PLOTS.values()}
 
 
 def test_run_directory_file_names_are_written_in_one_module():
-    assert len(RUN_FILE_NAMES) == 19
+    assert len(RUN_FILE_NAMES) == 21
     found = []
     for name, path in _modules().items():
         if name == "edgetl.rundir":
