@@ -168,8 +168,10 @@ def test_int8_missing_the_budget_is_not_written(tiny_run, tiny_calibration, tmp_
     shutil.rmtree(run / "export", ignore_errors=True)
 
     def collapsed(self, data, a):
+        from edgetl.stats import PairedDrop
+
         a.accuracy, a.keras_accuracy, a.agreement, a.drop_points = 0.3, 0.9, 0.3, 60.0
-        return 60.0
+        return PairedDrop(100, 62, 2, 60.0, (50.0, 70.0), 52.0, 1e-15)
 
     monkeypatch.setattr(E.Exporter, "score", collapsed)
     monkeypatch.setattr(E.Exporter, "larger_calibration", lambda self, factor=2: None)
