@@ -302,7 +302,8 @@ def calibrate(data, size, out, seed, val_split):
 
 @main.command()
 @click.argument("run", type=click.Path())
-@click.option("--format", "formats", default=d(ExportOptions, "formats"), show_default=True, help="Comma list: tflite,onnx.")
+@click.option("--format", "formats", default=d(ExportOptions, "formats"), show_default=True,
+              help="Comma list: tflite,onnx,ort (ort: onnxruntime's mobile format).")
 @click.option("--quant", "quants", default=d(ExportOptions, "quants"), show_default=True,
               help="Comma list: fp32,fp16,dynamic,int8.")
 @click.option("--io-type", type=click.Choice(IO_TYPES), default=d(ExportOptions, "io_type"), show_default=True,
@@ -322,7 +323,7 @@ def calibrate(data, size, out, seed, val_split):
 @click.option("--force", is_flag=True, help="Redo artifacts whose inputs did not change.")
 def export(run, formats, quants, io_type, calibration, calib_size, calib_method, onnx_format, per_channel,
            max_drop, force):
-    """Export RUN's model to TFLite and ONNX, float and quantized, under RUN/export/.
+    """Export RUN's model to TFLite, ONNX and ORT, float and quantized, under RUN/export/.
 
     Every artifact takes RGB 0-255 images at the model's input size (preprocessing
     is inside) and returns class probabilities in labels.txt order. Exit code 1
@@ -385,7 +386,7 @@ def verify(run, data, threads, max_drop, min_agreement, max_latency_ms, runs, ba
 
 @main.command()
 @click.argument("run", type=click.Path())
-@click.option("--formats", default="tflite,onnx", show_default=True, help="Which exported formats to include.")
+@click.option("--formats", default="tflite,onnx", show_default=True, help="Which exported formats to include: tflite,onnx,ort.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="The .zip to write.")
 @click.option("--samples", type=int, default=16, show_default=True, help="Held-out sample images with references.")
 @click.option("--threads", type=int, default=2, show_default=True, help="Suggested threads in the bundle's README.")

@@ -202,6 +202,7 @@ def qat(run_dir, epochs: int = 3, lr: float = 1e-5, batch_size: int = 32, io_typ
     if a.drop_points is not None and a.drop_points > 25:
         raise EdgetlError(f"QAT int8 accuracy collapsed ({a.accuracy:.3f} vs Keras {a.keras_accuracy:.3f}); "
                           f"not written. Try more --epochs or a lower --lr", exit_code=1)
+    data = exp.with_metadata(a, data)
     with artifacts.atomic_path(dest) as tmp:
         tmp.write_bytes(data)
     meta = exp.metadata("int8-qat", io_type)

@@ -10,6 +10,7 @@ this one for a path or a reader, so a file is renamed here or nowhere::
       manifest.json                                          (written last: the run is finished)
       checkpoints/                                           (only while unfinished)
       calibration/  export/model_<quant>.<format>[.json]     (calibrate, export)
+                    export/model_<quant>.required_operators.config   (export of .ort)
       report.json  report.md  verify_*.png  MODEL_CARD.md    (verify, card)
 """
 from __future__ import annotations
@@ -47,7 +48,8 @@ DISTILL = "distill.json"
 DISTILL_CONFIG = "distill_config.json"
 STUDENT_ALONE = "student_alone"
 SIDECAR_SUFFIX = ".json"  # export/model_int8.tflite -> export/model_int8.tflite.json
-MODEL_SUFFIXES = (".tflite", ".onnx")
+MODEL_SUFFIXES = (".tflite", ".onnx", ".ort")
+ORT_CONFIG_SUFFIX = ".required_operators.config"  # export/model_int8.ort -> export/model_int8.required_operators.config
 
 TRAIN_FILES = (MODEL, LABELS, CONFIG, SPLIT, HISTORY, METRICS, CURVES, CONFUSION)
 
@@ -61,6 +63,12 @@ def sidecar(path: str | Path) -> Path:
     """The JSON sidecar (labels, input contract, preprocessing) beside an exported model."""
     p = Path(path)
     return p.with_name(p.name + SIDECAR_SUFFIX)
+
+
+def ort_config(path: str | Path) -> Path:
+    """The required-operators config beside an ORT model (named as onnxruntime's converter names it)."""
+    p = Path(path)
+    return p.with_name(p.stem + ORT_CONFIG_SUFFIX)
 
 
 # ---------------------------------------------------------------- manifest ----
