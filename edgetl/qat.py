@@ -55,6 +55,9 @@ def flat_tf_keras_model(run, keras3_model):
     h = w = run.img_size
     inp = tfk.Input((h, w, 3), name="image")
     x = tfk.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(inp) if bb.preprocess == "tf" else inp
+    if not hasattr(tfk.applications, bb.builder):
+        raise EdgetlError(f"QAT rebuilds the backbone from tf_keras.applications, which has no {bb.name}; "
+                          f"use post-training int8 (edgetl export --quant int8)")
     kw = dict(include_top=False, weights=None, input_tensor=x)
     if bb.has_alpha:
         kw["alpha"] = float(cfg.alpha)
