@@ -32,11 +32,13 @@ from typing import Any
 
 import numpy as np
 
+from edgetl import rundir
+
 METADATA_NAME = "TFLITE_METADATA"
 METADATA_IDENTIFIER = b"M001"
 MODEL_IDENTIFIER = b"TFL3"
 MIN_PARSER_VERSION = "1.0.0"   # only fields of schema 1.0.0 are written
-LABELS_FILE = "labels.txt"
+LABELS_FILE = rundir.LABELS    # packed into the model under the run's own name for it
 
 # enums of metadata_schema.fbs
 COLOR_RGB = 1
