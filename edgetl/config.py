@@ -17,7 +17,8 @@ from typing import Any
 from edgetl.errors import EdgetlError, OptionError
 
 AUGMENTATIONS = ("flip", "rotate", "zoom", "translate", "contrast")
-FORMATS = ("tflite", "onnx")
+FORMATS = ("tflite", "onnx", "ort")           # ort: onnxruntime's mobile format, from the ONNX model
+DEFAULT_FORMATS = ("tflite", "onnx")
 QUANTS = ("fp32", "fp16", "dynamic", "int8")
 IO_TYPES = ("float32", "int8", "uint8")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
@@ -241,7 +242,7 @@ class CalibrateOptions(Options):
 
 @dataclass
 class ExportOptions(Options):
-    formats: tuple[str, ...] = doc("comma list of " + ",".join(FORMATS), FORMATS)
+    formats: tuple[str, ...] = doc("comma list of " + ",".join(FORMATS), DEFAULT_FORMATS)
     quants: tuple[str, ...] = doc("comma list of " + ",".join(QUANTS), ("fp32", "int8"))
     io_type: str = doc("int8 TFLite input/output type: float32 | int8 | uint8", "float32")
     calibration: str | None = doc("folder of calibration images (null: calibration/, else a training sample)", None)

@@ -7,7 +7,10 @@ mode is one entry; int8 converters take typed :class:`Int8Settings` (compare
 onnxruntime.quantization's configs)."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
+import logging
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -181,6 +184,44 @@ def onnx_int8(fp32_model, metadata, calib: np.ndarray, method: str = "minmax", f
     return m
 
 
+def onnx_to_ort(onnx_bytes: bytes) -> bytes:
+    """The ORT format (onnxruntime's mobile format, a flatbuffer) of an ONNX model, through
+    ``onnxruntime.tools.convert_onnx_models_to_ort``: fixed optimizations applied at
+    conversion, platform-neutral (no x86-only NCHWc layout), metadata_props kept."""
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    with tempfile.TemporaryDirectory() as d, _quiet("ort_format_model"):
+        src, out = Path(d) / "model.onnx", Path(d) / "out"
+        src.write_bytes(onnx_bytes)
+        convert_onnx_models_to_ort(src, output_dir=out, optimization_styles=[OptimizationStyle.Fixed])
+        return (out / "model.ort").read_bytes()
+
+
+def ort_required_operators(ort_bytes: bytes, name: str) -> str:
+    """The required-operators config of an ORT model (input to a reduced onnxruntime build:
+    ``build.sh --minimal_build --include_ops_by_config FILE``); ``name`` labels its source."""
+    from onnxruntime.tools.ort_format_model import create_config_from_models
+
+    with tempfile.TemporaryDirectory() as d, _quiet("ort_format_model"):
+        src, cfg = Path(d) / "model.ort", Path(d) / "model.config"
+        src.write_bytes(ort_bytes)
+        create_config_from_models([src], cfg, False)
+        return cfg.read_text().replace(str(src), name)
+
+
+@contextlib.contextmanager
+def _quiet(logger: str):
+    """Silence a converter's prints and INFO logs (its errors still raise)."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        log.setLevel(level)
+
+
 def onnx_sensitive_nodes(fp32_model) -> list[str]:
     """Nodes most sensitive to int8 by construction: the first convolution (raw pixel
     range) and the classifier (a few large logits)."""
@@ -254,6 +295,13 @@ def _onnx_int8(src: Source, calib: np.ndarray | None, s: Int8Settings, meta: Met
     return bytes(m.SerializeToString())
 
 
+def _ort(quant: str) -> Converter:
+    """ORT format from the ONNX converter's bytes of the same mode (int8: the same settings)."""
+    def conv(src: Source, calib: np.ndarray | None, s: Int8Settings, meta: Meta) -> bytes:
+        return onnx_to_ort(CONVERTERS[("onnx", quant)](src, calib, s, meta))
+    return conv
+
+
 def _need(calib: np.ndarray | None) -> np.ndarray:
     if calib is None or not len(calib):
         raise ValueError("int8 needs calibration images")
@@ -269,12 +317,13 @@ CONVERTERS: dict[tuple[str, str], Converter] = {
     ("onnx", "fp16"): _onnx(onnx_fp16),
     ("onnx", "dynamic"): _onnx(onnx_dynamic),
     ("onnx", "int8"): _onnx_int8,
+    **{("ort", q): _ort(q) for q in ("fp32", "fp16", "dynamic", "int8")},
 }
 
 
 def convert(src: Source, fmt: str, quant: str, calib: np.ndarray | None = None,
             settings: Int8Settings | None = None, metadata: Meta | None = None) -> bytes:
-    """The model in ``fmt`` at ``quant``, as bytes (``metadata``: ONNX metadata_props)."""
+    """The model in ``fmt`` at ``quant``, as bytes (``metadata``: ONNX and ORT metadata_props)."""
     try:
         conv = CONVERTERS[(fmt, quant)]
     except KeyError:

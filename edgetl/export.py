@@ -1,6 +1,7 @@
 """`edgetl export`: every requested (format, quantization) pair becomes one
 artifact under RUN/export/, converted independently from the float model,
-written atomically with a JSON sidecar (labels, input contract, preprocessing),
+written atomically with a JSON sidecar (labels, input contract, preprocessing) --
+TFLite files also carry standard TFLite metadata with labels.txt packed in --
 recorded in the run's manifest with its inputs' hash, and skipped on a re-run
 when those inputs did not change.
 
@@ -168,9 +169,11 @@ class Exporter:
         if quant == "int8":
             parts.update(io=self.opts.io_type if fmt == "tflite" else "float32", max_drop=self.opts.max_drop,
                          calib=self.calibration()[1])
-            if fmt == "onnx":
+            if fmt in ("onnx", "ort"):
                 parts.update(method=self.opts.calib_method, onnx_format=self.opts.onnx_format,
                              per_channel=self.opts.per_channel)
+        if fmt == "tflite":
+            parts["metadata"] = "tflite-metadata-1"  # app metadata and packed labels.txt
         return artifacts.sha256_text(json.dumps(parts, sort_keys=True))
 
     def export_one(self, fmt: str, quant: str, previous: dict) -> Artifact:
@@ -192,6 +195,10 @@ class Exporter:
             meta = self.metadata(quant, a.io_type)
             meta["settings"] = a.settings
             artifacts.write_json(rundir.sidecar(dest), meta)
+            if fmt == "ort":  # what a reduced onnxruntime build for this model must include
+                from edgetl.convert import ort_required_operators
+
+                artifacts.write_text(rundir.ort_config(dest), ort_required_operators(data, dest.name))
             a.status = "written"
             a.size_bytes = dest.stat().st_size
             a.sha256 = artifacts.sha256_file(dest)
@@ -211,8 +218,29 @@ class Exporter:
         from edgetl import convert as C
 
         if a.quant == "int8":
-            return self.int8_with_budget(a)
-        return C.convert(self.source, a.format, a.quant, metadata=self.onnx_metadata(a))
+            return self.with_metadata(a, self.int8_with_budget(a))
+        return self.with_metadata(a, C.convert(self.source, a.format, a.quant, metadata=self.onnx_metadata(a)))
+
+    def with_metadata(self, a: Artifact, data: bytes) -> bytes:
+        """TFLite: standard TFLite metadata with labels.txt packed in, which app runtimes
+        (MediaPipe Tasks, the Task Library, Android Studio) require; other formats as they are."""
+        if a.format != "tflite":
+            return data
+        from edgetl import backbones
+        from edgetl.tflite_metadata import ModelInfo, add_metadata
+
+        labels = self.run.labels
+        shown = ", ".join(labels[:10]) + (f" and {len(labels) - 10} more" if len(labels) > 10 else "")
+        size = self.run.img_size
+        info = ModelInfo(
+            name=self.run.dir.name,
+            description=(f"Image classifier of {len(labels)} classes ({shown}): {backbones.get(self.run.config.backbone).name} "
+                         f"at {size}x{size} px, fine-tuned with edgetl, {a.quant} TFLite. Input: RGB pixels 0-255 "
+                         f"({self.run.resize} resize to {size}x{size}); output: class probabilities."),
+            version=f"{a.quant}, source model sha256 {self.model_sha[:12]}",
+            author=f"edgetl {__version__}",
+            labels=tuple(labels))
+        return add_metadata(data, info)
 
     # -- int8 and the accuracy budget ---------------------------------------------
     def score(self, data: bytes, a: Artifact) -> Any:

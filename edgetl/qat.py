@@ -56,6 +56,9 @@ def flat_tf_keras_model(run, keras3_model):
     h = w = run.img_size
     inp = tfk.Input((h, w, 3), name="image")
     x = tfk.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(inp) if bb.preprocess == "tf" else inp
+    if not hasattr(tfk.applications, bb.builder):
+        raise EdgetlError(f"QAT rebuilds the backbone from tf_keras.applications, which has no {bb.name}; "
+                          f"use post-training int8 (edgetl export --quant int8)")
     kw = dict(include_top=False, weights=None, input_tensor=x)
     if bb.has_alpha:
         kw["alpha"] = float(cfg.alpha)
@@ -203,6 +206,7 @@ def qat(run_dir: PathLike, epochs: int = 3, lr: float = 1e-5, batch_size: int = 
     if a.drop_points is not None and a.drop_points > 25:
         raise EdgetlError(f"QAT int8 accuracy collapsed ({a.accuracy:.3f} vs Keras {a.keras_accuracy:.3f}); "
                           f"not written. Try more --epochs or a lower --lr", exit_code=1)
+    data = exp.with_metadata(a, data)
     with artifacts.atomic_path(dest) as tmp:
         tmp.write_bytes(data)
     meta = exp.metadata("int8-qat", io_type)

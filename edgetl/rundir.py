@@ -10,6 +10,7 @@ this one for a path or a reader, so a file is renamed here or nowhere::
       manifest.json                                          (written last: the run is finished)
       checkpoints/                                           (only while unfinished)
       calibration/  export/model_<quant>.<format>[.json]     (calibrate, export)
+                    export/model_<quant>.required_operators.config   (export of .ort)
       report.json  report.md  verify_*.png  MODEL_CARD.md    (verify, card)
       adapt.json                                             (adapt: the adapted run's report)
 """
@@ -52,7 +53,8 @@ DISTILL_CONFIG = "distill_config.json"
 ADAPT = "adapt.json"
 STUDENT_ALONE = "student_alone"
 SIDECAR_SUFFIX = ".json"  # export/model_int8.tflite -> export/model_int8.tflite.json
-MODEL_SUFFIXES = (".tflite", ".onnx")
+MODEL_SUFFIXES = (".tflite", ".onnx", ".ort")
+ORT_CONFIG_SUFFIX = ".required_operators.config"  # export/model_int8.ort -> export/model_int8.required_operators.config
 
 TRAIN_FILES = (MODEL, LABELS, CONFIG, SPLIT, HISTORY, METRICS, CURVES, CONFUSION)
 
@@ -66,6 +68,12 @@ def sidecar(path: PathLike) -> Path:
     """The JSON sidecar (labels, input contract, preprocessing) beside an exported model."""
     p = Path(path)
     return p.with_name(p.name + SIDECAR_SUFFIX)
+
+
+def ort_config(path: str | Path) -> Path:
+    """The required-operators config beside an ORT model (named as onnxruntime's converter names it)."""
+    p = Path(path)
+    return p.with_name(p.stem + ORT_CONFIG_SUFFIX)
 
 
 # ---------------------------------------------------------------- manifest ----

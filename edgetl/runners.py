@@ -1,13 +1,17 @@
-"""One Runner interface for Keras, LiteRT and onnxruntime.
+"""One Runner interface for Keras, LiteRT, onnxruntime and MediaPipe Tasks.
 
 A runner loads a model file, describes its input, and turns a batch of RGB
 0-255 images (uint8 or float32, NHWC, at the model's input size) into class
 probabilities. Verification, prediction and benchmarks use nothing else, so no
-format is special-cased anywhere."""
+format is special-cased anywhere: ``RUNNERS`` maps a file suffix to its runner,
+and ``EXTRA_RUNTIMES`` names the other runtimes that run files of a suffix
+(MediaPipe Tasks runs .tflite files as an app would), each a verify row of its own."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import weakref
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -59,6 +63,14 @@ class Runner(ABC):
     def labels(self) -> list[str] | None:
         return self.meta.get("labels")
 
+    @classmethod
+    def unavailable(cls, path) -> str | None:
+        """Why this runner cannot run ``path`` on this machine (None: it can)."""
+        return None
+
+    def close(self) -> None:  # noqa: B027 - optional hook, not abstract
+        """Release the runtime's resources (most runtimes need nothing)."""
+
     def describe(self) -> dict:
         return {"path": str(self.path), "format": self.format, "runtime": self.runtime,
                 "input_size": list(self.input_size), "input_dtype": self.input_dtype,
@@ -87,6 +99,10 @@ def read_sidecar(path) -> dict:
             raise EdgetlError(f"{sc}: expected a JSON object; re-export the model")
         return meta
     labels = labels_near(path)
+    if not labels and Path(path).suffix == ".tflite":
+        from edgetl.tflite_metadata import packed_labels
+
+        labels = packed_labels(path)  # labels.txt packed into the model with its metadata
     if not labels:
         return {}
     resize = resize_near(path)
@@ -220,14 +236,114 @@ class OnnxRunner(Runner):
         return np.asarray(self.sess.run(None, {self._in.name: x})[0], np.float32)
 
 
-RUNNERS: dict[str, type[Runner]] = {".keras": KerasRunner, ".tflite": LiteRTRunner, ".onnx": OnnxRunner}
+class OrtRunner(OnnxRunner):
+    """onnxruntime on an ORT-format model (its mobile format): the same session API."""
+
+    format = "ort"
 
 
-def open_runner(path, threads: int | None = None) -> Runner:
+class MediaPipeRunner(Runner):
+    """MediaPipe Tasks' ImageClassifier on a .tflite file as it is, the way an Android, iOS,
+    web or Python app runs it: it reads the input size, normalisation and labels from the
+    model's TFLite metadata (a model without metadata is refused, as in an app). Images go in
+    as uint8 RGB at the model's size, so MediaPipe does not resize them. MediaPipe's Python
+    API has no thread setting; it uses its own default."""
+
+    format, runtime = "tflite", "mediapipe"
+    INSTALL = "pip install --no-deps mediapipe==1.2.2 (make install does)"
+
+    def __init__(self, path, threads=None):
+        super().__init__(path, threads)
+        why = self.unavailable(self.path)
+        if why:
+            raise EdgetlError(f"{self.path}: MediaPipe cannot run it: {why}")
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        from edgetl.tflite_metadata import io_contract
+
+        data = self.path.read_bytes()
+        c = io_contract(data)
+        self._size, self._dtype, self._k = (c["height"], c["width"]), c["input_type"], c["classes"]
+        opts = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_buffer=data), max_results=-1)
+        try:
+            self.classifier = vision.ImageClassifier.create_from_options(opts)
+        except Exception as e:
+            raise EdgetlError(f"{self.path}: MediaPipe's ImageClassifier refuses it ({str(e).splitlines()[0][:150]})"
+                              ) from None
+        _OPEN_CLASSIFIERS.add(self)
+
+    @classmethod
+    def unavailable(cls, path) -> str | None:
+        """Why MediaPipe cannot run this file here (None: it can)."""
+        import importlib.util
+
+        if importlib.util.find_spec("mediapipe") is None:
+            return f"mediapipe is not installed ({cls.INSTALL})"
+        from edgetl.tflite_metadata import io_contract
+
+        try:
+            c = io_contract(Path(path).read_bytes())
+        except (OSError, ValueError) as e:
+            return str(e)
+        if c["input_type"] == "int8":
+            return "int8 input; MediaPipe Tasks takes uint8 or float32 images (export with --io-type uint8 or float32)"
+        from edgetl.tflite_metadata import metadata_buffer
+
+        if metadata_buffer(Path(path).read_bytes()) is None:
+            return "no TFLite metadata, so an app's ImageClassifier would refuse it; re-export: edgetl export RUN"
+        return None
+
+    @property
+    def input_size(self):
+        return self._size
+
+    @property
+    def input_dtype(self):
+        return self._dtype
+
+    def _run(self, images):
+        import mediapipe as mp
+
+        out = np.zeros((len(images), self._k), np.float32)
+        pixels = np.clip(np.round(images), 0, 255).astype(np.uint8)
+        for i, x in enumerate(pixels):
+            res = self.classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(x)))
+            for c in res.classifications[0].categories:
+                out[i, c.index] = c.score
+        return out
+
+    def close(self) -> None:
+        c = getattr(self, "classifier", None)
+        if c is not None:
+            c.close()
+            self.classifier = None
+
+
+# MediaPipe's classifier fails in its own __del__ once the interpreter is shutting down:
+# the runners still open then are closed while it is alive.
+_OPEN_CLASSIFIERS: weakref.WeakSet = weakref.WeakSet()
+atexit.register(lambda: [r.close() for r in list(_OPEN_CLASSIFIERS)])
+
+RUNNERS: dict[str, type[Runner]] = {".keras": KerasRunner, ".tflite": LiteRTRunner, ".onnx": OnnxRunner,
+                                    ".ort": OrtRunner}
+RUNTIMES: dict[str, type[Runner]] = {"mediapipe": MediaPipeRunner}
+# runtimes that also run files of a suffix, each a row of its own in verify
+EXTRA_RUNTIMES: dict[str, tuple[str, ...]] = {".tflite": ("mediapipe",)}
+
+
+def open_runner(path, threads: int | None = None, runtime: str | None = None) -> Runner:
+    """The runner of ``path``: by its suffix, or the named ``runtime`` (see RUNTIMES)."""
     p = Path(path)
     if not p.exists():
         raise EdgetlError(f"{p}: no such model file")
-    cls = RUNNERS.get(p.suffix.lower())
+    cls = RUNTIMES.get(runtime) if runtime else RUNNERS.get(p.suffix.lower())
     if cls is None:
-        raise EdgetlError(f"{p}: unknown model format '{p.suffix}'; use .keras, .tflite or .onnx")
+        if runtime:
+            raise EdgetlError(f"unknown runtime '{runtime}'; use one of {', '.join(RUNTIMES)}")
+        raise EdgetlError(f"{p}: unknown model format '{p.suffix}'; use {', '.join(RUNNERS)}")
     return cls(p, threads)
+
+
+def extra_runtimes(path) -> list[tuple[str, str | None]]:
+    """(runtime, why it cannot run here or None) for each extra runtime of the file's suffix."""
+    return [(rt, RUNTIMES[rt].unavailable(path)) for rt in EXTRA_RUNTIMES.get(Path(path).suffix.lower(), ())]

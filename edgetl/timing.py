@@ -69,13 +69,14 @@ def machine_info() -> dict:
     v = package_versions()
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(),
             "platform": platform.platform(), "python": platform.python_version(),
-            "runtimes": {k: v[k] for k in ("tensorflow", "keras", "ai-edge-litert", "onnxruntime") if k in v}}
+            "runtimes": {k: v[k] for k in ("tensorflow", "keras", "ai-edge-litert", "onnxruntime", "mediapipe") if k in v}}
 
 
-def isolated_timing(path, threads: int, runs: int, size) -> dict:
+def isolated_timing(path, threads: int, runs: int, size, runtime: str | None = None) -> dict:
     """Latency and peak memory of one model in a fresh process that imports only numpy
     and the runtime (the bundle's edgetl_check.py), so that no other thread pool in this
-    process competes for the cores while it is timed."""
+    process competes for the cores while it is timed. ``runtime``: another runtime than the
+    file's own (``mediapipe`` for a .tflite file)."""
     import json
     import subprocess
     import sys
@@ -83,7 +84,7 @@ def isolated_timing(path, threads: int, runs: int, size) -> dict:
     from edgetl.errors import EdgetlError
 
     cmd = [sys.executable, str(CHECK_SCRIPT), "--time", str(path), "--threads", str(threads), "--runs", str(runs),
-           "--size", f"{size[0]},{size[1]}"]
+           "--size", f"{size[0]},{size[1]}"] + (["--runtime", runtime] if runtime else [])
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if p.returncode != 0:
         raise EdgetlError(f"{path}: timing failed ({(p.stderr.strip().splitlines() or ['?'])[-1][:150]})", 1)

@@ -155,7 +155,7 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
     is one ``EdgetlError`` (exit code 2) naming the file, never a traceback."""
     path = Path(path)
     if not path.is_file():
-        raise EdgetlError(f"{path}: no such file; give torchvision's mobilenet_v2 .pth checkpoint")
+        raise EdgetlError(f"{path}: no such file; give the .pth checkpoint (saved by torch.save)")
     try:
         with open(path, "rb") as f:
             is_zip = f.read(4) == b"PK\x03\x04" or zipfile.is_zipfile(f)  # a cut zip fails in zipfile

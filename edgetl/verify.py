@@ -82,18 +82,20 @@ def measure(entry: dict, x: np.ndarray, y: np.ndarray, ref: np.ndarray | None, t
     from edgetl.timing import isolated_timing, latency, rss_mb, throughput
 
     before = rss_mb()
-    r = open_runner(entry["path"], threads=threads)
+    r = open_runner(entry["path"], threads=threads, runtime=entry.get("runtime"))
     probs = np.concatenate([r.predict(x[i:i + 32]) for i in range(0, len(x), 32)])
     m = classification_metrics(y, probs, classes)
     row = {"artifact": entry["name"], "format": entry["format"], "runtime": r.runtime, "quant": entry["quant"],
            "input_dtype": r.input_dtype, "size_bytes": r.describe()["size_bytes"], "accuracy": m["accuracy"], "ci95": m["ci95"],
            "top5_accuracy": m.get("top5_accuracy"), "threads": threads}
+    if entry.get("runtime"):
+        row["extra_runtime"] = True  # a second runtime on the same file (runners.EXTRA_RUNTIMES)
     if ref is not None:
         row["agreement"] = float((probs.argmax(1) == ref.argmax(1)).mean())
         d = np.abs(probs - ref)
         row["max_abs_dprob"], row["mean_abs_dprob"] = float(d.max()), float(d.mean())
     if isolated and entry["format"] != "keras":
-        row.update(isolated_timing(entry["path"], threads, runs, r.input_size))
+        row.update(isolated_timing(entry["path"], threads, runs, r.input_size, runtime=entry.get("runtime")))
     else:
         row.update(latency(r, x[:1], runs=runs))
     row["throughput_ips"] = throughput(r, x[:batch] if len(x) >= batch else np.resize(x, (batch, *x.shape[1:])))
@@ -117,16 +119,18 @@ def verify(run_dir: PathLike, opts: VerifyOptions | None = None, device_results:
     out = Path(o.out) if o.out else run.dir
     device = [r for f in device_results for r in device_rows(f, gates, run.dir)]  # refused before any timing
     x, y, src = held_out_data(run, o.data)
-    entries = list_artifacts(run.dir)
+    entries, skipped = with_extra_runtimes(list_artifacts(run.dir))
     echo(f"verify: {len(entries)} model(s) on {len(x)} images from {src}, {threads} thread(s), batch-1 latency "
          f"over {runs} runs after warm-up")
+    for note in skipped:
+        echo(f"  skipped: {note}")
     rows, ref = [], None
     for e in entries:
         try:
             row, probs = measure(e, x, y, ref, threads, runs, batch, run.labels, isolated)
         except EdgetlError as err:
             row = {"artifact": e["name"], "format": e["format"], "quant": e["quant"], "status": "fail",
-                   "failed_gates": [f"load ({err.message})"]}
+                   "runtime": e.get("runtime"), "failed_gates": [f"load ({err.message})"]}
             rows.append(row)
             continue
         if ref is None:
@@ -141,7 +145,7 @@ def verify(run_dir: PathLike, opts: VerifyOptions | None = None, device_results:
         row["status"] = "reference" if e["format"] == "keras" else ("fail" if fails else "pass")
         row["failed_gates"] = fails
         rows.append(row)
-        echo(f"  {e['name']:<24} acc {row['accuracy']:.4f}  agree {row['agreement']:.3f}  "
+        echo(f"  {_label(row):<24} acc {row['accuracy']:.4f}  agree {row['agreement']:.3f}  "
              f"p50 {row['p50_ms']:.2f} ms  {row['status']}" + (f" ({'; '.join(fails)})" if fails else ""))
     rows += device
     from edgetl.stats import images_needed
@@ -153,7 +157,7 @@ def verify(run_dir: PathLike, opts: VerifyOptions | None = None, device_results:
                   "max_drop_rule": "fails when the one-sided 95% lower bound of the paired drop exceeds max_drop",
                   "images_to_resolve_max_drop": images_needed(gates.max_drop)},
         "machine": machine_info(), "threads": threads, "created": artifacts.now_iso(),
-        "rows": rows, "recommended": recommend(rows),
+        "rows": rows, "recommended": recommend(rows), "skipped": skipped,
     }
     report["passed"] = all(r["status"] in ("pass", "reference") for r in rows)
     if o.robustness:
@@ -173,6 +177,26 @@ def verify(run_dir: PathLike, opts: VerifyOptions | None = None, device_results:
         echo("\naccuracy under corruptions (severity 1-3):\n" + rob_table(report["robustness"]))
     echo(f"\nreport: {out / REPORT_MD}, {out / REPORT_JSON}")
     return report
+
+
+def with_extra_runtimes(entries: list[dict]) -> tuple[list[dict], list[str]]:
+    """Each artifact, then one entry per extra runtime that runs it (runners.EXTRA_RUNTIMES),
+    and a note for each extra runtime that cannot run it here."""
+    from edgetl.runners import extra_runtimes
+
+    out, skipped = [], []
+    for e in entries:
+        out.append(e)
+        for rt, why in extra_runtimes(e["path"]):
+            if why:
+                skipped.append(f"{e['name']} under {rt}: {why}")
+            else:
+                out.append({**e, "runtime": rt})
+    return out, skipped
+
+
+def _label(row: dict) -> str:
+    return row["artifact"] + (f" ({row['runtime']})" if row.get("extra_runtime") else "")
 
 
 def recommend(rows: list[dict]) -> dict:
@@ -247,10 +271,10 @@ def write_report(report: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = [r for r in report["rows"] if r.get("p50_ms") is not None]
     local = [r for r in rows if not r.get("device")]
-    plots.scatter([{**r, "label": r["artifact"]} for r in local], "p50_ms", "accuracy", "label",
+    plots.scatter([{**r, "label": _label(r)} for r in local], "p50_ms", "accuracy", "label",
                   out / PLOTS["accuracy_latency"], "p50 latency at batch 1 (ms)", "held-out top-1 accuracy",
                   f"accuracy vs latency ({report['threads']} threads)")
-    plots.bars([r["artifact"] for r in local], [r["size_bytes"] / 1024 for r in local], out / PLOTS["sizes"],
+    plots.bars([_label(r) for r in local], [r["size_bytes"] / 1024 for r in local], out / PLOTS["sizes"],
                "KiB", "artifact size")
     best = report["recommended"].get("fastest")
     best_row = next((r for r in local if r["artifact"] == best), local[0] if local else None)

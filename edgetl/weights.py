@@ -36,6 +36,8 @@ def cached_weight_file(bb: backbones.Backbone, alpha: float | None, img_size: in
 
 
 def install_hint(bb: backbones.Backbone, alpha: float | None) -> str:
+    if bb.offline:
+        return f"create them offline with '{bb.offline}' (or use --weights none)"
     a = f" --alpha {alpha if alpha is not None else bb.default_alpha}" if bb.has_alpha else ""
     return (f"download {bb.weight_file_for(alpha, 224)} on a machine with internet, then run "
             f"'edgetl weights install FILE --backbone {bb.name}{a}' (or use --weights none)")

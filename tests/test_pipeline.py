@@ -107,7 +107,7 @@ def test_full_run_writes_everything_and_a_model_card(pipeline_run):
     assert set(man["pipeline"]["stages"]) == {"train", "calibrate", "export", "verify", "card"}
     card = (d / "MODEL_CARD.md").read_text()
     for part in ("## Data", "## Training", "## Artifacts", "## Recommended artifact", "## Known limits",
-                 "onnxruntime", "Kotlin", "Swift", "| model_int8.tflite |"):
+                 "onnxruntime", "Kotlin", "Swift", "MediaPipe Tasks", "| model_int8.tflite |"):
         assert part in card, part
     assert any("stage train: done" in l for l in lines)
 

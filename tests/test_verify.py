@@ -25,9 +25,16 @@ def report(tiny_exported, tiny_run, tmp_path_factory):
 
 def test_one_row_per_artifact_with_every_column(report, tiny_run):
     rep, out = report
-    names = [r["artifact"] for r in rep["rows"]]
+    names = [r["artifact"] for r in rep["rows"] if not r.get("extra_runtime")]
     assert names[0] == "model.keras" and len(names) == 9
     assert set(names[1:]) == {f"model_{q}.{f}" for q in ("fp32", "fp16", "dynamic", "int8") for f in ("tflite", "onnx")}
+    # MediaPipe Tasks runs every .tflite file as an app would: a row each, right after its LiteRT row
+    mp = [r for r in rep["rows"] if r.get("extra_runtime")]
+    if not rep["skipped"]:
+        assert [r["artifact"] for r in mp] == sorted(n for n in names if n.endswith(".tflite"))
+        assert all(r["runtime"] == "mediapipe" and r["agreement"] >= 0.99 for r in mp)
+    else:
+        assert not mp and all("mediapipe is not installed" in s for s in rep["skipped"])
     for r in rep["rows"]:
         for k in ("size_bytes", "accuracy", "delta_accuracy_points", "agreement", "max_abs_dprob", "mean_abs_dprob",
                   "p50_ms", "p90_ms", "p99_ms", "throughput_ips", "memory_mb", "status"):

@@ -2,12 +2,13 @@
 """edgetl device check: run exported models on this device and compare them with
 the reference outputs recorded where they were exported.
 
-Needs only Python 3.8+, numpy and one runtime: onnxruntime (for .onnx), and
+Needs only Python 3.8+, numpy and one runtime: onnxruntime (for .onnx and .ort), and
 ai-edge-litert or tflite-runtime (for .tflite). No TensorFlow, no edgetl.
 
     python edgetl_check.py                      # every model in this bundle
     python edgetl_check.py --threads 4 --name raspberry-pi-5 --out results.json
     python edgetl_check.py --time model.onnx --threads 2   # timing of one model, JSON on stdout
+    python edgetl_check.py --time model.tflite --runtime mediapipe   # as MediaPipe Tasks runs it
 
 Then, on the machine with edgetl: edgetl verify RUN --device-results results.json
 """
@@ -111,8 +112,49 @@ class TfliteModel:
         return y.astype(np.float32)
 
 
-def open_model(path, threads):
-    return OnnxModel(path, threads) if str(path).endswith(".onnx") else TfliteModel(path, threads)
+class MediaPipeModel:
+    """MediaPipe Tasks' ImageClassifier on a .tflite file with TFLite metadata, as an app runs it
+    (uint8 RGB images at the model's size; MediaPipe chooses its own threads)."""
+
+    runtime = "mediapipe"
+
+    def __init__(self, path, threads):
+        try:
+            import mediapipe as mp
+            from mediapipe.tasks.python import BaseOptions, vision
+        except ImportError:
+            raise ImportError("no MediaPipe: pip install mediapipe") from None
+        self.mp, self.version = mp, mp.__version__
+        opts = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(path)), max_results=-1)
+        self.classifier = vision.ImageClassifier.create_from_options(opts)
+        self.k = None
+
+    def run(self, x):
+        out = []
+        for img in np.clip(np.round(x), 0, 255).astype(np.uint8):
+            res = self.classifier.classify(self.mp.Image(image_format=self.mp.ImageFormat.SRGB,
+                                                         data=np.ascontiguousarray(img)))
+            cats = res.classifications[0].categories
+            self.k = self.k or max(c.index for c in cats) + 1
+            p = np.zeros(self.k, np.float32)
+            for c in cats:
+                p[c.index] = c.score
+            out.append(p)
+        return np.stack(out)
+
+    def close(self):
+        if self.classifier is not None:
+            self.classifier.close()
+            self.classifier = None
+
+
+RUNTIMES = {"onnxruntime": OnnxModel, "litert": TfliteModel, "mediapipe": MediaPipeModel}
+
+
+def open_model(path, threads, runtime=None):
+    if runtime:
+        return RUNTIMES[runtime](path, threads)
+    return OnnxModel(path, threads) if str(path).endswith((".onnx", ".ort")) else TfliteModel(path, threads)
 
 
 def time_model(model, x1, runs, warmup):
@@ -153,13 +195,15 @@ def device_info(name):
             "python": platform.python_version(), "numpy": np.__version__}
 
 
-def time_one(path, threads, runs, warmup, size):
+def time_one(path, threads, runs, warmup, size, runtime=None):
     base = rss_mb()
-    m = open_model(path, threads)
+    m = open_model(path, threads, runtime)
     x = np.random.default_rng(0).integers(0, 256, (1, size[0], size[1], 3)).astype(np.float32)
     res = time_model(m, x, runs, warmup)
     res.update(runtime=m.runtime, version=m.version, threads=threads, memory_mb=round(peak_rss_mb() - base, 1),
                peak_rss_mb=round(peak_rss_mb(), 1))
+    if hasattr(m, "close"):
+        m.close()
     return res
 
 
@@ -208,10 +252,12 @@ def main():
     ap.add_argument("--models", default="", help="Comma list of model files to check (default: all).")
     ap.add_argument("--time", metavar="MODEL", help="Only time one model file; print JSON.")
     ap.add_argument("--size", default="224,224", help="With --time: input height,width.")
+    ap.add_argument("--runtime", choices=sorted(RUNTIMES), default=None,
+                    help="With --time: the runtime (default: onnxruntime for .onnx/.ort, LiteRT for .tflite).")
     a = ap.parse_args()
     if a.time:
         h, w = (int(v) for v in a.size.split(","))
-        print(json.dumps(time_one(a.time, a.threads, a.runs, a.warmup, (h, w))))
+        print(json.dumps(time_one(a.time, a.threads, a.runs, a.warmup, (h, w), a.runtime)))
         return 0
     folder = Path(__file__).resolve().parent
     print(f"edgetl device check: {folder.name}, {a.threads} thread(s), {a.runs} timed runs")
