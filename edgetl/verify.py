@@ -163,7 +163,7 @@ def verify(run_dir: PathLike, opts: VerifyOptions | None = None, device_results:
     if o.robustness:
         from edgetl import robustness
 
-        report["robustness"] = robustness.robustness(entries, x, y, threads, out / ROBUSTNESS_PLOT, echo=echo)
+        report["robustness"] = robustness.robustness([e for e in entries if not e.get("runtime")], x, y, threads, out / ROBUSTNESS_PLOT, echo=echo)
     write_report(report, out)
     echo("")
     echo(table(report))

@@ -58,7 +58,7 @@ def test_int8_on_real_photos_within_one_point(hym_run, tmp_path):
 
     calib = calibrate(HYMENOPTERA, size=200, out=tmp_path / "calibration", echo=lambda *a: None)
     res = {(a.format, a.quant): a for a in export(hym_run, ExportOptions(
-        formats="tflite,onnx", quants="fp32,int8", calibration=str(calib), max_drop=1.0), echo=lambda *a: None)}
+        formats="tflite,onnx", quants="fp32,int8", calibration=str(calib), max_drop=1.0, force=True), echo=lambda *a: None)}
     for fmt in ("tflite", "onnx"):
         a = res[(fmt, "int8")]
         assert a.status == "written", a.reason
