@@ -77,20 +77,23 @@ def train_once(data: Path, out: Path, img: int, extra: list[str]) -> dict:
     th = threading.Thread(target=reader, daemon=True)
     th.start()
     peaks = [0.0] * len(STAGES)
-    while p.poll() is None:
+    while True:
+        # wait4 on this child alone: its own ru_maxrss (RUSAGE_CHILDREN would mix in every
+        # child this script ever reaped, e.g. the preloaded-predict processes)
+        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            break
         r = rss_mb(p.pid)
         peaks[stage["i"]] = max(peaks[stage["i"]], r)
         time.sleep(0.1)
-    _, status, ru = os.wait4(p.pid, 0) if p.returncode is None else (0, 0, None)
+    p.returncode = os.waitstatus_to_exitcode(status)
     th.join()
     wall = time.perf_counter() - t0
     marks.append(time.perf_counter())
     if p.returncode:
         print("\n".join(lines[-30:]))
         raise SystemExit(f"edgetl train failed with exit code {p.returncode}")
-    import resource
-
-    maxrss = (ru.ru_maxrss if ru is not None else resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    maxrss = ru.ru_maxrss / 1024
     m = json.loads((out / "metrics.json").read_text())
     stages = {name: {"peak_rss_mb": round(peaks[i], 0),
                      "wall_s": round(marks[i + 1] - marks[i], 1) if i + 1 < len(marks) else None}
@@ -154,11 +157,15 @@ def main():
             import shutil
 
             shutil.rmtree(out)
+        m_pred = min(n, a.predict_images)
+        pr0 = predict_rate(data, a.img_size, m_pred)  # before and after the run: the load drifts
+        load_pred0 = load()
         load_before = load()
         r = train_once(data, out, a.img_size, a.extra.split())
         load_after = load()
-        pr = predict_rate(data, a.img_size, min(n, a.predict_images))
+        pr1 = predict_rate(data, a.img_size, m_pred)
         load_pred = load()
+        pr = {"img_s": (pr0["img_s"] + pr1["img_s"]) / 2}
         m = r["metrics"]
         vc = m.get("view_cache") or {}
         passes = (vc.get("rows") or 0) + (vc.get("val_rows") or 0)
@@ -166,13 +173,16 @@ def main():
         row = {"n": n, "wall_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"], "stages": r["stages"],
                "extract_img_s": round(ext, 1), "predict_img_s": round(pr["img_s"], 1),
                "ratio": round(ext / pr["img_s"], 2), "cache_mb": round((vc.get("disk_bytes") or 0) / 2**20, 0),
-               "val_accuracy": m["val_accuracy"], "load_train": [load_before, load_after], "load_predict": load_pred}
+               "predict_before_after": [round(pr0["img_s"], 1), round(pr1["img_s"], 1)],
+               "val_accuracy": m["val_accuracy"], "load_train": [load_before, load_after],
+               "load_predict": [load_pred0, load_pred]}
         results.append(row)
         st = "  ".join(f"{k} {v['peak_rss_mb']:.0f} MB/{v['wall_s']}s" for k, v in r["stages"].items())
         print(f"N={n}: wall {r['wall_s']:.0f}s, peak RSS {r['peak_rss_mb']:.0f} MB  [{st}]  extraction "
-              f"{ext:.1f} img/s vs preloaded predict {pr['img_s']:.1f} img/s = {row['ratio']:.2f}x  cache "
-              f"{row['cache_mb']:.0f} MB  val acc {m['val_accuracy']:.3f}  load {load_before} -> {load_after} "
-              f"(predict: {load_pred})", flush=True)
+              f"{ext:.1f} img/s vs preloaded predict {pr['img_s']:.1f} img/s (before {pr0['img_s']:.1f}, after "
+              f"{pr1['img_s']:.1f}) = {row['ratio']:.2f}x  cache {row['cache_mb']:.0f} MB  val acc "
+              f"{m['val_accuracy']:.3f}  load {load_before} -> {load_after} (predict: {load_pred0}, {load_pred})",
+              flush=True)
         import shutil
 
         shutil.rmtree(out, ignore_errors=True)
@@ -183,7 +193,7 @@ def main():
         s = r["stages"]
         cells = " | ".join(f"{s[k]['peak_rss_mb']:.0f} MB, {s[k]['wall_s']} s" for k, _ in STAGES)
         print(f"| {r['n']:,} | {r['peak_rss_mb']:.0f} MB | {cells} | {r['wall_s']:.0f} s | {r['extract_img_s']} | "
-              f"{r['predict_img_s']} | {r['ratio']} | {r['load_train'][1]} |")
+              f"{r['predict_img_s']} | {r['ratio']} | {r['load_train'][0]} → {r['load_train'][1]} |")
     if len(results) >= 2:
         a0, b0 = results[0], results[-1]
         print(f"\nN {b0['n']:,} vs {a0['n']:,}: peak RSS x{b0['peak_rss_mb'] / a0['peak_rss_mb']:.2f}, "
