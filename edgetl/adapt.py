@@ -229,7 +229,7 @@ class Adapter(Trainer):
         cfg = dataclasses.replace(run.config, out=None, seed=opts.seed, views=opts.views, mixup=0.0,
                                   epochs_finetune=1 if opts.unfreeze else 0, unfreeze=opts.unfreeze,
                                   unfreeze_blocks=None, batch_size=opts.batch_size, lr_finetune=opts.lr,
-                                  class_weights="none")
+                                  class_weights="none", recipe="fixed", cache_dir=None, strategy="auto")
         super().__init__(cfg, echo=echo)
         self.tmp = Path(tempfile.mkdtemp(prefix="edgetl-adapt-"))
         self.ckpt = self.tmp  # the view cache is working data: nothing is written into a run until the end
@@ -259,24 +259,30 @@ class Adapter(Trainer):
         self.head = M.head_model(self.n_features, self.head_layers)
         self.initial = self.model.get_weights()
 
-    def n_extra(self) -> int:
-        return len(self.target)
-
-    def extra_images(self, size: int):
-        from edgetl.tfdata import load_array
-
-        return load_array(self.target, size, self.cfg.resize)
+    def extra_paths(self) -> list[str]:
+        return self.target  # the unlabelled target images get every view, like a transfer set
 
     # ---- the cached views ----------------------------------------------
-    def cache(self) -> None:
+    def load_views(self) -> None:
+        """The view cache (train.Trainer.cached_views, in a temporary folder), loaded into
+        memory: adaptation's own training loop draws rows at random from source and target."""
         from edgetl import model as M
+        from edgetl.viewcache import estimate_bytes
 
         self.to_train = self.plan_cut()
-        if self.cut_tensor is not None and self.cache_bytes() > self.cache_limit:
+        layout, shards, _ = self.plan_views()
+        rows = sum(s.rows for s in shards)
+        in_ram = rows * (int(np.prod(layout.act_shape)) if layout.act_shape else self.n_features) * 4
+        if self.cut_tensor is not None and in_ram > self.cache_limit:
             raise EdgetlError(f"--unfreeze {self.opts.unfreeze}: the cached activations would take "
-                              f"{self.cache_bytes() / 2**20:.0f} MB; lower --unfreeze or --views")
-        x, y, view, _, _ = self.cached_views()
-        self.x, self.y, self.view = x, y, view
+                              f"{in_ram / 2**20:.0f} MB in memory (limit {self.cache_limit / 2**20:.0f} MB); "
+                              f"lower --unfreeze or --views")
+        cache = self.cached_views()
+        self.echo(f"adapt: view cache {estimate_bytes(layout, shards) / 2**20:.0f} MB on disk in {self.tmp}")
+        col = "acts" if layout.act_shape is not None and self.cut_tensor is not None else "feats"
+        x = np.asarray(cache.column("train", col), np.float32)
+        r = cache.rows("train")
+        self.x, self.y, self.view, self.labeled = x, r.y, r.view, r.labeled
         self.is_target = ~self.labeled
         M.set_trainable(self.base, self.to_train)
         for layer in self.head_layers:
@@ -547,7 +553,7 @@ def adapt(run_dir, opts: AdaptOptions, echo=print) -> dict:
         echo(f"adabn: re-estimated the moving statistics of {n_bn} BatchNorm layers on {len(target)} target images")
         if any(m in TRAINED for m in methods):
             ad.reset()
-            ad.cache()
+            ad.load_views()
         for m in methods:
             if m == "adabn":
                 continue

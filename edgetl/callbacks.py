@@ -13,12 +13,29 @@ from edgetl.errors import TrainingDiverged
 
 
 class Progress(keras.callbacks.Callback):
-    def __init__(self, phase: str, epochs: int, echo):
+    """One line per epoch (metrics, learning rate, time, rows per second); within an epoch
+    that runs long, a line every ``every`` seconds with rows per second and the epoch's ETA."""
+
+    def __init__(self, phase: str, epochs: int, echo, rows: int | None = None, batch_size: int | None = None,
+                 every: float = 30.0):
         super().__init__()
         self.phase, self.epochs, self.echo = phase, epochs, echo
+        self.rows, self.batch_size, self.every = rows, batch_size, every
 
     def on_epoch_begin(self, epoch, logs=None):
+        from edgetl.progress import Throughput
+
         self._t = time.perf_counter()
+        self._epoch = epoch
+        self._meter = Throughput(f"{self.phase} epoch {epoch + 1}/{self.epochs}", self.rows or 0, self.echo,
+                                 unit="rows", every=self.every) if self.rows and self.batch_size else None
+
+    def on_train_batch_end(self, batch, logs=None):
+        m = self._meter
+        if m is not None:
+            done = min(m.total, (batch + 1) * int(self.batch_size or 0))
+            if done < m.total:
+                m.update(done)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -28,7 +45,10 @@ class Progress(keras.callbacks.Callback):
             if k in logs:
                 parts.append(f"{k.replace('accuracy', 'acc')} {logs[k]:.4f}")
         parts.append(f"lr {lr:.1e}")
-        parts.append(f"{time.perf_counter() - self._t:.1f}s")
+        dt = time.perf_counter() - self._t
+        parts.append(f"{dt:.1f}s")
+        if self.rows and dt > 0:
+            parts.append(f"{self.rows / dt:,.0f} rows/s")
         self.echo("  ".join(parts))
 
 
@@ -54,9 +74,10 @@ class NanGuard(keras.callbacks.Callback):
 class HistoryFile(keras.callbacks.Callback):
     """Append each epoch's logs to a JSON file, so a resumed run keeps its curves."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, writer: bool = True):
         super().__init__()
         self.path = Path(path)
+        self.writer = writer  # multi-worker: only the chief writes
         self.rows = json.loads(self.path.read_text()) if self.path.exists() else []
 
     def on_train_begin(self, logs=None):
@@ -68,7 +89,8 @@ class HistoryFile(keras.callbacks.Callback):
         row["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row["epoch"] = epoch + 1
         self.rows = self.rows[:epoch] + [row]
-        write_json(self.path, self.rows)
+        if self.writer:
+            write_json(self.path, self.rows)
 
 
 class AtomicBackup(keras.callbacks.BackupAndRestore):
@@ -78,9 +100,10 @@ class AtomicBackup(keras.callbacks.BackupAndRestore):
     (a full disk makes HDF5 crash, not fail), and a failed write becomes a one-line
     error that says how much space is needed and how to resume."""
 
-    def __init__(self, backup_dir: str, resume_hint: str = ""):
+    def __init__(self, backup_dir: str, resume_hint: str = "", writer: bool = True):
         super().__init__(backup_dir, double_checkpoint=False)
         self.resume_hint = resume_hint
+        self.writer = writer  # multi-worker: every worker restores, only the chief saves and deletes
         for stale in Path(backup_dir).glob(".*.tmp*"):  # left by a process killed mid-write
             stale.unlink(missing_ok=True)
 
@@ -100,12 +123,18 @@ class AtomicBackup(keras.callbacks.BackupAndRestore):
     def write_weights(self, path: str) -> None:
         self.model.save_weights(filepath=path, overwrite=True)
 
+    def on_train_end(self, logs=None):
+        if self.writer:
+            super().on_train_end(logs)
+
     def _save_model(self):
         import os
         import shutil
 
         from edgetl.errors import EdgetlError
 
+        if not self.writer:
+            return
         d = Path(self.backup_dir)
         d.mkdir(parents=True, exist_ok=True)
         need, free = self.needed_bytes(), shutil.disk_usage(d).free

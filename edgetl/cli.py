@@ -14,6 +14,7 @@ import click
 
 from edgetl.config import (
     ADAPT_METHODS,
+    CACHE_DTYPES,
     CALIB_METHODS,
     IO_TYPES,
     ONNX_FORMATS,
@@ -205,7 +206,15 @@ def train_options(f):
         click.option("--patience", type=int, default=d(TrainConfig, "patience"), show_default=True, help="Early-stopping patience (epochs)."),
         click.option("--strict", is_flag=True, help="Fail on the first unusable image instead of skipping it."),
         click.option("--strategy", type=click.Choice(STRATEGIES), default=d(TrainConfig, "strategy"),
-                     show_default=True, help="tf.distribute strategy."),
+                     show_default=True, help="tf.distribute strategy: mirrored (local GPUs or CPUs), multiworker "
+                                             "(one process per machine, TF_CONFIG; see the README)."),
+        click.option("--cache-dir", type=click.Path(file_okay=False), default=d(TrainConfig, "cache_dir"),
+                     help="Folder of the on-disk view cache (shards of cached views). [default: inside the run's "
+                          "checkpoints/]"),
+        click.option("--cache-budget", type=float, default=d(TrainConfig, "cache_budget"), show_default=True,
+                     help="Disk the view cache may take, in GB; a larger cache is refused, saying what it needs."),
+        click.option("--cache-dtype", type=click.Choice(CACHE_DTYPES), default=d(TrainConfig, "cache_dtype"),
+                     show_default=True, help="Storage type of cached features and activations."),
         click.option("--out", type=click.Path(file_okay=False), default=None,
                      help="Run directory. [default: a new folder under models/]"),
         click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its last checkpoint."),

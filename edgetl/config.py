@@ -25,6 +25,7 @@ CALIB_METHODS = ("minmax", "entropy", "percentile")
 ONNX_FORMATS = ("qoperator", "qdq")
 RESIZES = ("crop", "squash")
 STRATEGIES = ("auto", "mirrored", "multiworker")
+CACHE_DTYPES = ("float16", "float32")
 RECIPES = ("auto", "fixed")
 DEFAULT_MAX_DROP = 1.0  # points of top-1 an artifact may lose against the Keras model (export and verify)
 
@@ -151,7 +152,12 @@ class TrainConfig(Options):
     class_weights: str = doc("none | auto (balances the loss for imbalanced classes)", "none")
     patience: int = doc("early-stopping patience (epochs)", 5)
     strict: bool = doc("fail on the first unusable image instead of skipping it", False)
-    strategy: str = doc("auto | mirrored | multiworker (tf.distribute)", "auto")
+    strategy: str = doc("auto | mirrored | multiworker (tf.distribute; multiworker reads TF_CONFIG)", "auto")
+    cache_dir: str | None = doc("folder of the on-disk view cache (null: inside the run's checkpoints/; "
+                                "multiworker: on storage every worker shares)", None)
+    cache_budget: float = doc("disk the view cache may take, in GB; a larger cache is refused, saying what it needs",
+                              50.0)
+    cache_dtype: str = doc("storage of cached features and activations: float16 | float32", "float16")
     out: str | None = doc("run directory (null: a new folder under models/)", None)
 
     def problems(self) -> list[OptionError]:
@@ -181,6 +187,8 @@ class TrainConfig(Options):
         c.require("accumulate", self.accumulate >= 1, "must be >= 1")
         c.non_negative("min_steps")
         c.one_of("strategy", STRATEGIES)
+        c.one_of("cache_dtype", CACHE_DTYPES)
+        c.require("cache_budget", self.cache_budget > 0, "must be positive (GB)")
         if self.unfreeze_blocks is not None:
             c.require("unfreeze_blocks", self.unfreeze_blocks >= 0, "must be >= 0")
         c.run("augment", lambda: parse_augment(self.augment))

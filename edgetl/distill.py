@@ -143,7 +143,6 @@ class Distiller(Trainer):
         super().__init__(config, resume=resume, callbacks=callbacks, echo=echo, root=root)
         self.dcfg = dcfg.validate()
         self._teacher = teacher
-        self._t_views: dict[int, list] = {}
         self.unlabeled: list[str] = []
 
     @property
@@ -160,7 +159,8 @@ class Distiller(Trainer):
 
     def start(self) -> None:
         super().start()
-        artifacts.write_json(self.run_dir / rundir.DISTILL_CONFIG, dataclasses.asdict(self.dcfg))
+        if self.is_chief:
+            artifacts.write_json(self.run_dir / rundir.DISTILL_CONFIG, dataclasses.asdict(self.dcfg))
 
     def _transfer_set(self) -> list[str]:
         if self.dcfg.unlabeled is None:
@@ -179,13 +179,16 @@ class Distiller(Trainer):
         self.echo(f"transfer set: {len(files)} unlabelled images from {self.dcfg.unlabeled}, labelled by the teacher")
         return files
 
-    def n_extra(self) -> int:
-        return len(self.unlabeled)
+    def extra_paths(self) -> list[str]:
+        return self.unlabeled
 
-    def extra_images(self, size: int):
-        from edgetl.tfdata import load_array
+    def teacher_dim(self) -> int:
+        return self.teacher.n_classes
 
-        return load_array(self.unlabeled, size, self.cfg.resize) if self.unlabeled else None
+    def teacher_key(self) -> str | None:
+        from edgetl.artifacts import sha256_file
+
+        return f"{self.teacher.path}:{sha256_file(self.teacher.path)}"
 
     hard_labels_only = False
 
@@ -213,35 +216,33 @@ class Distiller(Trainer):
     def view_size(self) -> int:
         return max(self.cfg.size, *self.teacher.size)
 
-    def view_hook(self, view: int, images) -> None:
-        self._t_views.setdefault(view, []).append(self.teacher.logits(images))
+    def view_hook(self, view: int, images) -> dict:
+        return {"teacher": self.teacher.logits(images)}
 
-    def view_extras(self) -> dict:
+    def val_hook(self, images) -> dict:
+        return {"teacher": self.teacher.logits(images)}
+
+    @property
+    def t_logits(self) -> np.ndarray:
+        """The teacher's logits of every cached training view (row order of the cache)."""
+        return np.asarray(self.cache.column("train", "teacher"))
+
+    @property
+    def t_val(self) -> np.ndarray:
+        return np.asarray(self.cache.column("val", "teacher"))
+
+    def extend_targets(self, y, teacher):
+        if self.hard_labels_only:
+            return y
         import tensorflow as tf
 
-        from edgetl.tfdata import image_dataset
-
-        t = np.concatenate([np.concatenate(self._t_views[v]) for v in sorted(self._t_views)])
-        val = image_dataset(self.ds.val.paths, self.ds.val.labels, self.view_size(), self.cfg.resize)
-        tv = np.concatenate([self.teacher.logits(tf.cast(x, tf.float32)) for x, _ in val.batch(64)])
-        self.t_logits, self.t_val = t, tv
-        return {"teacher_logits": t, "teacher_val_logits": tv}
-
-    def load_view_extras(self, z) -> None:
-        self.t_logits, self.t_val = z["teacher_logits"], z["teacher_val_logits"]
+        return tf.concat([y, teacher], 1)
 
     def head_targets(self):
         return np.concatenate([self.view_labels(), self.t_logits], 1)
 
     def val_targets(self, labels):
         return np.concatenate([np.eye(len(self.ds.classes), dtype=np.float32)[labels], self.t_val], 1)
-
-    def phase2(self):
-        # without cached activations phase 2 runs on fresh images, which have no teacher logits
-        self.hard_labels_only = bool(self.cfg.epochs_finetune and self.cut_tensor is None)
-        if self.hard_labels_only:
-            self.echo("phase 2: cached activations unavailable; fine-tuning on hard labels only")
-        return super().phase2()
 
 
 def _latency_ms(model_path) -> float:
@@ -265,17 +266,16 @@ def _row(name, path, probs, labels, params, split) -> dict:
 
 def _student_probs(model_path, paths, resize: str) -> np.ndarray:
     from edgetl.runners import KerasRunner
-    from edgetl.tfdata import load_array
+    from edgetl.tfdata import decode_batches
 
     r = KerasRunner(model_path)
-    x = load_array(paths, r.input_size[0], resize)
-    return np.concatenate([r.predict(x[i:i + 64]) for i in range(0, len(x), 64)])
+    return np.concatenate([r.predict(b.images) for b in decode_batches(paths, r.input_size[0], resize, 64)])
 
 
 def distill(config: TrainConfig, dcfg: DistillConfig, resume: bool = False, echo: Echo = print,
             callbacks: tuple = ()) -> dict[str, Any]:
     """Distil ``dcfg.teacher`` into the student of ``config``; returns the side-by-side report."""
-    from edgetl.tfdata import load_array
+    from edgetl.tfdata import decode_batches
 
     dcfg.validate()
     results: list[dict] = []
@@ -305,8 +305,8 @@ def distill(config: TrainConfig, dcfg: DistillConfig, resume: bool = False, echo
     # every model is scored on the same held-out images: test when there is one, else val
     split_name, split = ("test", ds.test) if ds.test is not None and len(ds.test) else ("val", ds.val)
     y = np.asarray(split.labels)
-    x_t = load_array(split.paths, teacher.size[0], d.cfg.resize).astype(np.float32)  # the teacher's own size
-    t_logits = np.concatenate([teacher.logits(x_t[i:i + 64]) for i in range(0, len(x_t), 64)])
+    t_logits = np.concatenate([teacher.logits(b.images.astype(np.float32))  # at the teacher's own size
+                               for b in decode_batches(split.paths, teacher.size[0], d.cfg.resize, 64)])
     t_probs = np.exp(t_logits - t_logits.max(-1, keepdims=True))
     t_probs /= t_probs.sum(-1, keepdims=True)
     rows = [_row("teacher", teacher.path, t_probs, y, sum(int(np.prod(w.shape)) for w in teacher.model.weights),

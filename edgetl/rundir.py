@@ -9,6 +9,7 @@ this one for a path or a reader, so a file is renamed here or nowhere::
       metrics.json  history.json  curves.png  confusion.png  (train)
       manifest.json                                          (written last: the run is finished)
       checkpoints/                                           (only while unfinished)
+      checkpoints/view-cache/                                (the view cache's shards, unless --cache-dir)
       calibration/  export/model_<quant>.<format>[.json]     (calibrate, export)
                     export/model_<quant>.required_operators.config   (export of .ort)
       report.json  report.md  verify_*.png  MODEL_CARD.md    (verify, card)
@@ -39,7 +40,7 @@ CONFUSION = "confusion.png"
 CONFUSION_MATRICES = "confusion.npz"  # above 30 classes, instead of inline in metrics.json
 MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints"
-VIEWS = "views.npz"
+VIEW_CACHE = "view-cache"  # RUN/checkpoints/view-cache/: the on-disk view cache (edgetl.viewcache), unless --cache-dir
 CALIBRATION = "calibration"
 EXPORT = "export"
 REPORT_JSON = "report.json"

@@ -1,15 +1,89 @@
-"""tf.data pipelines: decoded (tolerant, through PIL) and resized images held in memory; augment
-(Keras preprocessing layers, training batches only), batch, prefetch."""
+"""Image ingestion and tf.data pipelines.
+
+Training, validation, test and transfer-set images stream through :func:`decode_batches`:
+PIL decodes them (tolerant of every format, EXIF orientation, the same resampling as
+``edgetl predict``) in a small thread pool, outside tf.data, into fixed-size uint8 batches,
+with at most a few batches decoded ahead; nothing holds a whole split. A Python decoder
+*inside* tf.data (tf.numpy_function) deadlocked at iterator teardown at 224 px, so Python
+never runs inside a tf.data graph here.
+
+:func:`load_array` / :func:`image_dataset` (a whole small set in memory) serve small sets
+only: calibration samples, bundles, QAT."""
 from __future__ import annotations
 
+import collections
 import functools
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
-from edgetl.images import load_rgb
+from edgetl.images import BadImage, load_rgb
+
+DECODE_THREADS = max(2, min(4, os.cpu_count() or 1))  # PIL releases the GIL while it decodes and resizes
+DECODE_AHEAD = 3  # batches decoded ahead of the consumer: memory is bounded by (AHEAD + THREADS) batches
+
+
+@dataclass
+class ImageBatch:
+    """One batch of :func:`decode_batches`: ``images`` (b, s, s, 3) uint8 at positions
+    ``start .. start + b`` of the path list; ``ok[i]`` is False for a file that failed to
+    decode (its image is zeros; ``errors`` names it and why)."""
+    start: int
+    images: np.ndarray
+    ok: np.ndarray
+    errors: list[tuple[str, str]]
+
+
+def _decode_chunk(paths: Sequence[str], size: int, resize: str) -> tuple[np.ndarray, np.ndarray, list]:
+    out = np.zeros((len(paths), size, size, 3), np.uint8)
+    ok = np.ones(len(paths), bool)
+    errors = []
+    for i, p in enumerate(paths):
+        try:
+            out[i] = load_rgb(p, size, resize)
+        except BadImage as e:
+            ok[i] = False
+            errors.append((str(p), str(e)))
+    return out, ok, errors
+
+
+def decode_batches(paths: Sequence[str], size: int, resize: str = "crop", batch: int = 64,
+                   threads: int | None = None, ahead: int = DECODE_AHEAD) -> Iterator[ImageBatch]:
+    """Decode ``paths`` in order, ``batch`` images at a time, through a bounded thread pool.
+
+    Each batch is split in sub-chunks decoded by different threads; at most ``ahead``
+    batches are in flight, so memory stays at a few batches whatever the number of paths.
+    A file that fails to decode is not fatal: its ``ok`` flag is False."""
+    paths = [str(p) for p in paths]
+    n = len(paths)
+    if n == 0:
+        return
+    threads = threads or DECODE_THREADS
+    sub = max(1, -(-batch // threads))
+
+    def submit(pool, lo):
+        hi = min(n, lo + batch)
+        return lo, [pool.submit(_decode_chunk, paths[a:min(hi, a + sub)], size, resize) for a in range(lo, hi, sub)]
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="edgetl-decode") as pool:
+        pending: collections.deque[tuple[int, list[Future]]] = collections.deque()
+        starts = iter(range(0, n, batch))
+        for lo in starts:
+            pending.append(submit(pool, lo))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            lo, futs = pending.popleft()
+            parts = [f.result() for f in futs]
+            nxt = next(starts, None)
+            if nxt is not None:
+                pending.append(submit(pool, nxt))
+            images = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
+            yield ImageBatch(lo, images, np.concatenate([p[1] for p in parts]), [e for p in parts for e in p[2]])
 
 
 def augmenter(names, seed: int):

@@ -96,17 +96,32 @@ class Trainer:
         self.bb = backbones.get(self.cfg.backbone)
         self.run_dir = Path(self.cfg.out) if self.cfg.out else default_run_dir(self.cfg, root)
         self.cfg.out = str(self.run_dir)
-        if not resume and (self.run_dir / rundir.CHECKPOINTS).exists():
+        from edgetl.distributed import tf_config_is_chief
+
+        chief = self.cfg.strategy != "multiworker" or tf_config_is_chief()
+        if not resume and chief and (self.run_dir / rundir.CHECKPOINTS).exists():
             raise EdgetlError(f"{self.run_dir}: holds an unfinished run; add --resume to continue it, "
                               f"or choose another --out")
         self.ckpt = self.run_dir / rundir.CHECKPOINTS
         self.timings: dict[str, float] = {}
+        self.worker_index, self.num_workers, self.is_chief = 0, 1, True  # multi-worker: set by prepare()
+        self.cache_stats: dict = {}
         self.recipe_log: dict = {"recipe": self.cfg.recipe, "lr_decay": self.cfg.lr_decay,
                                  "accumulate": self.cfg.accumulate, "min_steps": self.cfg.min_steps}
 
     # ---- set-up ---------------------------------------------------------
     def prepare(self) -> None:
         cfg = self.cfg
+        if cfg.strategy == "multiworker":
+            from edgetl import distributed
+
+            # collective ops are configured when TensorFlow starts: before anything else runs
+            self.strategy = get_strategy("multiworker")
+            distributed.patch_keras()
+            self.worker_index, self.num_workers, self.is_chief = distributed.worker_of(self.strategy)
+            if self.num_workers > 1:
+                self.echo(f"multiworker: worker {self.worker_index} of {self.num_workers} "
+                          f"({distributed.describe_cluster()}){', the chief' if self.is_chief else ''}")
         self.ds: Dataset = scan(cfg.data, cfg.val_split, cfg.seed, cfg.strict, test_split=cfg.test_split)
         ds = self.ds
         k = len(ds.classes)
@@ -136,7 +151,8 @@ class Trainer:
         self.class_weight = class_weights(ds) if cfg.class_weights == "auto" else None
         self.check_inputs()  # before anything is written: a refused input leaves no half-made run
         set_seed(cfg.seed)
-        self.strategy = get_strategy(cfg.strategy)
+        if cfg.strategy != "multiworker":
+            self.strategy = get_strategy(cfg.strategy)
         self.replicas = int(self.strategy.num_replicas_in_sync)
         if self.replicas > 1:
             self.echo(f"strategy: {type(self.strategy).__name__} over {self.replicas} replicas")
@@ -146,6 +162,8 @@ class Trainer:
         model built (weights loaded), so that a refused run leaves nothing behind."""
         cfg, ds = self.cfg, self.ds
         self.ckpt.mkdir(parents=True, exist_ok=True)
+        if not self.is_chief:  # only the chief writes the run's files
+            return
         artifacts.write_yaml(self.run_dir / rundir.CONFIG, cfg.to_dict())
         artifacts.write_text(self.run_dir / rundir.LABELS, "\n".join(ds.classes) + "\n")
         root = ds.root
@@ -169,6 +187,7 @@ class Trainer:
             self.model, self.extractor = M.assemble(self.base, self.bb, cfg.size, self.head_layers)
             self.head = M.head_model(n_feat, self.head_layers)
         self.n_features = n_feat
+        self.plan_views()  # a view cache over the disk budget is refused before anything is written
 
     def check_inputs(self) -> None:
         """Checks of further inputs once the data is scanned (distillation: the teacher)."""
@@ -184,39 +203,63 @@ class Trainer:
 
         return [keras.metrics.CategoricalAccuracy(name="accuracy")]
 
+    # ---- targets of the cached rows (overridden by distillation) ---------
     def view_labels(self) -> np.ndarray:
-        """Soft labels of the cached views: one-hot, or for a mixup view the blend of its
-        two images' labels (lam * y + (1 - lam) * y2); zero for unlabelled images."""
+        """Soft labels of the cached training views: one-hot, or for a mixup view the blend of
+        its two images' labels (lam * y + (1 - lam) * y2); zero for unlabelled images."""
+        r = self.cache.rows("train")
         eye = np.eye(len(self.ds.classes), dtype=np.float32)
-        y = self.views[1]
-        y2, lam = self.mix
-        soft = lam[:, None] * eye[y] + (1.0 - lam[:, None]) * eye[y2]
-        return soft * self.labeled[:, None]
+        soft = r.lam[:, None] * eye[r.y] + (1.0 - r.lam[:, None]) * eye[r.y2]
+        return soft * r.labeled[:, None]
 
     def head_targets(self) -> np.ndarray:
-        """Training targets of the cached views (distillation appends the teacher's logits)."""
+        """Training targets of the cached views, as numpy (distillation appends the teacher's
+        logits); training computes the same in the tf.data graph (:meth:`row_targets`)."""
         return self.view_labels()
 
     def val_targets(self, labels: np.ndarray) -> np.ndarray:
         return np.eye(len(self.ds.classes), dtype=np.float32)[labels]
 
-    def finetune_data(self):
-        """(train tf.data, val tf.data) for phase 2."""
+    def extend_targets(self, y, teacher):
+        """Targets of a batch from its label vectors (distillation appends the teacher's logits)."""
+        return y
+
+    def row_targets(self, meta, teacher):
+        """(targets,) or (targets, sample weights) of a batch of cached training rows, in the
+        tf.data graph: soft labels from ``meta``; under --class-weights auto each row's class
+        weight, blended like its label, 1 for unlabelled rows (passed as sample weights:
+        Keras' class_weight reads a class from argmax(y), wrong for blended labels and for
+        distillation's [labels | teacher logits] targets)."""
         import tensorflow as tf
 
-        from edgetl.tfdata import augmenter, batches, image_dataset
+        from edgetl.viewcache import META
 
-        cfg = self.cfg
         k = len(self.ds.classes)
-        aug = augmenter(parse_augment(cfg.augment), cfg.seed + 1000)
-        r = self.replicas  # multi-replica strategies need batches that split evenly
-        tr = image_dataset(self.ds.train.paths, self.ds.train.labels, cfg.img_size, cfg.resize)
-        tr = tr.map(lambda x, y: (x, tf.one_hot(y, k)))
-        va = image_dataset(self.ds.val.paths, self.ds.val.labels, cfg.img_size, cfg.resize)
-        va = va.take(len(self.ds.val) - len(self.ds.val) % r).map(lambda x, y: (x, tf.one_hot(y, k)))
-        return (batches(tr, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=aug, n=len(self.ds.train),
-                        drop_remainder=r > 1),
-                batches(va, cfg.batch_size))
+        col = {name: meta[:, i] for i, name in enumerate(META)}
+        lam, labeled = col["lam"][:, None], col["labeled"][:, None]
+        soft = (lam * tf.one_hot(tf.cast(col["y"], tf.int32), k)
+                + (1.0 - lam) * tf.one_hot(tf.cast(col["y2"], tf.int32), k)) * labeled
+        t = self.extend_targets(soft, teacher)
+        if self.class_weight is None:
+            return (t,)
+        cw = tf.constant([self.class_weight[i] for i in range(k)], tf.float32)
+        w = tf.where(col["labeled"] > 0.5, tf.linalg.matvec(soft, cw), 1.0)
+        return (t, w)
+
+    def row_val_targets(self, meta, teacher):
+        import tensorflow as tf
+
+        from edgetl.viewcache import META
+
+        y = tf.one_hot(tf.cast(meta[:, META.index("y")], tf.int32), len(self.ds.classes))
+        return (self.extend_targets(y, teacher),)
+
+    def row_weights(self) -> np.ndarray | None:
+        """The sample weights of :meth:`row_targets`, as numpy (None without class weights)."""
+        if self.class_weight is None:
+            return None
+        cw = np.array([self.class_weight[i] for i in range(len(self.ds.classes))], np.float32)
+        return np.where(self.cache.rows("train").labeled, self.view_labels() @ cw, 1.0).astype(np.float32)
 
     # ---- the frozen prefix: run once per image and view ----------------
     def plan_cut(self):
@@ -230,11 +273,13 @@ class Trainer:
 
         from edgetl import recipe
 
+        if getattr(self, "_planned", False):
+            return self.to_train
         cfg = self.cfg
         self.candidates = recipe.candidates(self.base, self.bb, cfg)
         deepest = max(self.candidates, key=lambda c: len(c.layers))
         to_train = deepest.layers  # the cut serves every candidate: it is before the deepest one
-        self.cut_tensor = None
+        self.cut_tensor, self.cut_layer = None, None
         if to_train:
             first = to_train[0]
             for _, layers in backbones.units(self.base, self.bb):
@@ -248,24 +293,41 @@ class Trainer:
                 with self.strategy.scope():
                     self.suffix = keras.Model(cut, self.base.output, name="trained_suffix")
                     self.prefix = keras.Model(self.base.inputs, cut, name="frozen_prefix")
-                self.cut_tensor = cut
-            except Exception:  # graph can't be cut there: phase 2 runs on images
+                self.cut_tensor, self.cut_layer = cut, first.name
+            except Exception:  # graph can't be cut there: the cache holds the views' images instead
                 self.cut_tensor = None
+        self.to_train, self._planned = to_train, True
         return to_train
 
-    def cache_bytes(self) -> int:
-        shape = self.cut_tensor.shape[1:] if self.cut_tensor is not None else (self.n_features,)
-        views = self.cfg.views if self._augment_names() else 1
-        return int(np.prod(shape)) * 4 * (views * (len(self.ds.train) + self.n_extra()) + len(self.ds.val))
+    def cache_layout(self):
+        """What each cached row holds: pooled features; for phase 2 the activations at the cut
+        (or, where the graph cannot be cut, the view's image itself, uint8)."""
+        from edgetl.viewcache import Layout
 
-    def n_extra(self) -> int:
-        """Unlabelled images added to every view (distillation's transfer set; none here)."""
+        cfg = self.cfg
+        if not cfg.epochs_finetune or not self.to_train:
+            act_shape, act_dtype = None, cfg.cache_dtype
+        elif self.cut_tensor is not None:
+            act_shape, act_dtype = tuple(int(d) for d in self.cut_tensor.shape[1:]), cfg.cache_dtype
+        else:
+            act_shape, act_dtype = (cfg.size, cfg.size, 3), "uint8"
+        return Layout(act_shape, self.n_features, self.teacher_dim(), cfg.cache_dtype, act_dtype)
+
+    def teacher_dim(self) -> int:
+        """Width of the teacher column of the cache (distillation: the teacher's logits)."""
         return 0
 
-    def extra_images(self, size: int) -> np.ndarray | None:
-        """Those images, uint8 (N, size, size, 3): they get the same views as the training
-        images and no hard label (their rows' label vectors are zero)."""
-        return None
+    def n_views(self) -> int:
+        return self.cfg.views if self._augment_names() else 1
+
+    def extra_paths(self) -> list[str]:
+        """Unlabelled images added to every view (distillation's transfer set; none here):
+        they get the same views as the training images and no hard label (their rows' label
+        vectors are zero)."""
+        return []
+
+    def n_extra(self) -> int:
+        return len(self.extra_paths())
 
     def _augment_names(self):
         return parse_augment(self.cfg.augment)
@@ -275,115 +337,249 @@ class Trainer:
         them at the teacher's size when that is larger, so the teacher sees full detail)."""
         return self.cfg.size
 
-    def view_hook(self, view: int, images) -> None:
-        """Called with each batch of each view's images (0-255 float); distillation records
-        the teacher's logits here, once per image and view."""
+    def view_hook(self, view: int, images) -> dict | None:
+        """Called with each batch of each view's images (0-255 float); distillation returns the
+        teacher's logits here ({"teacher": ...}), once per image and view."""
+        return None
 
-    def cached_views(self):
-        """Frozen-prefix outputs of every training view and of the val images, computed once
-        and kept in the checkpoint folder (a resumed run reuses them). Without a cut, the
-        prefix is the whole frozen extractor and the cache holds pooled features."""
-        import tensorflow as tf
+    def val_hook(self, images) -> dict | None:
+        """The same for each batch of validation images (plain view)."""
+        return None
 
-        from edgetl.tfdata import augmenter, image_dataset, load_array
+    def plan_views(self):
+        """The view cache's layout, shards, folder and key; refuses a cache over the disk
+        budget before anything is written."""
+        from edgetl import viewcache as V
 
         cfg = self.cfg
-        path = self.ckpt / rundir.VIEWS
-        if path.exists():
-            z = np.load(path)
-            self.echo(f"phase 1: reusing cached views {z['x'].shape} from {path}")
-            self.mix, self.labeled = (z["y2"], z["lam"]), z["labeled"]
-            self.load_view_extras(z)
-            return z["x"], z["y"], z["view"], z["vx"], z["vy"]
+        self.plan_cut()
+        layout = self.cache_layout()
+        bs = self.extract_batch()
+        shards = V.plan(len(self.ds.train), self.n_extra(), len(self.ds.val), self.n_views(),
+                        V.shard_rows_for(layout, batch=bs))
+        self.cache_dir = (Path(cfg.cache_dir) / f"{self.run_dir.name}.{rundir.VIEW_CACHE}" if cfg.cache_dir
+                          else self.ckpt / rundir.VIEW_CACHE)
+        key = V.ViewCache.make_key(
+            layout=layout, shards=len(shards), seed=cfg.seed, views=self.n_views(), mixup=cfg.mixup,
+            augment=self._augment_names(), size=cfg.size, view_size=self.view_size(), resize=cfg.resize,
+            backbone=cfg.backbone, alpha=cfg.alpha, weights=cfg.weights, cut=self.cut_layer,
+            train=V.ViewCache.make_key(p=list(self.ds.train.paths), y=self.ds.train.labels.tolist()),
+            extra=V.ViewCache.make_key(p=self.extra_paths()), val=V.ViewCache.make_key(p=list(self.ds.val.paths)),
+            teacher=self.teacher_key())
+        have = sum(f.stat().st_size for f in self.cache_dir.rglob("*.npy")) if self.cache_dir.exists() else 0
+        V.check_budget(self.cache_dir, V.estimate_bytes(layout, shards), cfg.cache_budget, have)
+        self.view_plan = (layout, shards, key)
+        return self.view_plan
+
+    def teacher_key(self) -> str | None:
+        return None
+
+    def extract_batch(self) -> int:
+        return max(self.cfg.batch_size, 64)  # inference only: larger batches use the CPU better
+
+    def mix_plan(self) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Per view: (partner of each training image, weight lam) for mixup views, else None.
+        Drawn from the seed alone, so any shard can be (re)made on its own."""
+        cfg = self.cfg
+        n = len(self.ds.train)
+        rng = np.random.default_rng(cfg.seed + 7)
+        out: list[tuple[np.ndarray, np.ndarray] | None] = []
+        for v in range(self.n_views()):
+            if v > 0 and cfg.mixup > 0:
+                partner = rng.permutation(n)
+                lam = np.maximum(rng.beta(cfg.mixup, cfg.mixup, n), 0.5).astype(np.float32)
+                out.append((partner, lam))
+            else:
+                out.append(None)
+        return out
+
+    def my_shards(self, shards):
+        """The shards this worker extracts (all of them on one machine)."""
+        return shards[self.worker_index::self.num_workers]
+
+    def cached_views(self):
+        """The view cache: frozen-prefix outputs of every training view and of the validation
+        images, computed once, on disk (a resumed run reuses every finished shard)."""
+        from edgetl.progress import fmt_bytes
+        from edgetl.viewcache import ViewCache
+
+        layout, shards, key = getattr(self, "view_plan", None) or self.plan_views()
+        if not self.is_chief:  # the chief creates (or clears) the shared cache folder
+            from edgetl import distributed
+
+            distributed.wait_for(lambda: 0 if distributed.key_ready(self.cache_dir, key) else 1,
+                                 f"{self.cache_dir}: the chief's view cache", self.echo, distributed.shard_timeout())
+        cache = ViewCache.open(self.cache_dir, layout, shards, key, writer=self.is_chief, echo=self.echo)
+        mine = self.my_shards(shards)
+        todo = cache.missing(mine)
+        if cache.reused:
+            self.echo(f"phase 1: view cache: reusing {cache.reused} of {len(shards)} finished shards in {self.cache_dir}")
         t0 = time.perf_counter()
-        names = self._augment_names()
-        views = cfg.views if names else 1
-        aug = augmenter(names, cfg.seed)
-        prefix = self.prefix if self.cut_tensor is not None else self.extractor
-        if self.cut_tensor is not None:
+        if todo:
+            self.echo(f"phase 1: frozen base over {sum(s.rows for s in todo):,} views and val images "
+                      f"({len(todo)} shard(s)) into {self.cache_dir}")
+            self.extract(cache, todo, done_rows=sum(s.rows for s in mine) - sum(s.rows for s in todo),
+                         total_rows=sum(s.rows for s in mine))
+        self.wait_for_shards(cache)
+        cache.rows("train"), cache.rows("val")  # the small per-row columns stay in memory
+        self.timings["features_s"] = self.timings.get("features_s", 0.0) + time.perf_counter() - t0
+        self.cache_stats = {"dir": str(self.cache_dir), "shards": len(shards), "reused": cache.reused,
+                            "written": cache.written, "written_rows": sum(s.rows for s in todo),
+                            "disk_bytes": cache.disk_bytes(), "dtype": layout.dtype,
+                            "act_shape": list(layout.act_shape) if layout.act_shape else None,
+                            "rows": sum(s.rows for s in cache.part("train")), "val_rows": len(self.ds.val)}
+        who = f" (worker {self.worker_index} of {self.num_workers})" if self.num_workers > 1 else ""
+        self.echo(f"phase 1: view cache ready: {self.cache_stats['rows']:,} training views + {len(self.ds.val):,} val "
+                  f"images, {fmt_bytes(self.cache_stats['disk_bytes'])} on disk ({layout.dtype}), "
+                  f"{cache.written} shard(s) / {self.cache_stats['written_rows']:,} rows written here{who}, "
+                  f"{cache.reused} reused")
+        return cache
+
+    def wait_for_shards(self, cache) -> None:
+        """Multi-worker: wait until every worker's shards are on the shared storage."""
+        if self.num_workers > 1:
+            from edgetl import distributed
+
+            distributed.wait_for(lambda: len(cache.missing()), f"{self.cache_dir}: view cache shards", self.echo,
+                                 distributed.shard_timeout())
+
+    def extract(self, cache, todo, done_rows: int = 0, total_rows: int | None = None) -> None:
+        """Run the frozen layers over the views of the shards in ``todo`` and write each shard."""
+        import tensorflow as tf
+
+        from edgetl.progress import Throughput, fmt_bytes
+        from edgetl.tfdata import augmenter, decode_batches
+        from edgetl.viewcache import meta_rows
+
+        cfg = self.cfg
+        layout = cache.layout
+        aug = augmenter(self._augment_names(), cfg.seed)
+        size = self.view_size()
+        spec = [tf.TensorSpec([None, size, size, 3], tf.float32)]
+        cut = self.cut_tensor is not None
+
+        def to_input(x):
+            return tf.image.resize(x, (cfg.size, cfg.size), antialias=True) if size != cfg.size else x
+
+        if cut:
             from edgetl.layers import Preprocess
 
             pre = Preprocess(self.bb.preprocess)
-            run_prefix = lambda x: prefix(pre(x), training=False)  # noqa: E731
+
+            def encode_at_cut(x):
+                x = to_input(x)
+                a = self.prefix(pre(x), training=False)
+                return a, tf.reduce_mean(self.suffix(a, training=False), axis=(1, 2))
+
+            encode_fn = encode_at_cut
         else:
-            run_prefix = lambda x: prefix(x, training=False)  # noqa: E731
-        size = self.view_size()  # views are made at this size, then resized to the model's input
-        spec = [tf.TensorSpec([None, size, size, 3], tf.float32)]  # traced once
-        if size != cfg.img_size:
-            def to_input(x):
-                return tf.image.resize(x, (cfg.img_size, cfg.img_size), antialias=True)
-        else:
-            def to_input(x):
-                return x
-        plain = tf.function(lambda x: run_prefix(to_input(x)), input_signature=spec)
-        augmented = tf.function(lambda x: tf.clip_by_value(aug(x, training=True), 0.0, 255.0), input_signature=spec)
-        bs = max(cfg.batch_size, 64)  # inference only: larger batches use the CPU better
-        images = load_array(self.ds.train.paths, size, cfg.resize)
-        labels = np.asarray(self.ds.train.labels)
-        n = len(images)
-        extra = self.extra_images(size)
-        m = 0 if extra is None else len(extra)
-        rng = np.random.default_rng(cfg.seed + 7)
-        def encode(v, batch, partner_batch=None, w=None):
-            """Frozen-prefix output of one batch of view v (augmented for v > 0, blended with
-            its mixup partners when given); the hook sees the exact images encoded."""
-            imgs = tf.convert_to_tensor(batch.astype(np.float32))
-            if v > 0:
-                imgs = augmented(imgs)
-            if partner_batch is not None:
-                imgs = w * imgs + (1.0 - w) * augmented(tf.convert_to_tensor(partner_batch.astype(np.float32)))
-            self.view_hook(v, imgs)
-            return plain(imgs).numpy()
+            def encode_whole(x):
+                x = to_input(x)
+                return tf.clip_by_value(x, 0.0, 255.0), self.extractor(x, training=False)
 
-        xs, ys, y2s, lams, vs, labeled = [], [], [], [], [], []
-        for v in range(views):
-            mixed = v > 0 and cfg.mixup > 0
-            # mixup: each augmented view is blended with an augmented view of a random partner
-            partner = rng.permutation(n) if mixed else np.arange(n)
-            lam = (np.maximum(rng.beta(cfg.mixup, cfg.mixup, n), 0.5) if mixed else np.ones(n)).astype(np.float32)
-            out = [encode(v, images[i:i + bs], images[partner[i:i + bs]], lam[i:i + bs, None, None, None])
-                   if mixed else encode(v, images[i:i + bs]) for i in range(0, n, bs)]
-            # unlabelled images: same views, no mixup (no labels to blend)
-            out += [encode(v, extra[i:i + bs]) for i in range(0, m, bs)]
-            xs.append(np.concatenate(out))
-            ys.append(np.concatenate([labels, np.zeros(m, labels.dtype)]))
-            y2s.append(np.concatenate([labels[partner], np.zeros(m, labels.dtype)]))
-            lams.append(np.concatenate([lam, np.ones(m, np.float32)]))
-            labeled.append(np.arange(n + m) < n)
-            vs.append(np.full(n + m, v))
-            kind = "plain" if v == 0 else "augmented" + (", mixup" if mixed else "")
-            self.echo(f"phase 1: frozen base over view {v + 1}/{views} ({kind}) of {n} images"
-                      + (f" + {m} unlabelled" if m else ""))
-        val_ds = image_dataset(self.ds.val.paths, self.ds.val.labels, size, cfg.resize)
-        vx = np.concatenate([plain(tf.cast(i, tf.float32)).numpy() for i, _ in val_ds.batch(bs)])
-        x, y, view = np.concatenate(xs), np.concatenate(ys), np.concatenate(vs)
-        self.mix = (np.concatenate(y2s), np.concatenate(lams))
-        self.labeled = np.concatenate(labeled)
-        with artifacts.atomic_path(path, suffix=".npz") as tmp:
-            np.savez(tmp, x=x, y=y, y2=self.mix[0], lam=self.mix[1], labeled=self.labeled, view=view, vx=vx,
-                     vy=self.ds.val.labels, **self.view_extras())
-        self.timings["features_s"] = time.perf_counter() - t0
-        self.echo(f"phase 1: {len(x)} cached views {tuple(x.shape[1:])} in {self.timings['features_s']:.1f}s")
-        return x, y, view, vx, self.ds.val.labels
+            encode_fn = encode_whole
 
-    def view_extras(self) -> dict:
-        return {}
+        # traced once each; plain TensorFlow ops, nothing for AutoGraph to convert
+        encode = tf.function(encode_fn, input_signature=spec, autograph=False)
+        augmented = tf.function(lambda x: tf.clip_by_value(aug(x, training=True), 0.0, 255.0), input_signature=spec,
+                                autograph=False)
+        gens = [layer.generator for layer in aug.layers if hasattr(layer, "generator")]
+        bs = self.extract_batch()
+        train_paths, labels = list(self.ds.train.paths), np.asarray(self.ds.train.labels)
+        sources = {"train": train_paths, "extra": self.extra_paths(), "val": list(self.ds.val.paths)}
+        mix = self.mix_plan()
+        total = total_rows if total_rows is not None else sum(s.rows for s in todo)
+        meter = Throughput("phase 1: frozen base over the views", total, self.echo, unit="img",
+                           start=done_rows)
+        done = done_rows
+        views = self.n_views()
+        for s in todo:
+            for j, g in enumerate(gens):  # augmentation seeded per shard: any shard can be redone alone
+                g.state.assign(np.array([cfg.seed * 1_000_003 + s.index * 101 + j + (s.part == "val") * 7919, 0],
+                                        np.int64))
+            paths = sources[s.source][s.lo:s.hi]
+            plan = mix[s.view] if s.source == "train" else None
+            mixed = plan is not None
+            partner = plan[0][s.lo:s.hi] if plan is not None else np.arange(s.lo, s.hi)
+            lam = plan[1][s.lo:s.hi] if plan is not None else np.ones(s.rows, np.float32)
+            pstream = decode_batches([train_paths[i] for i in partner], size, cfg.resize, bs) if mixed else None
+            cols: dict[str, list] = {"feats": [], "acts": [], "teacher": []}
+            oks = []
+            for b in decode_batches(paths, size, cfg.resize, bs):
+                for f, why in b.errors:
+                    self.echo(f"warning: {f}: {why}; skipped")
+                    self.ds.skipped.append((f, why))
+                imgs = tf.convert_to_tensor(b.images.astype(np.float32))
+                ok = b.ok
+                if s.view > 0:
+                    imgs = augmented(imgs)
+                if pstream is not None:
+                    pb = next(pstream)
+                    w = lam[b.start:b.start + len(b.ok), None, None, None]
+                    imgs = w * imgs + (1.0 - w) * augmented(tf.convert_to_tensor(pb.images.astype(np.float32)))
+                    ok = ok & pb.ok
+                extra = self.val_hook(imgs) if s.part == "val" else self.view_hook(s.view, imgs)
+                a, f = encode(imgs)
+                cols["feats"].append(f.numpy())
+                if layout.act_shape is not None:
+                    cols["acts"].append(np.round(a.numpy()) if layout.act_dtype == "uint8" else a.numpy())
+                if layout.teacher_dim:
+                    cols["teacher"].append(np.asarray((extra or {})["teacher"], np.float32))
+                oks.append(ok)
+                done += len(b.ok)
+                meter.update(done, lambda: f"cache {fmt_bytes(cache.disk_bytes())}")
+            idx = np.arange(s.lo, s.hi)
+            if s.source == "train":
+                y = labels[idx]
+                meta = meta_rows(idx, s.view, y, labels[partner], lam, ok=np.concatenate(oks))
+            elif s.source == "extra":
+                z = np.zeros(s.rows)
+                meta = meta_rows(idx, s.view, z, z, labeled=z, ok=np.concatenate(oks))
+            else:
+                meta = meta_rows(idx, 0, np.asarray(self.ds.val.labels)[idx], ok=np.concatenate(oks))
+            out = {"feats": np.concatenate(cols["feats"]), "meta": meta}
+            if layout.act_shape is not None:
+                out["acts"] = np.concatenate(cols["acts"])
+            if layout.teacher_dim:
+                out["teacher"] = np.concatenate(cols["teacher"])
+            cache.write(s, out)
+            if s.part == "train" and s.source == "train" and s.hi == len(train_paths) or s.source == "extra" and \
+                    s.hi == len(sources["extra"]):
+                kind = "plain" if s.view == 0 else "augmented" + (", mixup" if mixed else "")
+                self.echo(f"phase 1: view {s.view + 1}/{views} ({kind}) of the "
+                          + ("training images" if s.source == "train" else "unlabelled images") + " cached")
+        meter.update(done, lambda: f"cache {fmt_bytes(cache.disk_bytes())}", force=meter.done < meter.total)
 
-    def load_view_extras(self, z) -> None:
-        pass
+    def stream(self, part: str, x: str, shuffle: bool):
+        """(tf.data pipeline of cached rows for ``fit``, steps per epoch or None); see
+        :meth:`ViewCache.dataset`. Multi-worker: each worker reads its own shards of the
+        training rows (``--batch-size`` stays the global batch), and all of the validation
+        rows (every worker computes the same validation metrics)."""
+        cache, cfg = self.cache, self.cfg
+        r = self.replicas  # multi-replica strategies need batches that split evenly
+        targets = self.row_targets if part == "train" else self.row_val_targets
+        n = int(cache.rows(part).ok.sum())
+        if self.num_workers > 1:
+            strategy = self.strategy
+            per = max(1, cfg.batch_size // r)
+            local = max(1, r // self.num_workers)
+            n_shards = len(cache.part(part))
+            if shuffle:
+                def fn(ctx):
+                    k = ctx.num_input_pipelines if n_shards >= ctx.num_input_pipelines else 1
+                    return cache.dataset(part, x, per, targets, shuffle=True, seed=cfg.seed,
+                                         shard_index=ctx.input_pipeline_id if k > 1 else 0, num_shards=k,
+                                         repeat=True, drop_remainder=True)
 
-    def pooled(self, acts: np.ndarray) -> np.ndarray:
-        """Pooled features of cached activations through the (still frozen) suffix."""
-        if self.cut_tensor is None:
-            return acts
-        import tensorflow as tf
+                return strategy.distribute_datasets_from_function(fn), max(1, n // (per * r))
+            return (strategy.distribute_datasets_from_function(lambda ctx: cache.dataset(part, x, per, targets)),
+                    max(1, -(-n // (per * local))))
+        if shuffle:
+            return cache.dataset(part, x, cfg.batch_size, targets, shuffle=True, seed=cfg.seed,
+                                 drop_remainder=r > 1), None
+        return cache.dataset(part, x, cfg.batch_size, targets, take=n - n % r if r > 1 else None), None
 
-        f = tf.function(lambda a: tf.reduce_mean(self.suffix(a, training=False), axis=(1, 2)),
-                        input_signature=[tf.TensorSpec([None, *acts.shape[1:]], tf.float32)])
-        bs = max(self.cfg.batch_size, 64)
-        return np.concatenate([f(acts[i:i + bs]).numpy() for i in range(0, len(acts), bs)])
-
-    def callbacks(self, phase: str, epochs: int):
+    def callbacks(self, phase: str, epochs: int, rows: int | None = None):
         import keras
 
         from edgetl.callbacks import AtomicBackup, HistoryFile, NanGuard, Progress
@@ -395,32 +591,11 @@ class Trainer:
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.cfg.patience, restore_best_weights=True),
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
                                               patience=max(1, self.cfg.patience // 2), min_lr=1e-7),
-            AtomicBackup(str(self.ckpt / tag), rundir.resume_hint(self.run_dir)),
-            HistoryFile(self.ckpt / f"history_{tag}.json"),
-            Progress(phase, epochs, self.echo),
+            AtomicBackup(str(self.ckpt / tag), rundir.resume_hint(self.run_dir), writer=self.is_chief),
+            HistoryFile(self.ckpt / f"history_{tag}.json", writer=self.is_chief),
+            Progress(phase, epochs, self.echo, rows=rows, batch_size=self.cfg.batch_size),
             *self.extra_callbacks,
         ]
-
-    def row_weights(self) -> np.ndarray | None:
-        """Loss weights of the cached views under --class-weights auto (else None): each row's
-        class weight, blended like its label for mixup views, 1 for unlabelled rows. Passed
-        as sample weights, since Keras' class_weight reads a class from argmax(y), which is
-        wrong for blended labels and for distillation's [labels | teacher logits] targets."""
-        if self.class_weight is None:
-            return None
-        cw = np.array([self.class_weight[i] for i in range(len(self.ds.classes))], np.float32)
-        return np.where(self.labeled, self.view_labels() @ cw, 1.0).astype(np.float32)
-
-    def arrays_dataset(self, x, t, shuffle: bool, w: np.ndarray | None = None):
-        import tensorflow as tf
-
-        r = self.replicas  # multi-replica strategies need batches that split evenly
-        if shuffle:
-            parts = (x, t) if w is None else (x, t, w)
-            ds = tf.data.Dataset.from_tensor_slices(parts).shuffle(len(x), seed=self.cfg.seed)
-            return ds.batch(self.cfg.batch_size, drop_remainder=r > 1).prefetch(2)
-        n = len(x) - len(x) % r
-        return tf.data.Dataset.from_tensor_slices((x[:n], t[:n])).batch(self.cfg.batch_size).prefetch(2)
 
     # ---- phase 1 ---------------------------------------------------------
     def phase_epochs(self, phase: str, epochs: int, rows: int, min_steps: int) -> int:
@@ -440,69 +615,57 @@ class Trainer:
         from edgetl import recipe
 
         cfg = self.cfg
-        self.to_train = self.plan_cut()
-        if self.cut_tensor is not None and self.cache_bytes() > self.cache_limit:
-            self.echo(f"phase 2: {self.cache_bytes() / 2**20:.0f} MB of cached activations would exceed "
-                      f"{self.cache_limit / 2**20:.0f} MB; phase 2 will run the whole base on images")
-            self.cut_tensor = None
-        self.views = self.cached_views()
+        self.plan_cut()
+        self.cache = self.cached_views()
         head_w = self.ckpt / "phase1_head.weights.h5"
         hist_path = self.ckpt / "history_phase1.json"
         if head_w.exists():
             self.head.load_weights(str(head_w))
             self.echo("phase 1: done in an earlier run; loaded its best head")
             return json.loads(hist_path.read_text()) if hist_path.exists() else []
-        x, y, view, vx, vy = self.views
         t0 = time.perf_counter()
-        fx, fvx = self.pooled(x), self.pooled(vx)
-        targets = self.head_targets()
-        vtargets = self.val_targets(vy)
+        rows = int(self.cache.rows("train").ok.sum())
         with self.strategy.scope():
             # the head is tiny: run several batches per call to cut per-step overhead
             self.head.compile(optimizer=recipe.optimizer(cfg.lr_head, accumulate=cfg.accumulate), loss=self.loss(),
                               metrics=self.metrics(), steps_per_execution=16 if self.replicas == 1 else 1)
-        epochs = self.phase_epochs("phase1", cfg.epochs_head, len(fx), cfg.min_steps)
-        self.head.fit(self.arrays_dataset(fx, targets, True, self.row_weights()),
-                      validation_data=self.arrays_dataset(fvx, vtargets, False),
-                      epochs=epochs, verbose=0, shuffle=False,
-                      callbacks=self.callbacks("phase 1", epochs))
-        with artifacts.atomic_path(head_w, suffix=".weights.h5") as tmp:
-            self.head.save_weights(str(tmp))
+        epochs = self.phase_epochs("phase1", cfg.epochs_head, rows, cfg.min_steps)
+        (tr, tr_steps), (va, va_steps) = self.stream("train", "feats", True), self.stream("val", "feats", False)
+        self.head.fit(tr, steps_per_epoch=tr_steps, validation_data=va, validation_steps=va_steps,
+                      epochs=epochs, verbose=0, shuffle=False, callbacks=self.callbacks("phase 1", epochs, rows))
+        if self.is_chief:
+            with artifacts.atomic_path(head_w, suffix=".weights.h5") as tmp:
+                self.head.save_weights(str(tmp))
         self.timings["phase1_train_s"] = time.perf_counter() - t0
         return json.loads(hist_path.read_text()) if hist_path.exists() else []
 
     # ---- phase 2 ---------------------------------------------------------
-    cache_limit = 4 << 30  # bytes of cached activations before phase 2 falls back to images
-
     def phase2(self) -> list[dict]:
         import keras
 
         from edgetl import model as M
 
         cfg = self.cfg
-        if cfg.epochs_finetune == 0:
+        if cfg.epochs_finetune == 0 or not self.to_train:
             return []
         t0 = time.perf_counter()
+        shape = tuple(self.cache.layout.act_shape or ())
+        rows = int(self.cache.rows("train").ok.sum())
         if self.cut_tensor is not None:
-            x, y, view, vx, vy = self.views
-            self.echo(f"phase 2: training on the {len(x)} cached views at the cut {tuple(x.shape[1:])}; "
+            self.echo(f"phase 2: training on the {rows:,} cached views at the cut {shape} (streamed from disk); "
                       f"the frozen layers before it are not run again")
             with self.strategy.scope():
-                inp = keras.Input(tuple(x.shape[1:]), name="cached")
+                inp = keras.Input(shape, name="cached")
                 z = keras.layers.GlobalAveragePooling2D(name="pool")(self.suffix(inp, training=False))
                 for layer in self.head_layers:
                     z = layer(z)
                 model = keras.Model(inp, z, name="edgetl_classifier")
-            tr = self.arrays_dataset(x, self.head_targets(), True, self.row_weights())
-            va = self.arrays_dataset(vx, self.val_targets(vy), False)
-            class_weight = None  # in the rows' sample weights
-            rows = len(x)
         else:
+            self.echo(f"phase 2: the graph cannot be cut before the trained layers; training the whole model on "
+                      f"the {rows:,} cached view images")
             model = self.model
-            tr, va = self.finetune_data()
-            class_weight = self.class_weight
-            rows = len(self.ds.train)
-        chosen = self.choose_candidate(model, tr, va, class_weight)
+        tr, va = self.stream("train", "acts", True), self.stream("val", "acts", False)
+        chosen = self.choose_candidate(model, tr, va)
         n = M.set_trainable(self.base, chosen.layers)
         what = (chosen.name if cfg.recipe == "auto" else
                 f"last {cfg.unfreeze_blocks} block(s)" if cfg.unfreeze_blocks is not None
@@ -513,8 +676,8 @@ class Trainer:
         epochs = self.phase_epochs("phase2", cfg.epochs_finetune, rows, cfg.min_steps // 2)
         with self.strategy.scope():
             model.compile(optimizer=self.finetune_optimizer(chosen), loss=self.loss(), metrics=self.metrics())
-        model.fit(tr, validation_data=va, epochs=epochs, verbose=0, shuffle=False,  # tf.data shuffles
-                  class_weight=class_weight, callbacks=self.callbacks("phase 2", epochs))
+        model.fit(tr[0], steps_per_epoch=tr[1], validation_data=va[0], validation_steps=va[1], epochs=epochs,
+                  verbose=0, shuffle=False, callbacks=self.callbacks("phase 2", epochs, rows))  # tf.data shuffles
         self.timings["phase2_s"] = time.perf_counter() - t0
         p = self.ckpt / "history_phase2.json"
         return json.loads(p.read_text()) if p.exists() else []
@@ -525,7 +688,7 @@ class Trainer:
         mult = recipe.lr_multipliers(self.base, self.bb, cand.layers, self.cfg.lr_decay)
         return recipe.optimizer(cand.lr, mult, self.cfg.accumulate)
 
-    def choose_candidate(self, model, tr, va, class_weight):
+    def choose_candidate(self, model, tr, va):
         """The phase-2 setting: the only one (fixed recipe), or the grid's best on validation,
         each candidate trained for a few epochs from the same starting weights. The choice is
         kept in the checkpoints, so a resumed run does not search again."""
@@ -550,19 +713,25 @@ class Trainer:
         t0 = time.perf_counter()
         start = model.get_weights()
         # the trials train on the plain view of each image only (1/views of the rows): a cheap, unbiased probe
-        x, _, view, _, _ = self.views
-        plain = np.flatnonzero(view == 0)
-        targets, weights = self.head_targets(), self.row_weights()
-        tr = self.arrays_dataset(x[plain], targets[plain], True, None if weights is None else weights[plain])
-        probe_epochs = recipe.budget_epochs(1, len(plain), self.cfg.batch_size, recipe.PROBE_STEPS, self.cfg.accumulate)
-        self.echo(f"phase 2: auto recipe: {len(cands)} candidates, {probe_epochs} epochs each on the cached "
-                  f"activations of the {len(plain)} plain views, scored on the validation split")
+        r = self.cache.rows("train")
+        n_plain = int((r.ok & (r.view == 0)).sum())
+        if self.num_workers > 1:  # each worker's own shards, a fixed number of synchronised steps
+            probe, probe_steps, probe_epochs = tr[0], recipe.PROBE_STEPS * max(1, self.cfg.accumulate), 1
+        else:
+            probe = self.cache.dataset("train", "acts", self.cfg.batch_size, self.row_targets, shuffle=True,
+                                       seed=self.cfg.seed, drop_remainder=self.replicas > 1, view=0)
+            probe_steps = None
+            probe_epochs = recipe.budget_epochs(1, n_plain, self.cfg.batch_size, recipe.PROBE_STEPS,
+                                                self.cfg.accumulate)
+        self.echo(f"phase 2: auto recipe: {len(cands)} candidates, {probe_epochs} epoch(s) each on the cached "
+                  f"activations of the {n_plain:,} plain views, scored on the validation split")
         for c in cands:
             model.set_weights(start)
             M.set_trainable(self.base, c.layers)
             with self.strategy.scope():
                 model.compile(optimizer=self.finetune_optimizer(c), loss=self.loss(), metrics=self.metrics())
-            h = model.fit(tr, validation_data=va, epochs=probe_epochs, verbose=0, shuffle=False)
+            h = model.fit(probe, steps_per_epoch=probe_steps, validation_data=va[0], validation_steps=va[1],
+                          epochs=probe_epochs, verbose=0, shuffle=False)
             c.val_accuracy = float(h.history["val_accuracy"][-1])
             c.val_loss = float(h.history["val_loss"][-1])
             self.echo(f"  {c.name:<28} val acc {c.val_accuracy:.4f}  val loss {c.val_loss:.4f}")
@@ -570,20 +739,37 @@ class Trainer:
         chosen = recipe.choose(cands)
         self.timings["recipe_search_s"] = time.perf_counter() - t0
         log = {"chosen": chosen.record(), "grid": [c.record() for c in cands], "scored_on": "val",
-               "probe_epochs": probe_epochs, "probe_rows": int(len(plain))}
+               "probe_epochs": probe_epochs, "probe_rows": n_plain}
         self.recipe_log["phase2"] = log
-        artifacts.write_json(saved, log)
+        if self.is_chief:
+            artifacts.write_json(saved, log)
         self.echo(f"phase 2: auto recipe chose {chosen.name} ({self.timings['recipe_search_s']:.1f}s)")
         return chosen
 
     # ---- evaluation and outputs -----------------------------------------
     def predict_split(self, split) -> np.ndarray:
-        import keras
+        """Class probabilities of ``split``'s images, streamed in batches. A file that no longer
+        decodes is named, skipped and removed from the split (its label with it)."""
+        import tensorflow as tf
 
-        from edgetl.tfdata import image_dataset
+        from edgetl.tfdata import decode_batches
 
-        ds = image_dataset(split.paths, split.labels, self.cfg.size, self.cfg.resize).batch(self.cfg.batch_size)
-        logits = np.concatenate([np.asarray(self.model(keras.ops.cast(x, "float32"), training=False)) for x, _ in ds])
+        size = self.cfg.size
+        if getattr(self, "_predict_fn", None) is None:
+            self._predict_fn = tf.function(lambda x: self.model(x, training=False), autograph=False,
+                                           input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+        out, bad = [], []
+        for b in decode_batches(split.paths, size, self.cfg.resize, self.extract_batch()):
+            out.append(self._predict_fn(tf.convert_to_tensor(b.images.astype(np.float32))).numpy()[b.ok])
+            bad += b.errors
+        if bad:
+            gone = {f for f, _ in bad}
+            for f, why in bad:
+                self.echo(f"warning: {f}: {why}; skipped")
+            self.ds.skipped += bad
+            keep = [i for i, p in enumerate(split.paths) if str(p) not in gone]
+            split.paths, split.labels = [split.paths[i] for i in keep], np.asarray(split.labels)[keep]
+        logits = np.concatenate(out) if out else np.zeros((0, len(self.ds.classes)), np.float32)
         e = np.exp(logits - logits.max(-1, keepdims=True))
         return e / e.sum(-1, keepdims=True)
 
@@ -612,6 +798,11 @@ class Trainer:
         self.start()
         try:
             h1 = self.phase1()
+            if not self.is_chief:  # trains in step with the chief; the chief scores and writes the run
+                self.phase2()
+                self.echo(f"worker {self.worker_index} of {self.num_workers}: done; the chief writes the run")
+                return TrainResult(self.run_dir, {"worker": self.worker_index, "num_workers": self.num_workers,
+                                                  "view_cache": self.cache_stats, "timings": self.timings})
             m1 = self.evaluate()
             self.echo(f"phase 1: val accuracy {m1['accuracy']:.4f}")
             w1 = self.model.get_weights()
@@ -639,6 +830,7 @@ class Trainer:
                          "validation split: used for model selection (early stopping, phase choice), so optimistic"},
             "recipe": self.recipe_log,
             "timings": self.timings,
+            "view_cache": self.cache_stats,
         }
         history = {"phase1": h1, "phase2": h2}
         self.write_outputs(metrics, history)
@@ -664,6 +856,7 @@ class Trainer:
                         metrics["final"].get("top_confusions"))
         files = [*rundir.TRAIN_FILES, *([side.name] if side else [])]
         shutil.rmtree(self.ckpt, ignore_errors=True)
+        shutil.rmtree(self.cache_dir, ignore_errors=True)  # a --cache-dir outside the checkpoints
         rundir.update_manifest(run, "train", {
             "kind": self.kind,
             "seed": self.cfg.seed,

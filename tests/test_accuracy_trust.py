@@ -106,7 +106,7 @@ def split_run(imagenet_mnv2_100, tmp_path_factory):
     for split, n, seed in (("train", 16, 0), ("val", 6, 1), ("test", 6, 2)):
         make_dataset(root / split, per_class=n, seed=seed)
     loads = []
-    real_array, real_ds = T.load_array, T.image_dataset
+    real_array, real_ds, real_stream = T.load_array, T.image_dataset, T.decode_batches
     phase = {"now": "selection"}
 
     def rec_array(paths, *a, **k):
@@ -117,16 +117,20 @@ def split_run(imagenet_mnv2_100, tmp_path_factory):
         loads.append((phase["now"], [str(p) for p in paths]))
         return real_ds(paths, *a, **k)
 
+    def rec_stream(paths, *a, **k):  # the streaming decoder every training pass goes through
+        loads.append((phase["now"], [str(p) for p in paths]))
+        return real_stream(paths, *a, **k)
+
     class Recorded(Trainer):
         def evaluate_test(self):
             phase["now"] = "test"
             return super().evaluate_test()
 
-    T.load_array, T.image_dataset = rec_array, rec_ds
+    T.load_array, T.image_dataset, T.decode_batches = rec_array, rec_ds, rec_stream
     try:
         res = Recorded(TrainConfig(data=str(root), out=str(root.parent / "run"), **TINY), echo=quiet).run()
     finally:
-        T.load_array, T.image_dataset = real_array, real_ds
+        T.load_array, T.image_dataset, T.decode_batches = real_array, real_ds, real_stream
     return root, res, loads
 
 

@@ -107,16 +107,21 @@ def test_transfer_set_gets_teacher_targets_only(tiny_run, tiny_data, tmp_path):
     unl = make_dataset(tmp_path / "unl", per_class=5, seed=7)  # fresh images, class folders ignored
     teacher = Teacher(tiny_run.run_dir, quiet)
     cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "s"), **{**TINY, "epochs_finetune": 1})
-    d = Distiller(cfg, DistillConfig(str(tiny_run.run_dir), unlabeled=str(unl)), echo=quiet, teacher=teacher)
+
+    class Snapshot(Distiller):
+        def write_outputs(self, *a):  # the view cache is scratch, removed with the checkpoints
+            self.snap = (self.cache.rows("train"), self.head_targets(), self.t_logits)
+            super().write_outputs(*a)
+
+    d = Snapshot(cfg, DistillConfig(str(tiny_run.run_dir), unlabeled=str(unl)), echo=quiet, teacher=teacher)
     r = d.run()
     n, m = len(d.ds.train), 15
     assert len(d.unlabeled) == m
-    x, y, view, vx, vy = d.views
-    assert len(x) == TINY["views"] * (n + m) and d.labeled.sum() == TINY["views"] * n
-    targets = d.head_targets()
+    rows, targets, t_logits = d.snap
+    assert len(rows) == TINY["views"] * (n + m) and rows.labeled.sum() == TINY["views"] * n
     k = len(d.ds.classes)
-    assert np.all(targets[~d.labeled, :k] == 0) and np.all(targets[d.labeled, :k].sum(1) == 1)
-    assert np.all(targets[:, k:] == d.t_logits) and len(d.t_logits) == len(x)
+    assert np.all(targets[~rows.labeled, :k] == 0) and np.all(targets[rows.labeled, :k].sum(1) == 1)
+    assert np.all(targets[:, k:] == t_logits) and len(t_logits) == len(rows)
     assert r.metrics["val_accuracy"] >= 0.55
     # the teacher ran once per batch of each view (labelled and transfer images batched apart)
     assert teacher.calls == TINY["views"] * (-(-n // 64) + -(-m // 64)) + -(-len(d.ds.val) // 64)

@@ -111,7 +111,7 @@ def test_no_import_cycles_inside_the_package():
 
 
 RUN_FILE_NAMES = {rundir.MODEL, rundir.LABELS, rundir.CONFIG, rundir.SPLIT, rundir.METRICS, rundir.HISTORY,
-                  rundir.CURVES, rundir.CONFUSION, rundir.MANIFEST, rundir.CHECKPOINTS, rundir.VIEWS,
+                  rundir.CURVES, rundir.CONFUSION, rundir.MANIFEST, rundir.CHECKPOINTS, rundir.VIEW_CACHE,
                   rundir.REPORT_JSON, rundir.REPORT_MD, rundir.CARD, rundir.DISTILL, rundir.DISTILL_CONFIG,
                   rundir.ADAPT, rundir.ROBUSTNESS_PLOT, *rundir.VERIFY_PLOTS.values()}
 

@@ -214,17 +214,17 @@ def test_mixup_views_blend_images_and_labels(tiny_data, imagenet_mnv2_100, tmp_p
     t = Seeing(cfg, echo=quiet)
     r = t.run()
     n = len(t.ds.train)
-    y2, lam = t.mix
-    view = t.views[2]
-    assert lam.shape == (3 * n,) and np.all(lam[view == 0] == 1.0) and np.all(y2[view == 0] == t.views[1][view == 0])
+    rows = t.cache.rows("train")  # the typed rows of the view cache
+    y, y2, lam, view = rows.y, rows.y2, rows.lam, rows.view
+    assert lam.shape == (3 * n,) and np.all(lam[view == 0] == 1.0) and np.all(y2[view == 0] == y[view == 0])
     assert np.all((lam >= 0.5) & (lam <= 1.0)) and np.mean(lam[view > 0] < 0.99) > 0.3
     soft = t.view_labels()
     np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-6)
-    mixed = (view > 0) & (y2 != t.views[1])
+    mixed = (view > 0) & (y2 != y)
     assert mixed.any()
-    rows = np.flatnonzero(mixed)
-    np.testing.assert_allclose(soft[rows, t.views[1][rows]], lam[rows], rtol=1e-6)
-    np.testing.assert_allclose(soft[rows, y2[rows]], 1 - lam[rows], rtol=1e-6)
+    idx = np.flatnonzero(mixed)
+    np.testing.assert_allclose(soft[idx, y[idx]], lam[idx], rtol=1e-6)
+    np.testing.assert_allclose(soft[idx, y2[idx]], 1 - lam[idx], rtol=1e-6)
     # the plain view's images are the decoded images; mixed views are not
     plain = np.concatenate([im for v, im in blended if v == 0])
     from edgetl.tfdata import load_array

@@ -1,0 +1,155 @@
+"""Multi-worker training (tf.distribute.MultiWorkerMirroredStrategy) with Keras 3.
+
+Keras 3's ``Model.fit`` (measured: Keras 3.15, TensorFlow 2.21) fails under
+MultiWorkerMirroredStrategy in two places, each a one-line reduction meant for one machine:
+
+1. ``TensorFlowTrainer._maybe_symbolic_build`` takes the first batch to build the model and
+   averages it over replicas with ``strategy.reduce("MEAN", batch, axis=None)``; across
+   workers that reduction receives a structure of ``PerReplica`` values and dies in
+   ``_make_tensor_into_per_replica`` with ``ValueError: Attempt to convert a value
+   (PerReplica:{...}) with an unsupported type (<class '...values.PerReplica'>) to a
+   Tensor`` — the crash of the issue. Building needs the batch's shapes only, so edgetl
+   builds from this worker's own part of the batch.
+2. ``reduce_per_replica`` averages every step's logs with ``strategy.reduce("MEAN", v,
+   axis=0)``; the logs are scalars, so across workers that is ``Invalid reduction dimension
+   0 for input with 0 dimensions``. edgetl reduces scalars with ``axis=None`` (the mean over
+   workers of each worker's value: the same number on every worker, so early stopping and
+   the learning-rate schedule decide alike everywhere).
+
+:func:`patch_keras` applies both fixes (idempotent, only to those two functions, only under
+a multi-worker strategy: every other path runs Keras' own code). Everything else — the
+gradient all-reduce, variable mirroring, checkpoints — is tf.distribute's own."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from edgetl.errors import EdgetlError
+
+_PATCHED = False
+
+
+def _is_multi_worker(strategy) -> bool:
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
+        strategy.extended._in_multi_worker_mode()
+
+
+def patch_keras() -> None:
+    """Make Keras 3's ``fit`` work under MultiWorkerMirroredStrategy (see the module doc)."""
+    global _PATCHED
+    if _PATCHED:
+        return
+    import keras
+    import tensorflow as tf
+
+    try:
+        from keras.src.backend.tensorflow import trainer as KT
+
+        trainer_cls = KT.TensorFlowTrainer
+        original_build = trainer_cls._maybe_symbolic_build
+        original_reduce = KT.reduce_per_replica
+    except (ImportError, AttributeError):
+        raise EdgetlError(f"--strategy multiworker: Keras {keras.__version__} lacks the internals edgetl adapts for "
+                          f"multi-worker training (tested with Keras 3.15); use --strategy mirrored on one machine",
+                          exit_code=1) from None
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = self._distribute_strategy
+        if strategy is None or iterator is None or not _is_multi_worker(strategy):
+            return original_build(self, iterator=iterator, data_batch=data_batch)
+        for _, _, it in iterator:
+            batch = next(it)
+            data_batch = tf.nest.map_structure(
+                lambda v: strategy.experimental_local_results(v)[0]
+                if isinstance(v, tf.distribute.DistributedValues) else v, batch)
+            break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    def reduce_per_replica(values, strategy, reduction="auto"):
+        if reduction in ("auto", "mean") and _is_multi_worker(strategy):
+            def one(v):
+                rank = getattr(getattr(v, "shape", None), "rank", None)
+                if rank is None and isinstance(v, tf.distribute.DistributedValues):
+                    rank = strategy.experimental_local_results(v)[0].shape.rank
+                return strategy.reduce("MEAN", v, axis=0 if rank else None)
+
+            return tf.nest.map_structure(one, values)
+        return original_reduce(values, strategy, reduction)
+
+    trainer_cls._maybe_symbolic_build = _maybe_symbolic_build
+    KT.reduce_per_replica = reduce_per_replica
+    _PATCHED = True
+
+
+def worker_of(strategy) -> tuple[int, int, bool]:
+    """(this worker's rank, number of workers, is it the chief) from TF_CONFIG's cluster:
+    the chief task (if any) is rank 0, then the workers in order."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not strategy.extended._in_multi_worker_mode():
+        return 0, 1, True
+    spec = resolver.cluster_spec().as_dict()
+    n_chief = len(spec.get("chief", []))
+    n = n_chief + len(spec.get("worker", []))
+    rank = (0 if resolver.task_type == "chief" else n_chief + int(resolver.task_id))
+    return rank, n, bool(strategy.extended.should_checkpoint)
+
+
+def tf_config_is_chief() -> bool:
+    """Whether TF_CONFIG names this process the chief (the "chief" task, else worker 0),
+    read without starting TensorFlow."""
+    try:
+        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    except ValueError:
+        raise EdgetlError("TF_CONFIG: not valid JSON; see the README's multi-worker section") from None
+    task = tf_config.get("task", {})
+    if not task:
+        return True
+    if task.get("type") == "chief":
+        return True
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and not tf_config.get("cluster", {}).get("chief")
+
+
+def describe_cluster() -> str:
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    cluster = tf_config.get("cluster", {})
+    task = tf_config.get("task", {})
+    n = sum(len(v) for k, v in cluster.items() if k in ("chief", "worker"))
+    return f"{task.get('type', '?')} {task.get('index', '?')} of {n}"
+
+
+def wait_for(done, what: str, echo, timeout_s: float, poll_s: float = 1.0, every_s: float = 30.0) -> None:
+    """Poll ``done()`` (a count of what is still missing) until it is 0; a line every
+    ``every_s`` seconds; a one-line error after ``timeout_s``."""
+    t0 = last = time.perf_counter()
+    while True:
+        left = done()
+        if not left:
+            return
+        now = time.perf_counter()
+        if now - t0 > timeout_s:
+            raise EdgetlError(f"{what}: still {left} missing after {timeout_s:.0f}s; a worker may have died. Stop "
+                              f"every worker and start them all again with --resume: finished shards are kept",
+                              exit_code=1)
+        if now - last >= every_s:
+            echo(f"{what}: waiting for {left} from the other workers ({now - t0:.0f}s)")
+            last = now
+        time.sleep(poll_s)
+
+
+def shard_timeout() -> float:
+    """Seconds a worker waits for the others' shards (EDGETL_SHARD_TIMEOUT, default 24 h)."""
+    return float(os.environ.get("EDGETL_SHARD_TIMEOUT", 24 * 3600))
+
+
+def key_ready(root: Path, key: str) -> bool:
+    from edgetl.viewcache import KEY_FILE
+
+    try:
+        return json.loads((Path(root) / KEY_FILE).read_text()).get("key") == key
+    except (OSError, ValueError):
+        return False

@@ -1,0 +1,337 @@
+"""The view cache: the frozen prefix's outputs, on disk, written shard by shard.
+
+Phase 1 runs the frozen layers once per image and view; what they produce is kept here and
+read back by every epoch of both phases:
+
+* ``feats``   pooled features (what the phase-1 head trains on),
+* ``acts``    activations at the cut (what phase 2 trains the suffix on; absent without a cut),
+* ``meta``    per row: image index, view, label, mixup partner's label, mixup weight, labelled
+              (0 for transfer-set rows), ok (0 for a file that failed to decode),
+* ``teacher`` the teacher's logits of the exact image the row was made from (distillation).
+
+A shard is a fixed range of images of one view of one source (training images, transfer
+set, validation images); each column is one ``.npy`` file, memory-mapped for reading, and a
+shard counts only once its ``.done`` marker exists (written last, after every column was
+renamed into place). A killed extraction therefore restarts at the first missing shard, and
+workers on several machines can each write their own shards into one shared folder.
+
+Training reads the shards back through tf.data without Python in the graph (an ``.npy``
+file is a header followed by fixed-size records: :class:`tf.data.FixedLengthRecordDataset`
+reads it natively), shuffled by shard and then through a bounded buffer."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.errors import EdgetlError
+
+DTYPES = ("float16", "float32")
+META = ("image", "view", "y", "y2", "lam", "labeled", "ok")  # float32 columns of ``meta``
+KEY_FILE = "cache.json"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What one row holds: the shapes and storage types of its columns."""
+    act_shape: tuple[int, ...] | None  # activations at the cut; None: no cut (features only)
+    n_features: int
+    teacher_dim: int = 0               # 0: no teacher
+    dtype: str = "float16"             # storage of the features (meta and logits: float32)
+    act_dtype: str = "float16"         # storage of the activations (uint8 when they are the view's image)
+
+    def columns(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """{column: (row shape, dtype)}."""
+        cols: dict[str, tuple[tuple[int, ...], str]] = {"feats": ((self.n_features,), self.dtype),
+                                                         "meta": ((len(META),), "float32")}
+        if self.act_shape is not None:
+            cols["acts"] = (tuple(self.act_shape), self.act_dtype)
+        if self.teacher_dim:
+            cols["teacher"] = ((self.teacher_dim,), "float32")
+        return cols
+
+    def row_bytes(self) -> int:
+        return sum(int(np.prod(s)) * np.dtype(d).itemsize for s, d in self.columns().values())
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Images ``lo .. hi`` of one source (``train``, ``extra``: the transfer set, or ``val``),
+    seen as view ``view``, stored in ``part`` (``train`` or ``val``) as shard ``index``."""
+    part: str
+    index: int
+    view: int
+    source: str
+    lo: int
+    hi: int
+
+    @property
+    def rows(self) -> int:
+        return self.hi - self.lo
+
+    @property
+    def name(self) -> str:
+        return f"{self.part}/{self.index:05d}"
+
+
+def plan(n_train: int, n_extra: int, n_val: int, views: int, shard_rows: int) -> list[Shard]:
+    """Every shard of a cache, in row order: for each view the training images then the
+    transfer set (never mixed in one shard), then the validation images (plain view)."""
+    out: list[Shard] = []
+    for v in range(views):
+        for source, n in (("train", n_train), ("extra", n_extra)):
+            for lo in range(0, n, shard_rows):
+                out.append(Shard("train", len(out), v, source, lo, min(n, lo + shard_rows)))
+    for k, lo in enumerate(range(0, n_val, shard_rows)):
+        out.append(Shard("val", k, 0, "val", lo, min(n_val, lo + shard_rows)))
+    return out
+
+
+def shard_rows_for(layout: Layout, target_bytes: int = 32 << 20, batch: int = 64) -> int:
+    """Rows per shard: about ``target_bytes`` of data, a multiple of the extraction batch."""
+    rows = max(batch, target_bytes // max(1, layout.row_bytes()))
+    return int(rows // batch * batch)
+
+
+def _npy_header(path: Path) -> int:
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            np.lib.format.read_array_header_1_0(f)
+        else:
+            np.lib.format.read_array_header_2_0(f)
+        return f.tell()
+
+
+@dataclass
+class Rows:
+    """The small per-row columns of one part, as numpy arrays (one entry per cached row)."""
+    image: np.ndarray
+    view: np.ndarray
+    y: np.ndarray
+    y2: np.ndarray
+    lam: np.ndarray
+    labeled: np.ndarray
+    ok: np.ndarray
+
+    @classmethod
+    def from_meta(cls, meta: np.ndarray) -> Rows:
+        m = np.asarray(meta, np.float32).reshape(-1, len(META))
+        c = {name: m[:, i] for i, name in enumerate(META)}
+        return cls(image=c["image"].astype(np.int64), view=c["view"].astype(np.int64), y=c["y"].astype(np.int64),
+                   y2=c["y2"].astype(np.int64), lam=c["lam"], labeled=c["labeled"] > 0.5, ok=c["ok"] > 0.5)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def meta_rows(image, view, y, y2=None, lam=None, labeled=None, ok=None) -> np.ndarray:
+    """A ``meta`` column block from its fields (defaults: no mixup, labelled, decoded)."""
+    n = len(image)
+    ones = np.ones(n, np.float32)
+    cols = [image, np.full(n, view) if np.ndim(view) == 0 else view, y, y if y2 is None else y2,
+            ones if lam is None else lam, ones if labeled is None else labeled, ones if ok is None else ok]
+    return np.stack([np.asarray(c, np.float32) for c in cols], 1)
+
+
+@dataclass
+class ViewCache:
+    """A folder of shards. ``open`` checks that it was made for the same inputs (``key``) and
+    clears it otherwise; ``missing`` lists what is left to extract; ``write`` stores a shard
+    atomically; ``dataset`` streams a part back for training."""
+    root: Path
+    layout: Layout
+    shards: list[Shard]
+    key: str
+    reused: int = 0  # shards found complete when the cache was opened
+    written: int = 0  # shards written by this process
+    _rows: dict[str, Rows] = field(default_factory=dict, repr=False)
+
+    # ---- opening ----------------------------------------------------------
+    @staticmethod
+    def make_key(**inputs) -> str:
+        return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @classmethod
+    def open(cls, root, layout: Layout, shards: list[Shard], key: str, writer: bool = True,
+             echo: Callable[[str], None] = print) -> ViewCache:
+        """The cache in ``root``. A cache made for other inputs (another config, other images)
+        is cleared by a writer (``writer=False``: a worker that must not clear what the
+        chief is writing just waits for it)."""
+        root = Path(root)
+        kf = root / KEY_FILE
+        record = {"key": key, "layout": asdict(layout), "shards": len(shards)}
+        if kf.exists():
+            try:
+                old = json.loads(kf.read_text()).get("key")
+            except ValueError:
+                old = None
+            if old != key and writer:
+                echo(f"view cache: {root} was made for other inputs; clearing it")
+                shutil.rmtree(root, ignore_errors=True)
+        if writer:
+            root.mkdir(parents=True, exist_ok=True)
+            if not kf.exists():
+                from edgetl.artifacts import write_json
+
+                write_json(kf, record)
+        c = cls(root, layout, shards, key)
+        c.reused = sum(c.done(s) for s in shards)
+        return c
+
+    # ---- writing ----------------------------------------------------------
+    def path(self, shard: Shard, column: str) -> Path:
+        return self.root / f"{shard.name}.{column}.npy"
+
+    def marker(self, shard: Shard) -> Path:
+        return self.root / f"{shard.name}.done"
+
+    def done(self, shard: Shard) -> bool:
+        return self.marker(shard).exists()
+
+    def missing(self, shards: Iterable[Shard] | None = None) -> list[Shard]:
+        return [s for s in (self.shards if shards is None else shards) if not self.done(s)]
+
+    def write(self, shard: Shard, columns: dict[str, np.ndarray]) -> int:
+        """Store one shard: each column to a temporary file renamed into place, then the
+        marker. A process killed half-way leaves no marker, so the shard is redone."""
+        spec = self.layout.columns()
+        if set(columns) != set(spec):
+            raise ValueError(f"shard columns {sorted(columns)} != layout {sorted(spec)}")
+        (self.root / shard.part).mkdir(parents=True, exist_ok=True)
+        total = 0
+        for name, a in columns.items():
+            shape, dtype = spec[name]
+            a = np.ascontiguousarray(a, dtype=dtype)
+            if a.shape != (shard.rows, *shape):
+                raise ValueError(f"{shard.name}.{name}: shape {a.shape}, expected {(shard.rows, *shape)}")
+            dest = self.path(shard, name)
+            tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+            try:
+                with open(tmp, "wb") as f:
+                    np.save(f, a)
+                os.replace(tmp, dest)
+            except OSError as e:
+                tmp.unlink(missing_ok=True)
+                raise EdgetlError(f"{dest}: writing the view cache failed ({e.strerror or e}); it needs about "
+                                  f"{self.estimate_bytes() / 2**20:,.0f} MB in all; free some space or choose "
+                                  f"another --cache-dir, then resume", exit_code=1) from None
+            total += dest.stat().st_size
+        self.marker(shard).write_text(str(shard.rows))
+        self.written += 1
+        self._rows.pop(shard.part, None)
+        return total
+
+    # ---- sizes ------------------------------------------------------------
+    def estimate_bytes(self) -> int:
+        return estimate_bytes(self.layout, self.shards)
+
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.root.rglob("*.npy")) if self.root.exists() else 0
+
+    # ---- reading ----------------------------------------------------------
+    def part(self, part: str) -> list[Shard]:
+        return [s for s in self.shards if s.part == part]
+
+    def offset(self, shard: Shard) -> int:
+        """The first row of ``shard`` in its part."""
+        return sum(s.rows for s in self.part(shard.part) if s.index < shard.index)
+
+    def column(self, part: str, name: str) -> np.ndarray:
+        """One column of a part, concatenated over its shards (for the small columns: meta,
+        teacher; the large ones are streamed by :meth:`dataset`)."""
+        arrays = [np.load(self.path(s, name), mmap_mode="r") for s in self.part(part)]
+        shape, dtype = self.layout.columns()[name]
+        return np.concatenate(arrays) if arrays else np.zeros((0, *shape), dtype)
+
+    def rows(self, part: str) -> Rows:
+        if part not in self._rows:
+            self._rows[part] = Rows.from_meta(np.array(self.column(part, "meta")))
+        return self._rows[part]
+
+    def dataset(self, part: str, x: str, batch: int, targets: Callable, shuffle: bool = False, seed: int = 0,
+                buffer: int = 4096, shard_index: int = 0, num_shards: int = 1, repeat: bool = False,
+                drop_remainder: bool = False, take: int | None = None, view: int | None = None):
+        """Batches ``(x, targets[, weights])`` of ``part`` as a tf.data pipeline.
+
+        ``x``: the column the model reads (``feats`` or ``acts``), as float32. ``targets``
+        maps a batch's ``(meta, teacher)`` tensors to ``(y,)`` or ``(y, w)``. With
+        ``shuffle``, the shard order is shuffled each epoch, four shards are read
+        interleaved, and rows pass a ``buffer``-row shuffle buffer: memory holds the
+        buffer, not the part. ``num_shards``/``shard_index``: this worker's share of the
+        shards (multi-worker training). ``view``: only that view's shards (the
+        auto recipe probes on view 0, the plain one). Rows whose image failed to decode are dropped."""
+        import tensorflow as tf
+
+        shards = [s for s in self.part(part) if view is None or s.view == view][shard_index::num_shards]
+        spec = self.layout.columns()
+        cols = [x, "meta"] + (["teacher"] if self.layout.teacher_dim else [])
+        files = {c: tf.constant([str(self.path(s, c)) for s in shards]) for c in cols}
+        headers = {c: tf.constant([_npy_header(self.path(s, c)) for s in shards], tf.int64) for c in cols}
+        rec = {c: int(np.prod(spec[c][0])) * np.dtype(spec[c][1]).itemsize for c in cols}
+
+        def open_shard(i):
+            return tf.data.Dataset.zip(tuple(
+                tf.data.FixedLengthRecordDataset(files[c][i], rec[c], header_bytes=headers[c][i]) for c in cols))
+
+        idx = tf.data.Dataset.range(len(shards))
+        if shuffle:
+            idx = idx.shuffle(max(1, len(shards)), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            idx = idx.repeat()
+        ds = idx.interleave(open_shard, cycle_length=min(4, max(1, len(shards))) if shuffle else 1, block_length=16)
+        ok_col = META.index("ok")
+        plain = tf.autograph.experimental.do_not_convert  # plain TensorFlow ops: nothing to convert
+        ds = ds.filter(plain(lambda xr, mr, *t: tf.io.decode_raw(mr, tf.float32)[ok_col] > 0.5))
+        n_ok = int(sum(self.rows(part).ok[self.offset(s):self.offset(s) + s.rows].sum() for s in shards))
+        if take is not None:
+            ds = ds.take(take)
+            n_ok = min(n_ok, take)
+        if shuffle:
+            ds = ds.shuffle(buffer, seed=seed + 1, reshuffle_each_iteration=True)
+        ds = ds.batch(batch, drop_remainder=drop_remainder)
+        if not repeat:  # the filter hides the length from tf.data; Keras wants it for its epochs
+            ds = ds.apply(tf.data.experimental.assert_cardinality(n_ok // batch if drop_remainder else -(-n_ok // batch)))
+        x_shape, x_dtype = spec[x]
+
+        def decode(xr, mr, *t):
+            xb = tf.cast(tf.reshape(tf.io.decode_raw(xr, tf.as_dtype(x_dtype)), (-1, *x_shape)), tf.float32)
+            meta = tf.reshape(tf.io.decode_raw(mr, tf.float32), (-1, len(META)))
+            teacher = tf.reshape(tf.io.decode_raw(t[0], tf.float32), (-1, self.layout.teacher_dim)) if t else None
+            return (xb, *targets(meta, teacher))
+
+        opts = tf.data.Options()
+        opts.deterministic = True
+        opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        return ds.map(plain(decode), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2).with_options(opts)
+
+
+def estimate_bytes(layout: Layout, shards: Iterable[Shard]) -> int:
+    """Disk space of a complete cache: its rows, plus each file's header."""
+    shards = list(shards)
+    rows = sum(s.rows for s in shards)
+    return rows * layout.row_bytes() + len(shards) * len(layout.columns()) * 128
+
+
+def check_budget(cache_dir: Path, need: int, budget_gb: float, have: int = 0) -> None:
+    """Refuse, in one line saying how much space it needs, a cache over the disk budget or
+    over the free space of its folder (``have``: bytes already written there)."""
+    budget = int(budget_gb * 2**30)
+    if need > budget:
+        raise EdgetlError(f"--cache-budget {budget_gb:g}: the view cache needs {need / 2**20:,.0f} MB "
+                          f"({need / 2**30:.2f} GB) in {cache_dir}; raise --cache-budget to at least "
+                          f"{need / 2**30:.2f}, or use fewer --views or a smaller --img-size")
+    probe = cache_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if need - have > free:
+        raise EdgetlError(f"{cache_dir}: the view cache needs {(need - have) / 2**20:,.0f} MB more, "
+                          f"{free / 2**20:,.0f} MB are free; free some space or choose another --cache-dir",
+                          exit_code=1)

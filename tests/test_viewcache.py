@@ -1,0 +1,185 @@
+"""The on-disk view cache: shards, resume after a kill, float16 storage, the disk budget,
+distillation and mixup read back through the streamed cache."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgetl import viewcache as V
+from edgetl.cli import main
+from edgetl.config import TrainConfig
+from edgetl.train import Trainer
+
+from common import TINY, quiet
+
+
+def test_shards_round_trip_and_stream(tmp_path):
+    """Columns written shard by shard come back in order through numpy (memory-mapped) and
+    through the tf.data stream; a shard without its marker counts as missing."""
+    import tensorflow as tf
+
+    layout = V.Layout((2, 2, 3), 4, teacher_dim=2, dtype="float16")
+    shards = V.plan(n_train=10, n_extra=3, n_val=5, views=2, shard_rows=4)
+    assert [(s.part, s.view, s.source, s.lo, s.hi) for s in shards][:5] == [
+        ("train", 0, "train", 0, 4), ("train", 0, "train", 4, 8), ("train", 0, "train", 8, 10),
+        ("train", 0, "extra", 0, 3), ("train", 1, "train", 0, 4)]
+    assert sum(s.rows for s in shards if s.part == "train") == 26 and sum(s.rows for s in shards if s.part == "val") == 5
+    c = V.ViewCache.open(tmp_path / "c", layout, shards, "k1", echo=quiet)
+    rng = np.random.default_rng(0)
+    for s in shards:
+        idx = np.arange(s.lo, s.hi)
+        c.write(s, {"feats": rng.normal(size=(s.rows, 4)), "acts": rng.normal(size=(s.rows, 2, 2, 3)),
+                    "teacher": np.full((s.rows, 2), s.index, np.float32),
+                    "meta": V.meta_rows(idx, s.view, idx % 2, labeled=np.full(s.rows, s.source != "extra"))})
+    assert c.missing() == [] and c.written == len(shards)
+    rows = c.rows("train")
+    assert len(rows) == 26 and rows.labeled.sum() == 20 and list(rows.view[:13]) == [0] * 13
+    feats = c.column("train", "feats")
+    assert feats.dtype == np.float16 and feats.shape == (26, 4)
+
+    def targets(meta, teacher):
+        return (tf.concat([meta[:, :1], teacher], 1),)
+
+    got = np.concatenate([x.numpy() for x, _ in c.dataset("train", "feats", 5, targets)])
+    np.testing.assert_array_equal(got, feats.astype(np.float32))  # in order when not shuffled
+    shuf = np.concatenate([x.numpy() for x, _ in c.dataset("train", "feats", 5, targets, shuffle=True, buffer=8)])
+    assert not np.array_equal(shuf, got) and np.array_equal(np.sort(shuf, 0), np.sort(got, 0))
+    # a shard whose marker is gone (a kill between its files and its marker) is redone
+    c.marker(shards[2]).unlink()
+    again = V.ViewCache.open(tmp_path / "c", layout, shards, "k1", echo=quiet)
+    assert again.missing() == [shards[2]] and again.reused == len(shards) - 1
+    # other inputs: the stale cache is cleared
+    said = []
+    other = V.ViewCache.open(tmp_path / "c", layout, shards, "k2", echo=said.append)
+    assert other.reused == 0 and "made for other inputs" in said[0]
+
+
+KILL = textwrap.dedent("""
+    import os, signal, sys
+    import edgetl.viewcache as V
+    V.shard_rows_for = lambda layout, target_bytes=0, batch=64: 16
+    real = V.ViewCache.write
+    def write(self, shard, cols):
+        n = real(self, shard, cols)
+        if self.written == 3:
+            os.kill(os.getpid(), signal.SIGKILL)  # killed during extraction, after 3 shards
+        return n
+    V.ViewCache.write = write
+    from edgetl.config import TrainConfig
+    from edgetl.train import Trainer
+    Trainer(TrainConfig(**{cfg!r}), echo=print).run()
+""")
+
+
+def test_killed_extraction_resumes_at_the_first_missing_shard(tiny_data, imagenet_mnv2_100, keras_home, tmp_path,
+                                                              monkeypatch):
+    """A real SIGKILL during extraction; --resume reuses the 3 finished shards, extracts only
+    the others, and ends with exactly the weights of an uninterrupted run (each shard is
+    seeded on its own, so a redone shard is the shard it would have been)."""
+    kw = {**TINY, "epochs_head": 3, "epochs_finetune": 1}
+    out = tmp_path / "run"
+    cfg = dict(data=str(tiny_data), out=str(out), **kw)
+    env = {**os.environ, "KERAS_HOME": str(keras_home)}
+    p = subprocess.run([sys.executable, "-c", KILL.format(cfg=cfg)], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == -9, p.stderr[-2000:]
+    cache = out / "checkpoints" / "view-cache"
+    assert len(list(cache.rglob("*.done"))) == 3 and not (out / "manifest.json").exists()
+
+    monkeypatch.setattr(V, "shard_rows_for", lambda layout, target_bytes=0, batch=64: 16)
+    seen = []
+
+    class Counting(Trainer):
+        def view_hook(self, view, images):
+            seen.append(int(images.shape[0]))
+
+    lines = []
+    t = Counting(TrainConfig(out=str(out)), resume=True, echo=lines.append)
+    r = t.run()
+    n = len(t.ds.train)  # 39 training images, 2 views, shards of 16: 3 + 3 shards, + 1 val shard
+    st = r.metrics["view_cache"]
+    assert st["shards"] == 7 and st["reused"] == 3 and st["written"] == 4
+    assert any("reusing 3 of 7 finished shards" in line for line in lines)
+    # the 3 finished shards were view 0's (16 + 16 + 7 images): only view 1 (and val) ran again
+    assert sum(seen) == 2 * n - n
+    assert (out / "manifest.json").exists() and not (out / "checkpoints").exists()
+
+    fresh = Trainer(TrainConfig(data=str(tiny_data), out=str(tmp_path / "fresh"), **kw), echo=quiet).run()
+    assert all(np.array_equal(a, b) for a, b in zip(r.model.get_weights(), fresh.model.get_weights()))
+
+
+def test_too_small_disk_budget_is_a_one_line_error(tiny_data, tmp_path):
+    out = tmp_path / "r"
+    r = CliRunner().invoke(main, ["train", str(tiny_data), "--alpha", "1.0", "--img-size", "32", "--weights", "none",
+                                  "--cache-budget", "0.0001", "--out", str(out)])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    line = r.output.strip().splitlines()[-1]
+    assert line.startswith("error: --cache-budget 0.0001: the view cache needs") and "MB" in line
+    assert "raise --cache-budget to at least" in line
+    assert not out.exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("budget", ["0", "-1"])
+def test_cache_options_are_validated(tiny_data, tmp_path, budget):
+    r = CliRunner().invoke(main, ["train", str(tiny_data), "--cache-budget", budget, "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "--cache-budget" in r.output and "must be positive" in r.output
+
+
+def test_distillation_with_mixup_streams_from_several_shards(tiny_run, tiny_data, tmp_path, monkeypatch):
+    """Distillation and mixup on the streamed cache, spread over several shards: every row
+    carries the teacher's logits of the exact (blended) image it was made from, in row
+    order, and the student learns."""
+    from edgetl.distill import DistillConfig, Distiller, Teacher
+
+    monkeypatch.setattr(V, "shard_rows_for", lambda layout, target_bytes=0, batch=64: 16)
+    teacher = Teacher(tiny_run.run_dir, quiet)
+    hooked = []
+
+    class Snapshot(Distiller):
+        def view_hook(self, view, images):
+            out = super().view_hook(view, images)
+            hooked.append(out["teacher"])
+            return out
+
+        def write_outputs(self, *a):
+            self.snap = (self.cache.rows("train"), self.head_targets(), self.t_logits, self.cache_stats)
+            super().write_outputs(*a)
+
+    cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "d"), mixup=0.4, **{**TINY, "epochs_finetune": 2})
+    d = Snapshot(cfg, DistillConfig(str(tiny_run.run_dir), kd_alpha=0.5), echo=quiet, teacher=teacher)
+    r = d.run()
+    rows, targets, t_logits, stats = d.snap
+    n, k = len(d.ds.train), 3
+    assert stats["shards"] == 7 and len(rows) == 2 * n
+    np.testing.assert_array_equal(t_logits, np.concatenate(hooked))  # the teacher saw each row's image
+    mixed = (rows.view == 1) & (rows.lam < 0.99) & (rows.y != rows.y2)
+    assert mixed.any()
+    np.testing.assert_allclose(targets[mixed, rows.y[mixed]], rows.lam[mixed], rtol=1e-6)
+    assert np.all(targets[:, k:] == t_logits)
+    assert r.metrics["val_accuracy"] >= 0.55 and r.metrics["phase2"] is not None
+
+
+@pytest.mark.slow
+def test_float16_cache_within_half_a_point_of_float32(imagenet_mnv2_100, tmp_path):
+    """A small real task (scikit-learn's handwritten digits, 10 classes, 800 validation
+    scans): the float16 cache (half the disk) trains to within 0.5 points of float32."""
+    from edgetl.demo_data import write_digits_split
+    from edgetl.train import train
+
+    full, _, _ = write_digits_split(tmp_path / "digits", per_class_small=10, val_per_class=80)
+    acc, disk = {}, {}
+    for dtype in ("float32", "float16"):
+        cfg = TrainConfig(data=str(full), out=str(tmp_path / dtype), alpha=1.0, img_size=32, views=2, epochs_head=15,
+                          epochs_finetune=3, augment="rotate,zoom,translate,contrast", recipe="fixed", unfreeze=40,
+                          lr_finetune=1e-4, seed=3, cache_dtype=dtype)
+        m = train(cfg, echo=quiet).metrics
+        acc[dtype], disk[dtype] = m["final"]["accuracy"], m["view_cache"]["disk_bytes"]
+    print(json.dumps({"accuracy": acc, "disk_bytes": disk}))
+    assert m["final"]["n"] == 800
+    assert abs(acc["float16"] - acc["float32"]) <= 0.005, acc
+    assert disk["float16"] < 0.6 * disk["float32"]
