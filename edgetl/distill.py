@@ -111,16 +111,19 @@ class Teacher:
             raise EdgetlError(f"{self.path}: teacher classes {self.labels} differ from the data's {classes} "
                               f"(names or order); train the teacher on the same class folders")
 
-    def check_leak(self, val_paths, echo) -> int:
-        """Warn when the teacher (an edgetl run) trained on the student's validation images."""
+    def check_leak(self, val_paths, echo, test_paths=()) -> int:
+        """Warn when the teacher (an edgetl run) trained on the student's validation or test images."""
         split = self.path.parent / rundir.SPLIT
         if not split.exists():
             return 0
         seen = {r["file"] for r in json.loads(split.read_text()).get("train", [])}
-        n = sum(str(Path(p).resolve()) in seen for p in val_paths)
-        if n:
-            echo(f"warning: the teacher trained on {n} of the student's {len(val_paths)} validation images; "
-                 f"its accuracy below is optimistic (use the same data split and seed for both)")
+        n = 0
+        for name, paths in (("validation", val_paths), ("test", test_paths)):
+            k = sum(str(Path(p).resolve()) in seen for p in paths)
+            if k:
+                echo(f"warning: the teacher trained on {k} of the student's {len(paths)} {name} images; "
+                     f"its accuracy below is optimistic (use the same data split and seed for both)")
+            n += k
         return n
 
     def logits(self, images) -> np.ndarray:
@@ -150,7 +153,7 @@ class Distiller(Trainer):
 
     def check_inputs(self) -> None:
         self.teacher.check_classes(self.ds.classes)
-        self.teacher.check_leak(self.ds.val.paths, self.echo)
+        self.teacher.check_leak(self.ds.val.paths, self.echo, self.ds.test.paths if self.ds.test is not None else ())
         self.unlabeled = self._transfer_set()
 
     def start(self) -> None:
@@ -165,10 +168,11 @@ class Distiller(Trainer):
         files = [str(p) for p in readable_images(self.dcfg.unlabeled)]
         if not files:
             raise EdgetlError(f"--unlabeled {self.dcfg.unlabeled}: no readable images in it")
-        clash = same_images(files, self.ds.val.paths)
+        test = self.ds.test.paths if self.ds.test is not None else []
+        clash = same_images(files, self.ds.val.paths + test)
         if clash:
             f, v = clash[0]
-            raise EdgetlError(f"--unlabeled {self.dcfg.unlabeled}: {len(clash)} image(s) are validation images "
+            raise EdgetlError(f"--unlabeled {self.dcfg.unlabeled}: {len(clash)} image(s) are validation or test images "
                               f"(e.g. {f} = {v}); the student would be scored on images it learned from; "
                               f"remove them from the transfer set")
         self.echo(f"transfer set: {len(files)} unlabelled images from {self.dcfg.unlabeled}, labelled by the teacher")
@@ -275,6 +279,7 @@ def distill(config: TrainConfig, dcfg: DistillConfig, resume: bool = False, echo
     results: list[dict] = []
     t0 = time.perf_counter()
     teacher = Teacher(dcfg.teacher, echo)
+    swept = dcfg.sweep  # dcfg is replaced by the chosen settings below
     if dcfg.sweep:
         best: tuple[float, float, float] | None = None
         base_out = Path(config.out) if config.out else None
@@ -320,7 +325,7 @@ def distill(config: TrainConfig, dcfg: DistillConfig, resume: bool = False, echo
               "split_note": ("test: held out, never used for any choice" if split_name == "test" else
                              "val: also used for model selection (early stopping, phase choice), so optimistic"),
               "rows": rows, "seconds": round(time.perf_counter() - t0, 1)}
-    if dcfg.sweep:
+    if swept:
         report["sweep"] = {"chosen_on": "val", "grid": results}
     if dcfg.compare:
         from edgetl.stats import paired_drop
