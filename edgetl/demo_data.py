@@ -2,6 +2,7 @@
 scans shipped inside scikit-learn), rendered as RGB PNG images per class."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,35 +39,65 @@ def write_digits(dest, size: int = 32, per_class: int | None = None) -> Path:
     return dest
 
 
-def write_digits_split(root, per_class_small: int, val_per_class: int = 40,
-                       size: int = 32) -> tuple[Path, Path, Path]:
-    """Datasets over the digits sharing the same val images: ``full`` (every other image in
-    train, for a teacher), ``small`` (``per_class_small`` of them per class, for a student with
-    few labels) and ``unlabeled`` (the rest of full's training images, flat, without labels:
-    a transfer set). Seeded, idempotent."""
+@dataclass(frozen=True)
+class DigitsPools:
+    """Disjoint pools of the digits for an honest distillation set-up. ``student`` holds the
+    few labels a student gets (train/) with the shared val/ and test/; ``teacher`` a
+    disjoint labelled pool (train/, same val/ and test/); ``transfer`` a third pool, flat
+    and without labels, that no model ever sees the labels of. No image (by content)
+    is in two pools."""
+
+    student: Path
+    teacher: Path
+    transfer: Path
+    labels_per_class: int
+    teacher_per_class: int
+
+
+def write_digits_pools(root, labels_per_class: int, teacher_per_class: int, transfer_per_class: int | None = None,
+                       val_per_class: int = 30, test_per_class: int = 40, size: int = 32) -> DigitsPools:
+    """Split the digits, per class and seeded, into test, val, the student's labels, the
+    teacher's labels and the transfer set (``transfer_per_class``, default: every image left).
+    Duplicate scans (identical images) are dropped first, so no image is in two pools.
+    Idempotent."""
+    import hashlib
     import shutil
 
     root = Path(root)
     src = write_digits(root / "all", size=size)
-    full, small = root / "full", root / f"small{per_class_small}"
-    unlabeled = root / f"unlabeled{per_class_small}"
-    unlabeled.mkdir(parents=True, exist_ok=True)
+    tag = f"l{labels_per_class}-t{teacher_per_class}-u{transfer_per_class or 'all'}-v{val_per_class}-e{test_per_class}"
+    student, teacher = root / f"student-{tag}", root / f"teacher-{tag}"
+    transfer = root / f"transfer-{tag}"
+    pools = DigitsPools(student, teacher, transfer, labels_per_class, teacher_per_class)
+    if (root / f".{tag}.complete").exists():
+        return pools
+    for d in (student, teacher, transfer):
+        shutil.rmtree(d, ignore_errors=True)
+    transfer.mkdir(parents=True)
     rng = np.random.default_rng(0)
+    seen: set[str] = set()
     for c in sorted(p.name for p in src.iterdir() if p.is_dir()):
-        files = sorted((src / c).glob("*.png"))
-        idx = rng.permutation(len(files))
-        val = [files[i] for i in idx[:val_per_class]]
-        train = [files[i] for i in idx[val_per_class:]]
-        for base, tr in ((full, train), (small, train[:per_class_small])):
-            for split, fs in (("train", tr), ("val", val)):
+        files = []
+        for f in sorted((src / c).glob("*.png")):
+            h = hashlib.sha256(f.read_bytes()).hexdigest()
+            if h not in seen:  # a duplicate scan would sit in two pools
+                seen.add(h)
+                files.append(f)
+        files = [files[i] for i in rng.permutation(len(files))]
+        cuts = np.cumsum([test_per_class, val_per_class, labels_per_class, teacher_per_class])
+        if cuts[-1] >= len(files):
+            raise ValueError(f"digit {c}: {len(files)} images cannot fill pools of {cuts[-1]} and a transfer set")
+        test, val, lab, tea, rest = np.split(np.array(files, dtype=object), cuts)
+        rest = rest if transfer_per_class is None else rest[:transfer_per_class]
+        for base, tr in ((student, lab), (teacher, tea)):
+            for split, fs in (("train", tr), ("val", val), ("test", test)):
                 (base / split / c).mkdir(parents=True, exist_ok=True)
                 for f in fs:
-                    if not (base / split / c / f.name).exists():
-                        shutil.copyfile(f, base / split / c / f.name)
-        for f in train[per_class_small:]:
-            if not (unlabeled / f"{c}_{f.name}").exists():
-                shutil.copyfile(f, unlabeled / f"{c}_{f.name}")
-    return full, small, unlabeled
+                    shutil.copyfile(f, base / split / c / f.name)
+        for f in rest:
+            shutil.copyfile(f, transfer / f"{c}_{f.name}")
+    (root / f".{tag}.complete").write_text("ok\n")
+    return pools
 
 
 def demo_weights(echo) -> tuple[str, float]:

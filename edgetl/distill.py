@@ -170,10 +170,11 @@ class Distiller(Trainer):
         files = [str(p) for p in readable_images(self.dcfg.unlabeled)]
         if not files:
             raise EdgetlError(f"--unlabeled {self.dcfg.unlabeled}: no readable images in it")
-        clash = same_images(files, self.ds.val.paths)
+        test = self.ds.test.paths if self.ds.test is not None else []
+        clash = same_images(files, self.ds.val.paths + test)
         if clash:
             f, v = clash[0]
-            raise EdgetlError(f"--unlabeled {self.dcfg.unlabeled}: {len(clash)} image(s) are validation images "
+            raise EdgetlError(f"--unlabeled {self.dcfg.unlabeled}: {len(clash)} image(s) are validation or test images "
                               f"(e.g. {f} = {v}); the student would be scored on images it learned from; "
                               f"remove them from the transfer set")
         self.echo(f"transfer set: {len(files)} unlabelled images from {self.dcfg.unlabeled}, labelled by the teacher")
@@ -281,6 +282,7 @@ def distill(config: TrainConfig, dcfg: DistillConfig, resume: bool = False, echo
     results: list[dict] = []
     t0 = time.perf_counter()
     teacher = Teacher(dcfg.teacher, echo)
+    swept = dcfg.sweep  # dcfg is replaced by the chosen settings below
     if dcfg.sweep:
         best: tuple[float, float, float] | None = None
         base_out = Path(config.out) if config.out else None
@@ -326,7 +328,7 @@ def distill(config: TrainConfig, dcfg: DistillConfig, resume: bool = False, echo
               "split_note": ("test: held out, never used for any choice" if split_name == "test" else
                              "val: also used for model selection (early stopping, phase choice), so optimistic"),
               "rows": rows, "seconds": round(time.perf_counter() - t0, 1)}
-    if dcfg.sweep:
+    if swept:
         report["sweep"] = {"chosen_on": "val", "grid": results}
     if dcfg.compare:
         from edgetl.stats import paired_drop

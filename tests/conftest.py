@@ -63,15 +63,20 @@ def tiny_run(tiny_data, imagenet_mnv2_100, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_holdout(tmp_path_factory):
-    """Fresh images of the tiny task, never seen in training: (uint8 images, labels)."""
+def tiny_holdout_dir(tmp_path_factory):
+    """A folder of fresh images of the tiny task (20 per class), never seen in training."""
+    from synth import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("holdout") / "data", per_class=20, seed=99)
+
+
+@pytest.fixture(scope="session")
+def tiny_holdout(tiny_holdout_dir):
+    """Those images as (uint8 images, labels), in class order."""
     from edgetl.data import scan
     from edgetl.tfdata import load_array
 
-    from synth import make_dataset
-
-    root = make_dataset(tmp_path_factory.mktemp("holdout") / "data", per_class=20, seed=99)
-    ds = scan(root, val_split=0.5, seed=0)
+    ds = scan(tiny_holdout_dir, val_split=0.5, seed=0, test_split=0)
     paths = ds.train.paths + ds.val.paths
     labels = list(ds.train.labels) + list(ds.val.labels)
     return load_array(paths, 32), np.asarray(labels)

@@ -29,3 +29,18 @@ def make_dataset(root, per_class=16, classes=("red", "green", "blue"), size=48, 
         for i in range(per_class):
             make_image(rng, COLOURS[c], size).save(root / c / f"{c}_{i:03d}.{fmt}")
     return root
+
+
+def make_jittered(root, counts: dict[str, int], bases: dict[str, tuple[int, int, int]], jitter: float, seed: int = 0,
+                  size: int = 48) -> Path:
+    """Classes whose colours overlap: each image's colour is its class's base colour plus
+    Gaussian jitter (sd ``jitter`` per channel), so a classifier has a real boundary to place
+    and class priors move it. ``counts``: images per class (imbalanced on purpose)."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for c, n in counts.items():
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            colour = tuple(np.clip(np.array(bases[c]) + rng.normal(0, jitter, 3), 0, 255))
+            make_image(rng, colour, size).save(root / c / f"{c}_{i:03d}.png")
+    return root

@@ -193,20 +193,3 @@ def test_bad_export_options(tiny_run):
     assert r.exit_code == 2 and "--format coreml" in r.output
     r = CliRunner().invoke(main, ["export", "/nonexistent/run"])
     assert r.exit_code == 2 and "no such run directory" in r.output
-
-
-def test_qat_yields_a_working_int8_model(tiny_run, tiny_calibration, tiny_holdout, keras_ref, tmp_path):
-    import shutil
-
-    from edgetl.qat import qat
-
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run.run_dir, run)
-    res = qat(run, epochs=1, calibration=str(tiny_calibration), echo=quiet)
-    r = open_runner(res.file)
-    assert r.input_dtype == "float32"
-    p = r.predict(tiny_holdout[0])
-    assert (p.argmax(1) == keras_ref.argmax(1)).mean() >= 0.9
-    assert (p.argmax(1) == tiny_holdout[1]).mean() >= 0.75
-    assert res.ptq_accuracy is not None and res.size_bytes < 0.45 * (tiny_run.run_dir / "model.keras").stat().st_size
-    assert json.loads((run / "manifest.json").read_text())["qat"]["accuracy"] == res.accuracy

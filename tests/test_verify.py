@@ -17,9 +17,11 @@ from common import quiet
 
 
 @pytest.fixture(scope="module")
-def report(tiny_exported, tiny_run, tmp_path_factory):
+def report(tiny_exported, tiny_run, tiny_holdout_dir, tmp_path_factory):
+    """verify with its real gates (the defaults: --max-drop 1, --min-agreement 0.95) on the
+    60 held-out images of the tiny task, so that an agreement gate can bite (3 of 60)."""
     out = tmp_path_factory.mktemp("report")
-    return verify(tiny_run.run_dir, VerifyOptions(threads=1, max_drop=100, min_agreement=0.0, runs=100, out=str(out)),
+    return verify(tiny_run.run_dir, VerifyOptions(threads=1, runs=100, data=str(tiny_holdout_dir), out=str(out)),
                   echo=quiet), out
 
 
@@ -42,6 +44,51 @@ def test_one_row_per_artifact_with_every_column(report, tiny_run):
         assert r["runs"] >= 100 and r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
     assert rep["machine"]["cores"] and rep["machine"]["cpu"] and "onnxruntime" in rep["machine"]["runtimes"]
     assert rep["threads"] == 1
+
+
+def test_every_artifact_passes_the_real_gates(report):
+    rep, _ = report
+    assert rep["gates"]["max_drop"] == 1.0 and rep["gates"]["min_agreement"] == 0.95
+    assert rep["n_images"] == 60 and rep["passed"]
+    for r in rep["rows"][1:]:
+        assert r["status"] == "pass" and r["failed_gates"] == [], (r["artifact"], r["failed_gates"])
+        assert r["agreement"] >= 0.95 and r["paired"]["n"] == 60
+
+
+def _rotate_classes(src, dest) -> None:
+    """An ONNX model whose outputs are the source's with the classes rotated (blue -> green ->
+    red -> blue): a plausible-looking artifact that is wrong on every image."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(src)
+    out = m.graph.output[0].name
+    for node in m.graph.node:
+        node.output[:] = [o + "_unrotated" if o == out else o for o in node.output]
+    m.graph.initializer.append(numpy_helper.from_array(np.array([1, 2, 0], np.int64), "rotation"))
+    m.graph.node.append(helper.make_node("Gather", [out + "_unrotated", "rotation"], [out], axis=1))
+    onnx.checker.check_model(m)
+    onnx.save(m, dest)
+
+
+def test_a_wrong_artifact_fails_the_accuracy_gates(tiny_exported, tiny_run, tiny_holdout_dir, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, run, ignore=shutil.ignore_patterns("model_*"))
+    for f in ("model_fp32.tflite", "model_fp32.onnx"):
+        shutil.copyfile(tiny_run.run_dir / "export" / f, run / "export" / f)
+    _rotate_classes(tiny_run.run_dir / "export" / "model_fp32.onnx", run / "export" / "model_fp32.onnx")
+    r = CliRunner().invoke(main, ["verify", str(run), "--threads", "1", "--data", str(tiny_holdout_dir),
+                                  "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 1, r.output
+    rows = {row["artifact"]: row for row in json.loads((tmp_path / "rep" / "report.json").read_text())["rows"]}
+    assert rows["model_fp32.tflite"]["status"] == "pass"
+    bad = rows["model_fp32.onnx"]
+    assert bad["status"] == "fail" and bad["agreement"] == 0.0
+    assert [g.split(" ")[0] for g in bad["failed_gates"]] == ["max-drop", "min-agreement"], bad["failed_gates"]
+    assert "gate failed: model_fp32.onnx: max-drop" in r.output and "model_fp32.tflite" not in r.output.split(
+        "gate failed")[1]
 
 
 def test_outputs_written(report):
@@ -113,36 +160,56 @@ def test_bundle_contents(bundle_dir):
     assert s["images"].shape == (8, 32, 32, 3) and s["images"].dtype == np.uint8
 
 
-def _venv_with(tmp_path, *packages):
-    v = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(v)], check=True)
-    py = v / "bin" / "python"
-    p = subprocess.run([str(py), "-m", "pip", "install", "-q", *packages], capture_output=True, text=True)
-    if p.returncode != 0:
-        pytest.skip(f"could not install {packages} into a fresh venv: {p.stderr[-300:]}")
-    return py
+CHECK_ONLY = """
+import importlib.abc, json, runpy, sys
+BLOCKED = {blocked!r}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{{name}} is not on this device")
+sys.meta_path.insert(0, Block())
+sys.argv = {argv!r}
+code = 0
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as e:
+    code = e.code or 0
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras", "edgetl", "jax", "torch"))
+print("IMPORTED " + json.dumps(heavy))
+sys.exit(code)
+"""
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("runtime,fmt", [("onnxruntime", "onnx"), ("ai-edge-litert", "tflite")])
-def test_bundle_runs_in_a_bare_venv_and_imports_back(bundle_dir, tiny_run, tmp_path, runtime, fmt):
-    import importlib.metadata as md
+def test_bundle_runs_on_numpy_and_one_runtime_and_imports_back(bundle_dir, tiny_run, tmp_path, runtime, fmt):
+    """The device check on a 'device' that has numpy and one runtime only, offline: the script
+    runs in an isolated interpreter (python -I: no PYTHONPATH, no user site) where TensorFlow,
+    Keras, edgetl and the other runtime cannot be imported, from a copy of the unzipped bundle
+    outside the project; its results.json then goes through edgetl verify --device-results."""
+    import shutil
 
-    py = _venv_with(tmp_path, f"numpy=={np.__version__}", f"{runtime}=={md.version(runtime)}")
-    listed = subprocess.run([str(py), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True).stdout
-    assert "tensorflow" not in listed and "edgetl" not in listed
+    other = {"onnx": ["ai_edge_litert", "tflite_runtime"], "tflite": ["onnxruntime"]}[fmt]
+    blocked = ["tensorflow", "keras", "tf_keras", "edgetl", "jax", "torch", *other]
+    dev = tmp_path / "device"
+    shutil.copytree(bundle_dir, dev)
     res = tmp_path / "results.json"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    p = subprocess.run([str(py), str(bundle_dir / "edgetl_check.py"), "--threads", "1", "--name", f"venv-{fmt}",
-                        "--out", str(res)], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    argv = [str(dev / "edgetl_check.py"), "--threads", "1", "--name", f"dev-{fmt}", "--out", str(res)]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KERAS_HOME")}
+    p = subprocess.run([sys.executable, "-I", "-c", CHECK_ONLY.format(blocked=blocked, argv=argv)],
+                       capture_output=True, text=True, cwd=dev, env=env, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
+    imported = json.loads(p.stdout.split("IMPORTED ")[-1])
+    assert imported == [], imported  # numpy and the runtime only
     out = json.loads(res.read_text())
     ran = [m for m in out["models"] if "error" not in m]
+    skipped = [m for m in out["models"] if "error" in m]
     assert ran and all(m["format"] == fmt for m in ran)
+    assert skipped and all(m["format"] != fmt for m in skipped)  # the other runtime is absent: skipped, named
     assert all(m["agreement_reference"] == 1.0 and m["p50_ms"] > 0 for m in ran)
-    assert out["device"]["name"] == f"venv-{fmt}" and out["device"]["cores"]
+    assert out["device"]["name"] == f"dev-{fmt}" and out["device"]["cores"]
     rep = verify(tiny_run.run_dir, VerifyOptions(threads=1, max_drop=100, min_agreement=0.0,
                                                  out=str(tmp_path / "rep")), device_results=[res], echo=quiet)
-    dev = [r for r in rep["rows"] if r.get("device") == f"venv-{fmt}" and "p50_ms" in r]
-    assert len(dev) == len(ran)
-    assert f"@ venv-{fmt}" in (tmp_path / "rep" / "report.md").read_text()
+    dev_rows = [r for r in rep["rows"] if r.get("device") == f"dev-{fmt}" and "p50_ms" in r]
+    assert len(dev_rows) == len(ran)
+    assert f"@ dev-{fmt}" in (tmp_path / "rep" / "report.md").read_text()
