@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgetl import __version__, artifacts, rundir
-from edgetl.config import CALIB_METHODS, ExportOptions
+from edgetl.config import CALIB_METHODS, ExportOptions, VerifyOptions, default
 from edgetl.errors import EdgetlError
 from edgetl.rundir import Run, artifact_file, open_run
 from edgetl.types import Echo, PathLike
@@ -301,6 +301,8 @@ class Exporter:
         from edgetl.stats import drop_gate
 
         best = None
+        target = default(VerifyOptions, "min_agreement")  # what verify's default gate will ask of it
+        within: tuple | None = None  # the best attempt within the budget but below that agreement
         for att in attempts:
             settings = att.settings()
             data = C.convert(self.source, a.format, "int8", att.calib(), settings, meta)
@@ -318,7 +320,22 @@ class Exporter:
             if not verdict.fails:
                 if not verdict.resolvable:
                     self.echo(f"  note: {verdict.reason}")
-                return data
+                if a.agreement >= target:
+                    a.remedies[-1]["kept"] = True
+                    return data
+                # within the budget, but verify's default agreement gate would fail it: try the
+                # remedies still, and keep the attempt that agrees best
+                self.echo(f"  {a.format} int8: agreement {a.agreement:.3f} < {target:g} (verify's default gate); "
+                          f"trying the next remedy")
+                if within is None or a.agreement > within[0]:
+                    within = (a.agreement, data, dict(a.settings), a.accuracy, a.drop_points, len(a.remedies) - 1)
+        if within is not None:
+            agreement, data, a.settings, a.accuracy, a.drop_points, k = within
+            a.agreement = agreement
+            a.remedies[k]["kept"] = True
+            self.echo(f"  {a.format} int8: kept the attempt that agrees best ({agreement:.3f}); it is within the "
+                      f"accuracy budget, below {target:g} agreement")
+            return data
         assert best is not None
         lower, drop, a.accuracy, a.agreement = best
         a.drop_points = drop
@@ -357,7 +374,8 @@ class Exporter:
         for a in results:
             acc = f"{a.accuracy:.4f}" if a.accuracy is not None else "-"
             drop = f"{a.drop_points:+.1f}" if a.drop_points is not None else "-"
-            note = a.reason if a.status != "written" else (a.remedies[-1]["step"] if a.remedies else "")
+            kept = [r["step"] for r in a.remedies if r.get("kept")] or [r["step"] for r in a.remedies[-1:]]
+            note = a.reason if a.status != "written" else (kept[0] if kept else "")
             self.echo(f"{a.name:<26}{a.status:<9}{a.size_bytes / 1024:>9.0f}{acc:>8}{drop:>7}  {note}")
 
 
