@@ -24,12 +24,14 @@ def demo_config(data: Path, out: Path, teacher: Path, unlabeled: Path, weights: 
         # few labelled images: an epoch is a handful of steps, so more epochs (early stopping ends them)
         "train": {"backbone": "mobilenetv2", "alpha": alpha, "img_size": 48, "weights": weights,
                   "epochs_head": 6 if quick else 60, "epochs_finetune": 1 if quick else 8, "views": 2 if quick else 3,
-                  "augment": "rotate,zoom,translate,contrast", "patience": 8, "seed": 42},
+                  "augment": "rotate,zoom,translate,contrast", "patience": 8, "seed": 42,
+                  # --quick: a smoke run; the auto recipe's search and step budget are for real runs
+                  "recipe": "fixed" if quick else "auto"},
         "distill": {"teacher": str(teacher), "kd_alpha": 0.5, "temperature": 4.0, "unlabeled": str(unlabeled)},
         "calibrate": {"size": 100},
         "export": {"formats": ["tflite", "onnx"], "quants": ["fp32", "fp16", "dynamic", "int8"],
                    "max_drop": 2.0},
-        "verify": {"threads": 2, "max_drop": 2.0, "min_agreement": 0.95, "runs": 100},
+        "verify": {"threads": 2, "max_drop": 2.0, "min_agreement": 0.95, "runs": 30 if quick else 100},
     }
 
 
@@ -60,7 +62,8 @@ def run_demo(out="models/demo", quick: bool = False, echo=print) -> dict:
             t_w, t_a = weights, alpha
         train(TrainConfig(data=str(full), out=str(teacher), alpha=t_a, img_size=96, weights=t_w, dense=128,
                           epochs_head=6 if quick else 25, epochs_finetune=1 if quick else 4, views=2 if quick else 3,
-                          augment="rotate,zoom,translate,contrast", seed=42), echo=echo)  # same val/test images as the student
+                          augment="rotate,zoom,translate,contrast", seed=42,  # same val/test images as the student
+                          recipe="fixed" if quick else "auto"), echo=echo)
     else:
         echo(f"== teacher: {teacher} (already trained)")
     cfg_path = out.parent / (out.name + ".yaml")

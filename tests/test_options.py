@@ -334,7 +334,8 @@ def test_verify_data_scores_the_given_folder(tiny_run, tiny_exported, tiny_holdo
     assert rep["n_images"] == 60 and rep["data"] == str(tiny_holdout_dir)
     acc, _, _ = holdout_accuracy(run / "model.keras", tiny_holdout)
     assert rep["rows"][0]["accuracy"] == pytest.approx(acc)
-    assert [row["artifact"] for row in rep["rows"]] == ["model.keras", "model_fp32.tflite"]
+    assert [row["artifact"] for row in rep["rows"] if not row.get("extra_runtime")] == ["model.keras",
+                                                                                      "model_fp32.tflite"]
     # classes that differ from the model's are refused
     from synth import make_dataset
 
@@ -352,7 +353,15 @@ def test_demo_quick_is_honest_and_finishes(imagenet_mnv2_100, tmp_path):
     out = tmp_path / "models" / "demo"
     r = CliRunner().invoke(main, ["demo", "--quick", "--out", str(out)])
     assert r.exit_code == 0, r.output[-3000:]
-    assert (out / "MODEL_CARD.md").exists() and json.loads((out / "report.json").read_text())["passed"]
+    assert (out / "MODEL_CARD.md").exists()
+    # every format and mode verified on the 400 test images (a quick run's under-trained student
+    # may fail the agreement gate on int8: that is the report's job, not a demo failure)
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["n_images"] == 400 and "test split" in rep["data"]
+    rows = {r["artifact"] for r in rep["rows"] if not r.get("extra_runtime")}
+    assert rows == {"model.keras"} | {f"model_{q}.{f}" for q in ("fp32", "fp16", "dynamic", "int8")
+                                      for f in ("tflite", "onnx")}
+    assert all(r["accuracy"] >= 0.5 for r in rep["rows"])  # 10 classes: chance is 0.1
     dist = json.loads((out / "distill.json").read_text())
     assert dist["split"] == "test" and dist["n"] == 400 and dist["transfer_set"]["images"] > 0
     teacher_split = json.loads((tmp_path / "models" / "demo-teacher" / "split.json").read_text())
