@@ -158,7 +158,7 @@ def test_train_cli_carves_and_says_so(tmp_path, imagenet_mnv2_100):
     data = make_dataset(tmp_path / "d", per_class=24, size=24)
     r = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "run"), "--test-split", "0.25",
                                   "--alpha", "1.0", "--img-size", "32", "--epochs-head", "3", "--epochs-finetune",
-                                  "0", "--views", "1"])
+                                  "0", "--views", "1", "--recipe", "fixed"])
     assert r.exit_code == 0, r.output
     assert "test split: carved 0.25 of each class (given, seed 42)" in r.output
     assert "(used for model selection)" in r.output and "(held out; the headline)" in r.output

@@ -22,7 +22,7 @@ from edgetl.errors import EdgetlError
 from common import ROOT, TINY, quiet
 
 TRAIN_ARGS = ["--alpha", "1.0", "--img-size", "32", "--views", "1", "--batch-size", "16", "--seed", "1",
-              "--epochs-finetune", "0"]
+              "--epochs-finetune", "0", "--recipe", "fixed"]
 
 
 def one_error_line(r, code):

@@ -160,7 +160,7 @@ def test_same_seed_same_result(tiny_data, imagenet_mnv2_100, tmp_path):
 def test_head_options_reach_the_model(tiny_data, imagenet_mnv2_100, tmp_path):
     out = tmp_path / "r"
     r = CliRunner().invoke(main, ["train", str(tiny_data), "--alpha", "1.0", "--img-size", "32", "--epochs-head", "2",
-                                  "--epochs-finetune", "0", "--views", "1",
+                                  "--epochs-finetune", "0", "--views", "1", "--recipe", "fixed",
                                   "--dense", "8", "--dropout", "0.3", "--label-smoothing", "0.1", "--l2", "1e-4",
                                   "--out", str(out)])
     assert r.exit_code == 0, r.output
@@ -224,7 +224,8 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_data, tiny_holdout, imagenet
         from edgetl.config import TrainConfig
         from edgetl.train import train
         r = train(TrainConfig(data={str(tiny_data)!r}, out={str(tmp_path / 'm')!r}, strategy="mirrored",
-                  alpha=1.0, img_size=32, epochs_head=3, epochs_finetune=1, views=1, batch_size=16),
+                  alpha=1.0, img_size=32, epochs_head=3, epochs_finetune=1, views=1, batch_size=16,
+                  recipe="fixed"),
                   echo=lambda *a: None)
         import edgetl.train as T
         print("replicas", T.get_strategy("mirrored").num_replicas_in_sync, "acc", r.metrics["val_accuracy"])

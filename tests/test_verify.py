@@ -34,7 +34,10 @@ def test_one_row_per_artifact_with_every_column(report, tiny_run):
     mp = [r for r in rep["rows"] if r.get("extra_runtime")]
     if not rep["skipped"]:
         assert [r["artifact"] for r in mp] == sorted(n for n in names if n.endswith(".tflite"))
-        assert all(r["runtime"] == "mediapipe" and r["agreement"] >= 0.99 for r in mp)
+        litert = {r["artifact"]: r for r in rep["rows"] if r["artifact"].endswith(".tflite") and not r.get("extra_runtime")}
+        for r in mp:  # the app runtime on the same file: as good as the gate asks, within 2 of 60 images of LiteRT
+            assert r["runtime"] == "mediapipe" and r["agreement"] >= 0.95, r
+            assert abs(r["agreement"] - litert[r["artifact"]]["agreement"]) <= 2 / 60 + 1e-9, r
     else:
         assert not mp and all("mediapipe is not installed" in s for s in rep["skipped"])
     for r in rep["rows"]:

@@ -124,6 +124,25 @@ def test_too_small_disk_budget_is_a_one_line_error(tiny_data, tmp_path):
     assert not out.exists()  # refused before anything was written
 
 
+def test_cache_dir_holds_the_shards_while_training_and_is_cleared_after(tiny_data, imagenet_mnv2_100, tmp_path):
+    """--cache-dir DIR: the shards go to DIR/<run>.view-cache (not into the run), and a
+    finished run removes them."""
+    seen = {}
+
+    class Peek(Trainer):
+        def phase2(self):
+            seen["dir"] = self.cache_dir
+            seen["npy"] = sorted(p.name for p in self.cache_dir.rglob("*.npy"))
+            return super().phase2()
+
+    cache_root, out = tmp_path / "fast-disk", tmp_path / "run"
+    r = Peek(TrainConfig(data=str(tiny_data), out=str(out), cache_dir=str(cache_root), **TINY), echo=quiet).run()
+    assert seen["dir"] == cache_root / "run.view-cache"
+    assert seen["npy"] and not (out / "checkpoints" / "view-cache").exists()
+    assert r.metrics["view_cache"]["dir"] == str(cache_root / "run.view-cache")
+    assert not (cache_root / "run.view-cache").exists() and (out / "manifest.json").exists()
+
+
 @pytest.mark.parametrize("budget", ["0", "-1"])
 def test_cache_options_are_validated(tiny_data, tmp_path, budget):
     r = CliRunner().invoke(main, ["train", str(tiny_data), "--cache-budget", budget, "--out", str(tmp_path / "r")])
@@ -168,10 +187,19 @@ def test_distillation_with_mixup_streams_from_several_shards(tiny_run, tiny_data
 def test_float16_cache_within_half_a_point_of_float32(imagenet_mnv2_100, tmp_path):
     """A small real task (scikit-learn's handwritten digits, 10 classes, 800 validation
     scans): the float16 cache (half the disk) trains to within 0.5 points of float32."""
-    from edgetl.demo_data import write_digits_split
+    import shutil
+
+    from edgetl.demo_data import write_digits
     from edgetl.train import train
 
-    full, _, _ = write_digits_split(tmp_path / "digits", per_class_small=10, val_per_class=80)
+    src, full = write_digits(tmp_path / "all", size=32), tmp_path / "digits"
+    rng = np.random.default_rng(0)
+    for c in sorted(p.name for p in src.iterdir() if p.is_dir()):  # 80 val scans per class, the rest train
+        files = sorted((src / c).glob("*.png"))
+        for k, i in enumerate(rng.permutation(len(files))):
+            dest = full / ("val" if k < 80 else "train") / c
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(files[i], dest / files[i].name)
     acc, disk = {}, {}
     for dtype in ("float32", "float16"):
         cfg = TrainConfig(data=str(full), out=str(tmp_path / dtype), alpha=1.0, img_size=32, views=2, epochs_head=15,
