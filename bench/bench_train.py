@@ -192,7 +192,8 @@ def textbook_matched(split, img: int, steps1: int, steps2: int, epoch_steps: int
             "total_cpu": time.process_time() - c0, "pred": pred}
 
 
-def edgetl_run(split, img: int, e1: int, e2: int, seed: int, test_split: float, out: Path) -> dict:
+def edgetl_run(split, img: int, e1: int, e2: int, seed: int, test_split: float, out: Path,
+               recipe: str = "auto") -> dict:
     from edgetl.config import TrainConfig
     from edgetl.tfdata import load_array
     from edgetl.train import Trainer
@@ -216,7 +217,8 @@ def edgetl_run(split, img: int, e1: int, e2: int, seed: int, test_split: float, 
 
     t0, c0 = time.perf_counter(), time.process_time()
     r = CpuClock(TrainConfig(data=str(DATA), alpha=0.35, img_size=img, weights=str(WEIGHTS), epochs_head=e1,
-                             epochs_finetune=e2, seed=seed, test_split=test_split, out=str(out)), echo=quiet).run()
+                             epochs_finetune=e2, seed=seed, test_split=test_split, out=str(out), recipe=recipe),
+                 echo=quiet).run()
     total, total_cpu = time.perf_counter() - t0, time.process_time() - c0
     saved = json.loads((out / "split.json").read_text())
     assert [Path(f["file"]) for f in saved["test"]] == [Path(p).resolve() for p in split["test"][0]], \
@@ -232,7 +234,8 @@ def edgetl_run(split, img: int, e1: int, e2: int, seed: int, test_split: float, 
             "phase2_s": tm.get("phase2_s", 0.0), "total_s": total, "phase1_steps": e1_run * epoch_steps,
             "phase2_steps": e2_run * epoch_steps, "epoch_steps": epoch_steps, "phase1_cpu": cpu["phase1"],
             "phase2_cpu": cpu["phase2"], "total_cpu": total_cpu, "epochs_run": [e1_run, e2_run],
-            "selected_phase": m["selected_phase"], "val_accuracy": m["val_accuracy"], "pred": pred}
+            "selected_phase": m["selected_phase"], "val_accuracy": m["val_accuracy"], "pred": pred,
+            "recipe": m.get("recipe"), "recipe_search_s": tm.get("recipe_search_s", 0.0)}
 
 
 def machine() -> dict:
@@ -261,6 +264,10 @@ def main():
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--test-split", type=float, default=0.25)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--recipe", default="auto", choices=("auto", "fixed"),
+                    help="edgetl's --recipe (auto, its default, searches 4 phase-2 settings on val first)")
+    ap.add_argument("--edgetl-only", action="store_true",
+                    help="Run edgetl alone (e.g. --recipe fixed beside an earlier full run's textbook rows)")
     ap.add_argument("--json", default=None, help="Write every number to this file.")
     a = ap.parse_args()
     if not DATA.is_dir() or not WEIGHTS.is_file():
@@ -285,10 +292,11 @@ def main():
         labels.append(split["test"][1])
         with tempfile.TemporaryDirectory() as tmp:
             l0 = load()
-            e = edgetl_run(split, a.img_size, a.epochs_head, a.epochs_finetune, s, a.test_split, Path(tmp) / "run")
+            e = edgetl_run(split, a.img_size, a.epochs_head, a.epochs_finetune, s, a.test_split, Path(tmp) / "run",
+                           a.recipe)
             e["load"] = [l0, load()]
         res["edgetl"].append(e)
-        for name in (("guide", "matched") if s % 2 else ("matched", "guide")):  # alternate the order
+        for name in (() if a.edgetl_only else ("guide", "matched") if s % 2 else ("matched", "guide")):
             l0 = load()
             if name == "guide":
                 r = textbook_guide(split, a.img_size, a.epochs_head, a.epochs_finetune, s)
@@ -300,7 +308,7 @@ def main():
         print(f"seed {s}: {len(split['train'][0])} train / {len(split['val'][0])} val / {len(y)} test images", flush=True)
         print(f"  {'recipe':<9}{'steps p1+p2':>13}{'phase 1 s':>11}{'phase 2 s':>11}{'total s':>9}{'CPU p1/p2/total s':>20}"
               f"{'test acc':>10}  95% CI          load before/after", flush=True)
-        for name in RECIPES:
+        for name in [r for r in RECIPES if res[r]]:
             r = res[name][-1]
             k = int((r["pred"] == y).sum())
             lo, hi = wilson(k, len(y))
@@ -318,7 +326,7 @@ def main():
     print("wall seconds, then CPU seconds (all threads of this process), mean ± std over seeds")
     print(f"{'recipe':<9}{'phase 1 s':>14}{'phase 2 s':>14}{'total s':>14}{'CPU phase 1':>14}{'CPU phase 2':>14}"
           f"{'CPU total':>14}{'steps p1':>10}{'steps p2':>10}{'test acc (mean ± std)':>24}")
-    for name in RECIPES:
+    for name in [r for r in RECIPES if res[r]]:
         rs = res[name]
         print(f"{name:<9}{ms([r['phase1_s'] for r in rs]):>14}{ms([r['phase2_s'] for r in rs]):>14}"
               f"{ms([r['total_s'] for r in rs]):>14}{ms([r['phase1_cpu'] for r in rs]):>14}"
@@ -326,7 +334,7 @@ def main():
               f"{np.mean([r['phase2_steps'] for r in rs]):>10.0f}"
               f"{np.mean([r['test_accuracy'] for r in rs]):>17.4f} ± {np.std([r['test_accuracy'] for r in rs]):.4f}")
     summary = {}
-    for other in ("guide", "matched"):
+    for other in [r for r in ("guide", "matched") if res[r]]:
         ratios = {k: [o[k] / e[k] for o, e in zip(res[other], res["edgetl"])]
                   for k in ("phase1_s", "phase2_s", "total_s", "phase1_cpu", "phase2_cpu", "total_cpu")}
         print(f"\nedgetl vs {other}: speed-up (their time / edgetl's, per seed): "

@@ -74,9 +74,21 @@ def profile_run(img: int, seed: int, e1: int, e2: int, out: Path, cprofile: str 
                 t[name] = t.get(name, 0.0) + time.perf_counter() - t0
         return wrapper
 
-    real_load, real_ds = T.load_array, T.image_dataset
-    T.load_array = timed("decode (PIL, once per image)", real_load)
-    T.image_dataset = timed("decode val/test (PIL) + tf.data", real_ds)
+    real_decode = T.decode_batches
+
+    def timed_decode(*a, **k):  # a generator: time each batch it hands out
+        it = real_decode(*a, **k)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                b = next(it)
+            except StopIteration:
+                return
+            finally:
+                t["decode (PIL thread pool)"] = t.get("decode (PIL thread pool)", 0.0) + time.perf_counter() - t0
+            yield b
+
+    T.decode_batches = timed_decode
 
     class EpochClock(keras.callbacks.Callback):
         phase = "phase 1"
@@ -94,8 +106,8 @@ def profile_run(img: int, seed: int, e1: int, e2: int, out: Path, cprofile: str 
         def view_hook(self, view, images):
             hooks.append((view, time.perf_counter()))
 
-    for name in ("prepare", "build", "start", "plan_cut", "pooled", "phase2", "evaluate", "evaluate_test",
-                 "write_outputs"):
+    for name in ("prepare", "build", "start", "plan_cut", "phase1", "phase2", "choose_candidate", "evaluate",
+                 "evaluate_test", "write_outputs"):
         setattr(Timed, name, timed(name, getattr(Trainer, name)))
     Timed.cached_views = timed("cached_views", Trainer.cached_views)
     cfg = TrainConfig(data=str(DATA), alpha=0.35, img_size=img, weights=str(WEIGHTS), epochs_head=e1,
@@ -113,9 +125,9 @@ def profile_run(img: int, seed: int, e1: int, e2: int, out: Path, cprofile: str 
     if prof is not None:
         prof.disable()
         prof.dump_stats(cprofile)
-    T.load_array, T.image_dataset = real_load, real_ds
+    T.decode_batches = real_decode
     detail = {"timings": r.metrics["timings"], "epochs": epochs, "hooks": hooks,
-              "train_rows": len(tr.views[0]), "batch": cfg.batch_size, "n_train": len(tr.ds.train)}
+              "train_rows": tr.cache_stats["rows"], "batch": cfg.batch_size, "n_train": len(tr.ds.train)}
     return t, detail
 
 
@@ -145,7 +157,7 @@ def main():
     hooks = d["hooks"]
     gaps = [(v, b - a) for (v, a), (_, b) in zip(hooks, hooks[1:])]
     v0 = [g for v, g in gaps if v == 0]
-    decode = t.get("decode (PIL, once per image)", 0.0)
+    decode = t.get("decode (PIL thread pool)", 0.0)
     features = d["timings"].get("features_s", 0.0)
     per_batch_v0 = float(np.median(v0[1:])) if len(v0) > 1 else float("nan")
     first_v0 = v0[0] if v0 else float("nan")
@@ -158,16 +170,17 @@ def main():
         ("build: base + weights + head", t.get("build", 0.0)),
         ("write config/labels/split", t.get("start", 0.0)),
         ("plan the cut (prefix/suffix models)", t.get("plan_cut", 0.0)),
-        ("decode training images (PIL)", decode),
-        ("frozen prefix over 4 views + val (incl. tracing)", features - decode),
+        ("decode (PIL thread pool; waits only: it runs ahead)", decode),
+        ("frozen prefix over 4 views + val into the cache (incl. tracing)", features - decode),
         ("  of which: first batch of view 0 (trace + run)", first_v0),
         ("  of which: a later view-0 batch (run only)", per_batch_v0),
-        ("pool cached activations through the suffix", t.get("pooled", 0.0)),
+        ("phase 1 total (cache + fit)", t.get("phase1", 0.0)),
         (f"phase 1 fit: epoch 1 (incl. tracing), {steps} steps", e1[0] if e1 else 0.0),
         (f"phase 1 fit: later epochs, median x {max(len(e1) - 1, 0)}",
          float(np.median(e1[1:])) if len(e1) > 1 else 0.0),
         ("phase 1 fit: all epochs", float(np.sum(e1))),
         ("phase 2 total", t.get("phase2", 0.0)),
+        ("  of which: auto recipe search (4 candidates)", t.get("choose_candidate", 0.0)),
         (f"phase 2 fit: epoch 1 (incl. tracing), {steps} steps", e2[0] if e2 else 0.0),
         (f"phase 2 fit: later epochs, median x {max(len(e2) - 1, 0)}",
          float(np.median(e2[1:])) if len(e2) > 1 else 0.0),
