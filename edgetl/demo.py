@@ -31,7 +31,7 @@ def demo_config(data: Path, out: Path, teacher: Path, unlabeled: Path, weights: 
         "calibrate": {"size": 100},
         "export": {"formats": ["tflite", "onnx"], "quants": ["fp32", "fp16", "dynamic", "int8"],
                    "max_drop": 2.0},
-        "verify": {"threads": 2, "max_drop": 2.0, "min_agreement": 0.95, "runs": 30 if quick else 100},
+        "verify": {"threads": 2, "max_drop": 2.0, "min_agreement": 0.95, "runs": 100},
     }
 
 
