@@ -224,8 +224,8 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_data, tiny_holdout, imagenet
         from edgetl.config import TrainConfig
         from edgetl.train import train
         r = train(TrainConfig(data={str(tiny_data)!r}, out={str(tmp_path / 'm')!r}, strategy="mirrored",
-                  alpha=1.0, img_size=32, epochs_head=3, epochs_finetune=1, views=1, batch_size=16,
-                  recipe="fixed"),
+                  alpha=1.0, img_size=32, epochs_head=10, epochs_finetune=1, views=2, batch_size=16,
+                  seed=1, recipe="fixed"),
                   echo=lambda *a: None)
         import edgetl.train as T
         print("replicas", T.get_strategy("mirrored").num_replicas_in_sync, "acc", r.metrics["val_accuracy"])
