@@ -359,8 +359,14 @@ def test_demo_quick_is_honest_and_finishes(imagenet_mnv2_100, tmp_path):
     rep = json.loads((out / "report.json").read_text())
     assert rep["n_images"] == 400 and "test split" in rep["data"]
     rows = {r["artifact"] for r in rep["rows"] if not r.get("extra_runtime")}
-    assert rows == {"model.keras"} | {f"model_{q}.{f}" for q in ("fp32", "fp16", "dynamic", "int8")
-                                      for f in ("tflite", "onnx")}
+    assert {"model.keras"} | {f"model_{q}.{f}" for q in ("fp32", "fp16", "dynamic") for f in ("tflite", "onnx")} <= rows
+    # int8 is verified where it was written; the quick student's ONNX int8 missed the 2-point budget
+    # (measured: 10.7 points after 5 attempts) and was refused, which the manifest records
+    man = {a["file"]: a for a in json.loads((out / "manifest.json").read_text())["export"]["artifacts"]}
+    for f in ("tflite", "onnx"):
+        a = man[f"export/model_int8.{f}"]
+        assert (a["status"] == "written") == (f"model_int8.{f}" in rows), a
+        assert a["status"] == "written" or "misses the accuracy budget" in a["reason"], a
     assert all(r["accuracy"] >= 0.5 for r in rep["rows"])  # 10 classes: chance is 0.1
     dist = json.loads((out / "distill.json").read_text())
     assert dist["split"] == "test" and dist["n"] == 400 and dist["transfer_set"]["images"] > 0
