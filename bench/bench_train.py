@@ -114,15 +114,7 @@ def textbook_guide(split, img: int, e1: int, e2: int, seed: int) -> dict:
     train = train.batch(64).prefetch(tf.data.AUTOTUNE).cache()
     val = path_dataset(*split["val"], img, crop=False).map(lambda x, y: (x, tf.cast(y, tf.float32)))
     val = val.batch(64).prefetch(tf.data.AUTOTUNE).cache()
-    base = keras.applications.MobileNetV2(alpha=0.35, include_top=False, weights=None, input_shape=(img, img, 3))
-    base.load_weights(str(WEIGHTS))
-    base.trainable = False
-    inputs = keras.Input((img, img, 3))
-    x = keras.layers.Rescaling(scale=1 / 127.5, offset=-1)(inputs)
-    x = base(x, training=False)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dropout(0.2)(x)
-    model = keras.Model(inputs, keras.layers.Dense(1)(x))
+    base, model = textbook_model(img, 1)
     loss = keras.losses.BinaryCrossentropy(from_logits=True)
     model.compile(keras.optimizers.Adam(), loss, metrics=[keras.metrics.BinaryAccuracy()])
     build_s = time.perf_counter() - t0
@@ -160,15 +152,7 @@ def textbook_matched(split, img: int, steps1: int, steps2: int, epoch_steps: int
     train = train.map(lambda x, y: (tf.clip_by_value(aug(x, training=True), 0.0, 255.0), tf.one_hot(y, 2)))
     train = train.prefetch(tf.data.AUTOTUNE)
     val = path_dataset(*split["val"], img, crop=True).map(lambda x, y: (x, tf.one_hot(y, 2))).batch(32).cache()
-    base = keras.applications.MobileNetV2(alpha=0.35, include_top=False, weights=None, input_shape=(img, img, 3))
-    base.load_weights(str(WEIGHTS))
-    base.trainable = False
-    inputs = keras.Input((img, img, 3))
-    x = keras.layers.Rescaling(scale=1 / 127.5, offset=-1)(inputs)
-    x = base(x, training=False)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dropout(0.2)(x)
-    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    base, model = textbook_model(img, 2)
     loss = keras.losses.CategoricalCrossentropy(from_logits=True)
     model.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
     build_s = time.perf_counter() - t0
@@ -190,6 +174,22 @@ def textbook_matched(split, img: int, steps1: int, steps2: int, epoch_steps: int
             "phase2_steps": p2.steps, "eval_s": time.perf_counter() - t_eval,
             "total_s": time.perf_counter() - t0, "phase1_cpu": p1.cpu, "phase2_cpu": p2.cpu,
             "total_cpu": time.process_time() - c0, "pred": pred}
+
+
+def textbook_model(img: int, outputs: int):
+    """(frozen base, model): the guide's classifier — MobileNetV2 0.35 with the ImageNet weights,
+    Rescaling to [-1, 1], base(training=False), pooling, Dropout 0.2, Dense(outputs)."""
+    import keras
+
+    base = keras.applications.MobileNetV2(alpha=0.35, include_top=False, weights=None, input_shape=(img, img, 3))
+    base.load_weights(str(WEIGHTS))
+    base.trainable = False
+    inputs = keras.Input((img, img, 3))
+    x = keras.layers.Rescaling(scale=1 / 127.5, offset=-1)(inputs)
+    x = base(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.2)(x)
+    return base, keras.Model(inputs, keras.layers.Dense(outputs)(x))
 
 
 def edgetl_run(split, img: int, e1: int, e2: int, seed: int, test_split: float, out: Path,
