@@ -97,28 +97,71 @@ def lr_multipliers(base: Any, bb: Any, trained_layers: list[Any], decay: float) 
     return out
 
 
-def optimizer(lr: float, multipliers: dict[str, float] | None = None, accumulate: int = 1) -> Any:
-    """Adam with per-variable learning-rate factors and optional gradient accumulation."""
+def optimizer(lr: float, multipliers: dict[str, float] | None = None, accumulate: int = 1,
+              switchable: bool = False) -> Any:
+    """Adam with per-variable learning-rate factors and optional gradient accumulation.
+
+    ``switchable``: the factors are optimizer variables instead of constants, so one compiled
+    (traced) training step serves several settings: ``switch(lr, factors)`` resets Adam's state
+    and sets new factors, and a factor of 0 freezes a variable (Adam's step is lr × factor ×
+    m̂ / (√v̂ + ε), so it stays exactly where it is). The auto recipe's search trains every
+    candidate this way instead of recompiling the model for each."""
     import keras
 
     class LayerwiseAdam(keras.optimizers.Adam):
         """Adam whose update of each variable uses lr times that variable's factor."""
 
-        def __init__(self, factors: dict[str, float], **kw: Any):
+        def __init__(self, factors: dict[str, float], switchable: bool = False, **kw: Any):
             super().__init__(**kw)
             self.factors = dict(factors)  # by variable path
+            self.switchable = switchable
             self._by_key: dict[Any, float] = {}
+            self._switch: dict[Any, Any] = {}       # optimizer key -> factor variable
+            self._switch_path: dict[str, Any] = {}  # variable path -> factor variable
 
         def build(self, variables: Any) -> None:
             super().build(variables)
             # the backend hands update_step its own variable objects: map them by the optimizer's key
             self._by_key = {self._var_key(v): self.factors.get(v.path, 1.0) for v in variables}
+            if self.switchable:
+                for i, v in enumerate(variables):
+                    f = self.add_variable((), initializer="ones", name=f"lr_factor_{i}")
+                    f.assign(self.factors.get(v.path, 1.0))
+                    self._switch[self._var_key(v)] = f
+                    self._switch_path[v.path] = f
+
+        def switch(self, learning_rate: float, factors: dict[str, float]) -> None:
+            """Start over (Adam's moments and step count at zero) at ``learning_rate`` with
+            ``factors`` by variable path (1.0 where missing)."""
+            for v in self.variables:
+                v.assign(keras.ops.zeros(v.shape, v.dtype))
+            self.learning_rate = learning_rate
+            for path, f in self._switch_path.items():
+                f.assign(factors.get(path, 1.0))
 
         def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
-            f = self._by_key.get(self._var_key(variable), 1.0)
-            super().update_step(gradient, variable, learning_rate * f if f != 1.0 else learning_rate)
+            key = self._var_key(variable)
+            if key in self._switch:
+                learning_rate = learning_rate * self._switch[key]
+            else:
+                f = self._by_key.get(key, 1.0)
+                learning_rate = learning_rate * f if f != 1.0 else learning_rate
+            super().update_step(gradient, variable, learning_rate)
 
     kw: dict[str, Any] = {"learning_rate": lr}
     if accumulate > 1:
         kw["gradient_accumulation_steps"] = int(accumulate)
-    return LayerwiseAdam(multipliers or {}, **kw)
+    return LayerwiseAdam(multipliers or {}, switchable=switchable, **kw)
+
+
+def search_factors(base: Any, bb: Any, cand: Candidate, trained_layers: list[Any], decay: float) -> dict[str, float]:
+    """A candidate's factors when the model trains ``trained_layers`` (the deepest candidate's,
+    a superset of ``cand.layers``): its own layer-wise factors, 0 for the layers it leaves
+    frozen, 1 (missing) for the rest (the head)."""
+    mult = lr_multipliers(base, bb, cand.layers, decay)
+    mine = {id(layer) for layer in cand.layers}
+    out = {v.path: 0.0 for layer in trained_layers if id(layer) not in mine for v in layer.trainable_weights}
+    for layer in cand.layers:
+        for v in layer.trainable_weights:
+            out[v.path] = mult.get(v.path, 1.0)
+    return out

@@ -725,13 +725,19 @@ class Trainer:
                                                 self.cfg.accumulate)
         self.echo(f"phase 2: auto recipe: {len(cands)} candidates, {probe_epochs} epoch(s) each on the cached "
                   f"activations of the {n_plain:,} plain views, scored on the validation split")
+        # one compiled step for the whole grid: the deepest candidate's layers are trainable, and each
+        # candidate sets its learning rate and per-variable factors (0 for the layers it leaves frozen)
+        deepest = max(cands, key=lambda c: len(c.layers))
+        M.set_trainable(self.base, deepest.layers)
+        with self.strategy.scope():
+            opt = recipe.optimizer(cands[0].lr, accumulate=self.cfg.accumulate, switchable=True)
+            model.compile(optimizer=opt, loss=self.loss(), metrics=self.metrics())
+            opt.build(model.trainable_variables)
         for c in cands:
             model.set_weights(start)
-            M.set_trainable(self.base, c.layers)
-            with self.strategy.scope():
-                model.compile(optimizer=self.finetune_optimizer(c), loss=self.loss(), metrics=self.metrics())
+            opt.switch(c.lr, recipe.search_factors(self.base, self.bb, c, deepest.layers, self.cfg.lr_decay))
             h = model.fit(probe, steps_per_epoch=probe_steps, validation_data=va[0], validation_steps=va[1],
-                          epochs=probe_epochs, verbose=0, shuffle=False)
+                          epochs=probe_epochs, validation_freq=probe_epochs, verbose=0, shuffle=False)
             c.val_accuracy = float(h.history["val_accuracy"][-1])
             c.val_loss = float(h.history["val_loss"][-1])
             self.echo(f"  {c.name:<28} val acc {c.val_accuracy:.4f}  val loss {c.val_loss:.4f}")
