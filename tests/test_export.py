@@ -193,3 +193,31 @@ def test_bad_export_options(tiny_run):
     assert r.exit_code == 2 and "--format coreml" in r.output
     r = CliRunner().invoke(main, ["export", "/nonexistent/run"])
     assert r.exit_code == 2 and "no such run directory" in r.output
+
+
+def test_entropy_threshold_is_onnxruntimes_result_for_result():
+    """edgetl's vectorised KL search returns exactly onnxruntime's ranges (same window, same
+    clipping) on histograms as the entropy calibrator collects them: merged over batches
+    whose range grows, ReLU-like (a spike at 0, one-sided), sparse, and at 2,048 bins."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from edgetl.convert import entropy_threshold
+
+    rng = np.random.default_rng(0)
+    batches = {
+        "growing": [rng.normal(0, s, 4000).astype("float32") for s in (0.5, 1.0, 3.0)],
+        "relu": [np.maximum(rng.normal(0.2, 1.0, 5000), 0).astype("float32") for _ in range(2)],
+        "sparse": [rng.choice([-2.0, 0.0, 0.1, 5.0], 3000).astype("float32")],
+        "heavy tail": [rng.standard_t(2, 6000).astype("float32")],
+    }
+    for bins in (512, 2048):
+        col = HistogramCollector("entropy", symmetric=False, num_bins=bins, num_quantized_bins=128,
+                                 percentile=99.99, scenario="same")
+        for name, arrays in batches.items():
+            for a in arrays:
+                col.collect({name: [a]})
+        for name, hist in col.histogram_dict.items():
+            want = col.get_entropy_threshold(hist, 128)
+            got = entropy_threshold(hist, 128)
+            assert (float(got[0]), float(got[1])) == (float(want[0]), float(want[1])), (bins, name, got, want)
+            assert got[0].dtype == want[0].dtype
