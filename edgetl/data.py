@@ -84,6 +84,15 @@ def _is_candidate(p: Path) -> bool:
     return p.is_file() and not p.name.startswith(".")
 
 
+def files_below(folder: Path) -> list[Path]:
+    """Every candidate file below ``folder`` (any depth), sorted; hidden files and everything in
+    hidden folders (``.ipynb_checkpoints``, ``.thumbnails``, ``.git``: copies and caches, not
+    photos) are passed over."""
+    folder = Path(folder)
+    return [p for p in sorted(folder.rglob("*"))
+            if _is_candidate(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+
+
 PARALLEL_MIN = 2000  # below this many files, checking in this process is as fast as starting workers (measured)
 CHECK_CHUNK = 64
 
@@ -124,8 +133,7 @@ def readable_images(folder) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    files = [p for p in sorted(folder.rglob("*"))
-             if _is_candidate(p) and p.suffix.lower() not in (".json", ".md", ".txt", ".yaml")]
+    files = [p for p in files_below(folder) if p.suffix.lower() not in (".json", ".md", ".txt", ".yaml")]
     return [p for p, why in zip(files, check_images(files)) if why is None]
 
 
@@ -153,8 +161,7 @@ def _scan_classes(folder: Path, strict: bool, skipped: list, classes: list[str] 
             raise EdgetlError(f"{folder}: classes {extra} are not in train/; use the same class folders in every split")
         names = classes
     out = {}
-    listed = {name: sorted(p for p in (folder / name).rglob("*") if _is_candidate(p)) if (folder / name).is_dir()
-              else [] for name in names}
+    listed = {name: files_below(folder / name) if (folder / name).is_dir() else [] for name in names}
     every = [p for name in names for p in listed[name]]
     reasons = dict(zip(every, check_images(every)))  # all classes' files in one parallel pass
     for name in names:

@@ -28,6 +28,8 @@ from edgetl.errors import EdgetlError, TrainingInterrupted
 from edgetl.rundir import load_run_config, read_labels  # noqa: F401  (part of this module's API)
 from edgetl.types import Echo, PathLike
 
+CLASS_LINES = 20  # above this many classes the per-class counts print as a summary and the extremes
+
 
 @dataclass
 class TrainResult:
@@ -129,7 +131,18 @@ class Trainer:
                   f"{len(ds.train)} train / {len(ds.val)} val"
                   + (f" / {len(ds.test)} test" if ds.test is not None else ""))
         n_te = ds.test.counts(k) if ds.test is not None else [None] * k
-        for c, n_tr, n_va, n_t in zip(ds.classes, ds.train.counts(k), ds.val.counts(k), n_te):
+        rows = list(zip(ds.classes, ds.train.counts(k), ds.val.counts(k), n_te))
+        if k > CLASS_LINES:  # hundreds of classes: the extremes and a summary, not a line each
+            tr = np.array([r[1] for r in rows])
+            self.echo(f"  train images per class: min {tr.min()}, median {int(np.median(tr))}, max {tr.max()} "
+                      f"(every class's counts are in metrics.json); the smallest and largest:")
+            order = np.argsort(tr, kind="stable")
+            half = CLASS_LINES // 2
+            rows = [rows[i] for i in order[:half]] + [("...", None, None, None)] + [rows[i] for i in order[-half:]]
+        for c, n_tr, n_va, n_t in rows:
+            if n_tr is None:
+                self.echo(f"  {c}")
+                continue
             self.echo(f"  {c:<20} {n_tr:>6} train {n_va:>6} val" + (f" {n_t:>6} test" if n_t is not None else ""))
         if ds.test is not None:
             self.echo(f"test split: {ds.test_source}; held out: never used for any choice, reported at the end")

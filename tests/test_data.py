@@ -167,3 +167,19 @@ def test_imbalance_and_auto_class_weights(tmp_path):
     counts = ds.train.counts(2)
     # balanced: every class carries the same total weight
     assert w[0] * counts[0] == pytest.approx(w[1] * counts[1])
+
+
+def test_hidden_files_and_folders_are_not_images_of_the_class(tmp_path):
+    """Jupyter's .ipynb_checkpoints (copies of the class's photos), thumbnails and dot-files
+    inside a class folder are passed over, in training data and in unlabelled folders alike."""
+    from edgetl.data import readable_images
+
+    root = make_dataset(tmp_path / "data", per_class=3, classes=("red", "green"))
+    make_dataset(root / "red" / ".ipynb_checkpoints", per_class=2, classes=("green",))
+    make_dataset(root / ".thumbnails", per_class=2, classes=("red",))
+    (root / "green" / ".hidden.png").write_bytes((next((root / "green").iterdir())).read_bytes())
+    ds = scan(root, val_split=0.34, seed=0, test_split=0)
+    files = [str(f) for f in ds.train.paths + ds.val.paths]
+    assert len(files) == 6 and not any("/." in f for f in files), files
+    assert ds.classes == ["green", "red"] and ds.nested == []
+    assert len(readable_images(root)) == 6
