@@ -80,17 +80,13 @@ class Dataset:
         return h.hexdigest()
 
 
-def _is_candidate(p: Path) -> bool:
-    return p.is_file() and not p.name.startswith(".")
-
-
 def files_below(folder: Path) -> list[Path]:
     """Every candidate file below ``folder`` (any depth), sorted; hidden files and everything in
     hidden folders (``.ipynb_checkpoints``, ``.thumbnails``, ``.git``: copies and caches, not
     photos) are passed over."""
     folder = Path(folder)
     return [p for p in sorted(folder.rglob("*"))
-            if _is_candidate(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+            if not any(part.startswith(".") for part in p.relative_to(folder).parts) and p.is_file()]
 
 
 PARALLEL_MIN = 2000  # below this many files, checking in this process is as fast as starting workers (measured)

@@ -295,14 +295,14 @@ class Exporter:
 
     def int8_with_budget(self, a: Artifact) -> bytes:
         from edgetl import convert as C
+        from edgetl.stats import drop_gate
 
         attempts = self.ladder(a.format)
         meta = self.onnx_metadata(a)
-        from edgetl.stats import drop_gate
-
         best = None
         target = default(VerifyOptions, "min_agreement")  # what verify's default gate will ask of it
-        within: tuple | None = None  # the best attempt within the budget but below that agreement
+        within: tuple[int, bytes, dict] | None = None  # (remedy index, bytes, settings) of the best attempt
+        # within the budget but below that agreement
         for att in attempts:
             settings = att.settings()
             data = C.convert(self.source, a.format, "int8", att.calib(), settings, meta)
@@ -327,13 +327,14 @@ class Exporter:
                 # remedies still, and keep the attempt that agrees best
                 self.echo(f"  {a.format} int8: agreement {a.agreement:.3f} < {target:g} (verify's default gate); "
                           f"trying the next remedy")
-                if within is None or a.agreement > within[0]:
-                    within = (a.agreement, data, dict(a.settings), a.accuracy, a.drop_points, len(a.remedies) - 1)
+                if within is None or a.agreement > a.remedies[within[0]]["agreement"]:
+                    within = (len(a.remedies) - 1, data, dict(a.settings))
         if within is not None:
-            agreement, data, a.settings, a.accuracy, a.drop_points, k = within
-            a.agreement = agreement
-            a.remedies[k]["kept"] = True
-            self.echo(f"  {a.format} int8: kept the attempt that agrees best ({agreement:.3f}); it is within the "
+            k, data, a.settings = within
+            kept = a.remedies[k]
+            a.accuracy, a.drop_points, a.agreement = kept["accuracy"], kept["drop_points"], kept["agreement"]
+            kept["kept"] = True
+            self.echo(f"  {a.format} int8: kept the attempt that agrees best ({a.agreement:.3f}); it is within the "
                       f"accuracy budget, below {target:g} agreement")
             return data
         assert best is not None
@@ -374,8 +375,8 @@ class Exporter:
         for a in results:
             acc = f"{a.accuracy:.4f}" if a.accuracy is not None else "-"
             drop = f"{a.drop_points:+.1f}" if a.drop_points is not None else "-"
-            kept = [r["step"] for r in a.remedies if r.get("kept")] or [r["step"] for r in a.remedies[-1:]]
-            note = a.reason if a.status != "written" else (kept[0] if kept else "")
+            kept = next((r["step"] for r in a.remedies if r.get("kept")), a.remedies[-1]["step"] if a.remedies else "")
+            note = a.reason if a.status != "written" else kept
             self.echo(f"{a.name:<26}{a.status:<9}{a.size_bytes / 1024:>9.0f}{acc:>8}{drop:>7}  {note}")
 
 

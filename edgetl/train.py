@@ -131,19 +131,16 @@ class Trainer:
                   f"{len(ds.train)} train / {len(ds.val)} val"
                   + (f" / {len(ds.test)} test" if ds.test is not None else ""))
         n_te = ds.test.counts(k) if ds.test is not None else [None] * k
-        rows = list(zip(ds.classes, ds.train.counts(k), ds.val.counts(k), n_te))
+        lines = [f"  {c:<20} {n_tr:>6} train {n_va:>6} val" + (f" {n_t:>6} test" if n_t is not None else "")
+                 for c, n_tr, n_va, n_t in zip(ds.classes, ds.train.counts(k), ds.val.counts(k), n_te)]
         if k > CLASS_LINES:  # hundreds of classes: the extremes and a summary, not a line each
-            tr = np.array([r[1] for r in rows])
+            tr = np.asarray(ds.train.counts(k))
             self.echo(f"  train images per class: min {tr.min()}, median {int(np.median(tr))}, max {tr.max()} "
                       f"(every class's counts are in metrics.json); the smallest and largest:")
-            order = np.argsort(tr, kind="stable")
-            half = CLASS_LINES // 2
-            rows = [rows[i] for i in order[:half]] + [("...", None, None, None)] + [rows[i] for i in order[-half:]]
-        for c, n_tr, n_va, n_t in rows:
-            if n_tr is None:
-                self.echo(f"  {c}")
-                continue
-            self.echo(f"  {c:<20} {n_tr:>6} train {n_va:>6} val" + (f" {n_t:>6} test" if n_t is not None else ""))
+            order, half = np.argsort(tr, kind="stable"), CLASS_LINES // 2
+            lines = [lines[i] for i in order[:half]] + ["  ..."] + [lines[i] for i in order[-half:]]
+        for line in lines:
+            self.echo(line)
         if ds.test is not None:
             self.echo(f"test split: {ds.test_source}; held out: never used for any choice, reported at the end")
         else:
@@ -290,8 +287,8 @@ class Trainer:
             return self.to_train
         cfg = self.cfg
         self.candidates = recipe.candidates(self.base, self.bb, cfg)
-        deepest = max(self.candidates, key=lambda c: len(c.layers))
-        to_train = deepest.layers  # the cut serves every candidate: it is before the deepest one
+        self.deepest = max(self.candidates, key=lambda c: len(c.layers))
+        to_train = self.deepest.layers  # the cut serves every candidate: it is before the deepest one
         self.cut_tensor, self.cut_layer = None, None
         if to_train:
             first = to_train[0]
@@ -740,15 +737,14 @@ class Trainer:
                   f"activations of the {n_plain:,} plain views, scored on the validation split")
         # one compiled step for the whole grid: the deepest candidate's layers are trainable, and each
         # candidate sets its learning rate and per-variable factors (0 for the layers it leaves frozen)
-        deepest = max(cands, key=lambda c: len(c.layers))
-        M.set_trainable(self.base, deepest.layers)
+        M.set_trainable(self.base, self.deepest.layers)
         with self.strategy.scope():
             opt = recipe.optimizer(cands[0].lr, accumulate=self.cfg.accumulate, switchable=True)
             model.compile(optimizer=opt, loss=self.loss(), metrics=self.metrics())
             opt.build(model.trainable_variables)
         for c in cands:
             model.set_weights(start)
-            opt.switch(c.lr, recipe.search_factors(self.base, self.bb, c, deepest.layers, self.cfg.lr_decay))
+            opt.switch(c.lr, recipe.search_factors(self.base, self.bb, c, self.deepest.layers, self.cfg.lr_decay))
             h = model.fit(probe, steps_per_epoch=probe_steps, validation_data=va[0], validation_steps=va[1],
                           epochs=probe_epochs, validation_freq=probe_epochs, verbose=0, shuffle=False)
             c.val_accuracy = float(h.history["val_accuracy"][-1])
