@@ -6,6 +6,7 @@ through the teacher), calibration, export of every format and mode, verification
 against an untouched test split, and a model card."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ LABELS_PER_CLASS = 20    # the student's labels
 TEACHER_PER_CLASS = 40   # the teacher's own labelled pool, disjoint from the student's and the transfer set
 
 
-def demo_config(data: Path, out: Path, teacher: Path, unlabeled: Path, weights: str, alpha: float,
+def demo_config(data: str, out: str, teacher: str, unlabeled: str, weights: str, alpha: float,
                 quick: bool) -> dict:
     return {
         "data": str(data),
@@ -67,7 +68,9 @@ def run_demo(out="models/demo", quick: bool = False, echo=print) -> dict:
     else:
         echo(f"== teacher: {teacher} (already trained)")
     cfg_path = out.parent / (out.name + ".yaml")
-    artifacts.write_yaml(cfg_path, demo_config(data, out, teacher, unlabeled, weights, alpha, quick))
+    # the pipeline takes relative paths from the YAML's folder: write them relative to it
+    rel = lambda p: os.path.relpath(Path(p).resolve(), cfg_path.parent.resolve())  # noqa: E731
+    artifacts.write_yaml(cfg_path, demo_config(rel(data), rel(out), rel(teacher), rel(unlabeled), weights, alpha, quick))
     echo(f"== pipeline: edgetl run {cfg_path}")
     res = run(cfg_path, echo=echo)
     echo(f"demo finished in {time.perf_counter() - t0:.0f}s; model card: {out / rundir.CARD}")

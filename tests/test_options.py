@@ -345,13 +345,16 @@ def test_verify_data_scores_the_given_folder(tiny_run, tiny_exported, tiny_holdo
 
 
 @pytest.mark.slow
-def test_demo_quick_is_honest_and_finishes(imagenet_mnv2_100, tmp_path):
+def test_demo_quick_is_honest_and_finishes(imagenet_mnv2_100, tmp_path, monkeypatch):
     """edgetl demo --quick: the whole workflow; the teacher's labels, the student's labels and
-    the transfer set are disjoint pools, and every model is scored on the untouched test split."""
+    the transfer set are disjoint pools, and every model is scored on the untouched test split.
+    Run as `make demo` runs it: from a working directory, with the default, relative --out
+    (the pipeline YAML it writes must resolve against its own folder)."""
     import hashlib
 
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "models" / "demo"
-    r = CliRunner().invoke(main, ["demo", "--quick", "--out", str(out)])
+    r = CliRunner().invoke(main, ["demo", "--quick"])
     assert r.exit_code == 0, r.output[-3000:]
     assert (out / "MODEL_CARD.md").exists()
     # every format and mode verified on the 400 test images (a quick run's under-trained student
