@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TEST_WORKERS ?= 2
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint docs bench clean
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ test: install
 lint: install
 	$(BIN)/ruff check edgetl tests bench
 	$(BIN)/mypy
+
+# the documentation (docs/, mkdocs.yml); strict: a broken link, anchor or a page left out of the nav fails
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir build/site
 
 test-fast: install
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not shared"

@@ -207,7 +207,7 @@ def train_options(f):
         click.option("--strict", is_flag=True, help="Fail on the first unusable image instead of skipping it."),
         click.option("--strategy", type=click.Choice(STRATEGIES), default=d(TrainConfig, "strategy"),
                      show_default=True, help="tf.distribute strategy: mirrored (local GPUs or CPUs), multiworker "
-                                             "(one process per machine, TF_CONFIG; see the README)."),
+                                             "(one process per machine, TF_CONFIG; see docs/train.md)."),
         click.option("--cache-dir", type=click.Path(file_okay=False), default=d(TrainConfig, "cache_dir"),
                      help="Folder of the on-disk view cache (shards of cached views). [default: inside the run's "
                           "checkpoints/]"),

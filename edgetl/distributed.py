@@ -105,7 +105,7 @@ def tf_config_is_chief() -> bool:
     try:
         tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
     except ValueError:
-        raise EdgetlError("TF_CONFIG: not valid JSON; see the README's multi-worker section") from None
+        raise EdgetlError("TF_CONFIG: not valid JSON; see docs/train.md, 'Several machines'") from None
     task = tf_config.get("task", {})
     if not task:
         return True
