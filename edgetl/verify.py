@@ -159,7 +159,8 @@ def verify(run_dir: PathLike, opts: VerifyOptions | None = None, device_results:
         "machine": machine_info(), "threads": threads, "created": artifacts.now_iso(),
         "rows": rows, "recommended": recommend(rows), "skipped": skipped,
     }
-    report["passed"] = all(r["status"] in ("pass", "reference") for r in rows)
+    # a model the device skipped (its runtime is not installed there) is neither a pass nor a failure
+    report["passed"] = all(r["status"] in ("pass", "reference", "skipped") for r in rows)
     if o.robustness:
         from edgetl import robustness
 
@@ -193,6 +194,10 @@ def with_extra_runtimes(entries: list[dict]) -> tuple[list[dict], list[str]]:
             else:
                 out.append({**e, "runtime": rt})
     return out, skipped
+
+
+def _where(row: dict) -> str:
+    return row["artifact"] + (f" on {row['device']}" if row.get("device") else "")
 
 
 def _label(row: dict) -> str:
@@ -254,6 +259,8 @@ def table(report: dict, markdown: bool = False) -> str:
     for r in rows:
         if r.get("failed_gates"):
             lines.append(f"FAIL {r['artifact']}: {'; '.join(r['failed_gates'])}")
+        if r.get("status") == "skipped":
+            lines.append(f"skipped {_where(r)}: {r.get('skipped_reason', '?')}")
     rec = report["recommended"]
     if rec.get("fastest"):
         lines.append("fastest passing, per runtime: "
@@ -315,6 +322,11 @@ def markdown_report(report: dict) -> str:
 
         lines += ["## Accuracy under corruptions", "", rob_table(report["robustness"], markdown=True), "",
                   f"![robustness]({ROBUSTNESS_PLOT})", ""]
+    skipped = [r for r in report["rows"] if r.get("status") == "skipped"]
+    if skipped:
+        lines += ["## Skipped on devices", "", "Not run there, so neither passed nor failed:", ""]
+        lines += [f"- `{r['artifact']}` on {r.get('device', '?')}: {r.get('skipped_reason', '?')}" for r in skipped]
+        lines += [""]
     fails = [r for r in report["rows"] if r.get("failed_gates")]
     if fails:
         lines += ["## Failed gates", ""] + [f"- `{r['artifact']}`: {'; '.join(r['failed_gates'])}" for r in fails]

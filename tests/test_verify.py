@@ -205,8 +205,9 @@ def test_bundle_runs_on_numpy_and_one_runtime_and_imports_back(bundle_dir, tiny_
     imported = json.loads(p.stdout.split("IMPORTED ")[-1])
     assert imported == [], imported  # numpy and the runtime only
     out = json.loads(res.read_text())
-    ran = [m for m in out["models"] if "error" not in m]
-    skipped = [m for m in out["models"] if "error" in m]
+    assert not any("error" in m for m in out["models"])
+    ran = [m for m in out["models"] if "skipped" not in m]
+    skipped = [m for m in out["models"] if "skipped" in m]
     assert ran and all(m["format"] == fmt for m in ran)
     assert skipped and all(m["format"] != fmt for m in skipped)  # the other runtime is absent: skipped, named
     assert all(m["agreement_reference"] == 1.0 and m["p50_ms"] > 0 for m in ran)
@@ -215,4 +216,6 @@ def test_bundle_runs_on_numpy_and_one_runtime_and_imports_back(bundle_dir, tiny_
                                                  out=str(tmp_path / "rep")), device_results=[res], echo=quiet)
     dev_rows = [r for r in rep["rows"] if r.get("device") == f"dev-{fmt}" and "p50_ms" in r]
     assert len(dev_rows) == len(ran)
+    dev_skipped = [r for r in rep["rows"] if r.get("device") == f"dev-{fmt}" and r["status"] == "skipped"]
+    assert len(dev_skipped) == len(skipped) and not any(r.get("failed_gates") for r in dev_skipped)
     assert f"@ dev-{fmt}" in (tmp_path / "rep" / "report.md").read_text()
