@@ -37,9 +37,15 @@ def latency(runner, x1: np.ndarray, runs: int = 100, warmup: int = 10) -> dict:
         t0 = time.perf_counter()
         runner.predict(x1)
         t[i] = (time.perf_counter() - t0) * 1000
+    return summarize(t, warmup)
+
+
+def summarize(times_ms, warmup: int = 0) -> dict:
+    """Percentiles of timed runs (ms), as every latency row carries them."""
+    t = np.asarray(times_ms, float)
     p50, p90, p99 = np.percentile(t, [50, 90, 99])
     return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": float(t.mean()),
-            "runs": runs, "warmup": warmup, "spread_p90_p50": float(p90 / p50) if p50 else None}
+            "runs": len(t), "warmup": warmup, "spread_p90_p50": float(p90 / p50) if p50 else None}
 
 
 def throughput(runner, xb: np.ndarray, seconds: float = 1.0, min_runs: int = 3) -> float:

@@ -12,6 +12,8 @@ from edgetl import artifacts
 from edgetl.config import VerifyOptions
 from edgetl.device_results import device_rows
 from edgetl.errors import EdgetlError
+from edgetl.recommend import RULE as NOISE_RULE
+from edgetl.recommend import per_runtime_text, recommend
 from edgetl.rundir import REPORT_JSON, REPORT_MD, ROBUSTNESS_PLOT, list_artifacts, open_run
 from edgetl.rundir import VERIFY_PLOTS as PLOTS
 from edgetl.types import Echo, PathLike
@@ -204,23 +206,6 @@ def _label(row: dict) -> str:
     return row["artifact"] + (f" ({row['runtime']})" if row.get("extra_runtime") else "")
 
 
-def recommend(rows: list[dict]) -> dict:
-    ok = [r for r in rows if r.get("status") == "pass" and r.get("p50_ms") is not None and not r.get("device")]
-    rec: dict = {"fastest_per_runtime": {}}
-    for rt in sorted({r["runtime"] for r in ok}):
-        best = min((r for r in ok if r["runtime"] == rt), key=lambda r: r["p50_ms"])
-        rec["fastest_per_runtime"][rt] = best["artifact"]
-    if ok:
-        fastest = min(ok, key=lambda r: r["p50_ms"])
-        smallest = min(ok, key=lambda r: r["size_bytes"])
-        rec["fastest"] = fastest["artifact"]
-        rec["smallest"] = smallest["artifact"]
-        rec["why"] = (f"{fastest['artifact']} is the fastest model that passes every gate "
-                      f"(p50 {fastest['p50_ms']:.2f} ms, accuracy {fastest['accuracy']:.4f}); "
-                      f"{smallest['artifact']} is the smallest ({smallest['size_bytes'] / 1024:.0f} KiB)")
-    return rec
-
-
 COLUMNS = [("artifact", "artifact", "{}"), ("runtime", "runtime", "{}"), ("quant", "quant", "{}"),
            ("size KiB", "size_bytes", "kib"), ("acc", "accuracy", "{:.4f}"), ("95% CI", "ci95", "ci"),
            ("Δacc pt", "delta_accuracy_points", "{:+.2f}"), ("drop 95% CI", "paired", "dropci"), ("agree", "agreement", "{:.3f}"),
@@ -263,9 +248,9 @@ def table(report: dict, markdown: bool = False) -> str:
             lines.append(f"skipped {_where(r)}: {r.get('skipped_reason', '?')}")
     rec = report["recommended"]
     if rec.get("fastest"):
-        lines.append("fastest passing, per runtime: "
-                     + ", ".join(f"{k}: {v}" for k, v in rec["fastest_per_runtime"].items()))
+        lines.append("fastest passing, per runtime: " + per_runtime_text(rec))
         lines.append(f"recommended: {rec['why']}")
+        lines.append(f"(rule: {rec.get('noise_rule', NOISE_RULE)})")
     else:
         lines.append("recommended: none - no artifact passes every gate")
     return "\n".join(lines)
@@ -312,9 +297,8 @@ def markdown_report(report: dict) -> str:
         "loading and running the model (in-process for Keras).", "",
         table(report, markdown=True), "",
         f"**Recommended:** {report['recommended'].get('why', 'none: no artifact passes every gate')}", "",
-        "Fastest passing per runtime: " + (", ".join(f"{k}: `{v}`" for k, v in
-                                                      report["recommended"]["fastest_per_runtime"].items()) or "none"),
-        "", f"![accuracy vs latency]({PLOTS['accuracy_latency']})", f"![sizes]({PLOTS['sizes']})",
+        "Fastest passing per runtime: " + (per_runtime_text(report["recommended"]) or "none") + ".", "",
+        f"Timing noise: {report['recommended'].get('noise_rule', NOISE_RULE)}.", "", f"![accuracy vs latency]({PLOTS['accuracy_latency']})", f"![sizes]({PLOTS['sizes']})",
         f"![confusion]({PLOTS['confusion']})", "",
     ]
     if report.get("robustness"):
