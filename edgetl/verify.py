@@ -263,9 +263,15 @@ def write_report(report: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = [r for r in report["rows"] if r.get("p50_ms") is not None]
     local = [r for r in rows if not r.get("device")]
-    plots.scatter([{**r, "label": _label(r)} for r in local], "p50_ms", "accuracy", "label",
-                  out / PLOTS["accuracy_latency"], "p50 latency at batch 1 (ms)", "held-out top-1 accuracy",
-                  f"accuracy vs latency ({report['threads']} threads)")
+    g = report["gates"]
+    keras = next((r for r in local if r.get("status") == "reference" and r.get("accuracy") is not None), None)
+    floor = keras["accuracy"] - g["max_drop"] / 100 if keras is not None else None
+    plots.accuracy_latency([{**r, "label": _label(r)} for r in local], out / PLOTS["accuracy_latency"],
+                           f"accuracy vs latency: {report['n_images']} held-out images, {report['threads']} "
+                           f"thread(s)", max_latency_ms=g.get("max_latency_ms"),
+                           accuracy_floor=floor if floor is not None and floor > 0 else None,
+                           floor_label=f"gate: Keras accuracy - max-drop {g['max_drop']:g} pt\n(tested on the "
+                                       f"paired drop, 95% confidence)")
     plots.bars([_label(r) for r in local], [r["size_bytes"] / 1024 for r in local], out / PLOTS["sizes"],
                "KiB", "artifact size")
     best = report["recommended"].get("fastest")
@@ -298,7 +304,8 @@ def markdown_report(report: dict) -> str:
         table(report, markdown=True), "",
         f"**Recommended:** {report['recommended'].get('why', 'none: no artifact passes every gate')}", "",
         "Fastest passing per runtime: " + (per_runtime_text(report["recommended"]) or "none") + ".", "",
-        f"Timing noise: {report['recommended'].get('noise_rule', NOISE_RULE)}.", "", f"![accuracy vs latency]({PLOTS['accuracy_latency']})", f"![sizes]({PLOTS['sizes']})",
+        f"Timing noise: {report['recommended'].get('noise_rule', NOISE_RULE)}.", "",
+        f"![accuracy vs latency]({PLOTS['accuracy_latency']})", f"![sizes]({PLOTS['sizes']})",
         f"![confusion]({PLOTS['confusion']})", "",
     ]
     if report.get("robustness"):

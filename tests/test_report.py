@@ -1,7 +1,6 @@
 """verify's report reads right: a recommendation only beyond the timing noise, plots a reader can
 read, memory without the runtime's import, near-duplicates between train and the held-out splits."""
 import numpy as np
-import pytest
 
 from edgetl.recommend import choose, clearly_faster, recommend
 from edgetl.timing import summarize
@@ -58,3 +57,55 @@ def test_the_rule_is_the_larger_p90_minus_p50_of_the_pair():
 def test_nothing_passing_recommends_nothing():
     rec = recommend([{**_row("m.onnx", [1.0, 1.1], 10), "status": "fail"}])
     assert "recommended" not in rec and rec.get("fastest") is None and rec["fastest_per_runtime"] == {}
+
+
+def _crowded_rows():
+    """Thirteen rows as verify makes them on a small task: equal accuracy, latencies within 0.3 ms."""
+    rng = np.random.default_rng(0)
+    rows = [{"label": "model.keras", "runtime": "keras", "p50_ms": 6.0, "p90_ms": 9.0, "accuracy": 1.0,
+             "ci95": [0.94, 1.0], "size_bytes": 9_000_000}]
+    for q in ("fp32", "fp16", "dynamic", "int8"):
+        for f, rt in (("tflite", "litert"), ("onnx", "onnxruntime"), ("tflite", "mediapipe")):
+            if rt == "mediapipe" and q in ("fp16", "dynamic"):
+                continue
+            p = float(rng.uniform(0.3, 0.6))
+            rows.append({"label": f"model_{q}.{f}" + (" (mediapipe)" if rt == "mediapipe" else ""), "runtime": rt,
+                         "p50_ms": p, "p90_ms": 1.3 * p, "accuracy": 1.0 - float(rng.integers(0, 2)) / 60,
+                         "ci95": [0.91, 1.0], "size_bytes": 3_000_000})
+    return rows
+
+
+def test_accuracy_latency_plot_has_a_legend_the_gates_intervals_and_no_overlapping_labels():
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Annotation
+
+    from edgetl.plots import accuracy_latency_figure
+
+    rows = _crowded_rows()
+    fig = accuracy_latency_figure(rows, "t", max_latency_ms=2.0, accuracy_floor=0.99, floor_label="gate: floor")
+    ax = fig.axes[0]
+    try:
+        legend = ax.get_legend()
+        texts = [t.get_text() for t in legend.get_texts()]
+        assert [t.split("  ", 1)[1] for t in texts[:len(rows)]] == \
+            [f"{r['label']}, {r['size_bytes'] / 1024:.0f} KiB" for r in rows]  # numbered, every row named
+        assert "gate: max latency 2 ms" in texts and "gate: floor" in texts
+        gates = {ln.get_gid(): ln for ln in ax.get_lines() if ln.get_gid()}
+        assert list(gates["gate-latency"].get_xdata()) == [2.0, 2.0]
+        assert list(gates["gate-accuracy"].get_ydata()) == [0.99, 0.99]
+        # intervals: each row has a vertical bar (its Wilson interval) and a horizontal whisker (p50 to p90)
+        segs = [s for c in ax.collections for s in c.get_segments()]
+        for r in rows:
+            assert any(np.allclose(s, [[r["p50_ms"], r["ci95"][0]], [r["p50_ms"], r["ci95"][1]]]) for s in segs)
+            assert any(np.allclose(s, [[r["p50_ms"], r["accuracy"]], [r["p90_ms"], r["accuracy"]]]) for s in segs)
+        labels = [a for a in ax.texts if isinstance(a, Annotation)]
+        assert sorted(a.get_text() for a in labels) == sorted(str(i) for i in range(1, len(rows) + 1))
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        boxes = [a.get_window_extent(r) for a in labels]
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                assert not a.overlaps(b), (a, b)
+        assert not legend.get_window_extent(r).overlaps(ax.get_window_extent(r))  # the legend beside the data
+    finally:
+        plt.close(fig)
