@@ -102,8 +102,9 @@ def measure(entry: dict, x: np.ndarray, y: np.ndarray, ref: np.ndarray | None, t
         row.update(latency(r, x[:1], runs=runs))
     row["throughput_ips"] = throughput(r, x[:batch] if len(x) >= batch else np.resize(x, (batch, *x.shape[1:])))
     row["batch"] = batch
-    if "memory_mb" not in row:
+    if "memory_mb" not in row:  # in-process (Keras): growth of resident memory, its runtime already imported
         row["memory_mb"] = round(max(0.0, rss_mb() - before), 1)
+        row["memory_basis"] = "in-process"
     row["confusion_matrix"], row["top_confusions"] = m["confusion_matrix"], m["top_confusions"]
     return row, probs
 
@@ -211,7 +212,8 @@ COLUMNS = [("artifact", "artifact", "{}"), ("runtime", "runtime", "{}"), ("quant
            ("Δacc pt", "delta_accuracy_points", "{:+.2f}"), ("drop 95% CI", "paired", "dropci"), ("agree", "agreement", "{:.3f}"),
            ("maxΔp", "max_abs_dprob", "{:.1e}"), ("p50 ms", "p50_ms", "{:.2f}"), ("p90 ms", "p90_ms", "{:.2f}"),
            ("p99 ms", "p99_ms", "{:.2f}"), ("p90/p50", "spread_p90_p50", "{:.2f}"),
-           ("img/s", "throughput_ips", "{:.0f}"), ("mem MB", "memory_mb", "{:.0f}"), ("status", "status", "{}")]
+           ("img/s", "throughput_ips", "{:.0f}"), ("mem MB", "memory_mb", "{:.0f}"),
+           ("import MB", "import_mb", "{:.0f}"), ("status", "status", "{}")]
 
 
 def _cell(row, key, fmt) -> str:
@@ -299,8 +301,10 @@ def markdown_report(report: dict) -> str:
         f"Machine: {m['cpu']} ({m['cores']} cores, {m['machine']}), {report['threads']} thread(s); "
         + ", ".join(f"{k} {v}" for k, v in m["runtimes"].items()) + ".", "",
         "Latency is batch 1 after warm-up, each exported model timed in its own process (numpy and its "
-        "runtime only); p90/p50 shows the timing noise. Memory is the growth of peak resident memory while "
-        "loading and running the model (in-process for Keras).", "",
+        "runtime only); p90/p50 shows the timing noise. \"mem MB\" is the model's own memory: the peak "
+        "resident memory while loading and running it, above the resident memory once its runtime is imported "
+        "(for Keras, in-process: the growth of resident memory). \"import MB\" is what importing the runtime "
+        "costs, paid once per app whatever the model (MediaPipe's import pulls in TensorFlow).", "",
         table(report, markdown=True), "",
         f"**Recommended:** {report['recommended'].get('why', 'none: no artifact passes every gate')}", "",
         "Fastest passing per runtime: " + (per_runtime_text(report["recommended"]) or "none") + ".", "",

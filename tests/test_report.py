@@ -109,3 +109,49 @@ def test_accuracy_latency_plot_has_a_legend_the_gates_intervals_and_no_overlappi
         assert not legend.get_window_extent(r).overlaps(ax.get_window_extent(r))  # the legend beside the data
     finally:
         plt.close(fig)
+
+
+FAKE_ORT = '''
+import numpy as np
+
+__version__ = "0.fake"
+_resident = np.ones(300 * 2**20 // 8)  # the import keeps 300 MB, like MediaPipe importing TensorFlow...
+_transient = np.ones(200 * 2**20 // 8)  # ...and peaks 200 MB higher for a moment
+del _transient
+
+
+class SessionOptions:
+    intra_op_num_threads = inter_op_num_threads = 1
+
+
+class _Input:
+    name, type = "x", "tensor(float)"
+
+
+class InferenceSession:
+    def __init__(self, path, so, providers):
+        self.weights = np.ones(64 * 2**20 // 8)  # the model itself: 64 MB
+
+    def get_inputs(self):
+        return [_Input()]
+
+    def run(self, names, feed):
+        return [np.zeros((1, 3), np.float32)]
+'''
+
+
+def test_memory_excludes_the_runtimes_import(tmp_path, monkeypatch):
+    """A fake onnxruntime whose import costs 300 MB (after a 500 MB peak) and whose model costs
+    64 MB: the model's memory reads 64 MB, the import's 300 MB is reported apart."""
+    import os
+
+    from edgetl.timing import isolated_timing
+
+    (tmp_path / "fake" / "onnxruntime").mkdir(parents=True)
+    (tmp_path / "fake" / "onnxruntime" / "__init__.py").write_text(FAKE_ORT)
+    (tmp_path / "m.onnx").write_bytes(b"not read by the fake runtime")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "fake"), os.environ.get("PYTHONPATH", "")]))
+    res = isolated_timing(tmp_path / "m.onnx", threads=1, runs=3, size=(8, 8))
+    assert res["memory_basis"] == "peak"
+    assert 280 <= res["import_mb"] <= 330, res
+    assert 60 <= res["memory_mb"] <= 80, res  # the model's 64 MB, neither the import's 300 nor its 500 MB peak
