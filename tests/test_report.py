@@ -1,7 +1,12 @@
 """verify's report reads right: a recommendation only beyond the timing noise, plots a reader can
 read, memory without the runtime's import, near-duplicates between train and the held-out splits."""
-import numpy as np
+import json
+from pathlib import Path
 
+import numpy as np
+import pytest
+
+from edgetl.duplicates import THRESHOLD
 from edgetl.recommend import choose, clearly_faster, recommend
 from edgetl.timing import summarize
 
@@ -155,3 +160,54 @@ def test_memory_excludes_the_runtimes_import(tmp_path, monkeypatch):
     assert res["memory_basis"] == "peak"
     assert 280 <= res["import_mb"] <= 330, res
     assert 60 <= res["memory_mb"] <= 80, res  # the model's 64 MB, neither the import's 300 nor its 500 MB peak
+
+
+def _split_dataset(root, seed, plant: bool):
+    """DATA/{train,val,test}/<colour>/ of photo-like synthetic scenes; with ``plant``, edited copies of training
+    photos among the held-out ones: test gets an exact copy (renamed) and a 90% crop, val a JPEG
+    re-encode, so 2 test and 1 val image have a near-duplicate in train."""
+    from PIL import Image
+
+    from synth import make_scenes
+
+    root = Path(root)
+    for i, split in enumerate(("train", "val", "test")):
+        make_scenes(root / split, per_class={"train": 12, "val": 4, "test": 4}[split], size=64, seed=seed + i)
+    planted = {}
+    if plant:
+        src = sorted((root / "train" / "red").iterdir())
+        a, b, c = (Image.open(p).convert("RGB") for p in src[:3])
+        a.save(root / "test" / "red" / "copy_of_train.png")
+        b.crop((3, 3, 61, 61)).resize((64, 64)).save(root / "test" / "red" / "crop_of_train.png")
+        c.save(root / "val" / "red" / "jpeg_of_train.jpg", quality=60)
+        planted = {"test/red/copy_of_train.png": "train/red/" + src[0].name,
+                   "test/red/crop_of_train.png": "train/red/" + src[1].name,
+                   "val/red/jpeg_of_train.jpg": "train/red/" + src[2].name}
+    return root, planted
+
+
+@pytest.mark.parametrize("plant", [True, False], ids=["planted", "none"])
+def test_near_duplicates_between_train_and_held_out_are_found_and_warned(plant, imagenet_mnv2_100, tmp_path):
+    from edgetl.config import TrainConfig
+    from edgetl.train import train
+
+    from common import TINY
+
+    data, planted = _split_dataset(tmp_path / "data", seed=5, plant=plant)
+    said = []
+    cfg = {**TINY, "img_size": 64, "epochs_head": 1, "epochs_finetune": 0, "views": 1}
+    res = train(TrainConfig(data=str(data), out=str(tmp_path / "run"), **cfg), echo=said.append)
+    rec = json.loads((res.run_dir / "metrics.json").read_text())["near_duplicates"]
+    found = {p["image"]: p["train"] for s in rec["splits"].values() for p in s["pairs"]}
+    assert found == planted, rec  # every planted pair, its training original, nothing else
+    assert rec["threshold"] == THRESHOLD and "cosine" in rec["method"]
+    assert [rec["splits"][s]["n"] for s in ("val", "test")] == [12 + plant, 12 + 2 * plant]
+    warned = [line for line in said if "near-duplicate" in line]
+    if plant:
+        assert warned[0] == ("warning: 2 of 14 test images have a near-duplicate in train (e.g. "
+                             f"test/red/copy_of_train.png ~ {planted['test/red/copy_of_train.png']}, "
+                             f"test/red/crop_of_train.png ~ {planted['test/red/crop_of_train.png']}); "
+                             "test accuracy may be optimistic (it is the headline)")
+        assert warned[1].startswith("warning: 1 of 13 val images have a near-duplicate in train (e.g. val/red/")
+    else:
+        assert warned == [] and [s["count"] for s in rec["splits"].values()] == [0, 0]
