@@ -184,14 +184,16 @@ def accuracy_latency_figure(rows, title, max_latency_ms=None, accuracy_floor=Non
         xerr = [[0.0], [max(0.0, p90 - x)]] if p90 is not None else None
         ci = r.get("ci95")
         yerr = [[max(0.0, y - ci[0])], [max(0.0, ci[1] - y)]] if ci else None
+        failed = r.get("status") == "fail"  # hollow: fails a gate
         ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt="o", ms=6, color=c, ecolor=c, elinewidth=1, capsize=3,
-                    alpha=0.9, zorder=3)
+                    alpha=0.9, zorder=3, markerfacecolor="white" if failed else c)
         points.append((x, y))
         numbers.append(str(i))
         cols.append(c)
         size = f", {r['size_bytes'] / 1024:.0f} KiB" if r.get("size_bytes") is not None else ""
-        handles.append(Line2D([], [], marker="o", ls="", color=c,
-                              label=f"{i}  {r.get('label', r.get('artifact'))}{size}"))
+        handles.append(Line2D([], [], marker="o", ls="", color=c, markerfacecolor="white" if failed else c,
+                              label=f"{i}  {r.get('label', r.get('artifact'))}{size}"
+                                    + (" - fails a gate" if failed else "")))
     xs = [p[0] for p in points] + [r["p90_ms"] for r in rows if r.get("p90_ms")]
     if max_latency_ms is not None:
         xs.append(max_latency_ms)
