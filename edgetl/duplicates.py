@@ -44,9 +44,10 @@ def _unit(f: np.ndarray) -> np.ndarray:
 def nearest(train: np.ndarray, other: np.ndarray, k: int = 1, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """For each row of ``other``: the indices of its ``k`` most similar rows of ``train`` and their
     cosine similarities, most similar first, each (len(other), k) (k capped at len(train)).
-    Memory: ``chunk`` x len(train) floats at a time."""
+    Memory: ``chunk`` x len(train) floats at a time, at most 2**24 (64 MB)."""
     t, o = _unit(train), _unit(other)
     k = max(1, min(k, len(t)))
+    chunk = max(1, min(chunk, (1 << 24) // max(1, len(t))))
     idx, sim = np.zeros((len(o), k), np.int64), np.full((len(o), k), -1.0, np.float32)
     if not len(t):
         return idx, sim

@@ -211,3 +211,20 @@ def test_near_duplicates_between_train_and_held_out_are_found_and_warned(plant, 
         assert warned[1].startswith("warning: 1 of 13 val images have a near-duplicate in train (e.g. val/red/")
     else:
         assert warned == [] and [s["count"] for s in rec["splits"].values()] == [0, 0]
+
+
+def test_nearest_is_exact_and_chunked():
+    """The k most similar training rows, most similar first, whatever the chunking."""
+    from edgetl.duplicates import flag, nearest
+
+    rng = np.random.default_rng(0)
+    train, other = rng.normal(size=(50, 8)), rng.normal(size=(7, 8))
+    u = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    full = u(other) @ u(train).T
+    for chunk in (1, 3, 1024):
+        idx, sim = nearest(train, other, k=5, chunk=chunk)
+        assert (idx == np.argsort(-full, axis=1)[:, :5]).all()
+        assert np.allclose(sim, -np.sort(-full, axis=1)[:, :5], atol=1e-6)
+    other[2] = 3 * train[17] + 0.01 * rng.normal(size=8)  # a scaled, slightly changed copy
+    j, s, dup = flag(train, other)
+    assert dup.tolist() == [i == 2 for i in range(7)] and j[2] == 17 and s[2] > 0.99
