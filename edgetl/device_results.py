@@ -10,10 +10,16 @@ exit code 2. Schema 2 (see edgetl/resources/edgetl_check.py):
                 "models": [{"file": str, "sha256": 64 hex}, ...]},
      "device": {"name": str, "hostname"?, "cpu"?, "machine"?, "platform"?: str, "cores"?: int > 0},
      "models": [{"file": str, "sha256": 64 hex, "format": "tflite"|"onnx", "quant": str, "size_bytes": int >= 0,
-                 and either "error": str, or "runtime", "runtime_version": str, "threads": int > 0,
+                 and either "skipped": str (the runtime is not installed on the device: reported as
+                 skipped, not a failure), or "error": str (the runtime could not load or run the model: a
+                 failure), or "runtime", "runtime_version": str, "threads": int > 0,
                  "agreement_reference", "agreement_keras", "max_abs_dprob_reference",
                  "max_abs_dprob_keras": number in [0, 1], "p50_ms" <= "p90_ms" <= "p99_ms", "mean_ms": number > 0,
                  "runs": int > 0, "warmup": int >= 0}, ...]}
+
+Check scripts bundled before "skipped" existed wrote a missing runtime as "error" (their only
+error); such an error ("No module named ...", "no TFLite runtime ...", "no MediaPipe ...") is read
+as skipped too.
 """
 from __future__ import annotations
 
@@ -34,6 +40,17 @@ MAX_BYTES = 10 * 1024 * 1024
 FORMATS = {".tflite": "tflite", ".onnx": "onnx"}
 RERUN = "re-run edgetl_check.py on the device"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+# what older check scripts wrote under "error" when the runtime was not installed (an ImportError)
+_MISSING_RUNTIME = re.compile(r"(No module named |no TFLite runtime|no MediaPipe|no ONNX runtime)")
+
+
+def skipped_reason(m: dict) -> str | None:
+    """Why the device skipped this model row (its runtime is not installed there), or None."""
+    if "skipped" in m:
+        return str(m["skipped"])
+    if "error" in m and _MISSING_RUNTIME.match(str(m["error"])):
+        return f"runtime not installed on the device ({m['error']})"
+    return None
 
 
 def _show(v: Any) -> str:
@@ -177,7 +194,11 @@ class _Checker:
             self.fail(f"{w}.format", fmt, f"must be {FORMATS[Path(name).suffix]!r} for {name}")
         self.text(m, "quant", w)
         size = self.integer(m, "size_bytes", w, 0)
-        if "error" in m:
+        if "skipped" in m and "error" in m:
+            self.fail(f"{w}.skipped", m["skipped"], "a row is either skipped or an error, not both")
+        if "skipped" in m:
+            self.text(m, "skipped", w, max_len=1000)
+        elif "error" in m:
             self.text(m, "error", w, max_len=1000)
         else:
             self.text(m, "runtime", w)
@@ -229,6 +250,10 @@ def device_rows(path, gates: Gates, run_dir) -> list[dict]:
     for m in res["models"]:
         base = {"artifact": m["file"], "device": name, "format": m["format"], "quant": m["quant"],
                 "size_bytes": m["size_bytes"], "sha256": m["sha256"], "samples": res["samples"]}
+        why = skipped_reason(m)
+        if why is not None:  # not run there: neither a pass nor a failure
+            rows.append({**base, "runtime": None, "status": "skipped", "skipped_reason": why, "failed_gates": []})
+            continue
         if "error" in m:
             rows.append({**base, "runtime": None, "status": "fail", "failed_gates": [f"on device: {m['error']}"]})
             continue

@@ -121,18 +121,120 @@ def _large_confusion(cm, classes, dest, title, top) -> Path:
     return _save(fig, dest)
 
 
-def scatter(rows, x, y, label, dest, xlabel, ylabel, title) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in rows:
-        if r.get(x) is None or r.get(y) is None:
-            continue
-        ax.scatter(r[x], r[y], s=30)
-        ax.annotate(r[label], (r[x], r[y]), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+RUNTIME_COLOURS = {"keras": "#555555", "litert": "#4C72B0", "onnxruntime": "#DD8452", "mediapipe": "#55A868"}
+_OTHER_COLOURS = ["#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD"]
+# where a point's number goes, in points from the point; tried in order, then further out with a leader line
+_OFFSETS = [(5, 5), (5, -12), (-12, 5), (-12, -12), (7, -3), (-15, -3), (-3, 7), (-3, -15)]
+
+
+def _boxes_overlap(a, b, pad: float = 1.0) -> bool:
+    return not (a.x1 + pad <= b.x0 or b.x1 + pad <= a.x0 or a.y1 + pad <= b.y0 or b.y1 + pad <= a.y0)
+
+
+def place_labels(ax, points, texts, colours, fontsize=8):
+    """Put ``texts[i]`` next to ``points[i]`` (data coordinates) so that no two labels overlap each other or
+    sit on a marker: candidate offsets around the point, then rings further out joined by a leader line.
+    Returns the text artists."""
+    fig = ax.figure
+    fig.canvas.draw()  # settle the layout and the axis limits first
+    renderer = fig.canvas.get_renderer()
+    trans = ax.transData
+    marks = [trans.transform(p) for p in points]
+    r_mark = 4.0 * fig.dpi / 72  # half a marker, in pixels
+    placed, artists = [], []
+    for (x, y), t, c in zip(points, texts, colours):
+        best = None
+        for ring in range(1, 7):
+            for dx, dy in _OFFSETS:
+                a = ax.annotate(t, (x, y), xytext=(dx * ring, dy * ring), textcoords="offset points",
+                                fontsize=fontsize, color=c, fontweight="bold",
+                                arrowprops={"arrowstyle": "-", "color": c, "lw": 0.6} if ring > 1 else None)
+                box = a.get_window_extent(renderer)
+                hits_mark = any(box.x0 - r_mark < mx < box.x1 + r_mark and box.y0 - r_mark < my < box.y1 + r_mark
+                                for mx, my in marks)
+                if not hits_mark and not any(_boxes_overlap(box, b) for b in placed):
+                    best = (a, box)
+                    break
+                a.remove()
+            if best:
+                break
+        if best is None:  # crowded beyond six rings: the last ring's first slot (rare; the legend still names it)
+            a = ax.annotate(t, (x, y), xytext=(_OFFSETS[0][0] * 7, _OFFSETS[0][1] * 7), textcoords="offset points",
+                            fontsize=fontsize, color=c, fontweight="bold",
+                            arrowprops={"arrowstyle": "-", "color": c, "lw": 0.6})
+            best = (a, a.get_window_extent(renderer))
+        placed.append(best[1])
+        artists.append(best[0])
+    return artists
+
+
+def accuracy_latency_figure(rows, title, max_latency_ms=None, accuracy_floor=None, floor_label="accuracy floor"):
+    """The figure of :func:`accuracy_latency` (not saved; for tests and notebooks)."""
+    import numpy as np
+    from matplotlib.lines import Line2D
+
+    rows = [r for r in rows if r.get("p50_ms") is not None and r.get("accuracy") is not None]
+    fig, ax = plt.subplots(figsize=(9.5, 5))
+    others = iter(_OTHER_COLOURS * 4)
+    colour = {rt: RUNTIME_COLOURS.get(rt) or next(others) for rt in dict.fromkeys(r.get("runtime") for r in rows)}
+    handles, points, numbers, cols = [], [], [], []
+    for i, r in enumerate(rows, 1):
+        x, y, c = r["p50_ms"], r["accuracy"], colour[r.get("runtime")]
+        p90 = r.get("p90_ms")
+        xerr = [[0.0], [max(0.0, p90 - x)]] if p90 is not None else None
+        ci = r.get("ci95")
+        yerr = [[max(0.0, y - ci[0])], [max(0.0, ci[1] - y)]] if ci else None
+        failed = r.get("status") == "fail"  # hollow: fails a gate
+        ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt="o", ms=6, color=c, ecolor=c, elinewidth=1, capsize=3,
+                    alpha=0.9, zorder=3, markerfacecolor="white" if failed else c)
+        points.append((x, y))
+        numbers.append(str(i))
+        cols.append(c)
+        size = f", {r['size_bytes'] / 1024:.0f} KiB" if r.get("size_bytes") is not None else ""
+        handles.append(Line2D([], [], marker="o", ls="", color=c, markerfacecolor="white" if failed else c,
+                              label=f"{i}  {r.get('label', r.get('artifact'))}{size}"
+                                    + (" - fails a gate" if failed else "")))
+    xs = [p[0] for p in points] + [r["p90_ms"] for r in rows if r.get("p90_ms")]
+    if max_latency_ms is not None:
+        xs.append(max_latency_ms)
+    if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    if max_latency_ms is not None:
+        ax.axvline(max_latency_ms, color="#C44E52", ls="--", lw=1.2, gid="gate-latency")
+        handles.append(Line2D([], [], color="#C44E52", ls="--", label=f"gate: max latency {max_latency_ms:g} ms"))
+    if accuracy_floor is not None:
+        ax.axhline(accuracy_floor, color="#8172B3", ls=":", lw=1.4, gid="gate-accuracy")
+        handles.append(Line2D([], [], color="#8172B3", ls=":", label=floor_label))
+    ys = [p[1] for p in points] + [r["ci95"][0] for r in rows if r.get("ci95")]
+    if accuracy_floor is not None:
+        ys.append(accuracy_floor)
+    if ys:
+        lo, hi = min(ys), max([p[1] for p in points] + [r["ci95"][1] for r in rows if r.get("ci95")] + [min(ys)])
+        pad = max(0.01, 0.06 * (hi - lo))
+        ax.set_ylim(max(0.0, lo - pad), min(1.0, hi) + pad)
+    handles.append(Line2D([], [], color="0.3", marker="o", ls="-", label="bars: accuracy 95% Wilson interval;\n"
+                          "p50 latency, whisker to p90"))
+    ax.set_xlabel("p50 latency at batch 1 (ms), whisker to p90" + (" (log scale)" if ax.get_xscale() == "log" else ""))
+    ax.set_ylabel("held-out top-1 accuracy (95% interval)")
     ax.set_title(title)
-    ax.grid(alpha=0.3)
-    return _save(fig, dest)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7.5, frameon=False,
+              title="artifacts (runtime)", title_fontsize=8)
+    fig.tight_layout()
+    place_labels(ax, np.asarray(points) if points else [], numbers, cols)
+    return fig
+
+
+def accuracy_latency(rows, dest, title, max_latency_ms=None, accuracy_floor=None,
+                     floor_label="accuracy floor") -> Path:
+    """Accuracy against latency, one numbered marker per row (named in the legend), accuracy's 95%
+    interval as a vertical bar, p50 latency with a whisker to p90, and the gates drawn."""
+    return _save(accuracy_latency_figure(rows, title, max_latency_ms, accuracy_floor, floor_label), dest)
 
 
 def bars(labels, values, dest, ylabel, title) -> Path:

@@ -37,9 +37,15 @@ def latency(runner, x1: np.ndarray, runs: int = 100, warmup: int = 10) -> dict:
         t0 = time.perf_counter()
         runner.predict(x1)
         t[i] = (time.perf_counter() - t0) * 1000
+    return summarize(t, warmup)
+
+
+def summarize(times_ms, warmup: int = 0) -> dict:
+    """Percentiles of timed runs (ms), as every latency row carries them."""
+    t = np.asarray(times_ms, float)
     p50, p90, p99 = np.percentile(t, [50, 90, 99])
     return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": float(t.mean()),
-            "runs": runs, "warmup": warmup, "spread_p90_p50": float(p90 / p50) if p50 else None}
+            "runs": len(t), "warmup": warmup, "spread_p90_p50": float(p90 / p50) if p50 else None}
 
 
 def throughput(runner, xb: np.ndarray, seconds: float = 1.0, min_runs: int = 3) -> float:
@@ -75,7 +81,8 @@ def machine_info() -> dict:
 def isolated_timing(path, threads: int, runs: int, size, runtime: str | None = None) -> dict:
     """Latency and peak memory of one model in a fresh process that imports only numpy
     and the runtime (the bundle's edgetl_check.py), so that no other thread pool in this
-    process competes for the cores while it is timed. ``runtime``: another runtime than the
+    process competes for the cores while it is timed. ``memory_mb`` is the model's (loading and
+    running it, above the imported runtime); ``import_mb`` is the runtime's import, apart. ``runtime``: another runtime than the
     file's own (``mediapipe`` for a .tflite file)."""
     import json
     import subprocess
@@ -91,4 +98,4 @@ def isolated_timing(path, threads: int, runs: int, size, runtime: str | None = N
     res = json.loads(p.stdout.strip().splitlines()[-1])
     res["spread_p90_p50"] = res["p90_ms"] / res["p50_ms"] if res["p50_ms"] else None
     return {k: res[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "runs", "warmup", "spread_p90_p50",
-                                "memory_mb", "peak_rss_mb")}
+                                "memory_mb", "import_mb", "memory_basis", "peak_rss_mb")}

@@ -788,6 +788,41 @@ class Trainer:
         e = np.exp(logits - logits.max(-1, keepdims=True))
         return e / e.sum(-1, keepdims=True)
 
+    def near_duplicates(self) -> dict | None:
+        """Held-out images (val, test) with a near-duplicate in train, on the frozen backbone's
+        features: the view cache's plain view of the training images and of val, and the same
+        features of the test images (one pass of the frozen extractor). See :mod:`edgetl.duplicates`."""
+        from edgetl import duplicates
+        from edgetl.tfdata import decode_batches
+        from edgetl.viewcache import Rows
+
+        cache = getattr(self, "cache", None)
+        if cache is None:
+            return None
+
+        def cached(part: str, source: str, paths) -> tuple[list, np.ndarray]:
+            shards = [sh for sh in cache.part(part) if sh.view == 0 and sh.source == source]
+            if not shards:
+                return [], np.zeros((0, self.n_features), np.float32)
+            f = np.concatenate([np.load(cache.path(sh, "feats"), mmap_mode="r") for sh in shards])
+            rows = Rows.from_meta(np.concatenate([np.load(cache.path(sh, "meta"), mmap_mode="r") for sh in shards]))
+            return [paths[i] for i in rows.image[rows.ok]], np.asarray(f[rows.ok], np.float32)
+
+        train_paths, train_feats = cached("train", "train", list(self.ds.train.paths))
+        held = {"val": cached("val", "val", list(self.ds.val.paths))}
+        if self.ds.test is not None and len(self.ds.test):
+            paths, feats = [], []
+            for b in decode_batches(self.ds.test.paths, self.cfg.size, self.cfg.resize, self.extract_batch()):
+                if b.ok.any():
+                    feats.append(self.extractor(b.images[b.ok].astype(np.float32), training=False).numpy())
+                    paths += [p for p, ok in zip(self.ds.test.paths[b.start:b.start + len(b.ok)], b.ok) if ok]
+            held["test"] = (paths, np.concatenate(feats) if feats else np.zeros((0, self.n_features), np.float32))
+        rec = duplicates.check(train_paths, train_feats, held, root=self.cfg.data)
+        headline = "test" if "test" in held else "val"
+        for line in duplicates.warnings(rec, headline):
+            self.echo(line)
+        return rec
+
     def predict_val(self) -> np.ndarray:
         return self.predict_split(self.ds.val)
 
@@ -818,6 +853,7 @@ class Trainer:
                 self.echo(f"worker {self.worker_index} of {self.num_workers}: done; the chief writes the run")
                 return TrainResult(self.run_dir, {"worker": self.worker_index, "num_workers": self.num_workers,
                                                   "view_cache": self.cache_stats, "timings": self.timings})
+            dups = self.near_duplicates()
             m1 = self.evaluate()
             self.echo(f"phase 1: val accuracy {m1['accuracy']:.4f}")
             w1 = self.model.get_weights()
@@ -846,6 +882,7 @@ class Trainer:
             "recipe": self.recipe_log,
             "timings": self.timings,
             "view_cache": self.cache_stats,
+            "near_duplicates": dups,
         }
         history = {"phase1": h1, "phase2": h2}
         self.write_outputs(metrics, history)
@@ -902,6 +939,10 @@ class Trainer:
         te = metrics.get("test")
         if te:
             self.echo(f"test accuracy {fmt_acc(te['accuracy'], te.get('ci95'), te['n'])}  (held out; the headline)")
+        for name, d in ((metrics.get("near_duplicates") or {}).get("splits") or {}).items():
+            if d["count"]:
+                self.echo(f"note: {d['count']} of {d['n']} {name} images have a near-duplicate in train "
+                          f"(metrics.json: near_duplicates); {name} accuracy may be optimistic")
         self.echo(f"run directory: {self.run_dir}")
 
 

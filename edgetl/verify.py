@@ -12,6 +12,8 @@ from edgetl import artifacts
 from edgetl.config import VerifyOptions
 from edgetl.device_results import device_rows
 from edgetl.errors import EdgetlError
+from edgetl.recommend import RULE as NOISE_RULE
+from edgetl.recommend import per_runtime_text, recommend
 from edgetl.rundir import REPORT_JSON, REPORT_MD, ROBUSTNESS_PLOT, list_artifacts, open_run
 from edgetl.rundir import VERIFY_PLOTS as PLOTS
 from edgetl.types import Echo, PathLike
@@ -100,8 +102,9 @@ def measure(entry: dict, x: np.ndarray, y: np.ndarray, ref: np.ndarray | None, t
         row.update(latency(r, x[:1], runs=runs))
     row["throughput_ips"] = throughput(r, x[:batch] if len(x) >= batch else np.resize(x, (batch, *x.shape[1:])))
     row["batch"] = batch
-    if "memory_mb" not in row:
+    if "memory_mb" not in row:  # in-process (Keras): growth of resident memory, its runtime already imported
         row["memory_mb"] = round(max(0.0, rss_mb() - before), 1)
+        row["memory_basis"] = "in-process"
     row["confusion_matrix"], row["top_confusions"] = m["confusion_matrix"], m["top_confusions"]
     return row, probs
 
@@ -159,7 +162,8 @@ def verify(run_dir: PathLike, opts: VerifyOptions | None = None, device_results:
         "machine": machine_info(), "threads": threads, "created": artifacts.now_iso(),
         "rows": rows, "recommended": recommend(rows), "skipped": skipped,
     }
-    report["passed"] = all(r["status"] in ("pass", "reference") for r in rows)
+    # a model the device skipped (its runtime is not installed there) is neither a pass nor a failure
+    report["passed"] = all(r["status"] in ("pass", "reference", "skipped") for r in rows)
     if o.robustness:
         from edgetl import robustness
 
@@ -195,25 +199,12 @@ def with_extra_runtimes(entries: list[dict]) -> tuple[list[dict], list[str]]:
     return out, skipped
 
 
+def _where(row: dict) -> str:
+    return row["artifact"] + (f" on {row['device']}" if row.get("device") else "")
+
+
 def _label(row: dict) -> str:
     return row["artifact"] + (f" ({row['runtime']})" if row.get("extra_runtime") else "")
-
-
-def recommend(rows: list[dict]) -> dict:
-    ok = [r for r in rows if r.get("status") == "pass" and r.get("p50_ms") is not None and not r.get("device")]
-    rec: dict = {"fastest_per_runtime": {}}
-    for rt in sorted({r["runtime"] for r in ok}):
-        best = min((r for r in ok if r["runtime"] == rt), key=lambda r: r["p50_ms"])
-        rec["fastest_per_runtime"][rt] = best["artifact"]
-    if ok:
-        fastest = min(ok, key=lambda r: r["p50_ms"])
-        smallest = min(ok, key=lambda r: r["size_bytes"])
-        rec["fastest"] = fastest["artifact"]
-        rec["smallest"] = smallest["artifact"]
-        rec["why"] = (f"{fastest['artifact']} is the fastest model that passes every gate "
-                      f"(p50 {fastest['p50_ms']:.2f} ms, accuracy {fastest['accuracy']:.4f}); "
-                      f"{smallest['artifact']} is the smallest ({smallest['size_bytes'] / 1024:.0f} KiB)")
-    return rec
 
 
 COLUMNS = [("artifact", "artifact", "{}"), ("runtime", "runtime", "{}"), ("quant", "quant", "{}"),
@@ -221,7 +212,8 @@ COLUMNS = [("artifact", "artifact", "{}"), ("runtime", "runtime", "{}"), ("quant
            ("Δacc pt", "delta_accuracy_points", "{:+.2f}"), ("drop 95% CI", "paired", "dropci"), ("agree", "agreement", "{:.3f}"),
            ("maxΔp", "max_abs_dprob", "{:.1e}"), ("p50 ms", "p50_ms", "{:.2f}"), ("p90 ms", "p90_ms", "{:.2f}"),
            ("p99 ms", "p99_ms", "{:.2f}"), ("p90/p50", "spread_p90_p50", "{:.2f}"),
-           ("img/s", "throughput_ips", "{:.0f}"), ("mem MB", "memory_mb", "{:.0f}"), ("status", "status", "{}")]
+           ("img/s", "throughput_ips", "{:.0f}"), ("mem MB", "memory_mb", "{:.0f}"),
+           ("import MB", "import_mb", "{:.0f}"), ("status", "status", "{}")]
 
 
 def _cell(row, key, fmt) -> str:
@@ -254,11 +246,13 @@ def table(report: dict, markdown: bool = False) -> str:
     for r in rows:
         if r.get("failed_gates"):
             lines.append(f"FAIL {r['artifact']}: {'; '.join(r['failed_gates'])}")
+        if r.get("status") == "skipped":
+            lines.append(f"skipped {_where(r)}: {r.get('skipped_reason', '?')}")
     rec = report["recommended"]
     if rec.get("fastest"):
-        lines.append("fastest passing, per runtime: "
-                     + ", ".join(f"{k}: {v}" for k, v in rec["fastest_per_runtime"].items()))
+        lines.append("fastest passing, per runtime: " + per_runtime_text(rec))
         lines.append(f"recommended: {rec['why']}")
+        lines.append(f"(rule: {rec.get('noise_rule', NOISE_RULE)})")
     else:
         lines.append("recommended: none - no artifact passes every gate")
     return "\n".join(lines)
@@ -271,9 +265,15 @@ def write_report(report: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = [r for r in report["rows"] if r.get("p50_ms") is not None]
     local = [r for r in rows if not r.get("device")]
-    plots.scatter([{**r, "label": _label(r)} for r in local], "p50_ms", "accuracy", "label",
-                  out / PLOTS["accuracy_latency"], "p50 latency at batch 1 (ms)", "held-out top-1 accuracy",
-                  f"accuracy vs latency ({report['threads']} threads)")
+    g = report["gates"]
+    keras = next((r for r in local if r.get("status") == "reference" and r.get("accuracy") is not None), None)
+    floor = keras["accuracy"] - g["max_drop"] / 100 if keras is not None else None
+    plots.accuracy_latency([{**r, "label": _label(r)} for r in local], out / PLOTS["accuracy_latency"],
+                           f"accuracy vs latency: {report['n_images']} held-out images, {report['threads']} "
+                           f"thread(s)", max_latency_ms=g.get("max_latency_ms"),
+                           accuracy_floor=floor if floor is not None and floor > 0 else None,
+                           floor_label=f"gate: Keras accuracy - max-drop {g['max_drop']:g} pt\n(tested on the "
+                                       f"paired drop, 95% confidence)")
     plots.bars([_label(r) for r in local], [r["size_bytes"] / 1024 for r in local], out / PLOTS["sizes"],
                "KiB", "artifact size")
     best = report["recommended"].get("fastest")
@@ -301,13 +301,15 @@ def markdown_report(report: dict) -> str:
         f"Machine: {m['cpu']} ({m['cores']} cores, {m['machine']}), {report['threads']} thread(s); "
         + ", ".join(f"{k} {v}" for k, v in m["runtimes"].items()) + ".", "",
         "Latency is batch 1 after warm-up, each exported model timed in its own process (numpy and its "
-        "runtime only); p90/p50 shows the timing noise. Memory is the growth of peak resident memory while "
-        "loading and running the model (in-process for Keras).", "",
+        "runtime only); p90/p50 shows the timing noise. \"mem MB\" is the model's own memory: the peak "
+        "resident memory while loading and running it, above the resident memory once its runtime is imported "
+        "(for Keras, in-process: the growth of resident memory). \"import MB\" is what importing the runtime "
+        "costs, paid once per app whatever the model (MediaPipe's import pulls in TensorFlow).", "",
         table(report, markdown=True), "",
         f"**Recommended:** {report['recommended'].get('why', 'none: no artifact passes every gate')}", "",
-        "Fastest passing per runtime: " + (", ".join(f"{k}: `{v}`" for k, v in
-                                                      report["recommended"]["fastest_per_runtime"].items()) or "none"),
-        "", f"![accuracy vs latency]({PLOTS['accuracy_latency']})", f"![sizes]({PLOTS['sizes']})",
+        "Fastest passing per runtime: " + (per_runtime_text(report["recommended"]) or "none") + ".", "",
+        f"Timing noise: {report['recommended'].get('noise_rule', NOISE_RULE)}.", "",
+        f"![accuracy vs latency]({PLOTS['accuracy_latency']})", f"![sizes]({PLOTS['sizes']})",
         f"![confusion]({PLOTS['confusion']})", "",
     ]
     if report.get("robustness"):
@@ -315,6 +317,11 @@ def markdown_report(report: dict) -> str:
 
         lines += ["## Accuracy under corruptions", "", rob_table(report["robustness"], markdown=True), "",
                   f"![robustness]({ROBUSTNESS_PLOT})", ""]
+    skipped = [r for r in report["rows"] if r.get("status") == "skipped"]
+    if skipped:
+        lines += ["## Skipped on devices", "", "Not run there, so neither passed nor failed:", ""]
+        lines += [f"- `{r['artifact']}` on {r.get('device', '?')}: {r.get('skipped_reason', '?')}" for r in skipped]
+        lines += [""]
     fails = [r for r in report["rows"] if r.get("failed_gates")]
     if fails:
         lines += ["## Failed gates", ""] + [f"- `{r['artifact']}`: {'; '.join(r['failed_gates'])}" for r in fails]

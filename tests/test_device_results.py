@@ -154,18 +154,43 @@ def test_not_json_wrong_top_level_and_huge(run_dir, tmp_path):
     assert "larger than any results.json (10 MB at most)" in refusal(p, run_dir)
 
 
-def test_error_rows_are_failures_but_still_checked(run_dir, tmp_path):
-    res = good(run_dir)
-    m = res["models"][1]
+def _strip(m: dict) -> None:
     for k in list(m):
         if k not in ("file", "sha256", "format", "quant", "size_bytes"):
             del m[k]
-    m["error"] = "no TFLite runtime: pip install ai-edge-litert"
+
+
+def test_error_rows_are_failures_but_still_checked(run_dir, tmp_path):
+    res = good(run_dir)
+    m = res["models"][1]
+    _strip(m)
+    m["error"] = "the runtime could not load it: RuntimeError: unsupported op"
     rows = device_rows(write(tmp_path, res), Gates.of(VerifyOptions()), run_dir)
-    assert rows[1]["status"] == "fail" and "no TFLite runtime" in rows[1]["failed_gates"][0]
+    assert rows[1]["status"] == "fail" and "unsupported op" in rows[1]["failed_gates"][0]
     bad = copy.deepcopy(res)
     bad["models"][1]["file"] = "/etc/passwd"
     assert 'models[1].file = "/etc/passwd"' in refusal(write(tmp_path, bad), run_dir)
+
+
+@pytest.mark.parametrize("field,text", [
+    ("skipped", "runtime not installed on this device (No module named 'onnxruntime')"),  # this check script
+    ("error", "No module named 'onnxruntime'"),  # check scripts bundled before "skipped" existed
+    ("error", "no TFLite runtime: pip install ai-edge-litert (or tflite-runtime)"),
+])
+def test_a_runtime_missing_on_the_device_is_skipped_not_failed(run_dir, tmp_path, field, text):
+    res = good(run_dir)
+    m = res["models"][0]
+    _strip(m)
+    m[field] = text
+    rows = device_rows(write(tmp_path, res), Gates.of(VerifyOptions(min_agreement=0.5)), run_dir)
+    assert rows[0]["status"] == "skipped" and rows[0]["failed_gates"] == []
+    assert text in rows[0]["skipped_reason"] and rows[1]["status"] == "pass"
+    still_checked = copy.deepcopy(res)
+    still_checked["models"][0]["sha256"] = "0" * 64
+    assert "models[0].sha256" in refusal(write(tmp_path, still_checked), run_dir)
+    both = copy.deepcopy(res)
+    both["models"][0]["error"] = both["models"][0]["skipped"] = "x"
+    assert "models[0].skipped" in refusal(write(tmp_path, both), run_dir)
 
 
 def test_cli_refuses_a_tampered_device_file_and_accepts_the_real_one(tiny_exported, tiny_run, tmp_path):
@@ -198,9 +223,19 @@ def test_cli_refuses_a_tampered_device_file_and_accepts_the_real_one(tiny_export
         f"re-run edgetl_check.py on the device"]
     assert not (tmp_path / "rep").exists()  # refused before anything was timed or written
 
-    r = CliRunner().invoke(main, args + ["--device-results", str(res)])
+    # one model skipped on the device (its runtime is not installed there), as edgetl_check.py writes it
+    one_skipped = copy.deepcopy(real)
+    gone = one_skipped["models"][0]
+    _strip(gone)
+    gone["skipped"] = "runtime not installed on this device (No module named 'onnxruntime')"
+    (tmp_path / "skipped.json").write_text(json.dumps(one_skipped))
+    r = CliRunner().invoke(main, args + ["--device-results", str(tmp_path / "skipped.json")])
     assert r.exit_code == 0, r.output
-    rows = json.loads((tmp_path / "rep" / "report.json").read_text())["rows"]
-    dev = [x for x in rows if x.get("device") == "e2e-device"]
+    assert f"skipped {gone['file']} on e2e-device: runtime not installed on this device" in r.output
+    assert "FAIL" not in r.output and "No module named 'onnxruntime'" in r.output
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    dev = [x for x in rep["rows"] if x.get("device") == "e2e-device"]
     assert sorted(x["artifact"] for x in dev) == sorted(m["file"] for m in real["models"])
-    assert all(x["status"] == "pass" and x["p50_ms"] > 0 for x in dev)
+    assert [x["status"] for x in dev] == ["skipped"] + ["pass"] * (len(dev) - 1) and rep["passed"]
+    assert all(x["p50_ms"] > 0 for x in dev[1:])
+    assert "## Skipped on devices" in (tmp_path / "rep" / "report.md").read_text()
