@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgetl import artifacts
+from edgetl import artifacts, escape
 from edgetl.errors import EdgetlError
 from edgetl.types import PathLike
 
@@ -185,10 +185,10 @@ def resume_hint(run_dir: PathLike) -> str:
         kind = "distill"
         try:
             teacher = json.loads((d / DISTILL_CONFIG).read_text()).get("teacher")
-            kind = f"distill --teacher {teacher}" if teacher else kind
+            kind = f"distill --teacher {escape.shell(teacher)}" if teacher else kind
         except ValueError:
             pass
-    return f"edgetl {kind} {data} --out {d} --resume"
+    return f"edgetl {kind} {escape.shell(data)} --out {escape.shell(d)} --resume"
 
 
 @dataclass

@@ -12,6 +12,7 @@ from edgetl import artifacts
 from edgetl.config import VerifyOptions
 from edgetl.device_results import device_rows
 from edgetl.errors import EdgetlError
+from edgetl.escape import md
 from edgetl.rundir import REPORT_JSON, REPORT_MD, ROBUSTNESS_PLOT, list_artifacts, open_run
 from edgetl.rundir import VERIFY_PLOTS as PLOTS
 from edgetl.types import Echo, PathLike
@@ -246,7 +247,8 @@ def table(report: dict, markdown: bool = False) -> str:
     cells = [[_cell(r, k, f) for _, k, f in COLUMNS] for r in rows]
     if markdown:
         lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-        lines += ["| " + " | ".join(c) + " |" for c in cells]
+        text = [f == "{}" for _, _, f in COLUMNS]  # the cells that show names (artifact @ device, runtime)
+        lines += ["| " + " | ".join(md(x) if t else x for x, t in zip(c, text)) + " |" for c in cells]
         return "\n".join(lines)
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
     fmt = lambda cs: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cs, widths)))  # noqa
@@ -290,7 +292,7 @@ def markdown_report(report: dict) -> str:
     m = report["machine"]
     g = report["gates"]
     lines = [
-        f"# Verification report: {Path(report['run']).name}", "",
+        f"# Verification report: {md(Path(report['run']).name)}", "",
         f"{report['n_images']} held-out images ({report['data']}); created {report['created']}.", "",
         f"Gates: accuracy drop ≤ {g['max_drop']} points with 95% confidence (an artifact fails only when the "
         f"one-sided 95% lower bound of its paired drop against Keras is above it; "
@@ -317,5 +319,6 @@ def markdown_report(report: dict) -> str:
                   f"![robustness]({ROBUSTNESS_PLOT})", ""]
     fails = [r for r in report["rows"] if r.get("failed_gates")]
     if fails:
-        lines += ["## Failed gates", ""] + [f"- `{r['artifact']}`: {'; '.join(r['failed_gates'])}" for r in fails]
+        lines += ["## Failed gates", ""] + [f"- {md(_cell(r, 'artifact', '{}'))}: {md('; '.join(r['failed_gates']))}"
+                                            for r in fails]
     return "\n".join(lines) + "\n"
