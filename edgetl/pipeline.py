@@ -274,6 +274,10 @@ class PipelineRunner:
                    .get("edgetl")})
 
     def run(self) -> dict:
+        with rundir.writing(self.run_dir, "edgetl run", echo=self.echo):
+            return self._run()
+
+    def _run(self) -> dict:
         t_all = time.perf_counter()
         timings = {}
         report = None
@@ -329,8 +333,9 @@ class PipelineRunner:
         if self.p.distill:
             from edgetl.distill import distill
 
-            return distill(cfg, dataclasses.replace(self.p.distill), resume=resume, echo=self.echo)
-        return Trainer(cfg, resume=resume, echo=self.echo).run()
+            return distill(cfg, dataclasses.replace(self.p.distill), resume=resume, echo=self.echo, force=True)
+        # the pipeline owns its run: when the training's inputs changed it retrains in place
+        return Trainer(cfg, resume=resume, echo=self.echo, force=True).run()
 
     def stage_calibrate(self, redo: bool) -> Any:
         from edgetl.calibrate import calibrate

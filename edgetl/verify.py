@@ -110,10 +110,18 @@ def measure(entry: dict, x: np.ndarray, y: np.ndarray, ref: np.ndarray | None, t
 def verify(run_dir: PathLike, opts: VerifyOptions | None = None, device_results: tuple[PathLike, ...] | list[PathLike] = (),
            echo: Echo = print,
            isolated: bool = True) -> dict:
-    """Score and time every artifact of the run against its Keras model; see :class:`VerifyOptions`."""
-    from edgetl.timing import machine_info
+    """Score and time every artifact of the run against its Keras model; see :class:`VerifyOptions`.
+    The report's folder (``--out``, else the run) is locked meanwhile."""
+    from edgetl.rundir import writing
 
     o = (opts or VerifyOptions()).validate()
+    with writing(o.out or run_dir, "edgetl verify", echo=echo, create=bool(o.out)):
+        return _verify(run_dir, o, device_results, echo, isolated)
+
+
+def _verify(run_dir: PathLike, o: VerifyOptions, device_results, echo: Echo, isolated: bool) -> dict:
+    from edgetl.timing import machine_info
+
     gates = Gates.of(o)
     threads, runs, batch = o.threads, o.runs, o.batch
     run = open_run(run_dir)
