@@ -109,10 +109,9 @@ def test_an_unreadable_or_foreign_host_lock(tmp_path):
     run.mkdir()
     (run / rundir.LOCK).write_text(json.dumps({"pid": 1, "host": "other-machine", "command": "edgetl train",
                                                "started": "2026-01-01T09:30:00+00:00"}))
-    with pytest.raises(EdgetlError, match=r"pid 1 on other-machine \(edgetl train, started 09:30 UTC\); wait for "
-                                          r"it, or delete .*\.edgetl\.lock if that process is gone"):
-        with rundir.writing(run, "edgetl export"):
-            pass
+    foreign = r"pid 1 on other-machine \(edgetl train, started 09:30 UTC\); wait for it, or delete .*\.edgetl\.lock"
+    with pytest.raises(EdgetlError, match=foreign + " if that process is gone"), rundir.writing(run, "edgetl export"):
+        pass
     (run / rundir.LOCK).write_text("x" * 10_000_000)  # garbage: no pid, so nobody holds it
     lines = []
     with rundir.writing(run, "edgetl export", echo=lines.append):
