@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgetl import artifacts, escape
+from edgetl import artifacts, escape, yaml_io
 from edgetl.errors import EdgetlError
 from edgetl.types import PathLike
 
@@ -141,8 +141,8 @@ def resize_near(model_path: PathLike) -> str | None:
     if d is None or not (d / CONFIG).exists():
         return None
     try:
-        cfg = yaml.safe_load((d / CONFIG).read_text())
-    except yaml.YAMLError:
+        cfg = yaml_io.load((d / CONFIG).read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
         return None
     return cfg.get("resize") if isinstance(cfg, dict) and isinstance(cfg.get("resize"), str) else None
 
@@ -156,9 +156,11 @@ def load_run_config(run_dir: PathLike) -> TrainConfig:
     if not p.exists():
         raise EdgetlError(f"{run_dir}: no {CONFIG}; give a run directory written by 'edgetl train'")
     try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError:
-        raise EdgetlError(f"{p}: not valid YAML; it was edited or damaged") from None
+        raw = yaml_io.load(p.read_text())
+    except yaml.YAMLError as e:
+        raise EdgetlError(f"{p}: not valid YAML ({yaml_io.problem(e)}); it was edited or damaged") from None
+    except UnicodeDecodeError:
+        raise EdgetlError(f"{p}: not UTF-8 text; it was edited or damaged") from None
     if not isinstance(raw, dict):
         raise EdgetlError(f"{p}: expected a mapping of training options")
     return TrainConfig.from_dict(raw, where=str(p))

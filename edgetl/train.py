@@ -890,7 +890,7 @@ class Trainer:
         artifacts.write_json(run / rundir.HISTORY, history)
         cm = confusion_of(metrics["final"])
         side = move_confusions(metrics, run)  # above 30 classes the matrices go to confusion.npz
-        artifacts.write_json(run / rundir.METRICS, metrics)
+        artifacts.write_json(run / rundir.METRICS, metrics, note=True)
         plots.training_curves({"phase 1": history["phase1"], "phase 2": history["phase2"]}, run / rundir.CURVES)
         plots.confusion(cm, self.ds.classes, run / rundir.CONFUSION, f"val confusion ({metrics['selected_phase']})",
                         metrics["final"].get("top_confusions"))

@@ -85,6 +85,14 @@ def measure(entry: dict, x: np.ndarray, y: np.ndarray, ref: np.ndarray | None, t
     before = rss_mb()
     r = open_runner(entry["path"], threads=threads, runtime=entry.get("runtime"))
     probs = np.concatenate([r.predict(x[i:i + 32]) for i in range(0, len(x), 32)])
+    if probs.shape[1] != len(classes) or (len(y) and int(np.max(y)) >= len(classes)):
+        from edgetl.rundir import LABELS, run_of
+
+        where = run_of(entry["path"])
+        raise EdgetlError(f"{where / LABELS if where else LABELS}: {len(classes)} label(s), but {entry['name']} has "
+                          f"{probs.shape[1]} outputs" + (f" and the images' labels reach {int(np.max(y))}" if len(y)
+                                                          else "")
+                          + "; labels.txt was edited or replaced: restore it (one class per line, in training order)")
     m = classification_metrics(y, probs, classes)
     row = {"artifact": entry["name"], "format": entry["format"], "runtime": r.runtime, "quant": entry["quant"],
            "input_dtype": r.input_dtype, "size_bytes": r.describe()["size_bytes"], "accuracy": m["accuracy"], "ci95": m["ci95"],
@@ -138,6 +146,8 @@ def _verify(run_dir: PathLike, o: VerifyOptions, device_results, echo: Echo, iso
         try:
             row, probs = measure(e, x, y, ref, threads, runs, batch, run.labels, isolated)
         except EdgetlError as err:
+            if e["format"] == "keras":  # the reference: nothing can be compared without it
+                raise
             row = {"artifact": e["name"], "format": e["format"], "quant": e["quant"], "status": "fail",
                    "runtime": e.get("runtime"), "failed_gates": [f"load ({err.message})"]}
             rows.append(row)
@@ -292,7 +302,7 @@ def write_report(report: dict, out: Path) -> None:
         plots.confusion(best_row["confusion_matrix"], report["labels"], out / PLOTS["confusion"],
                         f"confusion: {best_row['artifact']}", best_row.get("top_confusions"))
     # above 30 classes report.json keeps each row's top_confusions, not its matrix
-    artifacts.write_json(out / REPORT_JSON, {**report, "rows": [json_row(r) for r in report["rows"]]})
+    artifacts.write_json(out / REPORT_JSON, {**report, "rows": [json_row(r) for r in report["rows"]]}, note=True)
     artifacts.write_text(out / REPORT_MD, markdown_report(report))
 
 
