@@ -36,12 +36,13 @@ def write_inputs(d: Path) -> dict[str, list[str]]:
         {"bomb.yaml": ["run", str(d / "bomb.yaml")]}
 
 
-def measure(src: Path, args: list[str], cap_gb: float, timeout: int) -> dict:
+def measure(src: Path, args: list[str], cap_gb: float, timeout: int, cwd: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(src), "TF_CPP_MIN_LOG_LEVEL": "3"}
     cmd = (f"ulimit -v {int(cap_gb * 1024 * 1024)}; exec /usr/bin/time -v timeout {timeout} "
            f"{sys.executable} -m edgetl " + " ".join(f"'{a}'" for a in args))
     t0 = time.perf_counter()
-    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env)
+    # cwd: not a checkout (python -m puts the working directory first on sys.path)
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, cwd=cwd)
     wall = time.perf_counter() - t0
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr).group(1)) / 1024
     err = [line for line in r.stderr.splitlines() if line.startswith("error:") or "Error" in line]
@@ -60,11 +61,13 @@ def main() -> None:
     cmds = write_inputs(a.dir)
     commit = subprocess.run(["git", "-C", str(a.src), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
-    print(f"edgetl from {a.src} ({commit}); cap {a.cap_gb:g} GB, timeout {a.timeout} s; load {os.getloadavg()[0]:.1f}")
+    probe = subprocess.run([sys.executable, "-c", "import edgetl; print(edgetl.__file__)"], capture_output=True,
+                           text=True, cwd=a.dir, env={**os.environ, "PYTHONPATH": str(a.src)}).stdout.strip()
+    print(f"edgetl from {probe} ({commit}); cap {a.cap_gb:g} GB, timeout {a.timeout} s; load {os.getloadavg()[0]:.1f}")
     print(f"{'input':<16}{'bytes':>11}{'peak MB':>10}{'wall s':>8}{'exit':>9}  said")
     for name, args in cmds.items():
         path = a.dir / (name if name.endswith(".yaml") else f"{name}.pth")
-        m = measure(a.src, args, a.cap_gb, a.timeout)
+        m = measure(a.src, args, a.cap_gb, a.timeout, a.dir)
         print(f"{name:<16}{path.stat().st_size:>11,}{m['peak_mb']:>10.0f}{m['wall_s']:>8.1f}{m['exit']:>9}  {m['said']}")
 
 

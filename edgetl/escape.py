@@ -56,6 +56,12 @@ def md(text: object) -> str:
     return "".join(out)
 
 
+def plot_text(text: object) -> str:
+    """Text for a matplotlib label: '$' escaped (two would start mathtext, which can fail to
+    parse a class name and abort the plot); line breaks shown as escapes."""
+    return shown(text, limit=10**6).replace("$", r"\$")
+
+
 def shell(arg: object) -> str:
     """``arg`` quoted for a POSIX shell (a command a message tells the user to run): shlex's
     quoting, or bash's $'...' with byte escapes for a name that is not UTF-8 or holds a

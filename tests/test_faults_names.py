@@ -150,3 +150,13 @@ def test_device_names_reach_report_md_escaped():
     assert "\\<img" in line and "\\*7\\*" in line
     heads = next(line for line in text.splitlines() if line.startswith("| artifact"))
     assert len(re.findall(r"(?<!\\)\|", line)) == heads.count("|")  # the name's '|' adds no cell
+
+
+def test_a_class_name_with_dollars_is_plotted_as_text(tmp_path):
+    from edgetl import plots
+
+    names = ["a$x^$b", "c_{1}$", "plain"]
+    dest = plots.confusion([[2, 0, 0], [1, 1, 0], [0, 0, 2]], names, tmp_path / "c.png",
+                           top=[{"true": "a$x^$b", "predicted": "c_{1}$", "count": 1}])
+    assert dest.stat().st_size > 0
+    assert escape.plot_text("a$x^$b") == "a\\$x^\\$b"
