@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# the last alias lands where a value is checked (and shown when it has the wrong type): 9**9 items
 BILLION_LAUGHS = 'data: data\na: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
-    f"{c}: &{c} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    f"{c}: &{c} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, c in zip("abcdefgh", "bcdefghi")) + "train:\n  seed: *i\n"
 
 
 def write_inputs(d: Path) -> dict[str, list[str]]:
@@ -57,6 +58,7 @@ def main() -> None:
     ap.add_argument("--src", type=Path, default=ROOT, help="The checkout whose edgetl is measured.")
     ap.add_argument("--cap-gb", type=float, default=5.0, help="Address-space cap of each command.")
     ap.add_argument("--timeout", type=int, default=150, help="Seconds before a command is stopped.")
+    ap.add_argument("--only", default="", help="Comma list of inputs to measure (default: all).")
     a = ap.parse_args()
     cmds = write_inputs(a.dir)
     commit = subprocess.run(["git", "-C", str(a.src), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -66,6 +68,8 @@ def main() -> None:
     print(f"edgetl from {probe} ({commit}); cap {a.cap_gb:g} GB, timeout {a.timeout} s; load {os.getloadavg()[0]:.1f}")
     print(f"{'input':<16}{'bytes':>11}{'peak MB':>10}{'wall s':>8}{'exit':>9}  said")
     for name, args in cmds.items():
+        if a.only and name not in a.only.split(","):
+            continue
         path = a.dir / (name if name.endswith(".yaml") else f"{name}.pth")
         m = measure(a.src, args, a.cap_gb, a.timeout, a.dir)
         print(f"{name:<16}{path.stat().st_size:>11,}{m['peak_mb']:>10.0f}{m['wall_s']:>8.1f}{m['exit']:>9}  {m['said']}")

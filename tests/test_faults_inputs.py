@@ -33,7 +33,7 @@ def _one_line_error(r, code: int = 2) -> str:
 # ---- pipeline YAML -------------------------------------------------------------------
 
 BILLION_LAUGHS = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
-    f"{c}: &{c} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    f"{c}: &{c} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, c in zip("abcdefgh", "bcdefghi")) + "train:\n  seed: *i\n"
 
 
 @pytest.mark.parametrize("name,text,expect", [
