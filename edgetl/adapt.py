@@ -513,84 +513,85 @@ def adapt(run_dir, opts: AdaptOptions, echo=print) -> dict:
     target = _target_files(opts, run)
     labelled = _target_labelled(opts, run, target)
     out = _out_dir(opts, run)
-    methods = ("adabn", "pseudo", "dann") if opts.method == "auto" else (opts.method,)
-    echo(f"adapt: {run.dir} to {len(target)} unlabelled target images from {opts.target}; "
-         f"method {opts.method}" + (f" ({', '.join(methods)})" if opts.method == "auto" else ""))
+    with rundir.writing(out, "edgetl adapt", echo=echo):
+        methods = ("adabn", "pseudo", "dann") if opts.method == "auto" else (opts.method,)
+        echo(f"adapt: {run.dir} to {len(target)} unlabelled target images from {opts.target}; "
+             f"method {opts.method}" + (f" ({', '.join(methods)})" if opts.method == "auto" else ""))
 
-    ad = Adapter(run, opts, target, echo=echo)
-    try:
-        ad.prepare()
-        ad.build()
-        size, resize = ad.cfg.size, ad.cfg.resize
-        x_tgt = load_array(target, size, resize)
-        x_src = load_array(ad.ds.train.paths, size, resize)
-        prior = ad.prior()
+        ad = Adapter(run, opts, target, echo=echo)
+        try:
+            ad.prepare()
+            ad.build()
+            size, resize = ad.cfg.size, ad.cfg.resize
+            x_tgt = load_array(target, size, resize)
+            x_src = load_array(ad.ds.train.paths, size, resize)
+            prior = ad.prior()
 
-        import tensorflow as tf
+            import tensorflow as tf
 
-        forward = tf.function(lambda a: tf.nn.softmax(ad.model(a, training=False)),
-                              input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+            forward = tf.function(lambda a: tf.nn.softmax(ad.model(a, training=False)),
+                                  input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
 
-        def probs_of(x: np.ndarray) -> np.ndarray:
-            return np.concatenate([forward(x[i:i + 64].astype(np.float32)).numpy() for i in range(0, len(x), 64)]) \
-                if len(x) else np.zeros((0, len(prior)))
+            def probs_of(x: np.ndarray) -> np.ndarray:
+                return np.concatenate([forward(x[i:i + 64].astype(np.float32)).numpy() for i in range(0, len(x), 64)]) \
+                    if len(x) else np.zeros((0, len(prior)))
 
-        def signals(weights) -> dict:
-            ad.model.set_weights(weights)
-            pt = probs_of(x_tgt)
-            ps = probs_of(x_src)
-            return {"target": label_free(pt, prior), "target_probs": pt,
-                    "source_train_accuracy": float((ps.argmax(1) == ad.ds.train.labels).mean())}
+            def signals(weights) -> dict:
+                ad.model.set_weights(weights)
+                pt = probs_of(x_tgt)
+                ps = probs_of(x_src)
+                return {"target": label_free(pt, prior), "target_probs": pt,
+                        "source_train_accuracy": float((ps.argmax(1) == ad.ds.train.labels).mean())}
 
-        weights: dict[str, list] = {"source": ad.initial}
-        history: dict[str, list] = {}
-        details: dict[str, dict] = {}
-        # AdaBN: always computed (the baseline, and the pseudo-labeller's first round)
-        ad.reset()
-        n_bn = adabn(ad.model, x_tgt)
-        weights["adabn"] = ad.model.get_weights()
-        details["adabn"] = {"batchnorm_layers": n_bn, "images": len(target)}
-        echo(f"adabn: re-estimated the moving statistics of {n_bn} BatchNorm layers on {len(target)} target images")
-        if any(m in TRAINED for m in methods):
+            weights: dict[str, list] = {"source": ad.initial}
+            history: dict[str, list] = {}
+            details: dict[str, dict] = {}
+            # AdaBN: always computed (the baseline, and the pseudo-labeller's first round)
             ad.reset()
-            ad.load_views()
-        for m in methods:
-            if m == "adabn":
-                continue
-            t1 = time.perf_counter()
-            ad.reset()
-            history[m] = []
-            if m == "pseudo":
-                ad.model.set_weights(weights["adabn"])
-                start = probs_of(x_tgt)
+            n_bn = adabn(ad.model, x_tgt)
+            weights["adabn"] = ad.model.get_weights()
+            details["adabn"] = {"batchnorm_layers": n_bn, "images": len(target)}
+            echo(f"adabn: re-estimated the moving statistics of {n_bn} BatchNorm layers on {len(target)} target images")
+            if any(m in TRAINED for m in methods):
                 ad.reset()
-                details[m] = ad.run_pseudo(start, history[m])
+                ad.load_views()
+            for m in methods:
+                if m == "adabn":
+                    continue
+                t1 = time.perf_counter()
+                ad.reset()
+                history[m] = []
+                if m == "pseudo":
+                    ad.model.set_weights(weights["adabn"])
+                    start = probs_of(x_tgt)
+                    ad.reset()
+                    details[m] = ad.run_pseudo(start, history[m])
+                else:
+                    details[m] = ad.run_dann(history[m])
+                details[m]["seconds"] = round(time.perf_counter() - t1, 1)
+                weights[m] = ad.model.get_weights()
+            # label-free signals of every candidate, then the choice: no target label read so far
+            sig = {name: signals(w) for name, w in weights.items()}
+            if opts.method == "auto":
+                chosen, why = choose({m: sig[m] for m in methods}, sig["source"])
             else:
-                details[m] = ad.run_dann(history[m])
-            details[m]["seconds"] = round(time.perf_counter() - t1, 1)
-            weights[m] = ad.model.get_weights()
-        # label-free signals of every candidate, then the choice: no target label read so far
-        sig = {name: signals(w) for name, w in weights.items()}
-        if opts.method == "auto":
-            chosen, why = choose({m: sig[m] for m in methods}, sig["source"])
-        else:
-            chosen, why = opts.method, "chosen with --method"
-        for a in list(sig):
-            sig[a]["agreement"] = {b: agreement(sig[a]["target_probs"], sig[b]["target_probs"]) for b in sig if b != a}
-        echo(f"adapt: chosen {chosen}: {why}")
-        report = _evaluate(ad, run, opts, weights, sig, chosen, labelled, probs_of)
-        report.update(method=opts.method, chosen=chosen, why=why, details=details,
-                      source_run=str(run.dir.resolve()), target=str(Path(opts.target).resolve()),
-                      target_images=len(target), options=dataclasses.asdict(opts),
-                      seconds=round(time.perf_counter() - t0, 1))
-        ad.model.set_weights(weights[chosen])
-        _write_run(ad, run, out, report, history, target, labelled)
-    finally:
-        ad.cleanup()
-    echo("")
-    echo(table(report))
-    echo(f"adapted run: {out}")
-    return report
+                chosen, why = opts.method, "chosen with --method"
+            for a in list(sig):
+                sig[a]["agreement"] = {b: agreement(sig[a]["target_probs"], sig[b]["target_probs"]) for b in sig if b != a}
+            echo(f"adapt: chosen {chosen}: {why}")
+            report = _evaluate(ad, run, opts, weights, sig, chosen, labelled, probs_of)
+            report.update(method=opts.method, chosen=chosen, why=why, details=details,
+                          source_run=str(run.dir.resolve()), target=str(Path(opts.target).resolve()),
+                          target_images=len(target), options=dataclasses.asdict(opts),
+                          seconds=round(time.perf_counter() - t0, 1))
+            ad.model.set_weights(weights[chosen])
+            _write_run(ad, run, out, report, history, target, labelled)
+        finally:
+            ad.cleanup()
+        echo("")
+        echo(table(report))
+        echo(f"adapted run: {out}")
+        return report
 
 
 def _evaluate(ad, run, opts, weights, sig, chosen, labelled, probs_of) -> dict:

@@ -51,8 +51,44 @@ def write_text(dest, text: str) -> Path:
     return write_bytes(dest, text.encode("utf-8"))
 
 
-def write_json(dest, obj: Any) -> Path:
-    return write_text(dest, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+NON_FINITE = "non_finite"
+
+
+def write_json(dest, obj: Any, note: bool = False) -> Path:
+    """Strict JSON (RFC 8259 has no NaN or Infinity, and most parsers refuse them): a NaN or
+    infinite number is written as null; with ``note`` (reports), a top-level object lists
+    where under ``non_finite``."""
+    where: list[str] = []
+    clean = _finite(obj, "", where)
+    if where and note and isinstance(clean, dict):
+        clean[NON_FINITE] = {"note": "these values were NaN or infinite (not a number JSON can hold); written as null",
+                             "fields": where[:100], "count": len(where)}
+    return write_text(dest, json.dumps(clean, indent=2, sort_keys=False, default=_jsonable, allow_nan=False) + "\n")
+
+
+def _finite(o: Any, path: str, where: list[str]) -> Any:
+    """``o`` with numpy values as Python ones and NaN/infinite floats as None (their paths in ``where``)."""
+    import math
+
+    try:
+        import numpy as np
+
+        if isinstance(o, np.ndarray):
+            o = o.tolist()
+        elif isinstance(o, np.generic):
+            o = o.item()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(o, float):
+        if math.isfinite(o):
+            return o
+        where.append(path or "(value)")
+        return None
+    if isinstance(o, dict):
+        return {k: _finite(v, f"{path}.{k}" if path else str(k), where) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v, f"{path}[{i}]", where) for i, v in enumerate(o)]
+    return o
 
 
 def write_yaml(dest, obj: Any) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from edgetl import artifacts, rundir
+from edgetl.escape import md
 from edgetl.evaluate import INLINE_MAX
 from edgetl.stats import fmt_acc
 from edgetl.types import Echo, PathLike
@@ -185,8 +186,8 @@ def write_card(run_dir: PathLike, pipeline: object = None, echo: Echo = print) -
     report = rundir.read_json(d / rundir.REPORT_JSON) if (d / rundir.REPORT_JSON).exists() else None
     data = metrics.get("data", {})
     h = w = cfg["img_size"]
-    L = [f"# Model card: {d.name}", ""]
-    L += [f"An image classifier for {len(labels)} classes ({', '.join(labels)}), "
+    L = [f"# Model card: {md(d.name)}", ""]
+    L += [f"An image classifier for {len(labels)} classes ({', '.join(md(c) for c in labels)}), "
           f"{cfg['backbone']}" + (f" alpha {cfg['alpha']}" if cfg.get("alpha") else "")
           + f" at {h}x{w} px, fine-tuned by edgetl from `{cfg['weights']}` weights. "
           f"Input: RGB 0-255 at {h}x{w} ({cfg.get('resize', 'crop')} resize), preprocessing inside the model; "
@@ -202,17 +203,17 @@ def write_card(run_dir: PathLike, pipeline: object = None, echo: Echo = print) -
                  f"{dist.get('split', 'val')} images, 95% CI [{dist['gain_ci95_points'][0]:+.2f}, "
                  f"{dist['gain_ci95_points'][1]:+.2f}]" if dist.get("gain_ci95_points") else "") + ".", ""]
     # data
-    L += ["## Data", "", f"Source: `{data.get('root')}` ({data.get('layout')} layout).", "",
+    L += ["## Data", "", f"Source: {md(data.get('root'))} ({data.get('layout')} layout).", "",
           "| class | train | val |" + (" test |" if data.get("test_counts") else ""),
           "|---|---|---|" + ("---|" if data.get("test_counts") else "")]
     for i, c in enumerate(labels):
-        row = f"| {c} | {data['train_counts'][i]} | {data['val_counts'][i]} |"
+        row = f"| {md(c)} | {data['train_counts'][i]} | {data['val_counts'][i]} |"
         if data.get("test_counts"):
             row += f" {data['test_counts'][i]} |"
         L.append(row)
     skipped = data.get("skipped") or []
     L += ["", f"Skipped files: {len(skipped)}" + (":" if skipped else ".")]
-    L += [f"- `{s['file']}`: {s['reason']}" for s in skipped[:20]]
+    L += [f"- {md(s['file'])}: {md(s['reason'])}" for s in skipped[:20]]
     # training
     L += ["", "## Training", "", "```yaml", yaml.safe_dump(cfg, sort_keys=False).strip(), "```", "",
           "Validation accuracies below were used for model selection (early stopping, the phase kept), so "
@@ -233,7 +234,7 @@ def write_card(run_dir: PathLike, pipeline: object = None, echo: Echo = print) -
         ad = rundir.read_json(d / rundir.ADAPT)
         L += ["## Domain adaptation", "",
               f"The training above is the source run `{ad['source_run']}`; its model was adapted to "
-              f"{ad['target_images']} unlabelled target images (`{ad['target']}`) with **{ad['chosen']}** "
+              f"{ad['target_images']} unlabelled target images ({md(ad['target'])}) with **{ad['chosen']}** "
               f"(`--method {ad['method']}`). Source accuracy is on the run's {ad['source_split']} split; target "
               "accuracy (when labelled target images were given, for evaluation only) on those images; "
               "95% Wilson intervals.", "", adapt_table(ad, markdown=True), ""]
@@ -272,15 +273,15 @@ def write_card(run_dir: PathLike, pipeline: object = None, echo: Echo = print) -
           "between artifacts are within noise.",
           f"- Accuracy per class (recall on the {where} set):"]
     shown = per if len(per) <= INLINE_MAX else per[:10]  # many classes: the weakest ten, then the confusions
-    L += [f"  - {c}: {v['recall']:.3f} (precision {v['precision']:.3f}, {v['support']} images)" for c, v in shown]
+    L += [f"  - {md(c)}: {v['recall']:.3f} (precision {v['precision']:.3f}, {v['support']} images)" for c, v in shown]
     if len(shown) < len(per):
         L.append(f"  - ... {len(per) - len(shown)} more classes in metrics.json")
     if len(per) > INLINE_MAX and final.get("top_confusions"):
         L.append("- Most-confused pairs (true → predicted, images): "
-                 + ", ".join(f"{t['true']} → {t['predicted']} ({t['count']})" for t in final["top_confusions"][:10]))
+                 + ", ".join(f"{md(t['true'])} → {md(t['predicted'])} ({t['count']})" for t in final["top_confusions"][:10]))
     worst = per[0]
     if worst[1]["recall"] < final["accuracy"] - 0.05:
-        L.append(f"- `{worst[0]}` is the weakest class; collect more of its images before relying on it.")
+        L.append(f"- {md(worst[0])} is the weakest class; collect more of its images before relying on it.")
     L += ["- The model only knows these classes: any other image is forced into one of them.",
           "- Images must be resized the way the card says; a different crop or colour order lowers accuracy.", "",
           f"![confusion]({rundir.CONFUSION})", ""]

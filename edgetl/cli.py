@@ -218,6 +218,9 @@ def train_options(f):
         click.option("--out", type=click.Path(file_okay=False), default=None,
                      help="Run directory. [default: a new folder under models/]"),
         click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its last checkpoint."),
+        click.option("--force", is_flag=True,
+                     help="Retrain the finished run in --out in place: its model is replaced and what was made from "
+                          "it (calibration, exports, reports, model card) is removed."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -227,6 +230,7 @@ def train_options(f):
 def _train_config(data: str, kw: dict[str, Any]) -> TrainConfig:
     kw = dict(kw)
     kw.pop("resume", None)
+    kw.pop("force", None)
     return TrainConfig(data=data, **kw)
 
 
@@ -244,7 +248,7 @@ def train(data, **kw):
     from edgetl.train import train as run_train
 
     cfg = _train_config(data, kw)
-    run_train(cfg, resume=kw["resume"], echo=echo)
+    run_train(cfg, resume=kw["resume"], echo=echo, force=kw["force"])
 
 
 # -------------------------------------------------------------- weights ----
@@ -495,7 +499,7 @@ def distill(data, teacher, student, kd_alpha, temperature, sweep, no_compare, un
     kw.pop("backbone", None)
     cfg = _train_config(data, {**kw, "backbone": student})
     run_distill(cfg, DistillConfig(teacher, kd_alpha, temperature, sweep, not no_compare, unlabeled),
-                resume=kw["resume"], echo=echo)
+                resume=kw["resume"], echo=echo, force=kw["force"])
 
 
 # ---------------------------------------------------------------- adapt ----

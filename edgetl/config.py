@@ -116,6 +116,16 @@ class Options:
         unknown = sorted(set(d) - names)
         if unknown:
             raise EdgetlError(f"{where}: unknown key '{unknown[0]}'; allowed: {', '.join(sorted(names))}")
+        kinds = field_types(cls)
+        for k, v in d.items():  # a file edited by hand: each value of its field's type, named when not
+            kind = kinds[k][0]
+            if v is None and kind.endswith("?"):
+                continue
+            if not TYPE_OK[kind.rstrip("?")](v):
+                shown = repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
+                raise EdgetlError(f"{where}: {k} = {shown} has the wrong type (expected {TYPE_NAMES[kind.rstrip('?')]}"
+                                  f"{' or null' if kind.endswith('?') else ''}); it was edited: restore the value "
+                                  "or train the run again")
         return cls(**d)
 
 
@@ -338,6 +348,15 @@ class AdaptOptions(Options):
 
 
 # ------------------------------------------------------------ introspection ----
+TYPE_OK = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+           "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+           "str": lambda v: isinstance(v, str),
+           "bool": lambda v: isinstance(v, bool),
+           "list": lambda v: isinstance(v, (list, tuple, str))}
+TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+              "list": "a list"}
+
+
 def field_types(cls: type, exclude: tuple[str, ...] = ()) -> dict[str, tuple[str, Any]]:
     """{field: (kind, default)} of an options dataclass; kind is int, float, str, bool or
     list, with '?' when None is allowed. The pipeline file is typed from this."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetl import escape
 from edgetl.errors import EdgetlError
 from edgetl.images import BadImage, open_rgb
 from edgetl.types import PathLike
@@ -142,6 +143,36 @@ def same_images(files, others) -> list[tuple[str, str]]:
     return [(str(f), held[h]) for f in files if (h := sha256_file(f)) in held]
 
 
+def class_name_problem(name: str) -> str | None:
+    """Why a class folder's name cannot be a label (None: it can). A label is one line of
+    labels.txt and one row of every table: a name with a line break, a control character,
+    no visible character or bytes that are not UTF-8 would change the label count or the
+    labels' order silently."""
+    import unicodedata
+
+    if not escape.is_utf8(name):
+        return "is not valid UTF-8"
+    if not name.strip():
+        return "is empty or only whitespace"
+    for c in name:
+        cat = unicodedata.category(c)
+        if c in "\n\r" or cat in ("Zl", "Zp"):
+            return f"holds a line break ({c!r}, U+{ord(c):04X})"
+        if cat == "Cc":
+            return f"holds a control character (U+{ord(c):04X})"
+    return None
+
+
+def check_class_names(folder: Path, names: list[str]) -> None:
+    """Refuse (one line, exit 2) the first class folder whose name cannot be a label."""
+    for name in names:
+        why = class_name_problem(name)
+        if why is not None:
+            shown = repr(name) if escape.is_utf8(name) else escape.shown(name)
+            raise EdgetlError(f"{escape.path(folder)}: the class folder {shown} {why}; class names "
+                              f"are the model's labels, one per line of labels.txt: rename the folder")
+
+
 def _scan_classes(folder: Path, strict: bool, skipped: list, classes: list[str] | None = None,
                   nested: list | None = None):
     """Return {class: [usable paths]} for a class-per-folder directory.
@@ -151,6 +182,7 @@ def _scan_classes(folder: Path, strict: bool, skipped: list, classes: list[str] 
     if not folder.is_dir():
         raise EdgetlError(f"{folder}: not a folder; give a folder with one sub-folder of images per class")
     names = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    check_class_names(folder, names)
     if classes is not None:
         extra = sorted(set(names) - set(classes))
         if extra:
@@ -158,6 +190,10 @@ def _scan_classes(folder: Path, strict: bool, skipped: list, classes: list[str] 
         names = classes
     out = {}
     listed = {name: files_below(folder / name) if (folder / name).is_dir() else [] for name in names}
+    for name in names:  # a file name that is not UTF-8 cannot be written to split.json or shown: passed over
+        bad = [p for p in listed[name] if not escape.is_utf8(str(p))]
+        skipped += [(escape.path(p), "the file name is not valid UTF-8; rename the file to use it") for p in bad]
+        listed[name] = [p for p in listed[name] if escape.is_utf8(str(p))]
     every = [p for name in names for p in listed[name]]
     reasons = dict(zip(every, check_images(every)))  # all classes' files in one parallel pass
     for name in names:
@@ -200,6 +236,9 @@ def scan(root: PathLike, val_split: float = 0.2, seed: int = 42, strict: bool = 
     Raises EdgetlError (exit code 2) for an empty folder, a single class, or a
     class with fewer than ``min_per_class`` usable images."""
     root = Path(root).expanduser()
+    if not escape.is_utf8(str(root)):
+        raise EdgetlError(f"{escape.path(root)}: the data folder's path is not valid UTF-8; rename the folder "
+                          "(or link it under a UTF-8 name)")
     if not root.exists():
         raise EdgetlError(f"{root}: no such folder; give the folder that holds one sub-folder of images per class")
     if not root.is_dir():

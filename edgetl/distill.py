@@ -14,6 +14,7 @@ views; the teacher labels them and their rows carry only the distillation term
 (Hinton et al.'s transfer set). Only the distilled student can learn from it."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import time
@@ -139,8 +140,8 @@ class Distiller(Trainer):
     kind = "distill"
 
     def __init__(self, config: TrainConfig, dcfg: DistillConfig, resume=False, callbacks=(), echo=print,
-                 root="models", teacher: Teacher | None = None):
-        super().__init__(config, resume=resume, callbacks=callbacks, echo=echo, root=root)
+                 root="models", teacher: Teacher | None = None, force: bool = False):
+        super().__init__(config, resume=resume, callbacks=callbacks, echo=echo, root=root, force=force)
         self.dcfg = dcfg.validate()
         self._teacher = teacher
         self.unlabeled: list[str] = []
@@ -274,8 +275,10 @@ def _student_probs(model_path, paths, resize: str) -> np.ndarray:
 
 
 def distill(config: TrainConfig, dcfg: DistillConfig, resume: bool = False, echo: Echo = print,
-            callbacks: tuple = ()) -> dict[str, Any]:
-    """Distil ``dcfg.teacher`` into the student of ``config``; returns the side-by-side report."""
+            callbacks: tuple = (), force: bool = False) -> dict[str, Any]:
+    """Distil ``dcfg.teacher`` into the student of ``config``; returns the side-by-side report.
+    The run directory is locked from training to the last report; ``force`` retrains a
+    finished run in place (as ``train --force``)."""
     from edgetl.tfdata import decode_batches
 
     dcfg.validate()
@@ -289,7 +292,7 @@ def distill(config: TrainConfig, dcfg: DistillConfig, resume: bool = False, echo
         for a, T in SWEEP_GRID:
             sub = dataclasses.replace(config, out=str((base_out or Path("models/distill")) / "sweep" / f"a{a}-T{T:g}"))
             d = Distiller(sub, dataclasses.replace(dcfg, kd_alpha=a, temperature=T, sweep=False), echo=echo,
-                          teacher=teacher)
+                          teacher=teacher, force=force)
             r = d.run()
             results.append({"kd_alpha": a, "temperature": T, "val_accuracy": r.metrics["val_accuracy"],
                             "run": str(r.run_dir)})
@@ -300,63 +303,64 @@ def distill(config: TrainConfig, dcfg: DistillConfig, resume: bool = False, echo
         _, a, T = best
         echo(f"sweep: best kd_alpha {a}, temperature {T:g}")
         dcfg = dataclasses.replace(dcfg, kd_alpha=a, temperature=T, sweep=False)
-    d = Distiller(config, dcfg, resume=resume, echo=echo, teacher=teacher, callbacks=callbacks)
-    res = d.run()
-    run_dir = res.run_dir
-    ds = d.ds
-    # every model is scored on the same held-out images: test when there is one, else val
-    split_name, split = ("test", ds.test) if ds.test is not None and len(ds.test) else ("val", ds.val)
-    y = np.asarray(split.labels)
-    t_logits = np.concatenate([teacher.logits(b.images.astype(np.float32))  # at the teacher's own size
-                               for b in decode_batches(split.paths, teacher.size[0], d.cfg.resize, 64)])
-    t_probs = np.exp(t_logits - t_logits.max(-1, keepdims=True))
-    t_probs /= t_probs.sum(-1, keepdims=True)
-    rows = [_row("teacher", teacher.path, t_probs, y, sum(int(np.prod(w.shape)) for w in teacher.model.weights),
-                 split_name)]
-    probs = {}
-    if dcfg.compare:
-        alone_dir = run_dir / rundir.STUDENT_ALONE
-        shutil.rmtree(alone_dir, ignore_errors=True)
-        alone = Trainer(dataclasses.replace(d.cfg, out=str(alone_dir)), echo=lambda *a: None).run()
-        probs["alone"] = _student_probs(alone_dir / rundir.MODEL, split.paths, d.cfg.resize)
-        rows.append(_row("student alone", alone_dir, probs["alone"], y, alone.metrics["params"]["total"], split_name))
-    probs["distilled"] = _student_probs(run_dir / rundir.MODEL, split.paths, d.cfg.resize)
-    rows.append(_row("distilled student", run_dir, probs["distilled"], y, res.metrics["params"]["total"], split_name))
-    report: dict[str, Any] = {"teacher": str(dcfg.teacher), "kd_alpha": dcfg.kd_alpha, "temperature": dcfg.temperature,
-              "seed": d.cfg.seed, "transfer_set": {"folder": dcfg.unlabeled, "images": len(d.unlabeled)},
-              "split": split_name, "n": int(len(y)),
-              "split_note": ("test: held out, never used for any choice" if split_name == "test" else
-                             "val: also used for model selection (early stopping, phase choice), so optimistic"),
-              "rows": rows, "seconds": round(time.perf_counter() - t0, 1)}
-    if swept:
-        report["sweep"] = {"chosen_on": "val", "grid": results}
-    if dcfg.compare:
-        from edgetl.stats import paired_drop
+    d = Distiller(config, dcfg, resume=resume, echo=echo, teacher=teacher, callbacks=callbacks, force=force)
+    with rundir.writing(d.run_dir, "edgetl distill", echo=echo) if d.chief else contextlib.nullcontext():
+        res = d.run()
+        run_dir = res.run_dir
+        ds = d.ds
+        # every model is scored on the same held-out images: test when there is one, else val
+        split_name, split = ("test", ds.test) if ds.test is not None and len(ds.test) else ("val", ds.val)
+        y = np.asarray(split.labels)
+        t_logits = np.concatenate([teacher.logits(b.images.astype(np.float32))  # at the teacher's own size
+                                   for b in decode_batches(split.paths, teacher.size[0], d.cfg.resize, 64)])
+        t_probs = np.exp(t_logits - t_logits.max(-1, keepdims=True))
+        t_probs /= t_probs.sum(-1, keepdims=True)
+        rows = [_row("teacher", teacher.path, t_probs, y, sum(int(np.prod(w.shape)) for w in teacher.model.weights),
+                     split_name)]
+        probs = {}
+        if dcfg.compare:
+            alone_dir = run_dir / rundir.STUDENT_ALONE
+            shutil.rmtree(alone_dir, ignore_errors=True)
+            alone = Trainer(dataclasses.replace(d.cfg, out=str(alone_dir)), echo=lambda *a: None).run()
+            probs["alone"] = _student_probs(alone_dir / rundir.MODEL, split.paths, d.cfg.resize)
+            rows.append(_row("student alone", alone_dir, probs["alone"], y, alone.metrics["params"]["total"], split_name))
+        probs["distilled"] = _student_probs(run_dir / rundir.MODEL, split.paths, d.cfg.resize)
+        rows.append(_row("distilled student", run_dir, probs["distilled"], y, res.metrics["params"]["total"], split_name))
+        report: dict[str, Any] = {"teacher": str(dcfg.teacher), "kd_alpha": dcfg.kd_alpha, "temperature": dcfg.temperature,
+                  "seed": d.cfg.seed, "transfer_set": {"folder": dcfg.unlabeled, "images": len(d.unlabeled)},
+                  "split": split_name, "n": int(len(y)),
+                  "split_note": ("test: held out, never used for any choice" if split_name == "test" else
+                                 "val: also used for model selection (early stopping, phase choice), so optimistic"),
+                  "rows": rows, "seconds": round(time.perf_counter() - t0, 1)}
+        if swept:
+            report["sweep"] = {"chosen_on": "val", "grid": results}
+        if dcfg.compare:
+            from edgetl.stats import paired_drop
 
-        pd = paired_drop(y, probs["alone"].argmax(-1), probs["distilled"].argmax(-1))  # drop of distilled vs alone
-        report["gain_points"] = round(-pd.drop_points, 2)
-        report["gain_ci95_points"] = [round(-pd.ci95_points[1], 2), round(-pd.ci95_points[0], 2)]
-        report["gain_mcnemar_p"] = pd.p_value
-        report["discordant"] = {"only_distilled_right": pd.c, "only_alone_right": pd.b}
-    artifacts.write_json(run_dir / rundir.DISTILL, report)
-    metrics = rundir.read_json(run_dir / rundir.METRICS)
-    metrics["distillation"] = report
-    artifacts.write_json(run_dir / rundir.METRICS, metrics)
-    man = rundir.read_manifest(run_dir)
-    man_files = man.get("train", {}).get("files", {})
-    man_files.update(artifacts.file_hashes(run_dir, (rundir.METRICS, rundir.DISTILL)))
-    rundir.update_manifest(run_dir, "train", {**man.get("train", {}), "files": man_files})
-    echo("")
-    echo(f"scored on the {split_name} split ({len(y)} images; {report['split_note']})")
-    echo(f"{'model':<20}{split_name + ' acc':>9} {'95% CI':>15}{'params':>12}{'size KiB':>10}{'keras p50 ms':>14}")
-    for row in rows:
-        ci = f"[{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}]"
-        echo(f"{row['model']:<20}{row['accuracy']:>9.4f} {ci:>15}{row['params']:>12,}"
-             f"{row['size_bytes'] / 1024:>10.0f}{row['keras_p50_ms']:>14.2f}")
-    if dcfg.compare:
-        extra = f", transfer set of {len(d.unlabeled)} images" if d.unlabeled else ""
-        lo, hi = report["gain_ci95_points"]
-        echo(f"distillation bought {report['gain_points']:+.2f} points over the student alone, 95% CI "
-             f"[{lo:+.2f}, {hi:+.2f}], McNemar p={report['gain_mcnemar_p']:.3g} on {len(y)} {split_name} images "
-             f"(kd_alpha {dcfg.kd_alpha}, T {dcfg.temperature:g}, seed {d.cfg.seed}{extra})")
-    return report
+            pd = paired_drop(y, probs["alone"].argmax(-1), probs["distilled"].argmax(-1))  # drop of distilled vs alone
+            report["gain_points"] = round(-pd.drop_points, 2)
+            report["gain_ci95_points"] = [round(-pd.ci95_points[1], 2), round(-pd.ci95_points[0], 2)]
+            report["gain_mcnemar_p"] = pd.p_value
+            report["discordant"] = {"only_distilled_right": pd.c, "only_alone_right": pd.b}
+        artifacts.write_json(run_dir / rundir.DISTILL, report)
+        metrics = rundir.read_json(run_dir / rundir.METRICS)
+        metrics["distillation"] = report
+        artifacts.write_json(run_dir / rundir.METRICS, metrics)
+        man = rundir.read_manifest(run_dir)
+        man_files = man.get("train", {}).get("files", {})
+        man_files.update(artifacts.file_hashes(run_dir, (rundir.METRICS, rundir.DISTILL)))
+        rundir.update_manifest(run_dir, "train", {**man.get("train", {}), "files": man_files})
+        echo("")
+        echo(f"scored on the {split_name} split ({len(y)} images; {report['split_note']})")
+        echo(f"{'model':<20}{split_name + ' acc':>9} {'95% CI':>15}{'params':>12}{'size KiB':>10}{'keras p50 ms':>14}")
+        for row in rows:
+            ci = f"[{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}]"
+            echo(f"{row['model']:<20}{row['accuracy']:>9.4f} {ci:>15}{row['params']:>12,}"
+                 f"{row['size_bytes'] / 1024:>10.0f}{row['keras_p50_ms']:>14.2f}")
+        if dcfg.compare:
+            extra = f", transfer set of {len(d.unlabeled)} images" if d.unlabeled else ""
+            lo, hi = report["gain_ci95_points"]
+            echo(f"distillation bought {report['gain_points']:+.2f} points over the student alone, 95% CI "
+                 f"[{lo:+.2f}, {hi:+.2f}], McNemar p={report['gain_mcnemar_p']:.3g} on {len(y)} {split_name} images "
+                 f"(kd_alpha {dcfg.kd_alpha}, T {dcfg.temperature:g}, seed {d.cfg.seed}{extra})")
+        return report

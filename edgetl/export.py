@@ -399,5 +399,9 @@ def _debug() -> bool:
 
 
 def export(run_dir: PathLike, opts: ExportOptions | None = None, echo: Echo = print) -> list[Artifact]:
-    """Export the run's model; returns one Artifact per requested (format, quantization)."""
-    return Exporter(run_dir, opts or ExportOptions(), echo).run_all()
+    """Export the run's model; returns one Artifact per requested (format, quantization).
+    The run directory is locked meanwhile."""
+    from edgetl.rundir import writing
+
+    with writing(run_dir, "edgetl export", echo=echo, create=False):
+        return Exporter(run_dir, opts or ExportOptions(), echo).run_all()

@@ -2,6 +2,9 @@
 grayscale, palette, RGBA and 16-bit images all become 8-bit RGB."""
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -11,6 +14,42 @@ from PIL import Image, ImageOps
 
 class BadImage(ValueError):
     """The file is not a decodable image; the message says why."""
+
+
+MAX_PIXELS = 64_000_000  # decoded at most (after JPEG draft scaling): 8,000 x 8,000; a 48 MP phone photo fits
+
+
+def max_pixels() -> int:
+    """The pixel limit of one decoded image: MAX_PIXELS, or EDGETL_MAX_PIXELS when set."""
+    try:
+        return int(os.environ.get("EDGETL_MAX_PIXELS", "") or MAX_PIXELS)
+    except ValueError:
+        return MAX_PIXELS
+
+
+_OPEN = threading.Lock()
+
+
+@contextlib.contextmanager
+def _header_only(path):
+    """Image.open (which reads the header) with Pillow's own pixel guard lifted for that
+    moment: :func:`open_rgb` checks the declared size itself, against :func:`max_pixels`, and
+    says so with the numbers; Pillow's guard would refuse above 179 MP without them, and
+    only warn below."""
+    with _OPEN:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            f = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    with f:
+        yield f
+
+
+def _too_large(w: int, h: int, limit: int) -> BadImage:
+    return BadImage(f"{w}x{h} px ({w * h / 1e6:,.0f} MP) is above the limit of {limit / 1e6:,.0f} MP an image is "
+                    f"decoded at (a decompression bomb, or far more pixels than a model uses); downscale it, or "
+                    f"raise EDGETL_MAX_PIXELS")
 
 
 def open_rgb(path, min_size: int | None = None) -> Image.Image:
@@ -29,15 +68,19 @@ def open_rgb(path, min_size: int | None = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as f:
+            with _header_only(path) as f:  # the size is known before any decoding
                 if min_size and f.format == "JPEG":
                     f.draft("RGB", (min_size, min_size))
+                limit = max_pixels()
+                if f.size[0] * f.size[1] > limit:
+                    raise _too_large(f.size[0], f.size[1], limit)
                 f.load()  # full decode: catches truncated files
                 return to_rgb(ImageOps.exif_transpose(f) or f)
     except BadImage:
         raise
     except Image.DecompressionBombError:
-        raise BadImage("image too large to decode safely") from None
+        raise BadImage(f"image too large to decode safely (above Pillow's limit of "
+                       f"{(Image.MAX_IMAGE_PIXELS or 0) * 2 / 1e6:,.0f} MP)") from None
     except (OSError, SyntaxError, ValueError) as e:
         msg = str(e)
         if "cannot identify image file" in msg:

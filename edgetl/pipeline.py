@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from edgetl import artifacts, rundir
+from edgetl import artifacts, escape, rundir, yaml_io
 from edgetl.config import (
     CalibrateOptions,
     DistillConfig,
@@ -105,7 +105,7 @@ class Pipeline:
 
 
 def parse_value(text: str) -> Any:
-    return yaml.safe_load(text)
+    return yaml_io.load(text)
 
 
 def _resolve(base: Path, section: str, key: str, value: Any) -> Any:
@@ -127,11 +127,15 @@ def load(path: PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Pipelin
     if not path.is_file():
         raise EdgetlError(f"{path}: no such pipeline file; create one with: edgetl init --out {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml_io.load(path.read_text()) or {}
+    except yaml_io.Refused as e:
+        raise EdgetlError(f"{where}: refused: {yaml_io.problem(e)}; a pipeline file is a few plain sections "
+                          "(see edgetl init)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" (line {mark.line + 1})" if mark else ""
-        raise EdgetlError(f"{where}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+        raise EdgetlError(f"{where}: not valid YAML{at}: {getattr(e, 'problem', None) or yaml_io.problem(e)}") \
+            from None
     except (OSError, UnicodeDecodeError) as e:
         raise EdgetlError(f"{where}: cannot be read ({e}); give a YAML text file") from None
     if not isinstance(raw, dict):
@@ -144,7 +148,11 @@ def load(path: PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Pipelin
         node = raw
         for part in parts[:-1]:
             node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else node
-        node[parts[-1]] = parse_value(v)
+        try:
+            node[parts[-1]] = parse_value(v)
+        except yaml.YAMLError as e:
+            raise EdgetlError(f"--set {escape.shown(o, 120)}: the value is not plain YAML data "
+                              f"({yaml_io.problem(e)}); give a number, a word or a quoted string") from None
     base = path.resolve().parent
     problems: list[str] = []
     allowed_top = {"data", "out", *SECTIONS}
@@ -274,6 +282,10 @@ class PipelineRunner:
                    .get("edgetl")})
 
     def run(self) -> dict:
+        with rundir.writing(self.run_dir, "edgetl run", echo=self.echo):
+            return self._run()
+
+    def _run(self) -> dict:
         t_all = time.perf_counter()
         timings = {}
         report = None
@@ -329,8 +341,9 @@ class PipelineRunner:
         if self.p.distill:
             from edgetl.distill import distill
 
-            return distill(cfg, dataclasses.replace(self.p.distill), resume=resume, echo=self.echo)
-        return Trainer(cfg, resume=resume, echo=self.echo).run()
+            return distill(cfg, dataclasses.replace(self.p.distill), resume=resume, echo=self.echo, force=True)
+        # the pipeline owns its run: when the training's inputs changed it retrains in place
+        return Trainer(cfg, resume=resume, echo=self.echo, force=True).run()
 
     def stage_calibrate(self, redo: bool) -> Any:
         from edgetl.calibrate import calibrate

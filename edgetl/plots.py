@@ -48,7 +48,12 @@ def confusion(cm, classes, dest, title="confusion matrix", top=None) -> Path:
     top_confusions, computed from ``cm`` when not given)."""
     import numpy as np
 
+    from edgetl.escape import plot_text
+
     cm = np.asarray(cm)
+    classes = [plot_text(c) for c in classes]  # a '$' in a class name is text, not mathtext
+    if top:
+        top = [{**t, "true": plot_text(t["true"]), "predicted": plot_text(t["predicted"])} for t in top]
     n = len(classes)
     if n > ANNOTATE_MAX:
         return _large_confusion(cm, classes, dest, title, top)

@@ -32,6 +32,10 @@ def predict(model: PathLike, images: list[PathLike] | tuple[PathLike, ...], top_
             out.append({"image": str(Path(img)), "model": str(model), "error": str(e)})
             continue
         p = r.predict(x)[0]
+        if len(p) != len(labels):
+            raise EdgetlError(f"{r.meta.get('labels_source') or model}: {len(labels)} label(s), but {model} has "
+                              f"{len(p)} outputs; the labels were edited or belong to another model: restore them "
+                              "(one class per output, in training order) or export the model again")
         order = np.argsort(-p)[: min(top_k, len(p))]
         out.append({"image": str(Path(img)), "model": str(model),
                     "top": [{"label": labels[i], "index": int(i), "probability": float(p[i])} for i in order]})

@@ -155,6 +155,15 @@ def to_int8_tflite(qmodel, img_size: int, calib: np.ndarray, io_type: str = "flo
 
 def qat(run_dir: PathLike, epochs: int = 3, lr: float = 1e-5, batch_size: int = 32, io_type: str = "float32",
         calibration: str | None = None, echo: Echo = print) -> QatResult:
+    """Quantization-aware fine-tuning of the run's model (its directory locked meanwhile)."""
+    from edgetl.rundir import writing
+
+    with writing(run_dir, "edgetl qat", echo=echo, create=False):
+        return _qat(run_dir, epochs, lr, batch_size, io_type, calibration, echo)
+
+
+def _qat(run_dir: PathLike, epochs: int, lr: float, batch_size: int, io_type: str, calibration: str | None,
+         echo: Echo) -> QatResult:
     import tensorflow as tf
     import tf_keras as tfk
 

@@ -14,15 +14,20 @@ this one for a path or a reader, so a file is renamed here or nowhere::
                     export/model_<quant>.required_operators.config   (export of .ort)
       report.json  report.md  verify_*.png  MODEL_CARD.md    (verify, card)
       adapt.json                                             (adapt: the adapted run's report)
+      .edgetl.lock                                           (while a process writes the run: pid, host, start)
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgetl import artifacts
+from edgetl import artifacts, escape, yaml_io
 from edgetl.errors import EdgetlError
 from edgetl.types import PathLike
 
@@ -57,7 +62,12 @@ SIDECAR_SUFFIX = ".json"  # export/model_int8.tflite -> export/model_int8.tflite
 MODEL_SUFFIXES = (".tflite", ".onnx", ".ort")
 ORT_CONFIG_SUFFIX = ".required_operators.config"  # export/model_int8.ort -> export/model_int8.required_operators.config
 
+LOCK = ".edgetl.lock"
+
 TRAIN_FILES = (MODEL, LABELS, CONFIG, SPLIT, HISTORY, METRICS, CURVES, CONFUSION)
+# what later stages derived from a trained model: stale once it is retrained (train --force)
+DERIVED = (CALIBRATION, EXPORT, REPORT_JSON, REPORT_MD, *VERIFY_PLOTS.values(), ROBUSTNESS_PLOT, CARD, DISTILL,
+           DISTILL_CONFIG, ADAPT, STUDENT_ALONE, CONFUSION_MATRICES)
 
 
 def artifact_file(fmt: str, quant: str) -> str:
@@ -131,8 +141,8 @@ def resize_near(model_path: PathLike) -> str | None:
     if d is None or not (d / CONFIG).exists():
         return None
     try:
-        cfg = yaml.safe_load((d / CONFIG).read_text())
-    except yaml.YAMLError:
+        cfg = yaml_io.load((d / CONFIG).read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
         return None
     return cfg.get("resize") if isinstance(cfg, dict) and isinstance(cfg.get("resize"), str) else None
 
@@ -146,9 +156,11 @@ def load_run_config(run_dir: PathLike) -> TrainConfig:
     if not p.exists():
         raise EdgetlError(f"{run_dir}: no {CONFIG}; give a run directory written by 'edgetl train'")
     try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError:
-        raise EdgetlError(f"{p}: not valid YAML; it was edited or damaged") from None
+        raw = yaml_io.load(p.read_text())
+    except yaml.YAMLError as e:
+        raise EdgetlError(f"{p}: not valid YAML ({yaml_io.problem(e)}); it was edited or damaged") from None
+    except UnicodeDecodeError:
+        raise EdgetlError(f"{p}: not UTF-8 text; it was edited or damaged") from None
     if not isinstance(raw, dict):
         raise EdgetlError(f"{p}: expected a mapping of training options")
     return TrainConfig.from_dict(raw, where=str(p))
@@ -185,10 +197,10 @@ def resume_hint(run_dir: PathLike) -> str:
         kind = "distill"
         try:
             teacher = json.loads((d / DISTILL_CONFIG).read_text()).get("teacher")
-            kind = f"distill --teacher {teacher}" if teacher else kind
+            kind = f"distill --teacher {escape.shell(teacher)}" if teacher else kind
         except ValueError:
             pass
-    return f"edgetl {kind} {data} --out {d} --resume"
+    return f"edgetl {kind} {escape.shell(data)} --out {escape.shell(d)} --resume"
 
 
 @dataclass
@@ -272,3 +284,148 @@ def list_artifacts(run_dir: PathLike) -> list[dict[str, Any]]:
             out.append({"name": p.name, "path": p, "format": p.suffix[1:],
                         "quant": quant or p.stem.replace("model_", "")})
     return out
+
+
+# ------------------------------------------------------------------ locking ----
+_held: dict[str, int] = {}  # run directories this process holds, with their nesting depth
+
+
+def _proc_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux /proc), to tell a live
+    holder from a new process that reuses a dead one's pid; None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) writes nothing any more
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z":
+            return False
+    except (OSError, IndexError):
+        pass
+    start = _proc_start(pid)
+    return holder.get("proc_start") is None or start is None or start == holder.get("proc_start")
+
+
+def _read_lock(lock: Path) -> dict[str, Any] | None:
+    try:
+        holder = json.loads(lock.read_text()[:4096])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    from edgetl.escape import shown
+
+    started = str(holder.get("started", "?"))
+    hhmm = started[11:16] + " UTC" if len(started) >= 16 else "?"
+    host = holder.get("host")
+    on = f" on {shown(host, 64)}" if host and host != socket.gethostname() else ""
+    return (f"pid {shown(holder.get('pid', '?'), 16)}{on} ({shown(holder.get('command', 'edgetl'), 64)}, "
+            f"started {hhmm})")
+
+
+def _acquire(d: Path, command: str, echo: Callable[[str], None]) -> None:
+    lock = d / LOCK
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": artifacts.now_iso(), "command": command,
+          "proc_start": _proc_start(os.getpid())}
+    for _ in range(5):
+        tmp = d / f"{LOCK}.{os.getpid()}"
+        tmp.write_text(json.dumps(me))
+        try:
+            os.link(tmp, lock)  # atomic, and refused when a lock is there: the file appears whole or not at all
+            return
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        holder = _read_lock(lock)
+        if holder is None:  # released meanwhile
+            continue
+        same_host = holder.get("host") == socket.gethostname()
+        if holder and (not same_host or _alive(holder)):
+            fix = "wait for it or stop it" if same_host else \
+                f"wait for it, or delete {lock} if that process is gone"
+            raise EdgetlError(f"{d} is being written by {_describe(holder)}; {fix}", exit_code=1)
+        echo(f"warning: {lock} was left by {_describe(holder) if holder else 'an unreadable lock'}, which is no "
+             f"longer running; taking the run directory over")
+        stale = d / f"{LOCK}.stale.{os.getpid()}"
+        try:
+            os.rename(lock, stale)  # of two processes taking over, one renames it; the other retries
+            stale.unlink()
+        except FileNotFoundError:
+            continue
+    raise EdgetlError(f"{lock}: could not take the run directory's lock; delete the file if no edgetl process "
+                      "writes this run", exit_code=1)
+
+
+@contextlib.contextmanager
+def writing(run_dir: PathLike, command: str, echo: Callable[[str], None] = print,
+            create: bool = True) -> Iterator[Path]:
+    """Hold the run directory's lock while ``command`` writes it: a second writer (another
+    process) is refused in one line naming the holder; a lock left by a process that is gone
+    is taken over with a warning. Nested use in one process (``edgetl run`` training, then
+    exporting) holds it once. A directory this call created is removed again when the
+    command leaves nothing in it (a refused input). ``create=False``: a missing directory is
+    not made (the command reports it)."""
+    d = Path(run_dir)
+    if not create and not d.is_dir():
+        yield d
+        return
+    key = str(d.resolve())
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield d
+        finally:
+            _held[key] -= 1
+        return
+    created = not d.exists()
+    d.mkdir(parents=True, exist_ok=True)
+    _acquire(d, command, echo)
+    _held[key] = 1
+    try:
+        yield d
+    finally:
+        del _held[key]
+        holder = _read_lock(d / LOCK)
+        if holder and holder.get("pid") == os.getpid():
+            (d / LOCK).unlink(missing_ok=True)
+        if created and d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+
+
+def clear_derived(run_dir: PathLike) -> list[str]:
+    """Before a finished run is retrained in place (train --force): remove its manifest (the
+    run is unfinished from here on) and every file later stages derived from the old model,
+    by the names this module gives them; nothing else in the folder is touched."""
+    import shutil
+
+    d = Path(run_dir)
+    gone = []
+    for name in (MANIFEST, *DERIVED):
+        p = d / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+        else:
+            continue
+        gone.append(name)
+    return gone

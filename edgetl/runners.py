@@ -87,7 +87,7 @@ def file_size(path) -> int:
 def read_sidecar(path) -> dict:
     """Labels and preprocessing travelling with a model: the JSON sidecar, else
     labels.txt beside it or in the run directory above."""
-    from edgetl.rundir import labels_near, resize_near, sidecar
+    from edgetl.rundir import LABELS, labels_near, resize_near, run_of, sidecar
 
     sc = sidecar(path)
     if sc.exists():
@@ -97,7 +97,7 @@ def read_sidecar(path) -> dict:
             raise EdgetlError(f"{sc}: not valid JSON; re-export the model") from None
         if not isinstance(meta, dict):
             raise EdgetlError(f"{sc}: expected a JSON object; re-export the model")
-        return meta
+        return {**check_meta(meta, sc), "labels_source": str(sc)}
     labels = labels_near(path)
     if not labels and Path(path).suffix == ".tflite":
         from edgetl.tflite_metadata import packed_labels
@@ -106,7 +106,29 @@ def read_sidecar(path) -> dict:
     if not labels:
         return {}
     resize = resize_near(path)
-    return {"labels": labels, **({"input": {"resize": resize}} if resize else {})}
+    run = run_of(path)
+    return {"labels": labels, "labels_source": str(run / LABELS) if run else str(path),
+            **({"input": {"resize": resize}} if resize else {})}
+
+
+def check_meta(meta: dict, where) -> dict:
+    """A sidecar's fields of the types edgetl reads (a hand-edited sidecar is named, field
+    and all, instead of failing later)."""
+    from edgetl.config import RESIZES
+
+    def bad(field: str, want: str) -> EdgetlError:
+        return EdgetlError(f"{where}: {field} must be {want}; it was edited: export the model again "
+                           f"(edgetl export RUN --force)")
+
+    labels = meta.get("labels")
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(s, str) for s in labels)):
+        raise bad("labels", "a list of strings")
+    inp = meta.get("input")
+    if inp is not None and not isinstance(inp, dict):
+        raise bad("input", "a mapping (size, resize, ...)")
+    if isinstance(inp, dict) and "resize" in inp and inp["resize"] not in RESIZES:
+        raise bad("input.resize", " or ".join(RESIZES))
+    return meta
 
 
 class KerasRunner(Runner):
@@ -220,7 +242,17 @@ class OnnxRunner(Runner):
         self._in = self.sess.get_inputs()[0]
         props = self.sess.get_modelmeta().custom_metadata_map
         if "labels" in props and "labels" not in self.meta:
-            self.meta = {**self.meta, "labels": json.loads(props["labels"])}
+            try:
+                labels = json.loads(props["labels"][:1 << 20])
+            except ValueError:
+                labels = None
+            where = f"{self.path} (its 'labels' metadata)"
+            self.meta = {**self.meta, **check_meta({"labels": labels if labels is not None else 0}, where),
+                         "labels_source": where}
+        s = self._in.shape
+        if len(s) != 4 or not all(isinstance(v, int) and v > 0 for v in s[1:3]):
+            raise EdgetlError(f"{self.path}: its input {self._in.name!r} has shape {s}; edgetl runs image models "
+                              f"with a fixed NHWC size (N, height, width, 3): export it with a fixed input size")
 
     @property
     def input_size(self):

@@ -17,6 +17,7 @@ Conversion (see ../shared/README.md):
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import pickle
 import struct
@@ -45,16 +46,69 @@ _DTYPES = {
 }
 _TRUST = "nothing in the file was run; use a checkpoint saved by torch.save from a source you trust"
 _RETRY = "give a .pth file saved by torch.save"
+# Memory a checkpoint may need (its storages plus the copies of its tensors), computed from what
+# it declares before anything is read or inflated. torchvision's MobileNetV2 needs 27 MB,
+# EfficientNet-Lite0 38 MB: the bound leaves room for larger models and none for a memory bomb.
+MAX_CHECKPOINT_BYTES = 512 << 20
+MAX_PICKLE_BYTES = 64 << 20  # the state dict's pickle itself (names, shapes): ~50 KB for MobileNetV2
 
 
 class _Bad(Exception):
     """Why a checkpoint is refused; read_state_dict prefixes the file's path."""
 
 
+def _brief(x, depth: int = 3) -> str:
+    """A bounded rendering of a value from the file: at most 6 items per container and 3
+    levels, long strings, bytes and integers cut, other objects by type name. A crafted
+    pickle can share one list many times over (a 300-byte file whose ``str`` is exponential
+    in size), so the full ``str``/``repr`` of anything from the file is never computed."""
+    if isinstance(x, bool) or x is None or isinstance(x, float):
+        return repr(x)
+    if isinstance(x, int):
+        return str(x) if x.bit_length() <= 128 else f"<an integer of {x.bit_length()} bits>"
+    if isinstance(x, (str, bytes)):
+        return repr(x[:60]) + ("..." if len(x) > 60 else "")
+    if isinstance(x, BaseException):  # its message, from its arguments (never str(x): it may render them whole)
+        return ", ".join(a[:200] if isinstance(a, str) else _brief(a, depth - 1) for a in x.args[:3])
+    if isinstance(x, dict):
+        if depth <= 0:
+            return "{...}"
+        shown = [f"{_brief(k, depth - 1)}: {_brief(v, depth - 1)}" for k, v in itertools.islice(x.items(), 6)]
+        return "{" + ", ".join(shown) + (", ..." if len(x) > 6 else "") + "}"
+    if isinstance(x, (tuple, list, set, frozenset)):
+        o, c = ("(", ")") if isinstance(x, tuple) else ("[", "]") if isinstance(x, list) else ("{", "}")
+        if depth <= 0:
+            return o + "..." + c
+        shown = [_brief(v, depth - 1) for v in itertools.islice(x, 6)]
+        return o + ", ".join(shown) + (", ..." if len(x) > 6 else "") + c
+    return f"<{type(x).__name__[:40]}>"
+
+
 def _show(x, n: int = 80) -> str:
-    """Text from the file, made printable on one line and clipped."""
-    s = " ".join(str(x).encode("ascii", "backslashreplace").decode().split())
+    """Text from the file, made printable on one line and clipped (see :func:`_brief`)."""
+    s = x[: 4 * n] if isinstance(x, str) else _brief(x)
+    s = " ".join(s.encode("ascii", "backslashreplace").decode().split())
     return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n < 10**15 else f"{n:.3g} bytes"
+
+
+def _check_budget(obj, storages: dict) -> None:
+    """Refuse, before any storage is read or inflated, a checkpoint whose declared storages
+    plus the copies of its tensors (each entry is copied out, so entries that share one
+    storage count once each) need more than MAX_CHECKPOINT_BYTES."""
+    held = sum(numel * dtype.itemsize for dtype, numel in storages.values())
+    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    tensors = [v for k, v in sd.items() if isinstance(k, str) and isinstance(v, _TensorRef)] \
+        if isinstance(sd, dict) else []
+    copies = sum(math.prod(t.size) * t.storage.dtype.itemsize for t in tensors)
+    if held + copies > MAX_CHECKPOINT_BYTES:
+        raise _Bad(f"reading it needs {_mb(held + copies)} ({len(storages)} storage(s) of {_mb(held)} and "
+                   f"copies of {len(tensors)} tensor(s) of {_mb(copies)}), above the bound of "
+                   f"{_mb(MAX_CHECKPOINT_BYTES)} for a checkpoint (MobileNetV2 needs 27 MB); nothing was inflated. "
+                   f"A crafted or damaged file; {_RETRY}")
 
 
 def _is_count(x) -> bool:
@@ -160,7 +214,9 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
         with open(path, "rb") as f:
             is_zip = f.read(4) == b"PK\x03\x04" or zipfile.is_zipfile(f)  # a cut zip fails in zipfile
         obj, buffers = _read_zip(path) if is_zip else _read_legacy(path)
-        return _to_arrays(obj, buffers)
+        sd = _to_arrays(obj, buffers)
+        _check_finite(sd)
+        return sd
     except _Bad as e:
         raise EdgetlError(f"{path}: {e}", exit_code=2) from None
     except Exception as e:  # anything a malformed file makes pickle, struct, zipfile or numpy raise
@@ -169,6 +225,10 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
 
 
 def _read_legacy(path: Path):
+    size = path.stat().st_size
+    if size > MAX_CHECKPOINT_BYTES:
+        raise _Bad(f"the file is {_mb(size)}, above the bound of {_mb(MAX_CHECKPOINT_BYTES)} for a checkpoint "
+                   f"(MobileNetV2's is 14 MB); {_RETRY}")
     data = path.read_bytes()
     f = io.BytesIO(data)
     try:
@@ -195,6 +255,7 @@ def _read_legacy(path: Path):
     missing = [k for k in storages if k not in keys]
     if missing:
         raise _Bad(f"storage {_show(missing[0])} is used by the state dict but missing from the file; {_RETRY}")
+    _check_budget(obj, storages)
     buffers = {}
     pos = f.tell()
     for key in keys:
@@ -222,10 +283,11 @@ def _read_zip(path: Path):
             raise _Bad(f"a zip with {'no' if not pkls else 'more than one'} data.pkl is not a PyTorch checkpoint; "
                        f"{_RETRY}")
         prefix = pkls[0][: -len("data.pkl")]
-        if prefix + "byteorder" in names and z.read(prefix + "byteorder").strip() != b"little":
+        if prefix + "byteorder" in names and _member(z, prefix + "byteorder", 64).strip() != b"little":
             raise _Bad("big-endian checkpoints are not supported; save it on a little-endian machine")
         storages: dict = {}
-        obj = _RestrictedUnpickler(io.BytesIO(z.read(pkls[0])), "data.pkl", storages).load()
+        obj = _RestrictedUnpickler(io.BytesIO(_member(z, pkls[0], MAX_PICKLE_BYTES)), "data.pkl", storages).load()
+        _check_budget(obj, storages)
         buffers = {}
         for key, (dtype, numel) in storages.items():
             name = f"{prefix}data/{key}"
@@ -241,6 +303,20 @@ def _read_zip(path: Path):
                 raise _Bad(f"storage data/{_show(key)} is truncated; {_RETRY}")
             buffers[key] = np.frombuffer(raw, dtype=dtype)
     return obj, buffers
+
+
+def _member(z: zipfile.ZipFile, name: str, limit: int) -> bytes:
+    """A zip member's bytes, refused when its declared (uncompressed) size is above ``limit``,
+    and never more than ``limit`` bytes inflated whatever it declares."""
+    info = z.getinfo(name)
+    if info.file_size > limit:
+        raise _Bad(f"its {_show(name)} declares {_mb(info.file_size)} uncompressed, above the bound of {_mb(limit)}; "
+                   f"nothing was inflated; {_RETRY}")
+    with z.open(info) as f:
+        raw = f.read(limit + 1)
+    if len(raw) > limit:
+        raise _Bad(f"its {_show(name)} inflates beyond the bound of {_mb(limit)}; {_RETRY}")
+    return raw
 
 
 def _materialise(name: str, t: _TensorRef, buffers) -> np.ndarray:
@@ -260,6 +336,15 @@ def _materialise(name: str, t: _TensorRef, buffers) -> np.ndarray:
                    f"reaches outside its storage of {len(buf)} elements; {_RETRY}")
     strides = tuple(0 if n == 1 else s * buf.itemsize for n, s in zip(t.size, t.stride))
     return np.lib.stride_tricks.as_strided(buf[t.offset:], shape=t.size, strides=strides).copy()
+
+
+def _check_finite(sd: dict[str, np.ndarray]) -> None:
+    """Refuse weights that are NaN or infinite: a model built from them predicts nothing."""
+    for name, a in sd.items():
+        if a.dtype.kind == "f" and a.size and not np.isfinite(a).all():
+            n = int((~np.isfinite(a)).sum())
+            raise _Bad(f"tensor {_show(name)} holds {n} NaN or infinite value(s) of {a.size}; the checkpoint is "
+                       f"damaged (or saved from a diverged training); {_RETRY}")
 
 
 def _to_arrays(obj, buffers) -> dict[str, np.ndarray]:

@@ -12,6 +12,7 @@ written atomically at the end; ``manifest.json`` is written last.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -81,8 +82,10 @@ class Trainer:
 
     kind = "train"
 
-    def __init__(self, config: TrainConfig, resume: bool = False, callbacks=(), echo=print, root="models"):
+    def __init__(self, config: TrainConfig, resume: bool = False, callbacks=(), echo=print, root="models",
+                 force: bool = False):
         self.echo = echo
+        self.force = force
         self.extra_callbacks = list(callbacks)
         self.resume = resume
         if resume:
@@ -100,10 +103,7 @@ class Trainer:
         self.cfg.out = str(self.run_dir)
         from edgetl.distributed import tf_config_is_chief
 
-        chief = self.cfg.strategy != "multiworker" or tf_config_is_chief()
-        if not resume and chief and (self.run_dir / rundir.CHECKPOINTS).exists():
-            raise EdgetlError(f"{self.run_dir}: holds an unfinished run; add --resume to continue it, "
-                              f"or choose another --out")
+        self.chief = self.cfg.strategy != "multiworker" or tf_config_is_chief()
         self.ckpt = self.run_dir / rundir.CHECKPOINTS
         self.timings: dict[str, float] = {}
         self.worker_index, self.num_workers, self.is_chief = 0, 1, True  # multi-worker: set by prepare()
@@ -171,6 +171,10 @@ class Trainer:
         """Write the run's config, labels and split: only once every input was checked and the
         model built (weights loaded), so that a refused run leaves nothing behind."""
         cfg, ds = self.cfg, self.ds
+        if self.force and not self.resume and self.is_chief and rundir.is_finished(self.run_dir):
+            gone = rundir.clear_derived(self.run_dir)
+            self.echo(f"--force: retraining {self.run_dir} in place; removed what the old model made: "
+                      + ", ".join(gone))
         self.ckpt.mkdir(parents=True, exist_ok=True)
         if not self.is_chief:  # only the chief writes the run's files
             return
@@ -841,7 +845,28 @@ class Trainer:
         return {**classification_metrics(self.ds.test.labels, self.predict_split(self.ds.test), self.ds.classes),
                 "split": "test", "source": self.ds.test_source}
 
+    def claim(self) -> None:
+        """Under the run directory's lock: refuse to overwrite a run, unfinished (without
+        --resume) or finished (without --force)."""
+        if self.resume or not self.chief:
+            return
+        if (self.run_dir / rundir.CHECKPOINTS).exists():
+            raise EdgetlError(f"{self.run_dir}: holds an unfinished run; add --resume to continue it, "
+                              f"or choose another --out")
+        if rundir.is_finished(self.run_dir) and not self.force:
+            raise EdgetlError(f"{self.run_dir}: holds a finished run; choose another --out, or add --force to "
+                              "retrain it in place (its model, exports and reports are replaced)")
+
     def run(self) -> TrainResult:
+        """Train under the run directory's lock (the chief's: in a cluster the other workers
+        share the directory)."""
+        lock = rundir.writing(self.run_dir, f"edgetl {self.kind}", echo=self.echo) if self.chief \
+            else contextlib.nullcontext()
+        with lock:
+            self.claim()
+            return self._run()
+
+    def _run(self) -> TrainResult:
         t_start = time.perf_counter()
         self.prepare()
         self.build()
@@ -902,7 +927,7 @@ class Trainer:
         artifacts.write_json(run / rundir.HISTORY, history)
         cm = confusion_of(metrics["final"])
         side = move_confusions(metrics, run)  # above 30 classes the matrices go to confusion.npz
-        artifacts.write_json(run / rundir.METRICS, metrics)
+        artifacts.write_json(run / rundir.METRICS, metrics, note=True)
         plots.training_curves({"phase 1": history["phase1"], "phase 2": history["phase2"]}, run / rundir.CURVES)
         plots.confusion(cm, self.ds.classes, run / rundir.CONFUSION, f"val confusion ({metrics['selected_phase']})",
                         metrics["final"].get("top_confusions"))
@@ -947,6 +972,7 @@ class Trainer:
 
 
 def train(config: TrainConfig, resume: bool = False, callbacks: tuple = (), echo: Echo = print,
-          root: PathLike = "models") -> TrainResult:
-    """Train a classifier; see :class:`Trainer`. Returns the run directory and metrics."""
-    return Trainer(config, resume=resume, callbacks=callbacks, echo=echo, root=root).run()
+          root: PathLike = "models", force: bool = False) -> TrainResult:
+    """Train a classifier; see :class:`Trainer`. Returns the run directory and metrics.
+    ``force`` retrains a finished run in place (its exports and reports are removed)."""
+    return Trainer(config, resume=resume, callbacks=callbacks, echo=echo, root=root, force=force).run()

@@ -12,6 +12,7 @@ from edgetl import artifacts
 from edgetl.config import VerifyOptions
 from edgetl.device_results import device_rows
 from edgetl.errors import EdgetlError
+from edgetl.escape import md
 from edgetl.recommend import RULE as NOISE_RULE
 from edgetl.recommend import per_runtime_text, recommend
 from edgetl.rundir import REPORT_JSON, REPORT_MD, ROBUSTNESS_PLOT, list_artifacts, open_run
@@ -86,6 +87,14 @@ def measure(entry: dict, x: np.ndarray, y: np.ndarray, ref: np.ndarray | None, t
     before = rss_mb()
     r = open_runner(entry["path"], threads=threads, runtime=entry.get("runtime"))
     probs = np.concatenate([r.predict(x[i:i + 32]) for i in range(0, len(x), 32)])
+    if probs.shape[1] != len(classes) or (len(y) and int(np.max(y)) >= len(classes)):
+        from edgetl.rundir import LABELS, run_of
+
+        where = run_of(entry["path"])
+        raise EdgetlError(f"{where / LABELS if where else LABELS}: {len(classes)} label(s), but {entry['name']} has "
+                          f"{probs.shape[1]} outputs" + (f" and the images' labels reach {int(np.max(y))}" if len(y)
+                                                          else "")
+                          + "; labels.txt was edited or replaced: restore it (one class per line, in training order)")
     m = classification_metrics(y, probs, classes)
     row = {"artifact": entry["name"], "format": entry["format"], "runtime": r.runtime, "quant": entry["quant"],
            "input_dtype": r.input_dtype, "size_bytes": r.describe()["size_bytes"], "accuracy": m["accuracy"], "ci95": m["ci95"],
@@ -112,10 +121,18 @@ def measure(entry: dict, x: np.ndarray, y: np.ndarray, ref: np.ndarray | None, t
 def verify(run_dir: PathLike, opts: VerifyOptions | None = None, device_results: tuple[PathLike, ...] | list[PathLike] = (),
            echo: Echo = print,
            isolated: bool = True) -> dict:
-    """Score and time every artifact of the run against its Keras model; see :class:`VerifyOptions`."""
-    from edgetl.timing import machine_info
+    """Score and time every artifact of the run against its Keras model; see :class:`VerifyOptions`.
+    The report's folder (``--out``, else the run) is locked meanwhile."""
+    from edgetl.rundir import writing
 
     o = (opts or VerifyOptions()).validate()
+    with writing(o.out or run_dir, "edgetl verify", echo=echo, create=bool(o.out)):
+        return _verify(run_dir, o, device_results, echo, isolated)
+
+
+def _verify(run_dir: PathLike, o: VerifyOptions, device_results, echo: Echo, isolated: bool) -> dict:
+    from edgetl.timing import machine_info
+
     gates = Gates.of(o)
     threads, runs, batch = o.threads, o.runs, o.batch
     run = open_run(run_dir)
@@ -132,6 +149,8 @@ def verify(run_dir: PathLike, opts: VerifyOptions | None = None, device_results:
         try:
             row, probs = measure(e, x, y, ref, threads, runs, batch, run.labels, isolated)
         except EdgetlError as err:
+            if e["format"] == "keras":  # the reference: nothing can be compared without it
+                raise
             row = {"artifact": e["name"], "format": e["format"], "quant": e["quant"], "status": "fail",
                    "runtime": e.get("runtime"), "failed_gates": [f"load ({err.message})"]}
             rows.append(row)
@@ -238,7 +257,8 @@ def table(report: dict, markdown: bool = False) -> str:
     cells = [[_cell(r, k, f) for _, k, f in COLUMNS] for r in rows]
     if markdown:
         lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-        lines += ["| " + " | ".join(c) + " |" for c in cells]
+        text = [f == "{}" for _, _, f in COLUMNS]  # the cells that show names (artifact @ device, runtime)
+        lines += ["| " + " | ".join(md(x) if t else x for x, t in zip(c, text)) + " |" for c in cells]
         return "\n".join(lines)
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
     fmt = lambda cs: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cs, widths)))  # noqa
@@ -282,7 +302,7 @@ def write_report(report: dict, out: Path) -> None:
         plots.confusion(best_row["confusion_matrix"], report["labels"], out / PLOTS["confusion"],
                         f"confusion: {best_row['artifact']}", best_row.get("top_confusions"))
     # above 30 classes report.json keeps each row's top_confusions, not its matrix
-    artifacts.write_json(out / REPORT_JSON, {**report, "rows": [json_row(r) for r in report["rows"]]})
+    artifacts.write_json(out / REPORT_JSON, {**report, "rows": [json_row(r) for r in report["rows"]]}, note=True)
     artifacts.write_text(out / REPORT_MD, markdown_report(report))
 
 
@@ -290,7 +310,7 @@ def markdown_report(report: dict) -> str:
     m = report["machine"]
     g = report["gates"]
     lines = [
-        f"# Verification report: {Path(report['run']).name}", "",
+        f"# Verification report: {md(Path(report['run']).name)}", "",
         f"{report['n_images']} held-out images ({report['data']}); created {report['created']}.", "",
         f"Gates: accuracy drop ≤ {g['max_drop']} points with 95% confidence (an artifact fails only when the "
         f"one-sided 95% lower bound of its paired drop against Keras is above it; "
@@ -324,5 +344,6 @@ def markdown_report(report: dict) -> str:
         lines += [""]
     fails = [r for r in report["rows"] if r.get("failed_gates")]
     if fails:
-        lines += ["## Failed gates", ""] + [f"- `{r['artifact']}`: {'; '.join(r['failed_gates'])}" for r in fails]
+        lines += ["## Failed gates", ""] + [f"- {md(_cell(r, 'artifact', '{}'))}: {md('; '.join(r['failed_gates']))}"
+                                            for r in fails]
     return "\n".join(lines) + "\n"

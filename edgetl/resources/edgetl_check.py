@@ -246,8 +246,30 @@ def time_one(path, threads, runs, warmup, size, runtime=None):
     return res
 
 
+class BundleError(Exception):
+    """bundle.json names something this script will not open; main() prints it in one line."""
+
+
+def plain_name(name):
+    """A model file named by bundle.json must be a plain file name in the bundle's folder:
+    no folder part ('/', '\\'), no '..', not absolute, no drive letter, no control character."""
+    ok = (isinstance(name, str) and name not in ("", ".", "..") and len(name) <= 255
+          and not any(c in name for c in "/\\:") and all(ord(c) >= 32 and c != "\x7f" for c in name))
+    if not ok:
+        shown = repr(name)[:80] if isinstance(name, str) else type(name).__name__
+        raise BundleError(f"bundle.json: the model file {shown} is not a plain file name in this bundle (no '/', "
+                          f"'\\', '..', drive or absolute path); nothing was opened. Copy the bundle again as "
+                          f"'edgetl bundle' wrote it")
+    return name
+
+
 def check_bundle(folder, threads, runs, warmup, only):
     spec = json.loads((folder / "bundle.json").read_text())
+    if not (isinstance(spec, dict) and isinstance(spec.get("models"), list)
+            and all(isinstance(m, dict) for m in spec["models"])):
+        raise BundleError("bundle.json: not a bundle description (no list of models); copy the bundle again")
+    for m in spec["models"]:  # every name is checked before any file is opened
+        plain_name(m.get("file"))
     data = np.load(folder / "samples.npz")
     x = data["images"].astype(np.float32)
     keras = data["keras_probs"]
@@ -311,7 +333,11 @@ def main():
         return 0
     folder = Path(__file__).resolve().parent
     print(f"edgetl device check: {folder.name}, {a.threads} thread(s), {a.runs} timed runs")
-    spec, rows, n = check_bundle(folder, a.threads, a.runs, a.warmup, {s for s in a.models.split(",") if s})
+    try:
+        spec, rows, n = check_bundle(folder, a.threads, a.runs, a.warmup, {s for s in a.models.split(",") if s})
+    except BundleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     res = {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "samples": n,
            "bundle": {"run": spec.get("run"), "created": spec.get("created"), "samples": spec.get("samples"),
                       "models": [{"file": m["file"], "sha256": m["sha256"]} for m in spec["models"]]},
