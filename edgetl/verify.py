@@ -340,7 +340,7 @@ def markdown_report(report: dict) -> str:
     skipped = [r for r in report["rows"] if r.get("status") == "skipped"]
     if skipped:
         lines += ["## Skipped on devices", "", "Not run there, so neither passed nor failed:", ""]
-        lines += [f"- `{r['artifact']}` on {r.get('device', '?')}: {r.get('skipped_reason', '?')}" for r in skipped]
+        lines += [f"- {md(r['artifact'])} on {md(r.get('device', '?'))}: {md(r.get('skipped_reason', '?'))}" for r in skipped]
         lines += [""]
     fails = [r for r in report["rows"] if r.get("failed_gates")]
     if fails:
