@@ -31,7 +31,6 @@ from edgetl.config import (
 )
 from edgetl.errors import EdgetlError
 from edgetl.pipeline import STAGES
-from edgetl.rundir import CALIBRATION
 
 F = Callable[..., Any]
 OS_FIXES = {
@@ -134,7 +133,7 @@ def main(debug: bool, verbose: bool) -> None:
     \b
     Typical flow:
       edgetl train photos/ --backbone mobilenetv2 --alpha 0.35   # -> models/<run>/
-      edgetl calibrate photos/                                    # -> calibration/
+      edgetl calibrate models/<run>                               # -> models/<run>/calibration/
       edgetl export models/<run> --format tflite,onnx --quant fp32,int8
       edgetl verify models/<run> --max-latency-ms 20
     """
@@ -320,22 +319,42 @@ def backbones():
 
 # --------------------------------------------------------------- export ----
 @main.command()
-@click.argument("data", type=click.Path())
+@click.argument("source", metavar="RUN|DATA", type=click.Path())
 @click.option("--size", type=int, default=d(CalibrateOptions, "size"), show_default=True, help="Images to sample (stratified by class).")
-@click.option("--out", type=click.Path(file_okay=False), default=CALIBRATION, show_default=True)
-@click.option("--seed", type=int, default=d(CalibrateOptions, "seed"), show_default=True)
-@click.option("--val-split", type=float, default=d(CalibrateOptions, "val_split"), show_default=True,
-              help="For DATA without train/ and val/: the same seeded split as `edgetl train`, so that "
-                   "calibration images come from its training part only.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="DATA form only: a new folder outside DATA to write (then: edgetl export RUN --calibration "
+                   "OUT). A RUN is always calibrated into RUN/calibration/.")
+@click.option("--seed", type=int, default=None,
+              help="Sampling seed. [default: the run's seed; DATA form: 42, as `edgetl train`]")
+@click.option("--val-split", type=float, default=None,
+              help="DATA form: the same seeded split as `edgetl train`, so that calibration images come from "
+                   "its training part only. [default: 0.2]")
 @click.option("--test-split", type=float, default=None,
-              help="The same test split as `edgetl train` (default: its auto rule), so that no test image "
-                   "is sampled.")
-def calibrate(data, size, out, seed, val_split, test_split):
-    """Sample a calibration set for int8 from the training images of DATA (never val/test)."""
-    from edgetl.calibrate import calibrate as run
+              help="DATA form: the same test split as `edgetl train` (default: its auto rule), so that no test "
+                   "image is sampled.")
+def calibrate(source, size, out, seed, val_split, test_split):
+    """Sample a calibration set for int8 from training images only (never val/test).
 
-    o = CalibrateOptions(size, seed, val_split, test_split).validate()
-    run(data, o.size, out, o.seed, o.val_split, echo=echo, test_split=o.test_split)
+    \b
+    edgetl calibrate RUN               the run's own training split -> RUN/calibration/
+                                       (export uses it by default)
+    edgetl calibrate DATA --out DIR    DATA split as `edgetl train` splits it -> DIR
+                                       (a new folder; export RUN --calibration DIR)"""
+    from edgetl import rundir
+    from edgetl.calibrate import calibrate as run_data
+    from edgetl.calibrate import calibrate_run
+
+    if rundir.is_run_dir(source):
+        given = [f for f, v in (("--out", out), ("--val-split", val_split), ("--test-split", test_split)) if v is not None]
+        if given:
+            raise EdgetlError(f"{given[0]}: {source} is a run; its split is in its {rundir.SPLIT} and its calibration "
+                              f"set goes to {rundir.CALIBRATION}/ inside it. Drop {given[0]}")
+        o = CalibrateOptions(size=size).validate()
+        calibrate_run(source, o.size, seed, echo=echo)
+        return
+    o = CalibrateOptions(size, d(CalibrateOptions, "seed") if seed is None else seed,
+                         d(CalibrateOptions, "val_split") if val_split is None else val_split, test_split).validate()
+    run_data(source, o.size, out, o.seed, o.val_split, echo=echo, test_split=o.test_split)
 
 
 @main.command()
@@ -348,7 +367,8 @@ def calibrate(data, size, out, seed, val_split, test_split):
               help="Input/output type of int8 TFLite. float32 and int8 run fully in XNNPACK; uint8 adds a "
                    "requantize step outside it (slower on x86).")
 @click.option("--calibration", type=click.Path(file_okay=False), default=None,
-              help="Folder of calibration images. [default: calibration/, else a sample of the run's training split]")
+              help="Folder of calibration images. [default: RUN/calibration/ (edgetl calibrate RUN), else a sample "
+                   "of the run's training split]")
 @click.option("--calib-size", type=int, default=d(ExportOptions, "calib_size"), show_default=True,
               help="Images sampled from the training split when no calibration folder exists.")
 @click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=d(ExportOptions, "calib_method"),

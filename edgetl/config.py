@@ -253,7 +253,8 @@ class ExportOptions(Options):
     formats: tuple[str, ...] = doc("comma list of " + ",".join(FORMATS), DEFAULT_FORMATS)
     quants: tuple[str, ...] = doc("comma list of " + ",".join(QUANTS), ("fp32", "int8"))
     io_type: str = doc("int8 TFLite input/output type: float32 | int8 | uint8", "float32")
-    calibration: str | None = doc("folder of calibration images (null: calibration/, else a training sample)", None)
+    calibration: str | None = doc("folder of calibration images (null: the run's own calibration/ from "
+                                   "`edgetl calibrate RUN`, else a training sample)", None)
     calib_size: int = doc("images sampled from the training split when no calibration folder exists", 200)
     calib_method: str = doc("ONNX int8 calibration: minmax | entropy | percentile", "minmax")
     onnx_format: str = doc("ONNX int8 graph form: qoperator | qdq", "qoperator")

@@ -72,6 +72,7 @@ class Exporter:
         self.echo = echo
         self.model_sha = artifacts.sha256_file(self.run.model_path)
         self._calib: tuple[np.ndarray, str, list[str]] | None = None
+        self.calibration_source: str | None = None  # recorded in the manifest when int8 used it
         self._held: tuple[np.ndarray, np.ndarray, np.ndarray, str] | None = None
 
     # -- lazily built inputs ------------------------------------------------
@@ -86,34 +87,42 @@ class Exporter:
         return self.source.serving
 
     def calibration(self) -> tuple[np.ndarray, str, list[str]]:
-        """(images, hash, files) of the calibration set."""
+        """(images, hash, files) of the calibration set: --calibration DIR when given, else the
+        run's own RUN/calibration/ (``edgetl calibrate RUN``), else a sample of the run's training
+        split. Never a folder of the working directory: another run's set is not picked up."""
         if self._calib is None:
-            from edgetl.calibrate import check_overlap
+            from edgetl.calibrate import check_classes, check_overlap, set_hash
             from edgetl.data import readable_images
             from edgetl.tfdata import load_array
 
-            folder = self.opts.calibration or rundir.CALIBRATION
+            explicit = bool(self.opts.calibration)
+            folder = Path(self.opts.calibration) if explicit else self.run.dir / rundir.CALIBRATION  # type: ignore[arg-type]
+            fix = f"sample the run's own training split: edgetl calibrate {self.run.dir}" + (
+                " (then export without --calibration)" if explicit else "")
             files = [str(p) for p in readable_images(folder)]
-            if not files and self.opts.calibration:
-                raise EdgetlError(f"{folder}: no calibration images; give a folder of training images "
-                                  f"or create one with: edgetl calibrate {self.run.config.data or 'DATA'} --out {folder}")
+            if not files and explicit:
+                raise EdgetlError(f"{folder}: no calibration images; give a folder of training images, or "
+                                  f"{fix}")
             if files:
+                check_classes(folder, files, self.run.labels, fix)
                 held = self.run.split_files("val")[0] + self.run.split_files("test")[0]
-                check_overlap(files, held, str(folder), self.run.config.data or "DATA")
+                check_overlap(files, held, str(folder), fix)
                 src = str(folder)
+                self.calibration_source = str(folder.resolve())
             else:
                 tr, lab = self.run.split_files("train")
                 if not tr:
-                    raise EdgetlError(f"no calibration images in {folder}/ and no training split in {self.run.dir}; "
-                                      f"run: edgetl calibrate {self.run.config.data or 'DATA'}")
+                    raise EdgetlError(f"{self.run.dir}: no calibration set and no training split in "
+                                      f"{rundir.SPLIT}; give --calibration DIR (a folder of training images)")
                 from edgetl.calibrate import stratified_sample
 
                 idx = stratified_sample(tr, lab, self.opts.calib_size, self.opts.seed)
                 files = [tr[i] for i in idx]
-                src = f"{len(files)} images sampled from the run's training split (no {folder}/ set)"
-            h = artifacts.sha256_text("\n".join(artifacts.sha256_file(f) for f in files))
+                src = (f"{len(files)} images sampled from the run's training split (no {rundir.CALIBRATION}/ in "
+                       f"the run; edgetl calibrate {self.run.dir} writes one)")
+                self.calibration_source = f"{len(files)} images of the run's training split, seed {self.opts.seed}"
             self.echo(f"calibration: {src} ({len(files)} images)")
-            self._calib = (load_array(files, self.run.img_size, self.run.resize), h, files)
+            self._calib = (load_array(files, self.run.img_size, self.run.resize), set_hash(files), files)
         return self._calib
 
     def larger_calibration(self, factor: int = 2) -> np.ndarray | None:
@@ -190,6 +199,8 @@ class Exporter:
                 kept = Artifact(**{**old, "status": "skipped", "reason": "inputs unchanged (use --force to redo)"})
                 return kept
             data = self.convert(a)
+            if quant == "int8":
+                a.settings["calibration"] = self.calibration_source
             with artifacts.atomic_path(dest) as tmp:
                 tmp.write_bytes(data)
             meta = self.metadata(quant, a.io_type)
@@ -365,6 +376,7 @@ class Exporter:
                 merged[a.file] = asdict(a)
                 rundir.update_manifest(self.run.dir, "export", {
                     "options": asdict(self.opts), "model_sha256": self.model_sha,
+                    "calibration": self.calibration_source or man.get("export", {}).get("calibration"),
                     "artifacts": list(merged.values())})
         self.summary(results)
         return results
