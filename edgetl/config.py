@@ -259,14 +259,15 @@ class ExportOptions(Options):
     calib_method: str = doc("ONNX int8 calibration: minmax | entropy | percentile", "minmax")
     onnx_format: str = doc("ONNX int8 graph form: qoperator | qdq", "qoperator")
     per_channel: bool = doc("ONNX int8 weights per channel (false: per tensor)", True)
-    max_drop: float = doc("points of top-1 int8 may lose before remedies (and refusal)", DEFAULT_MAX_DROP)
+    max_drop: float = doc("points of top-1 any artifact may lose on val (int8: before remedies); "
+                                "above it, not written", DEFAULT_MAX_DROP)
     force: bool = doc("redo artifacts whose inputs did not change", False)
     seed: int = doc("seed of the calibration sample", 42)
 
     def problems(self) -> list[OptionError]:
         c = Checks(self)
-        fm = c.run("formats", lambda: parse_list(self.formats, FORMATS, "formats", "--format"))
-        qs = c.run("quants", lambda: parse_list(self.quants, QUANTS, "quants", "--quant"))
+        fm = c.run("formats", lambda: parse_list(self.formats, FORMATS, "formats", "--formats"))
+        qs = c.run("quants", lambda: parse_list(self.quants, QUANTS, "quants", "--quants"))
         if fm is not None:
             self.formats = fm
         if qs is not None:

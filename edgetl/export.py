@@ -5,11 +5,13 @@ TFLite files also carry standard TFLite metadata with labels.txt packed in --
 recorded in the run's manifest with its inputs' hash, and skipped on a re-run
 when those inputs did not change.
 
-int8 artifacts are scored on the run's held-out split; when one loses more
-than ``max_drop`` points of top-1 against the Keras model, remedies are tried
-in order (per-channel, a larger calibration set, another calibration method,
-float fallback for the most sensitive layers) and recorded. An int8 model that
-still misses the budget is not written."""
+Every artifact is scored on the run's validation split before it is written,
+and kept or refused by one accuracy budget (``max_drop`` points of top-1
+against the Keras model, judged by the paired drop's 95% lower bound). When an
+int8 model misses it, remedies are tried in order (per-channel, a larger
+calibration set, another calibration method, float fallback for the most
+sensitive layers) and recorded; fp32, fp16 and dynamic have no remedies. An
+artifact that still misses the budget is not written; the manifest records why."""
 from __future__ import annotations
 
 import functools
@@ -161,11 +163,11 @@ class Exporter:
         h, w = self.run.img_size, self.run.img_size
         return {
             "labels": self.run.labels,
-            "input": {"name": "image", "shape": [-1, h, w, 3], "layout": "NHWC", "color": "RGB",
+            "input": {"name": "", "shape": [-1, h, w, 3], "layout": "NHWC", "color": "RGB",
                       "range": [0, 255], "dtype": io_type, "resize": self.run.resize,
                       "note": "RGB 0-255 at the input size; the backbone's preprocessing is inside the model"},
             "preprocessing": {"baked_in": True, **Preprocess(bb.preprocess).describe()},
-            "output": {"name": "probabilities", "meaning": "class probabilities in the order of labels"},
+            "output": {"name": "", "meaning": "class probabilities in the order of labels"},
             "quantization": quant,
             "backbone": bb.name,
             "source_model_sha256": self.model_sha,
@@ -174,10 +176,10 @@ class Exporter:
 
     # -- one artifact -----------------------------------------------------------
     def inputs_hash(self, fmt: str, quant: str) -> str:
-        parts: dict[str, Any] = {"model": self.model_sha, "format": fmt, "quant": quant, "edgetl": __version__}
+        parts: dict[str, Any] = {"model": self.model_sha, "format": fmt, "quant": quant, "edgetl": __version__,
+                                 "max_drop": self.opts.max_drop, "scored": "every-mode-1"}
         if quant == "int8":
-            parts.update(io=self.opts.io_type if fmt == "tflite" else "float32", max_drop=self.opts.max_drop,
-                         calib=self.calibration()[1])
+            parts.update(io=self.opts.io_type if fmt == "tflite" else "float32", calib=self.calibration()[1])
             if fmt in ("onnx", "ort"):
                 parts.update(method=self.opts.calib_method, onnx_format=self.opts.onnx_format,
                              per_channel=self.opts.per_channel)
@@ -205,6 +207,7 @@ class Exporter:
                 tmp.write_bytes(data)
             meta = self.metadata(quant, a.io_type)
             meta["settings"] = a.settings
+            with_io_names(meta, dest)
             artifacts.write_json(rundir.sidecar(dest), meta)
             if fmt == "ort":  # what a reduced onnxruntime build for this model must include
                 from edgetl.convert import ort_required_operators
@@ -223,14 +226,39 @@ class Exporter:
         return a
 
     def onnx_metadata(self, a: Artifact) -> dict[str, str]:
-        return {"labels": json.dumps(self.run.labels), "edgetl": json.dumps(self.metadata(a.quant, a.io_type))}
+        meta = self.metadata(a.quant, a.io_type)
+        for k in ("input", "output"):  # the graph itself names its tensors (the sidecar repeats them)
+            meta[k].pop("name", None)
+        return {"labels": json.dumps(self.run.labels), "edgetl": json.dumps(meta)}
 
     def convert(self, a: Artifact) -> bytes:
         from edgetl import convert as C
 
         if a.quant == "int8":
             return self.with_metadata(a, self.int8_with_budget(a))
-        return self.with_metadata(a, C.convert(self.source, a.format, a.quant, metadata=self.onnx_metadata(a)))
+        data = self.with_metadata(a, C.convert(self.source, a.format, a.quant, metadata=self.onnx_metadata(a)))
+        self.within_budget(data, a)
+        return data
+
+    def within_budget(self, data: bytes, a: Artifact) -> None:
+        """Score a float/fp16/dynamic artifact on the selection split and refuse it by the same
+        accuracy budget as int8 (no remedies: these modes have no settings to try)."""
+        from edgetl.stats import drop_gate
+
+        pd = self.score(data, a)
+        verdict = drop_gate(pd, self.opts.max_drop)
+        a.remedies.append({"step": "as converted", "accuracy": a.accuracy, "drop_points": pd.drop_points,
+                           "agreement": a.agreement, "drop_lower_points": pd.lower_points, "mcnemar_p": pd.p_value,
+                           "kept": not verdict.fails})
+        self.echo(f"  {a.format} {a.quant}: accuracy {a.accuracy:.4f} (Keras {a.keras_accuracy:.4f}, drop "
+                  f"{pd.drop_points:+.2f} points, 95% lower bound {pd.lower_points:+.2f}, agreement "
+                  f"{a.agreement:.3f}, on {pd.n} {self.held_out()[3]} images)")
+        if verdict.fails:
+            raise EdgetlError(f"{a.quant} misses the accuracy budget: drop {pd.drop_points:.2f} points (95% lower "
+                              f"bound {pd.lower_points:.2f}) > --max-drop {self.opts.max_drop:g} on {pd.n} "
+                              f"{self.held_out()[3]} images; not written")
+        if not verdict.resolvable:
+            self.echo(f"  note: {verdict.reason}")
 
     def with_metadata(self, a: Artifact, data: bytes) -> bytes:
         """TFLite: standard TFLite metadata with labels.txt packed in, which app runtimes
@@ -390,6 +418,14 @@ class Exporter:
             kept = next((r["step"] for r in a.remedies if r.get("kept")), a.remedies[-1]["step"] if a.remedies else "")
             note = a.reason if a.status != "written" else kept
             self.echo(f"{a.name:<26}{a.status:<9}{a.size_bytes / 1024:>9.0f}{acc:>8}{drop:>7}  {note}")
+
+
+def with_io_names(meta: dict[str, Any], model: Path) -> dict[str, Any]:
+    """Put the tensor names the model file really has into its sidecar's input and output."""
+    from edgetl.runners import io_names
+
+    meta["input"]["name"], meta["output"]["name"] = io_names(model)
+    return meta
 
 
 def fixed(value: Any) -> Callable[[], Any]:
