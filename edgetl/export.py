@@ -106,9 +106,9 @@ class Exporter:
                 raise EdgetlError(f"{folder}: no calibration images; give a folder of training images, or "
                                   f"{fix}")
             if files:
-                check_classes(folder, files, self.run.labels, fix)
                 held = self.run.split_files("val")[0] + self.run.split_files("test")[0]
                 check_overlap(files, held, str(folder), fix)
+                check_classes(folder, files, self.run.labels, fix)
                 src = str(folder)
                 self.calibration_source = str(folder.resolve())
             else:
