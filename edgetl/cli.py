@@ -538,7 +538,8 @@ def predict(model, images, top_k, as_json, threads):
 @click.argument("data", type=click.Path())
 @click.option("--teacher", required=True, type=click.Path(),
               help="An edgetl run directory or a Keras classifier file (logits or probabilities).")
-@click.option("--student", default=d(TrainConfig, "backbone"), show_default=True, help="Student backbone (as --backbone).")
+@click.option("--student", default=d(TrainConfig, "backbone"), show_default=True,
+              help="Student backbone; --backbone (as in `train` and the pipeline file) says the same.")
 @click.option("--kd-alpha", type=float, default=d(DistillConfig, "kd_alpha"), show_default=True,
               help="Weight of the hard-label loss; 1 - kd-alpha weighs the teacher's soft targets.")
 @click.option("--temperature", type=float, default=d(DistillConfig, "temperature"), show_default=True, help="Softmax temperature T.")
@@ -548,7 +549,8 @@ def predict(model, images, top_k, as_json, threads):
               help="Transfer set: a folder of unlabelled images (any depth). The teacher labels them; the "
                    "student learns from them through the soft targets only. Must not hold validation images.")
 @train_options
-def distill(data, teacher, student, kd_alpha, temperature, sweep, no_compare, unlabeled, **kw):
+@click.pass_context
+def distill(ctx, data, teacher, student, kd_alpha, temperature, sweep, no_compare, unlabeled, **kw):
     """Distil TEACHER into a compact student trained on DATA (same options as `train`).
 
     Loss on logits: a*CE(y, s) + (1-a)*T^2*KL(softmax(t/T) || softmax(s/T)). The teacher
@@ -557,8 +559,12 @@ def distill(data, teacher, student, kd_alpha, temperature, sweep, no_compare, un
     transfer set the teacher labels: where distillation pays most (few labels)."""
     from edgetl.distill import distill as run_distill
 
-    kw.pop("backbone", None)
-    cfg = _train_config(data, {**kw, "backbone": student})
+    # the student's backbone: --student, or --backbone as in `train` and the pipeline file (train.backbone)
+    backbone = kw.pop("backbone", None)
+    given = ctx.get_parameter_source("backbone") is click.core.ParameterSource.COMMANDLINE
+    if given and ctx.get_parameter_source("student") is click.core.ParameterSource.COMMANDLINE and backbone != student:
+        raise EdgetlError(f"--student {student} and --backbone {backbone}: both name the student's backbone; keep one")
+    cfg = _train_config(data, {**kw, "backbone": backbone if given else student})
     run_distill(cfg, DistillConfig(teacher, kd_alpha, temperature, sweep, not no_compare, unlabeled),
                 resume=kw["resume"], echo=echo)
 

@@ -127,3 +127,21 @@ def test_bundle_and_weights_import_spellings(tmp_path):
     one_error_line(r, 2)
     shown = CliRunner().invoke(main, ["weights", "import-torchvision", "--help"]).output
     assert "--out " in shown and "--out-dir" not in shown
+
+
+def test_distill_backbone_is_the_students_not_ignored(tmp_path, monkeypatch):
+    """`distill --backbone X` (train's and the pipeline file's spelling) names the student, as
+    --student does; both with different values is refused."""
+    import edgetl.distill as D
+
+    seen = []
+    monkeypatch.setattr(D, "distill", lambda cfg, dcfg, resume=False, echo=print: seen.append(cfg.backbone))
+    base = ["distill", str(tmp_path), "--teacher", str(tmp_path)]
+    for extra, want in ((["--backbone", "efficientnet_lite0"], "efficientnet_lite0"),
+                        (["--student", "efficientnet_lite0"], "efficientnet_lite0"), ([], "mobilenetv2")):
+        r = CliRunner().invoke(main, [*base, *extra])
+        assert r.exit_code == 0, r.output
+        assert seen[-1] == want
+    err = one_error_line(CliRunner().invoke(main, [*base, "--student", "mobilenetv2", "--backbone",
+                                                   "efficientnet_lite0"]), 2)
+    assert "both name the student's backbone" in err
