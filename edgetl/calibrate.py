@@ -234,7 +234,7 @@ def check_classes(folder: PathLike, files: list[str], labels: list[str], fix: st
             raise EdgetlError(f"{folder}: a calibration set of other classes ({_few(theirs)}) than the run's "
                               f"({_few(labels)}); {fix}")
         return
-    rel = [Path(f).resolve().relative_to(folder.resolve()).parts for f in files]
+    rel = [Path(os.path.relpath(f, folder)).parts for f in files]
     if rel and all(len(r) > 1 for r in rel):
         theirs = sorted({r[0] for r in rel})
         other = [c for c in theirs if c not in labels]
