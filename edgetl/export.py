@@ -75,6 +75,7 @@ class Exporter:
         self.model_sha = artifacts.sha256_file(self.run.model_path)
         self._calib: tuple[np.ndarray, str, list[str]] | None = None
         self.calibration_source: str | None = None  # recorded in the manifest when int8 used it
+        self._noted: set[str] = set()
         self._held: tuple[np.ndarray, np.ndarray, np.ndarray, str] | None = None
 
     # -- lazily built inputs ------------------------------------------------
@@ -257,7 +258,8 @@ class Exporter:
             raise EdgetlError(f"{a.quant} misses the accuracy budget: drop {pd.drop_points:.2f} points (95% lower "
                               f"bound {pd.lower_points:.2f}) > --max-drop {self.opts.max_drop:g} on {pd.n} "
                               f"{self.held_out()[3]} images; not written")
-        if not verdict.resolvable:
+        if not verdict.resolvable and verdict.reason not in self._noted:  # said once per export
+            self._noted.add(verdict.reason)
             self.echo(f"  note: {verdict.reason}")
 
     def with_metadata(self, a: Artifact, data: bytes) -> bytes:

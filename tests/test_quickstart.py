@@ -100,7 +100,7 @@ def test_every_sidecar_names_tensors_its_model_has(tiny_exported, tiny_run, ort_
 def test_export_formats_and_quants_and_their_old_spellings(bare_run):
     new = CliRunner().invoke(main, ["export", str(bare_run), "--formats", "tflite", "--quants", "fp32"])
     assert new.exit_code == 0, new.output
-    assert "wrote export/model_fp32.tflite" in new.output and "note:" not in new.output
+    assert "wrote export/model_fp32.tflite" in new.output and "note: --" not in new.output
     old = CliRunner().invoke(main, ["export", str(bare_run), "--format", "tflite", "--quant", "fp32"])
     assert old.exit_code == 0, old.output
     assert "up to date: export/model_fp32.tflite" in old.output and "onnx" not in old.output
