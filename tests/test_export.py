@@ -86,7 +86,8 @@ def test_manifest_records_artifacts_and_rerun_skips(tiny_exported, tiny_run, tin
     man = json.loads((tiny_run.run_dir / "manifest.json").read_text())
     rows = {r["file"]: r for r in man["export"]["artifacts"]}
     assert len(rows) == 8 and all(len(r["sha256"]) == 64 and r["inputs_hash"] for r in rows.values())
-    opts = ExportOptions(formats="tflite", quants="fp32", calibration=str(tiny_calibration))
+    # the same inputs (the budget is one: every artifact is kept or refused by it)
+    opts = ExportOptions(formats="tflite", quants="fp32", calibration=str(tiny_calibration), max_drop=100.0)
     again = export(tiny_run.run_dir, opts, echo=quiet)
     assert again[0].status == "skipped"
     forced = export(tiny_run.run_dir, ExportOptions(formats="tflite", quants="fp32", force=True), echo=quiet)
