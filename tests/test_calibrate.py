@@ -34,7 +34,7 @@ def run(tiny_run, tmp_path):
 
 
 def _int8(run, *args, cwd=None):
-    return CliRunner().invoke(main, ["export", str(run), "--format", "tflite", "--quant", "int8", "--max-drop",
+    return CliRunner().invoke(main, ["export", str(run), "--formats", "tflite", "--quants", "int8", "--max-drop",
                                      "100", "--force", *args])
 
 

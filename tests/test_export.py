@@ -253,7 +253,7 @@ def test_every_mode_is_scored_and_a_broken_one_is_refused(tiny_run, tmp_path, mo
         return _constant_onnx(32, 3) if (fmt, quant) == ("onnx", "dynamic") else real(src, fmt, quant, *a, **k)
 
     monkeypatch.setattr(C, "convert", convert)
-    r = CliRunner().invoke(main, ["export", str(run), "--format", "onnx", "--quant", "fp32,dynamic"])
+    r = CliRunner().invoke(main, ["export", str(run), "--formats", "onnx", "--quants", "fp32,dynamic"])
     assert r.exit_code == 1, r.output
     assert "model_dynamic.onnx: dynamic misses the accuracy budget" in r.output and "Traceback" not in r.output
     assert not (run / "export" / "model_dynamic.onnx").exists()
