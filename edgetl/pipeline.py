@@ -346,17 +346,16 @@ class PipelineRunner:
         return Trainer(cfg, resume=resume, echo=self.echo, force=True).run()
 
     def stage_calibrate(self, redo: bool) -> Any:
-        from edgetl.calibrate import calibrate
+        from edgetl.calibrate import calibrate_run
 
         c = self.p.calibrate
-        return calibrate(self.p.data, c.size, self.run_dir / rundir.CALIBRATION, c.seed, c.val_split, echo=self.echo,
-                         test_split=c.test_split)
+        return calibrate_run(self.run_dir, c.size, c.seed, echo=self.echo)  # the run's own training split
 
     def stage_export(self, redo: bool) -> Any:
         from edgetl.export import export
 
         # a stage that is redone (--from, --force) redoes its artifacts too
-        opts = dataclasses.replace(self.p.export, calibration=str(self.run_dir / rundir.CALIBRATION), force=redo)
+        opts = dataclasses.replace(self.p.export, force=redo)  # calibrates on the run's own calibration/
         res = export(self.run_dir, opts, echo=self.echo)
         failed = [a for a in res if a.status == "failed"]
         if failed:

@@ -58,7 +58,7 @@ def flat_tf_keras_model(run, keras3_model):
     x = tfk.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(inp) if bb.preprocess == "tf" else inp
     if not hasattr(tfk.applications, bb.builder):
         raise EdgetlError(f"QAT rebuilds the backbone from tf_keras.applications, which has no {bb.name}; "
-                          f"use post-training int8 (edgetl export --quant int8)")
+                          f"use post-training int8 (edgetl export --quants int8)")
     kw = dict(include_top=False, weights=None, input_tensor=x)
     if bb.has_alpha:
         kw["alpha"] = float(cfg.alpha)
@@ -220,6 +220,9 @@ def _qat(run_dir: PathLike, epochs: int, lr: float, batch_size: int, io_type: st
         tmp.write_bytes(data)
     meta = exp.metadata("int8-qat", io_type)
     meta["settings"] = {"qat_epochs": epochs, "lr": lr}
+    from edgetl.export import with_io_names
+
+    with_io_names(meta, dest)
     artifacts.write_json(rundir.sidecar(dest), meta)
     res = QatResult(dest, a.accuracy, ptq.accuracy, a.keras_accuracy, a.agreement, dest.stat().st_size, epochs)
     rundir.update_manifest(run.dir, "qat", {

@@ -179,6 +179,13 @@ def read_json(path: PathLike) -> dict[str, Any]:
     return out
 
 
+def is_run_dir(path: PathLike) -> bool:
+    """A run directory (finished or not) rather than a folder of data: training wrote its
+    labels and config there."""
+    d = Path(path)
+    return (d / LABELS).is_file() and (d / CONFIG).is_file()
+
+
 def is_finished(run_dir: PathLike) -> bool:
     d = Path(run_dir)
     return (d / MODEL).is_file() and "train" in read_manifest(d)

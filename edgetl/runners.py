@@ -77,6 +77,21 @@ class Runner(ABC):
                 "threads": self.threads, "size_bytes": file_size(self.path)}
 
 
+def io_names(path) -> tuple[str, str]:
+    """(input, output) tensor names of a .tflite, .onnx or .ort file, as its runtime reports
+    them: what an app feeds and fetches by name (the sidecar states these)."""
+    p = Path(path)
+    if p.suffix == ".tflite":
+        from ai_edge_litert.interpreter import Interpreter
+
+        it = Interpreter(model_path=str(p))
+        return str(it.get_input_details()[0]["name"]), str(it.get_output_details()[0]["name"])
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+    return sess.get_inputs()[0].name, sess.get_outputs()[0].name
+
+
 def file_size(path) -> int:
     p = Path(path)
     if p.is_dir():

@@ -138,6 +138,9 @@ def _verify(run_dir: PathLike, o: VerifyOptions, device_results, echo: Echo, iso
     run = open_run(run_dir)
     out = Path(o.out) if o.out else run.dir
     device = [r for f in device_results for r in device_rows(f, gates, run.dir)]  # refused before any timing
+    if not device and all(e["format"] == "keras" for e in list_artifacts(run.dir)):
+        raise EdgetlError(f"{run.dir}: nothing exported to verify (no models in {run.export_dir.name}/); "
+                          f"run: edgetl export {run.dir}")
     x, y, src = held_out_data(run, o.data)
     entries, skipped = with_extra_runtimes(list_artifacts(run.dir))
     echo(f"verify: {len(entries)} model(s) on {len(x)} images from {src}, {threads} thread(s), batch-1 latency "

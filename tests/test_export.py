@@ -86,7 +86,8 @@ def test_manifest_records_artifacts_and_rerun_skips(tiny_exported, tiny_run, tin
     man = json.loads((tiny_run.run_dir / "manifest.json").read_text())
     rows = {r["file"]: r for r in man["export"]["artifacts"]}
     assert len(rows) == 8 and all(len(r["sha256"]) == 64 and r["inputs_hash"] for r in rows.values())
-    opts = ExportOptions(formats="tflite", quants="fp32", calibration=str(tiny_calibration))
+    # the same inputs (the budget is one: every artifact is kept or refused by it)
+    opts = ExportOptions(formats="tflite", quants="fp32", calibration=str(tiny_calibration), max_drop=100.0)
     again = export(tiny_run.run_dir, opts, echo=quiet)
     assert again[0].status == "skipped"
     forced = export(tiny_run.run_dir, ExportOptions(formats="tflite", quants="fp32", force=True), echo=quiet)
@@ -189,8 +190,8 @@ def test_int8_missing_the_budget_is_not_written(tiny_run, tiny_calibration, tmp_
 
 
 def test_bad_export_options(tiny_run):
-    r = CliRunner().invoke(main, ["export", str(tiny_run.run_dir), "--format", "coreml"])
-    assert r.exit_code == 2 and "--format coreml" in r.output
+    r = CliRunner().invoke(main, ["export", str(tiny_run.run_dir), "--formats", "coreml"])
+    assert r.exit_code == 2 and "--formats coreml" in r.output
     r = CliRunner().invoke(main, ["export", "/nonexistent/run"])
     assert r.exit_code == 2 and "no such run directory" in r.output
 
@@ -221,3 +222,48 @@ def test_entropy_threshold_is_onnxruntimes_result_for_result():
             got = entropy_threshold(hist, 128)
             assert (float(got[0]), float(got[1])) == (float(want[0]), float(want[1])), (bins, name, got, want)
             assert got[0].dtype == want[0].dtype
+
+
+def _constant_onnx(size: int, n_classes: int) -> bytes:
+    """A valid ONNX classifier with the export's input contract whose answer is always class 0."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", size, size, 3])
+    y = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", n_classes])
+    w = numpy_helper.from_array(np.zeros((size * size * 3, n_classes), np.float32), "w")
+    b = numpy_helper.from_array(np.array([10.0] + [0.0] * (n_classes - 1), np.float32), "b")
+    nodes = [helper.make_node("Flatten", ["image"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "w"], ["mm"]),
+             helper.make_node("Add", ["mm", "b"], ["logits"]), helper.make_node("Softmax", ["logits"], ["probabilities"])]
+    g = helper.make_graph(nodes, "broken", [x], [y], [w, b])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_every_mode_is_scored_and_a_broken_one_is_refused(tiny_run, tmp_path, monkeypatch):
+    """fp32/fp16/dynamic are scored on val like int8: a converter that returns a model with
+    wrong outputs gets the artifact refused (not written) and the reason recorded."""
+    import shutil
+
+    import edgetl.convert as C
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, run, ignore=shutil.ignore_patterns("export"))
+    real = C.convert
+
+    def convert(src, fmt, quant, *a, **k):
+        return _constant_onnx(32, 3) if (fmt, quant) == ("onnx", "dynamic") else real(src, fmt, quant, *a, **k)
+
+    monkeypatch.setattr(C, "convert", convert)
+    r = CliRunner().invoke(main, ["export", str(run), "--formats", "onnx", "--quants", "fp32,dynamic"])
+    assert r.exit_code == 1, r.output
+    assert "model_dynamic.onnx: dynamic misses the accuracy budget" in r.output and "Traceback" not in r.output
+    assert not (run / "export" / "model_dynamic.onnx").exists()
+    assert not (run / "export" / "model_dynamic.onnx.json").exists()
+    man = json.loads((run / "manifest.json").read_text())
+    rows = {a["file"]: a for a in man["export"]["artifacts"]}
+    bad, good = rows["export/model_dynamic.onnx"], rows["export/model_fp32.onnx"]
+    assert bad["status"] == "failed" and "misses the accuracy budget" in bad["reason"]
+    assert bad["drop_points"] > 50 and bad["agreement"] < 0.5 and bad["settings"]["scored_on"] == "val"
+    assert bad["remedies"][0]["kept"] is False
+    # the faithful one is scored too, on the same split, and kept
+    assert good["status"] == "written" and good["settings"]["scored_on"] == "val"
+    assert good["agreement"] == 1.0 and good["drop_points"] == 0.0 and good["remedies"][0]["kept"] is True
