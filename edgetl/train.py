@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl import artifacts, backbones, rundir
+from edgetl import artifacts, backbones, recipe, rundir
 from edgetl.config import TrainConfig, parse_augment
 from edgetl.data import Dataset, class_weights, scan
 from edgetl.errors import EdgetlError, TrainingInterrupted
@@ -108,8 +108,10 @@ class Trainer:
         self.timings: dict[str, float] = {}
         self.worker_index, self.num_workers, self.is_chief = 0, 1, True  # multi-worker: set by prepare()
         self.cache_stats: dict = {}
+        self.chosen: recipe.Candidate | None = None
         self.recipe_log: dict = {"recipe": self.cfg.recipe, "lr_decay": self.cfg.lr_decay,
-                                 "accumulate": self.cfg.accumulate, "min_steps": self.cfg.min_steps}
+                                 "accumulate": self.cfg.accumulate, "min_steps": self.cfg.min_steps,
+                                 "given": recipe.given(self.cfg)}  # explicit options: used by either recipe
 
     # ---- set-up ---------------------------------------------------------
     def prepare(self) -> None:
@@ -280,8 +282,6 @@ class Trainer:
         pooled features of the frozen suffix, phase 2 trains the suffix and head on
         the cached activations. Returns the layers to unfreeze."""
         import keras
-
-        from edgetl import recipe
 
         if getattr(self, "_planned", False):
             return self.to_train
@@ -597,7 +597,7 @@ class Trainer:
         key = "lr_head" if phase == "phase 1" else "lr_finetune"
         tag = phase.replace(" ", "")
         return [
-            NanGuard(phase, f"lower --{key.replace('_', '-')} (now {getattr(self.cfg, key)}) or check the data"),
+            NanGuard(phase, f"lower --{key.replace('_', '-')} (now {self.phase_lr(phase)}) or check the data"),
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.cfg.patience, restore_best_weights=True),
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
                                               patience=max(1, self.cfg.patience // 2), min_lr=1e-7),
@@ -607,22 +607,26 @@ class Trainer:
             *self.extra_callbacks,
         ]
 
+    def phase_lr(self, phase: str) -> float:
+        if phase == "phase 1":
+            return self.cfg.lr_head
+        return self.chosen.lr if self.chosen is not None else recipe.fixed_lr(self.cfg)
+
     # ---- phase 1 ---------------------------------------------------------
     def phase_epochs(self, phase: str, epochs: int, rows: int, min_steps: int) -> int:
         """The phase's epochs: as given, or (auto recipe) enough for ``min_steps`` updates."""
-        from edgetl import recipe
 
         if self.cfg.recipe != "auto" or not epochs:
             return epochs
         n = recipe.budget_epochs(epochs, rows, self.cfg.batch_size, min_steps, self.cfg.accumulate)
         if n > epochs:
             self.echo(f"{phase.replace('phase', 'phase ')}: {n} epochs instead of {epochs}, so that it makes at least "
-                      f"{min_steps} optimizer steps on {rows} rows (auto recipe; early stopping still applies)")
+                      f"{min_steps} optimizer steps on {rows} rows (auto recipe: the epochs given are a minimum; "
+                      f"early stopping still applies; --min-steps 0 runs them as given)")
         self.recipe_log[f"{phase}_epochs"] = n
         return n
 
     def phase1(self) -> list[dict]:
-        from edgetl import recipe
 
         cfg = self.cfg
         self.plan_cut()
@@ -675,11 +679,17 @@ class Trainer:
                       f"the {rows:,} cached view images")
             model = self.model
         tr, va = self.stream("train", "acts", True), self.stream("val", "acts", False)
-        chosen = self.choose_candidate(model, tr, va)
+        given = recipe.given(cfg)
+        if cfg.recipe == "auto" and given:
+            kept = " and ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in given.items())
+            self.echo(f"phase 2: auto recipe: {kept} as given; it searches only what was left open "
+                      f"({len(self.candidates)} candidate(s))")
+        chosen = self.chosen = self.choose_candidate(model, tr, va)
         n = M.set_trainable(self.base, chosen.layers)
         what = (chosen.name if cfg.recipe == "auto" else
                 f"last {cfg.unfreeze_blocks} block(s)" if cfg.unfreeze_blocks is not None
-                else f"last {cfg.unfreeze} layer(s)" + (" widened to whole blocks" if self.bb.unit == "block" else ""))
+                else f"last {cfg.unfreeze if cfg.unfreeze is not None else recipe.DEFAULT_UNFREEZE} layer(s)"
+                + (" widened to whole blocks" if self.bb.unit == "block" else ""))
         decay = f", lr x {cfg.lr_decay:g} per unit deeper" if cfg.lr_decay != 1.0 else ""
         self.echo(f"phase 2: fine-tuning the {what}: {len(chosen.layers)} layers, {n} with trainable weights "
                   f"(BatchNorm frozen, inference mode), lr {chosen.lr:g}{decay}")
@@ -693,7 +703,6 @@ class Trainer:
         return json.loads(p.read_text()) if p.exists() else []
 
     def finetune_optimizer(self, cand):
-        from edgetl import recipe
 
         mult = recipe.lr_multipliers(self.base, self.bb, cand.layers, self.cfg.lr_decay)
         return recipe.optimizer(cand.lr, mult, self.cfg.accumulate)
@@ -703,19 +712,18 @@ class Trainer:
         each candidate trained for a few epochs from the same starting weights. The choice is
         kept in the checkpoints, so a resumed run does not search again."""
         from edgetl import model as M
-        from edgetl import recipe
 
         cands = self.candidates
         saved = self.ckpt / "recipe_choice.json"
         if len(cands) == 1:
             self.recipe_log["phase2"] = {"chosen": cands[0].record(), "grid": []}
             return cands[0]
-        if saved.exists():
-            name = json.loads(saved.read_text())["chosen"]["name"]
-            chosen = next(c for c in cands if c.name == name)
-            self.recipe_log["phase2"] = json.loads(saved.read_text())
-            self.echo(f"phase 2: recipe chosen in an earlier run: {chosen.name}")
-            return chosen
+        earlier = json.loads(saved.read_text()) if saved.exists() else None
+        found = [c for c in cands if earlier and c.name == earlier.get("chosen", {}).get("name")]
+        if earlier and found:
+            self.recipe_log["phase2"] = earlier
+            self.echo(f"phase 2: recipe chosen in an earlier run: {found[0].name}")
+            return found[0]
         if self.cut_tensor is None:  # on images a search costs whole trainings: use the middle setting
             chosen = cands[len(cands) // 2]
             self.recipe_log["phase2"] = {"chosen": chosen.record(), "grid": [], "note": "no search: no cached cut"}
