@@ -65,6 +65,9 @@ class EdgetlGroup(click.Group):
     code, no traceback (``--debug`` or EDGETL_DEBUG=1 shows it)."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from edgetl import signals
+
+        signals.install()  # SIGTERM ends a command like Ctrl-C: one line, exit 143
         try:
             return super().invoke(ctx)
         except EdgetlError as e:
@@ -73,8 +76,9 @@ class EdgetlGroup(click.Group):
             click.echo(f"error: {e.message}", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            ctx.exit(130)
+            click.echo(f"interrupted by {signals.name()}; every file is written atomically, so nothing is "
+                       f"half-written: run the same command again", err=True)
+            ctx.exit(signals.exit_code())
         except OSError as e:
             if debugging():
                 raise

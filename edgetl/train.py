@@ -165,6 +165,9 @@ class Trainer:
         set_seed(cfg.seed)
         if cfg.strategy != "multiworker":
             self.strategy = get_strategy(cfg.strategy)
+        from edgetl import signals
+
+        signals.install()  # a TensorFlow cluster runtime may have taken SIGTERM over
         self.replicas = int(self.strategy.num_replicas_in_sync)
         if self.replicas > 1:
             self.echo(f"strategy: {type(self.strategy).__name__} over {self.replicas} replicas")
@@ -820,23 +823,28 @@ class Trainer:
         self.build()
         self.start()
         try:
-            h1 = self.phase1()
-            if not self.is_chief:  # trains in step with the chief; the chief scores and writes the run
-                self.phase2()
-                self.echo(f"worker {self.worker_index} of {self.num_workers}: done; the chief writes the run")
-                return TrainResult(self.run_dir, {"worker": self.worker_index, "num_workers": self.num_workers,
-                                                  "view_cache": self.cache_stats, "timings": self.timings})
-            m1 = self.evaluate()
-            self.echo(f"phase 1: val accuracy {m1['accuracy']:.4f}")
-            w1 = self.model.get_weights()
-            h2 = self.phase2()
-            m2 = self.evaluate() if self.cfg.epochs_finetune else None
-            if m2 is not None:
-                self.echo(f"phase 2: val accuracy {m2['accuracy']:.4f}")
-        except KeyboardInterrupt:
+            return self.phases(t_start)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (edgetl/signals.py), at any stage after the run began
+            from edgetl import signals
+
             raise TrainingInterrupted(
-                f"interrupted; every finished epoch is checkpointed in {self.ckpt}. Resume with: "
+                f"interrupted by {signals.name()}; every finished epoch is checkpointed in {self.ckpt}. Resume with: "
                 f"{rundir.resume_hint(self.run_dir)}") from None
+
+    def phases(self, t_start: float) -> TrainResult:
+        h1 = self.phase1()
+        if not self.is_chief:  # trains in step with the chief; the chief scores and writes the run
+            self.phase2()
+            self.echo(f"worker {self.worker_index} of {self.num_workers}: done; the chief writes the run")
+            return TrainResult(self.run_dir, {"worker": self.worker_index, "num_workers": self.num_workers,
+                                              "view_cache": self.cache_stats, "timings": self.timings})
+        m1 = self.evaluate()
+        self.echo(f"phase 1: val accuracy {m1['accuracy']:.4f}")
+        w1 = self.model.get_weights()
+        h2 = self.phase2()
+        m2 = self.evaluate() if self.cfg.epochs_finetune else None
+        if m2 is not None:
+            self.echo(f"phase 2: val accuracy {m2['accuracy']:.4f}")
         selected = "phase2" if m2 is not None and m2["accuracy"] >= m1["accuracy"] else "phase1"
         if selected == "phase1" and m2 is not None:
             self.echo("phase 2 did not improve val accuracy; keeping the phase-1 model")
