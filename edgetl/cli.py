@@ -76,7 +76,7 @@ class EdgetlGroup(click.Group):
             click.echo(f"error: {e.message}", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
-            click.echo(f"interrupted by {signals.name()}; every file is written atomically, so nothing is "
+            click.echo(f"error: interrupted by {signals.name()}; every file is written atomically, so nothing is "
                        f"half-written: run the same command again", err=True)
             ctx.exit(signals.exit_code())
         except OSError as e:

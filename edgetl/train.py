@@ -417,6 +417,14 @@ class Trainer:
         from edgetl.viewcache import ViewCache
 
         layout, shards, key = getattr(self, "view_plan", None) or self.plan_views()
+        if self.num_workers > 1:  # before any work: every worker must see the others on the shared storage
+            from edgetl import distributed
+
+            distributed.announce(self.ckpt / "workers", self.worker_index, self.num_workers, "--out", self.echo,
+                                 distributed.peer_timeout())
+            if self.cfg.cache_dir:
+                distributed.announce(self.cache_dir.parent / f"{self.run_dir.name}.workers", self.worker_index,
+                                     self.num_workers, "--cache-dir", self.echo, distributed.peer_timeout())
         if not self.is_chief:  # the chief creates (or clears) the shared cache folder
             from edgetl import distributed
 
@@ -888,6 +896,8 @@ class Trainer:
         files = [*rundir.TRAIN_FILES, *([side.name] if side else [])]
         shutil.rmtree(self.ckpt, ignore_errors=True)
         shutil.rmtree(self.cache_dir, ignore_errors=True)  # a --cache-dir outside the checkpoints
+        if self.cfg.cache_dir and self.num_workers > 1:
+            shutil.rmtree(self.cache_dir.parent / f"{self.run_dir.name}.workers", ignore_errors=True)
         rundir.update_manifest(run, "train", {
             "kind": self.kind,
             "seed": self.cfg.seed,

@@ -64,3 +64,84 @@ def test_two_workers_share_the_views_and_the_chief_writes_one_run(tiny_data, ima
     single = train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "single"), **TINY), echo=quiet)
     print("multi", multi["val_accuracy"], "single", single.metrics["val_accuracy"])
     assert abs(multi["val_accuracy"] - single.metrics["val_accuracy"]) <= 0.12  # at most 1 of 9 val images
+
+
+def _worker(i, cluster, out, tiny_data, keras_home, env=None):
+    env = {**os.environ, "KERAS_HOME": str(keras_home), "PYTHONUNBUFFERED": "1", **(env or {}),
+           "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+    return subprocess.Popen([sys.executable, "-m", "edgetl", "train", str(tiny_data), "--out", str(out),
+                             "--strategy", "multiworker", *ARGS], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_workers_without_shared_storage_fail_fast_in_one_line(tiny_data, imagenet_mnv2_100, keras_home, tmp_path):
+    """Two real workers, each given its own --out (a local disk on each machine): each announces itself, sees no
+    peer within EDGETL_PEER_TIMEOUT and stops with one line naming --out, before extracting anything (it waited a
+    day before)."""
+    cluster = {"worker": [f"localhost:{p}" for p in free_ports(2)]}
+    outs = [tmp_path / f"local{i}" / "run" for i in range(2)]
+    procs = [_worker(i, cluster, outs[i], tiny_data, keras_home, {"EDGETL_PEER_TIMEOUT": "20"}) for i in range(2)]
+    logs = []
+    for p in procs:
+        try:
+            logs.append(p.communicate(timeout=600)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    for i, (p, log) in enumerate(zip(procs, logs)):
+        assert p.returncode == 1, log[-2000:]
+        last = log.strip().splitlines()[-1]
+        assert last == (f"error: {outs[i] / 'checkpoints' / 'workers'}: worker {i} of 2 sees no announcement from "
+                        f"worker(s) {1 - i} after 20s: --out must be on storage every worker mounts (the same shared "
+                        f"folder on every machine), and every worker must be started; fix that and start them all "
+                        f"again"), log[-2000:]
+        assert "Traceback" not in log and "frozen base over" not in log  # nothing extracted
+        assert not list(outs[i].rglob("*.npy"))
+
+
+@pytest.mark.parametrize("sig,code", [(15, 143)], ids=["SIGTERM"])
+def test_sigterm_ends_the_wait_for_peers_and_for_shards(tiny_data, imagenet_mnv2_100, keras_home, tmp_path, sig, code):
+    """SIGTERM ends a worker waiting for its peers' announcements, and one waiting for their shards (the peer
+    frozen with SIGSTOP after announcing), within seconds, exit 143, one line."""
+    import signal
+    import time
+
+    def read_until(p, marker, timeout=600):
+        end, seen = time.monotonic() + timeout, []
+        while time.monotonic() < end:
+            line = p.stdout.readline()
+            if not line:
+                break
+            seen.append(line.rstrip())
+            if marker in line:
+                return seen
+        p.kill()
+        raise AssertionError(f"never saw {marker!r}:\n" + "\n".join(seen[-20:]))
+
+    def stop(p):
+        t0 = time.monotonic()
+        p.send_signal(sig)
+        rest = p.communicate(timeout=60)[0]
+        assert p.returncode == code and time.monotonic() - t0 < 30, rest[-2000:]
+        last = rest.strip().splitlines()[-1]
+        assert last.startswith("error: interrupted by SIGTERM;") and "--resume" in last, rest[-2000:]
+
+    cluster = {"worker": [f"localhost:{p}" for p in free_ports(2)]}
+    # 1. the wait for announcements: worker 1 never starts
+    out = tmp_path / "alone"
+    w0 = _worker(0, cluster, out, tiny_data, keras_home)
+    read_until(w0, "to announce themselves in")
+    stop(w0)
+    # 2. the wait for shards: both announce on one shared --out, then worker 1 is frozen
+    cluster = {"worker": [f"localhost:{p}" for p in free_ports(2)]}
+    out = tmp_path / "shared"
+    w0, w1 = (_worker(i, cluster, out, tiny_data, keras_home) for i in range(2))
+    try:
+        read_until(w1, "all 2 workers share")
+        w1.send_signal(signal.SIGSTOP)
+        read_until(w0, "view cache shards: waiting for")
+        stop(w0)
+    finally:
+        w1.kill()
+        w1.wait()
