@@ -75,6 +75,43 @@ def set_seed(seed: int) -> None:
         pass
 
 
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """The config with its file paths made absolute (the data, a weights file, the cache folder): a
+    run records them so, and resumes from any working directory."""
+    import os
+
+    if cfg.data:
+        cfg.data = os.path.abspath(cfg.data)
+    if cfg.cache_dir:
+        cfg.cache_dir = os.path.abspath(cfg.cache_dir)
+    if cfg.weights not in ("imagenet", "none"):
+        cfg.weights = os.path.abspath(cfg.weights)
+    return cfg
+
+
+def resolve_saved_paths(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
+    """A saved config's relative paths (runs written before paths were recorded absolute), taken
+    from the run itself: the data folder from split.json's absolute root, others against the run's
+    parent folder when they exist there; never from the current working directory alone."""
+    if cfg.data and not Path(cfg.data).is_absolute():
+        try:
+            root = json.loads((run_dir / rundir.SPLIT).read_text()).get("root")
+        except (OSError, ValueError, AttributeError):
+            root = None
+        if isinstance(root, str) and Path(root).is_dir():
+            cfg.data = root
+    for key in ("cache_dir", "weights"):
+        v = getattr(cfg, key)
+        if v and v not in ("imagenet", "none") and not Path(v).is_absolute() and not Path(v).exists():
+            near = run_dir.resolve().parent / v
+            if near.exists():
+                setattr(cfg, key, str(near))
+    return cfg
+
+
+TIMINGS = "timings.json"  # in the checkpoints: phase 1's time, for a resumed run's summary
+
+
 class Trainer:
     """Runs the two phases for one config. Subclasses (distillation) change the
     loss and the targets; the schedule, checkpoints and outputs stay the same."""
@@ -93,8 +130,8 @@ class Trainer:
                 raise EdgetlError(f"{run_dir}: this run already finished; nothing to resume")
             saved = load_run_config(run_dir)
             saved.out = str(run_dir)
-            config = saved
-        self.cfg = config.validate().resolved()
+            config = resolve_saved_paths(saved, run_dir)
+        self.cfg = absolute_paths(config.validate().resolved())
         self.bb = backbones.get(self.cfg.backbone)
         self.run_dir = Path(self.cfg.out) if self.cfg.out else default_run_dir(self.cfg, root)
         self.cfg.out = str(self.run_dir)
@@ -646,6 +683,13 @@ class Trainer:
         hist_path = self.ckpt / "history_phase1.json"
         if head_w.exists():
             self.head.load_weights(str(head_w))
+            try:  # the earlier run's phase-1 time (and its extraction time, if this run extracted nothing)
+                earlier = json.loads((self.ckpt / TIMINGS).read_text())
+                self.timings["phase1_train_s"] = float(earlier["phase1_train_s"])
+                self.timings["features_s"] = max(self.timings.get("features_s", 0.0),
+                                                 float(earlier.get("features_s", 0.0)))
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
             self.echo("phase 1: done in an earlier run; loaded its best head")
             return json.loads(hist_path.read_text()) if hist_path.exists() else []
         t0 = time.perf_counter()
@@ -658,10 +702,11 @@ class Trainer:
         (tr, tr_steps), (va, va_steps) = self.stream("train", "feats", True), self.stream("val", "feats", False)
         self.head.fit(tr, steps_per_epoch=tr_steps, validation_data=va, validation_steps=va_steps,
                       epochs=epochs, verbose=0, shuffle=False, callbacks=self.callbacks("phase 1", epochs, rows))
+        self.timings["phase1_train_s"] = time.perf_counter() - t0
         if self.is_chief:
+            artifacts.write_json(self.ckpt / TIMINGS, self.timings)  # a resumed run reports phase 1's time
             with artifacts.atomic_path(head_w, suffix=".weights.h5") as tmp:
                 self.head.save_weights(str(tmp))
-        self.timings["phase1_train_s"] = time.perf_counter() - t0
         return json.loads(hist_path.read_text()) if hist_path.exists() else []
 
     # ---- phase 2 ---------------------------------------------------------
@@ -917,9 +962,10 @@ class Trainer:
                 self.echo(f"{name:<8}{'-':>8}")
                 continue
             best = min(rows, key=lambda r: r.get("val_loss", np.inf))
-            t = self.timings.get(tkey, float("nan")) + (self.timings.get("features_s", 0.0) if key == "phase1" else 0)
+            t = self.timings.get(tkey)
+            t_s = "-" if t is None else f"{t + (self.timings.get('features_s', 0.0) if key == 'phase1' else 0):.1f}s"
             self.echo(f"{name:<8}{len(rows):>8}{best['epoch']:>6}{m['accuracy']:>9.4f}"
-                      f"{best.get('val_loss', float('nan')):>10.4f}{t:>8.1f}s")
+                      f"{best.get('val_loss', float('nan')):>10.4f}{t_s:>9}")
         from edgetl.stats import fmt_acc
 
         f = metrics["final"]
