@@ -154,9 +154,11 @@ class Trainer:
     def prepare(self) -> None:
         cfg = self.cfg
         if cfg.strategy == "multiworker":
+            # collective ops are configured when TensorFlow starts: before anything else runs
             from edgetl import distributed
 
-            # collective ops are configured when TensorFlow starts: before anything else runs
+            self.echo(f"multiworker: connecting to the other workers ({distributed.describe_cluster()}, TF_CONFIG); "
+                      f"this waits until every worker has started")
             self.strategy = get_strategy("multiworker")
             distributed.patch_keras()
             self.worker_index, self.num_workers, self.is_chief = distributed.worker_of(self.strategy)
@@ -871,9 +873,19 @@ class Trainer:
                 "split": "test", "source": self.ds.test_source}
 
     def run(self) -> TrainResult:
+        import contextlib
+
+        from edgetl import signals
+
         t_start = time.perf_counter()
-        self.prepare()
-        self.build()
+        # multiworker: connecting and building wait for every worker inside TensorFlow's C++ code, where no
+        # Python signal handler runs; HardStop ends the process there on SIGINT/SIGTERM (nothing is written yet)
+        guard = signals.HardStop("while connecting to the other workers (TF_CONFIG); nothing was written: start "
+                                 "every worker again") \
+            if self.cfg.strategy == "multiworker" else contextlib.nullcontext()
+        with guard:
+            self.prepare()
+            self.build()
         self.start()
         try:
             return self.phases(t_start)
