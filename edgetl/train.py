@@ -109,9 +109,6 @@ def resolve_saved_paths(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
     return cfg
 
 
-TIMINGS = "timings.json"  # in the checkpoints: phase 1's time, for a resumed run's summary
-
-
 class Trainer:
     """Runs the two phases for one config. Subclasses (distillation) change the
     loss and the targets; the schedule, checkpoints and outputs stay the same."""
@@ -459,10 +456,10 @@ class Trainer:
         if self.num_workers > 1:  # before any work: every worker must see the others on the shared storage
             from edgetl import distributed
 
-            distributed.announce(self.ckpt / "workers", self.worker_index, self.num_workers, "--out", self.echo,
+            distributed.announce(self.ckpt / rundir.WORKERS, self.worker_index, self.num_workers, "--out", self.echo,
                                  distributed.peer_timeout())
             if self.cfg.cache_dir:
-                distributed.announce(self.cache_dir.parent / f"{self.run_dir.name}.workers", self.worker_index,
+                distributed.announce(self.cache_dir.parent / f"{self.run_dir.name}.{rundir.WORKERS}", self.worker_index,
                                      self.num_workers, "--cache-dir", self.echo, distributed.peer_timeout())
         if not self.is_chief:  # the chief creates (or clears) the shared cache folder
             from edgetl import distributed
@@ -686,7 +683,7 @@ class Trainer:
         if head_w.exists():
             self.head.load_weights(str(head_w))
             try:  # the earlier run's phase-1 time (and its extraction time, if this run extracted nothing)
-                earlier = json.loads((self.ckpt / TIMINGS).read_text())
+                earlier = json.loads((self.ckpt / rundir.TIMINGS).read_text())
                 self.timings["phase1_train_s"] = float(earlier["phase1_train_s"])
                 self.timings["features_s"] = max(self.timings.get("features_s", 0.0),
                                                  float(earlier.get("features_s", 0.0)))
@@ -706,7 +703,7 @@ class Trainer:
                       epochs=epochs, verbose=0, shuffle=False, callbacks=self.callbacks("phase 1", epochs, rows))
         self.timings["phase1_train_s"] = time.perf_counter() - t0
         if self.is_chief:
-            artifacts.write_json(self.ckpt / TIMINGS, self.timings)  # a resumed run reports phase 1's time
+            artifacts.write_json(self.ckpt / rundir.TIMINGS, self.timings)  # a resumed run reports phase 1's time
             with artifacts.atomic_path(head_w, suffix=".weights.h5") as tmp:
                 self.head.save_weights(str(tmp))
         return json.loads(hist_path.read_text()) if hist_path.exists() else []
@@ -954,7 +951,7 @@ class Trainer:
         shutil.rmtree(self.ckpt, ignore_errors=True)
         shutil.rmtree(self.cache_dir, ignore_errors=True)  # a --cache-dir outside the checkpoints
         if self.cfg.cache_dir and self.num_workers > 1:
-            shutil.rmtree(self.cache_dir.parent / f"{self.run_dir.name}.workers", ignore_errors=True)
+            shutil.rmtree(self.cache_dir.parent / f"{self.run_dir.name}.{rundir.WORKERS}", ignore_errors=True)
         rundir.update_manifest(run, "train", {
             "kind": self.kind,
             "seed": self.cfg.seed,
