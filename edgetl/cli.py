@@ -67,7 +67,7 @@ class EdgetlGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         from edgetl import signals
 
-        signals.install()  # SIGTERM ends a command like Ctrl-C: one line, exit 143
+        previous = signals.install()  # SIGTERM ends a command like Ctrl-C: one line, exit 143
         try:
             return super().invoke(ctx)
         except EdgetlError as e:
@@ -84,6 +84,8 @@ class EdgetlGroup(click.Group):
                 raise
             click.echo(f"error: {os_error_message(e)}", err=True)
             ctx.exit(1)
+        finally:
+            signals.restore(previous)
 
 
 def echo(msg: str = "") -> None:

@@ -27,13 +27,32 @@ def _handler(signum, frame):  # pragma: no cover - exercised through real signal
     raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
-def install() -> None:
-    """Route SIGINT and SIGTERM through :func:`_handler` (main thread only; idempotent). Call it
-    again after anything that may take the signals over (a TensorFlow cluster runtime)."""
+_active = False  # install() was called (the CLI): reinstall() may take the signals back
+
+
+def install() -> dict:
+    """Route SIGINT and SIGTERM through :func:`_handler` (main thread only). Returns the previous
+    handlers, for :func:`restore` (the CLI restores them when a command returns)."""
+    global _active
     if threading.current_thread() is not threading.main_thread() or _hard_stop:
-        return
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, _handler)
+        return {}
+    _active = True
+    return {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def reinstall() -> None:
+    """After anything that may take the signals over (a TensorFlow cluster runtime): the CLI's
+    handlers again, if the CLI installed them (a notebook's own handlers are left alone)."""
+    if _active:
+        install()
+
+
+def restore(previous: dict) -> None:
+    """The handlers from before :func:`install`; the next command starts with no signal received."""
+    global _active, received
+    for s, h in previous.items():
+        signal.signal(s, h)
+    _active, received = False, None
 
 
 def name() -> str:
@@ -74,6 +93,7 @@ class HardStop:
             return self
         _hard_stop = True
         self._stderr = os.dup(2)
+        self._previous = {s: signal.getsignal(s) for s in self._sigs}
         for s in self._sigs:  # a thread started earlier may still take the signal: the same end
             signal.signal(s, lambda signum, frame: self._stop(signum))
         signal.pthread_sigmask(signal.SIG_BLOCK, self._sigs | {signal.SIGUSR2})
@@ -90,5 +110,6 @@ class HardStop:
         self._thread.join(timeout=5)
         _hard_stop = False
         os.close(self._stderr)
-        install()
+        for s, h in self._previous.items():
+            signal.signal(s, h)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, self._sigs)  # a signal that came meanwhile is delivered here

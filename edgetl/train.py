@@ -203,7 +203,7 @@ class Trainer:
             self.strategy = get_strategy(cfg.strategy)
         from edgetl import signals
 
-        signals.install()  # a TensorFlow cluster runtime may have taken SIGTERM over
+        signals.reinstall()  # a TensorFlow cluster runtime may have taken SIGTERM over
         self.replicas = int(self.strategy.num_replicas_in_sync)
         if self.replicas > 1:
             self.echo(f"strategy: {type(self.strategy).__name__} over {self.replicas} replicas")
