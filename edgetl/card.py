@@ -16,11 +16,11 @@ from edgetl.types import Echo, PathLike
 
 # How a photo becomes the model's input, per resize mode of the run (the card states it).
 PY_RESIZE = {
-    "crop": ("img = Image.open(\"photo.jpg\").convert(\"RGB\")\n"
+    "crop": ("img = ImageOps.exif_transpose(Image.open(\"photo.jpg\")).convert(\"RGB\")  # upright, as trained\n"
              "s = min(img.size)                                           # central square crop, then resize\n"
              "img = img.resize(({w}, {h}), Image.BILINEAR, box=((img.width - s) / 2, (img.height - s) / 2,\n"
              "                                                 (img.width + s) / 2, (img.height + s) / 2))"),
-    "squash": ("img = Image.open(\"photo.jpg\").convert(\"RGB\")\n"
+    "squash": ("img = ImageOps.exif_transpose(Image.open(\"photo.jpg\")).convert(\"RGB\")  # upright, as trained\n"
                "img = img.resize(({w}, {h}), Image.BILINEAR)                  # squash: the whole photo, stretched"),
 }
 KOTLIN_ROI = {
@@ -53,6 +53,8 @@ val options = ImageClassifier.ImageClassifierOptions.builder()
     .setMaxResults(3)
     .build()
 val classifier = ImageClassifier.createFromOptions(context, options)
+// MediaPipe does not read EXIF: a Bitmap from BitmapFactory holds the stored pixels, so rotate a camera photo
+// upright first (androidx ExifInterface's orientation; rotations only: ImageProcessingOptions.setRotationDegrees)
 val image = BitmapImageBuilder(bitmap).build()
 {kotlin_roi}
 val top = result.classificationResult().classifications()[0].categories()[0]  // top.categoryName(), top.score()
@@ -67,7 +69,7 @@ let options = ImageClassifierOptions()
 options.baseOptions.modelAssetPath = Bundle.main.path(forResource: "{mp_stem}", ofType: "tflite")!
 options.maxResults = 3
 let classifier = try ImageClassifier(options: options)
-let image = try MPImage(uiImage: uiImage)
+let image = try MPImage(uiImage: uiImage)  // MediaPipe takes uiImage.imageOrientation (EXIF) and rotates to upright
 {swift_roi}
 let top = result.classificationResult.classifications[0].categories[0]  // top.categoryName, top.score
 ```
@@ -107,7 +109,7 @@ val label = labels[probs[0].indices.maxBy {{ probs[0][it] }}]
 
 ```python
 import numpy as np, mediapipe as mp
-from PIL import Image
+from PIL import Image, ImageOps
 from mediapipe.tasks.python import BaseOptions, vision
 {py_resize}
 clf = vision.ImageClassifier.create_from_options(vision.ImageClassifierOptions(
@@ -121,7 +123,7 @@ clf.close()
 
 ```python
 import numpy as np, onnxruntime as ort
-from PIL import Image
+from PIL import Image, ImageOps
 labels = [l.strip() for l in open("labels.txt")]
 sess = ort.InferenceSession("{onnx}")                        # a .ort file loads the same way
 {py_resize}

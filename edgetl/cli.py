@@ -64,6 +64,9 @@ class EdgetlGroup(click.Group):
     code, no traceback (``--debug`` or EDGETL_DEBUG=1 shows it)."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from edgetl import signals
+
+        previous = signals.install()  # SIGTERM ends a command like Ctrl-C: one line, exit 143
         try:
             return super().invoke(ctx)
         except EdgetlError as e:
@@ -72,13 +75,16 @@ class EdgetlGroup(click.Group):
             click.echo(f"error: {e.message}", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            ctx.exit(130)
+            click.echo(f"error: interrupted by {signals.name()}; every file is written atomically, so nothing is "
+                       f"half-written: run the same command again", err=True)
+            ctx.exit(signals.exit_code())
         except OSError as e:
             if debugging():
                 raise
             click.echo(f"error: {os_error_message(e)}", err=True)
             ctx.exit(1)
+        finally:
+            signals.restore(previous)
 
 
 def echo(msg: str = "") -> None:
@@ -194,20 +200,26 @@ def train_options(f):
         click.option("--epochs-finetune", type=int, default=d(TrainConfig, "epochs_finetune"), show_default=True,
                      help="Phase 2 epochs (partial unfreezing); 0 skips phase 2."),
         click.option("--lr-head", type=float, default=d(TrainConfig, "lr_head"), show_default=True, help="Adam learning rate, phase 1."),
-        click.option("--lr-finetune", type=float, default=d(TrainConfig, "lr_finetune"), show_default=True, help="Adam learning rate, phase 2."),
+        click.option("--lr-finetune", type=float, default=d(TrainConfig, "lr_finetune"),
+                     help="Adam learning rate, phase 2. [default: 1e-5 with --recipe fixed; auto tries 1e-5 and "
+                          "1e-4, or only this rate when given]"),
         click.option("--recipe", type=click.Choice(RECIPES), default=d(TrainConfig, "recipe"), show_default=True,
                      help="auto: phase 2 picks its depth (2 or 5 units from the top) and learning rate (1e-5 or "
                           "1e-4) from a short trial of each on the cached activations, scored on validation, and "
-                          "each phase runs at least --min-steps updates; fixed: --unfreeze and --lr-finetune as given."),
+                          "each phase runs at least --min-steps updates (a depth or rate given with --unfreeze, "
+                          "--unfreeze-blocks or --lr-finetune is kept, and only the rest is searched); "
+                          "fixed: --unfreeze and --lr-finetune as given."),
         click.option("--lr-decay", type=float, default=d(TrainConfig, "lr_decay"), show_default=True,
                      help="Discriminative learning rates: each unit deeper from the top learns at lr x decay."),
         click.option("--accumulate", type=int, default=d(TrainConfig, "accumulate"), show_default=True,
                      help="Average gradients over N batches per update: effective batch = --batch-size x N."),
         click.option("--min-steps", type=int, default=d(TrainConfig, "min_steps"), show_default=True,
                      help="Auto recipe: phase 1 makes at least this many optimizer updates (phase 2: half)."),
-        click.option("--unfreeze", type=int, default=d(TrainConfig, "unfreeze"), show_default=True,
-                     help="Phase 2 unfreezes the last N layers (whole blocks for block-unit backbones)."),
-        click.option("--unfreeze-blocks", type=int, default=d(TrainConfig, "unfreeze_blocks"), help="Or unfreeze the last K blocks."),
+        click.option("--unfreeze", type=int, default=d(TrainConfig, "unfreeze"),
+                     help="Phase 2 unfreezes the last N layers (whole blocks for block-unit backbones). "
+                          "[default: 20 with --recipe fixed; auto tries 2 and 5 units, or only this depth when given]"),
+        click.option("--unfreeze-blocks", type=int, default=d(TrainConfig, "unfreeze_blocks"),
+                     help="Or unfreeze the last K blocks (not with --unfreeze); auto keeps it too."),
         click.option("--dropout", type=float, default=d(TrainConfig, "dropout"), show_default=True),
         click.option("--dense", type=int, default=d(TrainConfig, "dense"), show_default=True, help="Units of an optional hidden layer in the head."),
         click.option("--label-smoothing", type=float, default=d(TrainConfig, "label_smoothing"), show_default=True),
@@ -245,10 +257,33 @@ def train_options(f):
     return f
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _given(names) -> list[str]:
+    """The options among ``names`` the user set (on the command line or through the environment)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return [n for n in names if ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT)]
+
+
 def _train_config(data: str, kw: dict[str, Any]) -> TrainConfig:
+    """TrainConfig from the options. Explicit options win: one that another option would override
+    is refused in one line instead of being silently ignored."""
     kw = dict(kw)
-    kw.pop("resume", None)
-    kw.pop("force", None)
+    kw.pop("force", None)  # train/distill take it beside the config (a finished run is replaced only with it)
+    resume = kw.pop("resume", False)
+    if resume:  # the run continues with its saved config.yaml: any other option would be ignored
+        ignored = [n for n in _given(kw) if n != "out"]
+        if ignored:
+            raise EdgetlError(f"{_flag(ignored[0])}: --resume continues the run with the options saved in its "
+                              f"config.yaml, so {_flag(ignored[0])} would be ignored; drop it (or start a new run "
+                              f"with another --out)")
+    if kw.get("recipe") == "fixed" and _given(["min_steps"]):
+        raise EdgetlError(f"--min-steps {kw['min_steps']}: is ignored by --recipe fixed, which runs the epochs as "
+                          f"given; drop it or use --recipe auto")
     return TrainConfig(data=data, **kw)
 
 

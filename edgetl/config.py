@@ -145,10 +145,13 @@ class TrainConfig(Options):
     epochs_head: int = doc("phase 1: frozen base, head on cached features", 20)
     epochs_finetune: int = doc("phase 2: last layers unfrozen; 0 skips it", 10)
     lr_head: float = doc("Adam learning rate, phase 1", 1e-3)
-    lr_finetune: float = doc("Adam learning rate, phase 2", 1e-5)
+    lr_finetune: float | None = doc("Adam learning rate, phase 2 (null: 1e-5 with the fixed recipe; auto tries "
+                                    "1e-5 and 1e-4; given: auto keeps it)", None)
     recipe: str = doc("auto (phase 2 picks depth and learning rate on val; a minimum step budget) | fixed", "auto")
-    unfreeze: int = doc("fixed recipe: last N layers (widened to whole blocks where the unit is a block)", 20)
-    unfreeze_blocks: int | None = doc("fixed recipe: or the last K blocks", None)
+    unfreeze: int | None = doc("phase 2 trains the last N layers, widened to whole blocks where the unit is a block "
+                               "(null: 20 with the fixed recipe; auto tries 2 and 5 units; given: auto keeps it)",
+                               None)
+    unfreeze_blocks: int | None = doc("or the last K blocks (given: auto keeps it)", None)
     lr_decay: float = doc("discriminative learning rates: each unit deeper gets lr x decay (1: one rate)", 1.0)
     accumulate: int = doc("average gradients over N batches per update (effective batch = batch_size x N)", 1)
     min_steps: int = doc("auto recipe: optimizer steps phase 1 runs at least (phase 2: half)", 300)
@@ -183,8 +186,14 @@ class TrainConfig(Options):
                 c.require("img_size", self.img_size >= bb.min_size, f"{bb.name} needs at least {bb.min_size} px")
         if self.alpha is not None:
             c.require("alpha", 0.0 < self.alpha <= 2.0, "must be in (0, 2]")
-        c.positive("batch_size", "epochs_head", "views", "lr_head", "lr_finetune")
-        c.non_negative("epochs_finetune", "unfreeze", "dense", "patience", "l2", "mixup")
+        c.positive("batch_size", "epochs_head", "views", "lr_head")
+        c.non_negative("epochs_finetune", "dense", "patience", "l2", "mixup")
+        if self.lr_finetune is not None:
+            c.positive("lr_finetune")
+        if self.unfreeze is not None:
+            c.non_negative("unfreeze")
+            c.require("unfreeze", self.unfreeze_blocks is None,
+                      f"--unfreeze-blocks {self.unfreeze_blocks} is given too; give one of them")
         c.require("dropout", 0.0 <= self.dropout < 1.0, "must be in [0, 1)")
         c.require("label_smoothing", 0.0 <= self.label_smoothing < 1.0, "must be in [0, 1)")
         c.require("val_split", 0.0 < self.val_split < 1.0, "must be between 0 and 1 (exclusive)")

@@ -9,7 +9,7 @@ exit code 2. Schema 2 (see edgetl/resources/edgetl_check.py):
      "bundle": {"run": str, "created": str, "samples": int > 0,
                 "models": [{"file": str, "sha256": 64 hex}, ...]},
      "device": {"name": str, "hostname"?, "cpu"?, "machine"?, "platform"?: str, "cores"?: int > 0},
-     "models": [{"file": str, "sha256": 64 hex, "format": "tflite"|"onnx", "quant": str, "size_bytes": int >= 0,
+     "models": [{"file": str, "sha256": 64 hex, "format": "tflite"|"onnx"|"ort", "quant": str, "size_bytes": int >= 0,
                  and either "skipped": str (the runtime is not installed on the device: reported as
                  skipped, not a failure), or "error": str (the runtime could not load or run the model: a
                  failure), or "runtime", "runtime_version": str, "threads": int > 0,
@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 SCHEMA = 2
 MAX_BYTES = 10 * 1024 * 1024
-FORMATS = {".tflite": "tflite", ".onnx": "onnx"}
+FORMATS = {suffix: suffix[1:] for suffix in rundir.MODEL_SUFFIXES}  # .tflite, .onnx, .ort: what export writes
 RERUN = "re-run edgetl_check.py on the device"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # what older check scripts wrote under "error" when the runtime was not installed (an ImportError)
@@ -128,7 +128,7 @@ class _Checker:
     def file_name(self, obj: dict, key: str, where: str) -> str:
         v = self.text(obj, key, where) or ""
         if "/" in v or "\\" in v or ".." in v or v.startswith(".") or Path(v).suffix not in FORMATS:
-            self.fail(_at(where, key), v, "must be a plain .tflite or .onnx file name (no path, no '..')")
+            self.fail(_at(where, key), v, f"must be a plain {', '.join(FORMATS)} file name (no path, no '..')")
         return v
 
     # -- the document ------------------------------------------------------------------

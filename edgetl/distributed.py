@@ -123,18 +123,25 @@ def describe_cluster() -> str:
 
 
 def wait_for(done, what: str, echo, timeout_s: float, poll_s: float = 1.0, every_s: float = 30.0) -> None:
-    """Poll ``done()`` (a count of what is still missing) until it is 0; a line every
-    ``every_s`` seconds; a one-line error after ``timeout_s``."""
-    t0 = last = time.perf_counter()
+    """Poll ``done()`` (a count of what is still missing) until it is 0; a line when the wait
+    begins and every ``every_s`` seconds; a one-line error once ``timeout_s`` pass without
+    progress (the count not falling): peers that work, however slowly, are waited for. A signal
+    (Ctrl-C, SIGTERM) ends the wait at once: the sleep is where Python handles it."""
+    t0 = last = progress = time.perf_counter()
+    best = None
     while True:
         left = done()
         if not left:
             return
         now = time.perf_counter()
-        if now - t0 > timeout_s:
-            raise EdgetlError(f"{what}: still {left} missing after {timeout_s:.0f}s; a worker may have died. Stop "
-                              f"every worker and start them all again with --resume: finished shards are kept",
-                              exit_code=1)
+        if best is None or left < best:
+            if best is None:
+                echo(f"{what}: waiting for {left} from the other workers")
+            best, progress = left, now
+        if now - progress > timeout_s:
+            raise EdgetlError(f"{what}: still {left} missing, none for {timeout_s:.0f}s (EDGETL_SHARD_TIMEOUT); a "
+                              f"worker may have died. Stop every worker and start them all again with --resume: "
+                              f"finished shards are kept", exit_code=1)
         if now - last >= every_s:
             echo(f"{what}: waiting for {left} from the other workers ({now - t0:.0f}s)")
             last = now
@@ -142,8 +149,60 @@ def wait_for(done, what: str, echo, timeout_s: float, poll_s: float = 1.0, every
 
 
 def shard_timeout() -> float:
-    """Seconds a worker waits for the others' shards (EDGETL_SHARD_TIMEOUT, default 24 h)."""
-    return float(os.environ.get("EDGETL_SHARD_TIMEOUT", 24 * 3600))
+    """Seconds a worker waits for the others' shards without any progress (EDGETL_SHARD_TIMEOUT,
+    default 10 minutes: one shard takes seconds to minutes to extract)."""
+    return _seconds("EDGETL_SHARD_TIMEOUT", 600.0)
+
+
+def peer_timeout() -> float:
+    """Seconds a worker waits for every worker's announcement (EDGETL_PEER_TIMEOUT, default 3 minutes)."""
+    return _seconds("EDGETL_PEER_TIMEOUT", 180.0)
+
+
+def _seconds(var: str, default: float) -> float:
+    raw = os.environ.get(var, "")
+    if not raw:
+        return default
+    try:
+        v = float(raw)
+    except ValueError:
+        v = -1.0
+    if not v > 0:
+        raise EdgetlError(f"{var}={raw}: must be a positive number of seconds")
+    return v
+
+
+def announce(folder: Path, index: int, num: int, option: str, echo, timeout_s: float, poll_s: float = 0.5) -> None:
+    """Write this worker's announcement into ``folder`` (on the storage the workers share), then
+    wait until all ``num`` workers' announcements are there. A worker that cannot see them all
+    within ``timeout_s`` stops with one line: ``option`` (--out or --cache-dir) is not on storage
+    every worker mounts, or a worker never started. Each worker rewrites only its own file."""
+    import socket
+
+    from edgetl import artifacts
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json(folder / f"worker-{index}.json", {"worker": index, "workers": num,
+                                                           "host": socket.gethostname(), "pid": os.getpid(),
+                                                           "time": artifacts.now_iso()})
+
+    def missing() -> list[int]:
+        return [i for i in range(num) if not (folder / f"worker-{i}.json").exists()]
+
+    t0 = time.perf_counter()
+    if missing():
+        echo(f"multiworker: worker {index} of {num}: waiting up to {timeout_s:.0f}s (EDGETL_PEER_TIMEOUT) for the "
+             f"other workers to announce themselves in {folder}")
+    while missing():
+        if time.perf_counter() - t0 > timeout_s:
+            gone = ", ".join(map(str, missing()))
+            raise EdgetlError(f"{folder}: worker {index} of {num} sees no announcement from worker(s) {gone} after "
+                              f"{timeout_s:.0f}s: {option} must be on storage every worker mounts (the same shared "
+                              f"folder on every machine), and every worker must be started; fix that and start them "
+                              f"all again", exit_code=1)
+        time.sleep(poll_s)
+    echo(f"multiworker: worker {index} of {num}: all {num} workers share {folder}")
 
 
 def key_ready(root: Path, key: str) -> bool:

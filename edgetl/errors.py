@@ -17,10 +17,13 @@ class EdgetlError(Exception):
 
 
 class TrainingInterrupted(EdgetlError):
-    """Ctrl-C during training: the last finished epoch is checkpointed."""
+    """Ctrl-C or SIGTERM during training: the last finished epoch is checkpointed. Exit code
+    130 (SIGINT) or 143 (SIGTERM)."""
 
     def __init__(self, message: str):
-        super().__init__(message, exit_code=130)
+        from edgetl import signals
+
+        super().__init__(message, exit_code=signals.exit_code())
 
 
 class TrainingDiverged(EdgetlError):

@@ -1,13 +1,14 @@
 """The fine-tuning recipe: how long each phase trains, how deep phase 2 reaches and how fast
 each part of it learns.
 
-- ``fixed``: phase 2 unfreezes ``--unfreeze`` layers (or ``--unfreeze-blocks``) at
-  ``--lr-finetune``, for the epochs given.
+- ``fixed``: phase 2 unfreezes ``--unfreeze`` layers (or ``--unfreeze-blocks``; default 20
+  layers) at ``--lr-finetune`` (default 1e-5), for the epochs given.
 - ``auto`` (the default): each phase runs at least a minimum number of optimizer steps (small
   data sets otherwise stop underfitted: 100 images at batch 32 are 4 steps an epoch), and
   phase 2 picks its depth and learning rate from a small grid, each candidate trained
   briefly (PROBE_STEPS updates on the plain view of each image) on the cached activations
-  and scored on the validation split (never on test).
+  and scored on the validation split (never on test). A depth or learning rate the user
+  gave is kept: the grid searches only what was left open (explicit options win).
 
 Both take ``--lr-decay`` (discriminative learning rates: each unit deeper from the top gets
 the rate times the decay) and ``--accumulate`` (gradients averaged over N batches before an
@@ -21,6 +22,8 @@ from typing import Any
 GRID_BLOCKS = (2, 5)              # units from the top (MobileNetV2: top conv + 1 or 4 inverted-residual blocks)
 GRID_LRS = (1e-5, 1e-4)
 PROBE_STEPS = 40                  # optimizer steps of each trial (on the plain views)
+DEFAULT_UNFREEZE = 20             # fixed recipe, when neither --unfreeze nor --unfreeze-blocks is given
+DEFAULT_LR = 1e-5                 # fixed recipe, when --lr-finetune is not given
 
 
 @dataclass
@@ -48,23 +51,40 @@ def budget_epochs(epochs: int, rows: int, batch: int, min_steps: int, accumulate
     return max(epochs, math.ceil(min_steps / steps))
 
 
+def given(cfg: Any) -> dict[str, Any]:
+    """The phase-2 options the user set (None means "not set"): both recipes use them. With ``auto``
+    they restrict its grid (``--unfreeze-blocks 3``: only depth 3, both learning rates;
+    ``--lr-finetune 1e-4``: every depth at 1e-4), so an explicit option is never silently ignored."""
+    return {k: getattr(cfg, k) for k in ("unfreeze", "unfreeze_blocks", "lr_finetune") if getattr(cfg, k) is not None}
+
+
+def fixed_lr(cfg: Any) -> float:
+    return DEFAULT_LR if cfg.lr_finetune is None else float(cfg.lr_finetune)
+
+
 def candidates(base: Any, bb: Any, cfg: Any) -> list[Candidate]:
-    """The phase-2 settings to try: one for ``fixed``; the grid for ``auto``."""
+    """The phase-2 settings to try: one for ``fixed``; for ``auto`` the grid, restricted to the
+    depth and learning rate the user gave (see :func:`given`)."""
     from edgetl.backbones import layers_to_unfreeze, units
 
+    def fixed() -> Candidate:
+        n = DEFAULT_UNFREEZE if cfg.unfreeze is None else cfg.unfreeze
+        layers = layers_to_unfreeze(base, bb, n, cfg.unfreeze_blocks) if cfg.epochs_finetune else []
+        return Candidate("fixed", cfg.unfreeze_blocks, fixed_lr(cfg), layers)
+
     if cfg.recipe == "fixed" or not cfg.epochs_finetune:
-        layers = layers_to_unfreeze(base, bb, cfg.unfreeze, cfg.unfreeze_blocks) if cfg.epochs_finetune else []
-        return [Candidate("fixed", cfg.unfreeze_blocks, cfg.lr_finetune, layers)]
-    n_units = len(units(base, bb))
-    out = []
-    for k in GRID_BLOCKS:
-        if k >= n_units:
-            continue
-        layers = layers_to_unfreeze(base, bb, n_blocks=k)
-        for lr in GRID_LRS:
-            out.append(Candidate(f"last {k} units at {lr:g}", k, lr, layers))
-    return out or [Candidate("fixed", cfg.unfreeze_blocks, cfg.lr_finetune,
-                             layers_to_unfreeze(base, bb, cfg.unfreeze, cfg.unfreeze_blocks))]
+        return [fixed()]
+    lrs = GRID_LRS if cfg.lr_finetune is None else (float(cfg.lr_finetune),)
+    if cfg.unfreeze_blocks is not None:
+        depths = [(f"last {cfg.unfreeze_blocks} units", cfg.unfreeze_blocks,
+                   layers_to_unfreeze(base, bb, n_blocks=cfg.unfreeze_blocks))]
+    elif cfg.unfreeze is not None:
+        depths = [(f"last {cfg.unfreeze} layers", None, layers_to_unfreeze(base, bb, n_layers=cfg.unfreeze))]
+    else:
+        n_units = len(units(base, bb))
+        depths = [(f"last {k} units", k, layers_to_unfreeze(base, bb, n_blocks=k)) for k in GRID_BLOCKS if k < n_units]
+    out = [Candidate(f"{name} at {lr:g}", k, lr, layers) for name, k, layers in depths for lr in lrs]
+    return out or [fixed()]
 
 
 def choose(cands: list[Candidate]) -> Candidate:

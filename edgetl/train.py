@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl import artifacts, backbones, rundir
+from edgetl import artifacts, backbones, recipe, rundir
 from edgetl.config import TrainConfig, parse_augment
 from edgetl.data import Dataset, class_weights, scan
 from edgetl.errors import EdgetlError, TrainingInterrupted
@@ -76,6 +76,40 @@ def set_seed(seed: int) -> None:
         pass
 
 
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """The config with its file paths made absolute (the data, a weights file, the cache folder): a
+    run records them so, and resumes from any working directory."""
+    import os
+
+    if cfg.data:
+        cfg.data = os.path.abspath(cfg.data)
+    if cfg.cache_dir:
+        cfg.cache_dir = os.path.abspath(cfg.cache_dir)
+    if cfg.weights not in ("imagenet", "none"):
+        cfg.weights = os.path.abspath(cfg.weights)
+    return cfg
+
+
+def resolve_saved_paths(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
+    """A saved config's relative paths (runs written before paths were recorded absolute), taken
+    from the run itself: the data folder from split.json's absolute root, others against the run's
+    parent folder when they exist there; never from the current working directory alone."""
+    if cfg.data and not Path(cfg.data).is_absolute():
+        try:
+            root = json.loads((run_dir / rundir.SPLIT).read_text()).get("root")
+        except (OSError, ValueError, AttributeError):
+            root = None
+        if isinstance(root, str) and Path(root).is_dir():
+            cfg.data = root
+    for key in ("cache_dir", "weights"):
+        v = getattr(cfg, key)
+        if v and v not in ("imagenet", "none") and not Path(v).is_absolute() and not Path(v).exists():
+            near = run_dir.resolve().parent / v
+            if near.exists():
+                setattr(cfg, key, str(near))
+    return cfg
+
+
 class Trainer:
     """Runs the two phases for one config. Subclasses (distillation) change the
     loss and the targets; the schedule, checkpoints and outputs stay the same."""
@@ -96,8 +130,8 @@ class Trainer:
                 raise EdgetlError(f"{run_dir}: this run already finished; nothing to resume")
             saved = load_run_config(run_dir)
             saved.out = str(run_dir)
-            config = saved
-        self.cfg = config.validate().resolved()
+            config = resolve_saved_paths(saved, run_dir)
+        self.cfg = absolute_paths(config.validate().resolved())
         self.bb = backbones.get(self.cfg.backbone)
         self.run_dir = Path(self.cfg.out) if self.cfg.out else default_run_dir(self.cfg, root)
         self.cfg.out = str(self.run_dir)
@@ -108,16 +142,20 @@ class Trainer:
         self.timings: dict[str, float] = {}
         self.worker_index, self.num_workers, self.is_chief = 0, 1, True  # multi-worker: set by prepare()
         self.cache_stats: dict = {}
+        self.chosen: recipe.Candidate | None = None
         self.recipe_log: dict = {"recipe": self.cfg.recipe, "lr_decay": self.cfg.lr_decay,
-                                 "accumulate": self.cfg.accumulate, "min_steps": self.cfg.min_steps}
+                                 "accumulate": self.cfg.accumulate, "min_steps": self.cfg.min_steps,
+                                 "given": recipe.given(self.cfg)}  # explicit options: used by either recipe
 
     # ---- set-up ---------------------------------------------------------
     def prepare(self) -> None:
         cfg = self.cfg
         if cfg.strategy == "multiworker":
+            # collective ops are configured when TensorFlow starts: before anything else runs
             from edgetl import distributed
 
-            # collective ops are configured when TensorFlow starts: before anything else runs
+            self.echo(f"multiworker: connecting to the other workers ({distributed.describe_cluster()}, TF_CONFIG); "
+                      f"this waits until every worker has started")
             self.strategy = get_strategy("multiworker")
             distributed.patch_keras()
             self.worker_index, self.num_workers, self.is_chief = distributed.worker_of(self.strategy)
@@ -163,6 +201,9 @@ class Trainer:
         set_seed(cfg.seed)
         if cfg.strategy != "multiworker":
             self.strategy = get_strategy(cfg.strategy)
+        from edgetl import signals
+
+        signals.reinstall()  # a TensorFlow cluster runtime may have taken SIGTERM over
         self.replicas = int(self.strategy.num_replicas_in_sync)
         if self.replicas > 1:
             self.echo(f"strategy: {type(self.strategy).__name__} over {self.replicas} replicas")
@@ -284,8 +325,6 @@ class Trainer:
         pooled features of the frozen suffix, phase 2 trains the suffix and head on
         the cached activations. Returns the layers to unfreeze."""
         import keras
-
-        from edgetl import recipe
 
         if getattr(self, "_planned", False):
             return self.to_train
@@ -418,6 +457,14 @@ class Trainer:
         from edgetl.viewcache import ViewCache
 
         layout, shards, key = getattr(self, "view_plan", None) or self.plan_views()
+        if self.num_workers > 1:  # before any work: every worker must see the others on the shared storage
+            from edgetl import distributed
+
+            distributed.announce(self.ckpt / rundir.WORKERS, self.worker_index, self.num_workers, "--out", self.echo,
+                                 distributed.peer_timeout())
+            if self.cfg.cache_dir:
+                distributed.announce(self.cache_dir.parent / f"{self.run_dir.name}.{rundir.WORKERS}", self.worker_index,
+                                     self.num_workers, "--cache-dir", self.echo, distributed.peer_timeout())
         if not self.is_chief:  # the chief creates (or clears) the shared cache folder
             from edgetl import distributed
 
@@ -601,7 +648,7 @@ class Trainer:
         key = "lr_head" if phase == "phase 1" else "lr_finetune"
         tag = phase.replace(" ", "")
         return [
-            NanGuard(phase, f"lower --{key.replace('_', '-')} (now {getattr(self.cfg, key)}) or check the data"),
+            NanGuard(phase, f"lower --{key.replace('_', '-')} (now {self.phase_lr(phase)}) or check the data"),
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.cfg.patience, restore_best_weights=True),
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
                                               patience=max(1, self.cfg.patience // 2), min_lr=1e-7),
@@ -611,22 +658,26 @@ class Trainer:
             *self.extra_callbacks,
         ]
 
+    def phase_lr(self, phase: str) -> float:
+        if phase == "phase 1":
+            return self.cfg.lr_head
+        return self.chosen.lr if self.chosen is not None else recipe.fixed_lr(self.cfg)
+
     # ---- phase 1 ---------------------------------------------------------
     def phase_epochs(self, phase: str, epochs: int, rows: int, min_steps: int) -> int:
         """The phase's epochs: as given, or (auto recipe) enough for ``min_steps`` updates."""
-        from edgetl import recipe
 
         if self.cfg.recipe != "auto" or not epochs:
             return epochs
         n = recipe.budget_epochs(epochs, rows, self.cfg.batch_size, min_steps, self.cfg.accumulate)
         if n > epochs:
             self.echo(f"{phase.replace('phase', 'phase ')}: {n} epochs instead of {epochs}, so that it makes at least "
-                      f"{min_steps} optimizer steps on {rows} rows (auto recipe; early stopping still applies)")
+                      f"{min_steps} optimizer steps on {rows} rows (auto recipe: the epochs given are a minimum; "
+                      f"early stopping still applies; --min-steps 0 runs them as given)")
         self.recipe_log[f"{phase}_epochs"] = n
         return n
 
     def phase1(self) -> list[dict]:
-        from edgetl import recipe
 
         cfg = self.cfg
         self.plan_cut()
@@ -635,6 +686,13 @@ class Trainer:
         hist_path = self.ckpt / "history_phase1.json"
         if head_w.exists():
             self.head.load_weights(str(head_w))
+            try:  # the earlier run's phase-1 time (and its extraction time, if this run extracted nothing)
+                earlier = json.loads((self.ckpt / rundir.TIMINGS).read_text())
+                self.timings["phase1_train_s"] = float(earlier["phase1_train_s"])
+                self.timings["features_s"] = max(self.timings.get("features_s", 0.0),
+                                                 float(earlier.get("features_s", 0.0)))
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
             self.echo("phase 1: done in an earlier run; loaded its best head")
             return json.loads(hist_path.read_text()) if hist_path.exists() else []
         t0 = time.perf_counter()
@@ -647,10 +705,11 @@ class Trainer:
         (tr, tr_steps), (va, va_steps) = self.stream("train", "feats", True), self.stream("val", "feats", False)
         self.head.fit(tr, steps_per_epoch=tr_steps, validation_data=va, validation_steps=va_steps,
                       epochs=epochs, verbose=0, shuffle=False, callbacks=self.callbacks("phase 1", epochs, rows))
+        self.timings["phase1_train_s"] = time.perf_counter() - t0
         if self.is_chief:
+            artifacts.write_json(self.ckpt / rundir.TIMINGS, self.timings)  # a resumed run reports phase 1's time
             with artifacts.atomic_path(head_w, suffix=".weights.h5") as tmp:
                 self.head.save_weights(str(tmp))
-        self.timings["phase1_train_s"] = time.perf_counter() - t0
         return json.loads(hist_path.read_text()) if hist_path.exists() else []
 
     # ---- phase 2 ---------------------------------------------------------
@@ -679,11 +738,17 @@ class Trainer:
                       f"the {rows:,} cached view images")
             model = self.model
         tr, va = self.stream("train", "acts", True), self.stream("val", "acts", False)
-        chosen = self.choose_candidate(model, tr, va)
+        given = recipe.given(cfg)
+        if cfg.recipe == "auto" and given:
+            kept = " and ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in given.items())
+            self.echo(f"phase 2: auto recipe: {kept} as given; it searches only what was left open "
+                      f"({len(self.candidates)} candidate(s))")
+        chosen = self.chosen = self.choose_candidate(model, tr, va)
         n = M.set_trainable(self.base, chosen.layers)
         what = (chosen.name if cfg.recipe == "auto" else
                 f"last {cfg.unfreeze_blocks} block(s)" if cfg.unfreeze_blocks is not None
-                else f"last {cfg.unfreeze} layer(s)" + (" widened to whole blocks" if self.bb.unit == "block" else ""))
+                else f"last {cfg.unfreeze if cfg.unfreeze is not None else recipe.DEFAULT_UNFREEZE} layer(s)"
+                + (" widened to whole blocks" if self.bb.unit == "block" else ""))
         decay = f", lr x {cfg.lr_decay:g} per unit deeper" if cfg.lr_decay != 1.0 else ""
         self.echo(f"phase 2: fine-tuning the {what}: {len(chosen.layers)} layers, {n} with trainable weights "
                   f"(BatchNorm frozen, inference mode), lr {chosen.lr:g}{decay}")
@@ -697,7 +762,6 @@ class Trainer:
         return json.loads(p.read_text()) if p.exists() else []
 
     def finetune_optimizer(self, cand):
-        from edgetl import recipe
 
         mult = recipe.lr_multipliers(self.base, self.bb, cand.layers, self.cfg.lr_decay)
         return recipe.optimizer(cand.lr, mult, self.cfg.accumulate)
@@ -707,19 +771,18 @@ class Trainer:
         each candidate trained for a few epochs from the same starting weights. The choice is
         kept in the checkpoints, so a resumed run does not search again."""
         from edgetl import model as M
-        from edgetl import recipe
 
         cands = self.candidates
         saved = self.ckpt / "recipe_choice.json"
         if len(cands) == 1:
             self.recipe_log["phase2"] = {"chosen": cands[0].record(), "grid": []}
             return cands[0]
-        if saved.exists():
-            name = json.loads(saved.read_text())["chosen"]["name"]
-            chosen = next(c for c in cands if c.name == name)
-            self.recipe_log["phase2"] = json.loads(saved.read_text())
-            self.echo(f"phase 2: recipe chosen in an earlier run: {chosen.name}")
-            return chosen
+        earlier = json.loads(saved.read_text()) if saved.exists() else None
+        found = [c for c in cands if earlier and c.name == earlier.get("chosen", {}).get("name")]
+        if earlier and found:
+            self.recipe_log["phase2"] = earlier
+            self.echo(f"phase 2: recipe chosen in an earlier run: {found[0].name}")
+            return found[0]
         if self.cut_tensor is None:  # on images a search costs whole trainings: use the middle setting
             chosen = cands[len(cands) // 2]
             self.recipe_log["phase2"] = {"chosen": chosen.record(), "grid": [], "note": "no search: no cached cut"}
@@ -867,29 +930,40 @@ class Trainer:
             return self._run()
 
     def _run(self) -> TrainResult:
+        from edgetl import signals
+
         t_start = time.perf_counter()
-        self.prepare()
-        self.build()
+        # multiworker: connecting and building wait for every worker inside TensorFlow's C++ code, where no
+        # Python signal handler runs; HardStop ends the process there on SIGINT/SIGTERM (nothing is written yet)
+        guard = signals.HardStop("while connecting to the other workers (TF_CONFIG); nothing was written: start "
+                                 "every worker again") \
+            if self.cfg.strategy == "multiworker" else contextlib.nullcontext()
+        with guard:
+            self.prepare()
+            self.build()
         self.start()
         try:
-            h1 = self.phase1()
-            if not self.is_chief:  # trains in step with the chief; the chief scores and writes the run
-                self.phase2()
-                self.echo(f"worker {self.worker_index} of {self.num_workers}: done; the chief writes the run")
-                return TrainResult(self.run_dir, {"worker": self.worker_index, "num_workers": self.num_workers,
-                                                  "view_cache": self.cache_stats, "timings": self.timings})
-            dups = self.near_duplicates()
-            m1 = self.evaluate()
-            self.echo(f"phase 1: val accuracy {m1['accuracy']:.4f}")
-            w1 = self.model.get_weights()
-            h2 = self.phase2()
-            m2 = self.evaluate() if self.cfg.epochs_finetune else None
-            if m2 is not None:
-                self.echo(f"phase 2: val accuracy {m2['accuracy']:.4f}")
-        except KeyboardInterrupt:
+            return self.phases(t_start)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (edgetl/signals.py), at any stage after the run began
             raise TrainingInterrupted(
-                f"interrupted; every finished epoch is checkpointed in {self.ckpt}. Resume with: "
+                f"interrupted by {signals.name()}; every finished epoch is checkpointed in {self.ckpt}. Resume with: "
                 f"{rundir.resume_hint(self.run_dir)}") from None
+
+    def phases(self, t_start: float) -> TrainResult:
+        h1 = self.phase1()
+        if not self.is_chief:  # trains in step with the chief; the chief scores and writes the run
+            self.phase2()
+            self.echo(f"worker {self.worker_index} of {self.num_workers}: done; the chief writes the run")
+            return TrainResult(self.run_dir, {"worker": self.worker_index, "num_workers": self.num_workers,
+                                              "view_cache": self.cache_stats, "timings": self.timings})
+        dups = self.near_duplicates()
+        m1 = self.evaluate()
+        self.echo(f"phase 1: val accuracy {m1['accuracy']:.4f}")
+        w1 = self.model.get_weights()
+        h2 = self.phase2()
+        m2 = self.evaluate() if self.cfg.epochs_finetune else None
+        if m2 is not None:
+            self.echo(f"phase 2: val accuracy {m2['accuracy']:.4f}")
         selected = "phase2" if m2 is not None and m2["accuracy"] >= m1["accuracy"] else "phase1"
         if selected == "phase1" and m2 is not None:
             self.echo("phase 2 did not improve val accuracy; keeping the phase-1 model")
@@ -934,6 +1008,8 @@ class Trainer:
         files = [*rundir.TRAIN_FILES, *([side.name] if side else [])]
         shutil.rmtree(self.ckpt, ignore_errors=True)
         shutil.rmtree(self.cache_dir, ignore_errors=True)  # a --cache-dir outside the checkpoints
+        if self.cfg.cache_dir and self.num_workers > 1:
+            shutil.rmtree(self.cache_dir.parent / f"{self.run_dir.name}.{rundir.WORKERS}", ignore_errors=True)
         rundir.update_manifest(run, "train", {
             "kind": self.kind,
             "seed": self.cfg.seed,
@@ -953,9 +1029,10 @@ class Trainer:
                 self.echo(f"{name:<8}{'-':>8}")
                 continue
             best = min(rows, key=lambda r: r.get("val_loss", np.inf))
-            t = self.timings.get(tkey, float("nan")) + (self.timings.get("features_s", 0.0) if key == "phase1" else 0)
+            t = self.timings.get(tkey)
+            t_s = "-" if t is None else f"{t + (self.timings.get('features_s', 0.0) if key == 'phase1' else 0):.1f}s"
             self.echo(f"{name:<8}{len(rows):>8}{best['epoch']:>6}{m['accuracy']:>9.4f}"
-                      f"{best.get('val_loss', float('nan')):>10.4f}{t:>8.1f}s")
+                      f"{best.get('val_loss', float('nan')):>10.4f}{t_s:>9}")
         from edgetl.stats import fmt_acc
 
         f = metrics["final"]

@@ -35,6 +35,9 @@ from edgetl.errors import EdgetlError
 DTYPES = ("float16", "float32")
 META = ("image", "view", "y", "y2", "lam", "labeled", "ok")  # float32 columns of ``meta``
 KEY_FILE = "cache.json"
+# the on-disk format of a shard: bump it whenever what a row holds or how it is stored changes
+# (a cache written by another version is cleared and extracted again, never read)
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,27 @@ class ViewCache:
     # ---- opening ----------------------------------------------------------
     @staticmethod
     def make_key(**inputs) -> str:
+        """A short hash of ``inputs``, the cache's format version and its row layout (``META``):
+        a cache made by another edgetl version never matches."""
+        inputs = {**inputs, "_format": FORMAT_VERSION, "_meta": list(META)}
         return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @staticmethod
+    def stale(record: dict | None, key: str, layout: Layout) -> str | None:
+        """Why a cache whose ``cache.json`` holds ``record`` cannot serve ``key`` (None: it can)."""
+        if not isinstance(record, dict):
+            return f"has an unreadable {KEY_FILE}"
+        fmt = record.get("format")
+        if fmt != FORMAT_VERSION:
+            was = f"format {fmt}" if fmt is not None else "an older edgetl (no format version)"
+            return f"was written by {was}; this edgetl reads format {FORMAT_VERSION}"
+        if record.get("meta") != list(META):
+            return f"holds rows laid out as {record.get('meta')}; this edgetl writes {list(META)}"
+        if record.get("layout") != json.loads(json.dumps(asdict(layout))):
+            return "holds rows of another layout (cut, features, dtype or teacher)"
+        if record.get("key") != key:
+            return "was made for other inputs"
+        return None
 
     @classmethod
     def open(cls, root, layout: Layout, shards: list[Shard], key: str, writer: bool = True,
@@ -166,14 +189,16 @@ class ViewCache:
         chief is writing just waits for it)."""
         root = Path(root)
         kf = root / KEY_FILE
-        record = {"key": key, "layout": asdict(layout), "shards": len(shards)}
+        record = {"key": key, "format": FORMAT_VERSION, "meta": list(META), "layout": asdict(layout),
+                  "shards": len(shards)}
         if kf.exists():
             try:
-                old = json.loads(kf.read_text()).get("key")
-            except ValueError:
+                old = json.loads(kf.read_text())
+            except (ValueError, OSError):
                 old = None
-            if old != key and writer:
-                echo(f"view cache: {root} was made for other inputs; clearing it")
+            why = cls.stale(old, key, layout)
+            if why and writer:
+                echo(f"view cache: {root} {why}; clearing it and extracting again")
                 shutil.rmtree(root, ignore_errors=True)
         if writer:
             root.mkdir(parents=True, exist_ok=True)

@@ -355,7 +355,7 @@ def test_lite0_features_separate_hymenoptera(shared, imagenet_lite0):
 
 # ------------------------------------------------------------------ the card ----
 def test_card_python_snippet_crops_like_training(tmp_path):
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     from edgetl.card import PY_RESIZE
     from edgetl.images import load_rgb
@@ -364,7 +364,7 @@ def test_card_python_snippet_crops_like_training(tmp_path):
     for w, h in ((90, 50), (40, 70)):
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "photo.jpg", quality=95)
         for mode in ("crop", "squash"):
-            ns: dict = {"Image": Image}
+            ns: dict = {"Image": Image, "ImageOps": ImageOps}
             cwd = os.getcwd()
             os.chdir(tmp_path)
             try:

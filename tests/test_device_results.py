@@ -94,7 +94,7 @@ CASES = [
     ("size -5", _set(("models", 0, "size_bytes"), -5), "models[0].size_bytes = -5: must be an integer >= 0"),
     ("size not the file's", _set(("models", 0, "size_bytes"), 5), "models[0].size_bytes = 5:"),
     ("path traversal", _set(("models", 0, "file"), "../../../etc/passwd"),
-     'models[0].file = "../../../etc/passwd": must be a plain .tflite or .onnx file name'),
+     'models[0].file = "../../../etc/passwd": must be a plain .tflite, .onnx, .ort file name'),
     ("never shipped", _set(("models", 1, "file"), "model_fp16.onnx"),
      'models[1].file = "model_fp16.onnx": not a model the bundle shipped'),
     ("sha256 of the file run differs from the bundle's", _set(("models", 0, "sha256"), "0" * 64),
@@ -239,3 +239,37 @@ def test_cli_refuses_a_tampered_device_file_and_accepts_the_real_one(tiny_export
     assert [x["status"] for x in dev] == ["skipped"] + ["pass"] * (len(dev) - 1) and rep["passed"]
     assert all(x["p50_ms"] > 0 for x in dev[1:])
     assert "## Skipped on devices" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_ort_bundle_round_trip(tiny_run, tmp_path):
+    """`edgetl bundle --formats ort` -> edgetl_check.py -> `verify --device-results`: the .ort rows join the report
+    (they were refused with exit 2: device_results knew only .tflite and .onnx)."""
+    import shutil
+
+    from edgetl.export import ExportOptions, export
+
+    run = tmp_path / tiny_run.run_dir.name  # a copy: the shared run keeps its exports
+    shutil.copytree(tiny_run.run_dir, run, ignore=shutil.ignore_patterns("export"))
+    export(run, ExportOptions(formats="ort", quants="fp32", max_drop=100.0), echo=lambda *a, **k: None)
+    assert (run / "export" / "model_fp32.ort").is_file()
+    r = CliRunner().invoke(main, ["bundle", str(run), "--out", str(tmp_path / "b.zip"), "--formats", "ort",
+                                  "--samples", "4"])
+    assert r.exit_code == 0, r.output
+    with zipfile.ZipFile(tmp_path / "b.zip") as z:
+        z.extractall(tmp_path / "b")
+    folder = next((tmp_path / "b").iterdir())
+    res = tmp_path / "results.json"
+    p = subprocess.run([sys.executable, str(folder / "edgetl_check.py"), "--threads", "1", "--runs", "10",
+                        "--warmup", "1", "--name", "ort-device", "--out", str(res)],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    real = json.loads(res.read_text())
+    assert [(m["file"], m["format"]) for m in real["models"]] == [("model_fp32.ort", "ort")]
+    r = CliRunner().invoke(main, ["verify", str(run), "--threads", "1", "--runs", "100", "--max-drop", "100",
+                                  "--min-agreement", "0", "--out", str(tmp_path / "rep"),
+                                  "--device-results", str(res)])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "rep" / "report.json").read_text())["rows"]
+    dev = [x for x in rows if x.get("device") == "ort-device"]
+    assert [(x["artifact"], x["format"], x["status"]) for x in dev] == [("model_fp32.ort", "ort", "pass")]
+    assert dev[0]["agreement"] >= 0.75 and dev[0]["p50_ms"] > 0

@@ -199,15 +199,14 @@ def test_distilled_student_beats_alone_by_more_than_seed_spread(imagenet_mnv2_03
         shutil.copyfile(f, transfer / f.name)
     aug = "rotate,zoom,translate,contrast"  # no flips: a mirrored digit is another symbol
     t = train(TrainConfig(data=str(pools.teacher), out=str(tmp_path / "teacher"), alpha=1.0, img_size=64,
-                          epochs_head=30, epochs_finetune=5, views=3, augment=aug, unfreeze=60, lr_finetune=1e-4,
+                          epochs_head=30, epochs_finetune=5, views=3, augment=aug,
                           seed=1), echo=quiet)
     assert t.metrics["test"]["accuracy"] >= 0.93
     y = scan(pools.student).test.labels
     alone, dist, pooled = [], [], ([], [])
     for seed in (1, 2, 3):
         cfg = TrainConfig(data=str(pools.student), out=str(tmp_path / f"s{seed}"), alpha=0.35, img_size=32, views=2,
-                          augment=aug, epochs_head=60, epochs_finetune=30, patience=10, unfreeze=60,
-                          lr_finetune=1e-4, seed=seed)
+                          augment=aug, epochs_head=60, epochs_finetune=30, patience=10, seed=seed)
         rep = distill(cfg, DistillConfig(str(t.run_dir), kd_alpha=0.5, temperature=4.0, unlabeled=str(transfer)),
                       echo=quiet)
         assert rep["transfer_set"]["images"] == len(list(transfer.iterdir())) == 299 and rep["split"] == "test" and rep["n"] == len(y) == 400

@@ -5,6 +5,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -64,3 +65,83 @@ def test_two_workers_share_the_views_and_the_chief_writes_one_run(tiny_data, ima
     single = train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "single"), **TINY), echo=quiet)
     print("multi", multi["val_accuracy"], "single", single.metrics["val_accuracy"])
     assert abs(multi["val_accuracy"] - single.metrics["val_accuracy"]) <= 0.12  # at most 1 of 9 val images
+
+
+def _worker(i, cluster, out, tiny_data, keras_home, env=None):
+    env = {**os.environ, "KERAS_HOME": str(keras_home), "PYTHONUNBUFFERED": "1", **(env or {}),
+           "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+    return subprocess.Popen([sys.executable, "-m", "edgetl", "train", str(tiny_data), "--out", str(out),
+                             "--strategy", "multiworker", *ARGS], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_workers_without_shared_storage_fail_fast_in_one_line(tiny_data, imagenet_mnv2_100, keras_home, tmp_path):
+    """Two real workers, each given its own --out (a local disk on each machine): each announces itself, sees no
+    peer within EDGETL_PEER_TIMEOUT and stops with one line naming --out, before extracting anything (it waited a
+    day before)."""
+    cluster = {"worker": [f"localhost:{p}" for p in free_ports(2)]}
+    outs = [tmp_path / f"local{i}" / "run" for i in range(2)]
+    procs = [_worker(i, cluster, outs[i], tiny_data, keras_home, {"EDGETL_PEER_TIMEOUT": "20"}) for i in range(2)]
+    logs = []
+    for p in procs:
+        try:
+            logs.append(p.communicate(timeout=600)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    for i, (p, log) in enumerate(zip(procs, logs)):
+        assert p.returncode == 1, log[-2000:]
+        last = log.strip().splitlines()[-1]
+        assert last == (f"error: {outs[i] / 'checkpoints' / 'workers'}: worker {i} of 2 sees no announcement from "
+                        f"worker(s) {1 - i} after 20s: --out must be on storage every worker mounts (the same shared "
+                        f"folder on every machine), and every worker must be started; fix that and start them all "
+                        f"again"), log[-2000:]
+        assert "Traceback" not in log and "frozen base over" not in log  # nothing extracted
+        assert not list(outs[i].rglob("*.npy"))
+
+
+def test_sigterm_ends_every_wait_of_a_worker(tiny_data, imagenet_mnv2_100, keras_home, tmp_path):
+    """SIGTERM, for real, ends a worker within seconds (exit 143, one line) wherever it waits: connecting to a
+    cluster whose other worker never started (inside TensorFlow's C++ code), waiting for its peers'
+    announcements (each worker on its own --out), and waiting for their shards (the peer frozen with SIGSTOP
+    after announcing)."""
+    import signal
+
+    from test_signals import Proc
+
+    def worker(i, cluster, out, env=None):
+        env = {"KERAS_HOME": str(keras_home), **(env or {}),
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+        return Proc(["train", tiny_data, "--out", out, "--strategy", "multiworker", *ARGS], env=env)
+
+    def stop(w, start):
+        rc, dt = w.stop(signal.SIGTERM)
+        assert rc == 143 and dt < 30, "\n".join(w.lines[-20:])
+        assert w.lines[-1].startswith(start), w.lines[-5:]
+        assert "Traceback" not in "\n".join(w.lines)
+
+    # 1. connecting: worker 1 never starts; TensorFlow waits for it in C++
+    cluster = {"worker": [f"localhost:{p}" for p in free_ports(2)]}
+    w0 = worker(0, cluster, tmp_path / "alone")
+    w0.wait_for("multiworker: connecting to the other workers")
+    time.sleep(5)  # inside TensorFlow, waiting for the cluster
+    stop(w0, "error: interrupted by SIGTERM while connecting to the other workers (TF_CONFIG); nothing was written")
+    # 2. the announcements: each worker on its own --out
+    cluster = {"worker": [f"localhost:{p}" for p in free_ports(2)]}
+    ws = [worker(i, cluster, tmp_path / f"local{i}" / "run") for i in range(2)]
+    for w in ws:
+        w.wait_for("to announce themselves in")
+    for w in ws:
+        stop(w, "error: interrupted by SIGTERM; every finished epoch is checkpointed in")
+    # 3. the shards: both announce on one shared --out, then worker 1 is frozen
+    cluster = {"worker": [f"localhost:{p}" for p in free_ports(2)]}
+    w0, w1 = (worker(i, cluster, tmp_path / "shared") for i in range(2))
+    try:
+        w1.wait_for("all 2 workers share")
+        w1.p.send_signal(signal.SIGSTOP)
+        w0.wait_for("view cache shards: waiting for")
+        stop(w0, "error: interrupted by SIGTERM; every finished epoch is checkpointed in")
+    finally:
+        w1.p.kill()
+        w1.p.wait()

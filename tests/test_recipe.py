@@ -132,3 +132,71 @@ def test_switchable_optimizer_trains_each_setting_as_a_fresh_compile_would():
         for g, w in zip(got, want):
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
     assert len(functions) == 1  # one traced training step served both settings
+
+
+@pytest.mark.parametrize("given,depths,lrs", [
+    ({}, {2, 5}, {1e-5, 1e-4}),
+    ({"unfreeze_blocks": 3}, {3}, {1e-5, 1e-4}),
+    ({"lr_finetune": 3e-4}, {2, 5}, {3e-4}),
+    ({"unfreeze_blocks": 1, "lr_finetune": 3e-4}, {1}, {3e-4}),
+], ids=["nothing given", "depth given", "rate given", "both given"])
+def test_auto_recipe_keeps_explicit_depth_and_rate(small_base, given, depths, lrs):
+    """Explicit options win: with --recipe auto, a depth or learning rate the user gave restricts the grid
+    instead of being ignored (they were: auto always searched 2/5 units x 1e-5/1e-4)."""
+    from edgetl.backbones import layers_to_unfreeze
+    from edgetl.config import TrainConfig
+
+    base, bb = small_base
+    cfg = TrainConfig(data="x", **given)
+    cands = recipe.candidates(base, bb, cfg)
+    assert {c.blocks for c in cands} == depths and {c.lr for c in cands} == lrs
+    assert len(cands) == len(depths) * len(lrs)
+    assert recipe.given(cfg) == given
+    if "unfreeze_blocks" in given:
+        assert all(c.layers == layers_to_unfreeze(base, bb, n_blocks=given["unfreeze_blocks"]) for c in cands)
+    layers = recipe.candidates(base, bb, TrainConfig(data="x", unfreeze=7))
+    assert {len(c.layers) for c in layers} == {len(layers_to_unfreeze(base, bb, n_layers=7))} and len(layers) == 2
+    fixed = recipe.candidates(base, bb, TrainConfig(data="x", recipe="fixed"))  # defaults: 20 layers at 1e-5
+    assert [(c.lr, len(c.layers)) for c in fixed] == [(1e-5, len(layers_to_unfreeze(base, bb, n_layers=20)))]
+
+
+def test_auto_run_uses_and_records_the_options_given(tiny_data, imagenet_mnv2_100, tmp_path):
+    """`edgetl train --lr-finetune 3e-4 --unfreeze-blocks 1` (default recipe auto): phase 2 trains the last unit at
+    3e-4, says so, and metrics.json records the options as used."""
+    from click.testing import CliRunner
+
+    from edgetl.cli import main
+
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", str(tiny_data), "--alpha", "1.0", "--img-size", "32", "--views", "2",
+                                  "--batch-size", "16", "--epochs-head", "2", "--epochs-finetune", "1",
+                                  "--min-steps", "10", "--seed", "1", "--lr-finetune", "3e-4",
+                                  "--unfreeze-blocks", "1", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "phase 2: auto recipe: --unfreeze-blocks 1 and --lr-finetune 0.0003 as given" in r.output
+    rec = json.loads((out / "metrics.json").read_text())["recipe"]
+    assert rec["recipe"] == "auto" and rec["given"] == {"unfreeze_blocks": 1, "lr_finetune": 3e-4}
+    chosen = rec["phase2"]["chosen"]
+    assert (chosen["blocks"], chosen["lr"], chosen["name"]) == (1, 3e-4, "last 1 units at 0.0003")
+
+
+@pytest.mark.parametrize("args,line", [
+    (["--recipe", "fixed", "--min-steps", "50"],
+     "error: --min-steps 50: is ignored by --recipe fixed, which runs the epochs as given; drop it or use "
+     "--recipe auto"),
+    (["--unfreeze", "30", "--unfreeze-blocks", "2"],
+     "error: --unfreeze 30: --unfreeze-blocks 2 is given too; give one of them"),
+    (["--resume", "--epochs-head", "5"],
+     "error: --epochs-head: --resume continues the run with the options saved in its config.yaml, so "
+     "--epochs-head would be ignored; drop it (or start a new run with another --out)"),
+], ids=["min-steps with fixed", "unfreeze and blocks", "options with resume"])
+def test_an_option_another_overrides_is_refused_in_one_line(tiny_data, tmp_path, args, line):
+    from click.testing import CliRunner
+
+    from edgetl.cli import main
+
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", str(tiny_data), "--out", str(out), *args])
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines() == [line]
+    assert not out.exists()

@@ -275,3 +275,39 @@ def test_mixup_views_blend_images_and_labels(tiny_data, tiny_holdout, imagenet_m
     assert acc >= HOLDOUT_FLOOR, (k, n)
     with pytest.raises(EdgetlError, match="--mixup -1"):
         TrainConfig(data=str(tiny_data), mixup=-1).validate()
+
+
+def test_resume_from_another_directory_with_a_relative_data_path(tiny_data, imagenet_mnv2_100, tmp_path,
+                                                                 monkeypatch):
+    """A run started with a relative DATA path and interrupted at a phase-2 epoch resumes from another working
+    directory (the config records absolute paths; a config from before that is resolved through split.json), and
+    the summary shows phase 1's time from the earlier run instead of `nan`."""
+    import shutil
+
+    import yaml
+
+    work = tmp_path / "project"
+    shutil.copytree(tiny_data, work / "photos")
+    monkeypatch.chdir(work)
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1 and self.model.name == "edgetl_classifier":
+                raise KeyboardInterrupt
+
+    cfg = TrainConfig(data="photos", out="run", **{**TINY, "epochs_finetune": 3, "patience": 10})
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, callbacks=[Stop()], echo=quiet)
+    saved = yaml.safe_load((work / "run" / "config.yaml").read_text())
+    assert saved["data"] == str(work / "photos")  # recorded absolute
+    saved["data"] = "photos"  # as a run written before: relative to a working directory now gone
+    (work / "run" / "config.yaml").write_text(yaml.safe_dump(saved))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    lines = []
+    r = train(TrainConfig(out=str(work / "run")), resume=True, echo=lines.append)
+    assert (work / "run" / "manifest.json").exists() and [h["epoch"] for h in r.history["phase2"]] == [1, 2, 3]
+    table = [x for x in lines if x.startswith(("1 head", "2 tune"))]
+    assert len(table) == 2 and not any("nan" in x for x in table), table
+    assert table[0].endswith("s") and float(table[0].split()[-1].rstrip("s")) > 0

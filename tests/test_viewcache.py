@@ -211,3 +211,77 @@ def test_float16_cache_within_half_a_point_of_float32(imagenet_mnv2_100, tmp_pat
     assert m["final"]["n"] == 800
     assert abs(acc["float16"] - acc["float32"]) <= 0.005, acc
     assert disk["float16"] < 0.6 * disk["float32"]
+
+
+def _doctor(root, **changes):
+    kf = root / V.KEY_FILE
+    rec = json.loads(kf.read_text())
+    for k, v in changes.items():
+        if v is None:
+            rec.pop(k, None)
+        else:
+            rec[k] = v
+    kf.write_text(json.dumps(rec))
+
+
+@pytest.mark.parametrize("changes,why", [
+    ({"format": None}, "was written by an older edgetl (no format version); this edgetl reads format"),
+    ({"format": V.FORMAT_VERSION - 1}, f"was written by format {V.FORMAT_VERSION - 1}; this edgetl reads format"),
+    ({"meta": ["image", "view", "y", "lam", "ok"]}, "holds rows laid out as ['image', 'view', 'y', 'lam', 'ok']"),
+    ({"layout": {"act_shape": None, "n_features": 4}}, "holds rows of another layout"),
+], ids=["no version", "older version", "other meta columns", "other layout"])
+def test_a_cache_of_another_format_or_layout_is_not_reused(tmp_path, changes, why):
+    """The same key but a cache.json of another format version / META / layout: cleared, all shards missing,
+    one line saying why."""
+    layout = V.Layout(None, 4)
+    shards = V.plan(n_train=8, n_extra=0, n_val=4, views=1, shard_rows=4)
+    c = V.ViewCache.open(tmp_path / "c", layout, shards, "k", echo=quiet)
+    for s in shards:
+        c.write(s, {"feats": np.zeros((s.rows, 4)), "meta": V.meta_rows(np.arange(s.lo, s.hi), 0, np.zeros(s.rows))})
+    assert V.ViewCache.open(tmp_path / "c", layout, shards, "k", echo=quiet).reused == len(shards)
+    _doctor(tmp_path / "c", **changes)
+    said = []
+    again = V.ViewCache.open(tmp_path / "c", layout, shards, "k", echo=said.append)
+    assert again.reused == 0 and again.missing() == shards
+    assert len(said) == 1 and why in said[0] and said[0].endswith("clearing it and extracting again"), said
+    assert json.loads((tmp_path / "c" / V.KEY_FILE).read_text())["format"] == V.FORMAT_VERSION
+
+
+def test_key_carries_format_version_and_row_layout(monkeypatch):
+    k = V.ViewCache.make_key(a=1)
+    monkeypatch.setattr(V, "FORMAT_VERSION", V.FORMAT_VERSION + 1)
+    assert V.ViewCache.make_key(a=1) != k
+    monkeypatch.undo()
+    monkeypatch.setattr(V, "META", V.META + ("extra",))
+    assert V.ViewCache.make_key(a=1) != k
+
+
+def test_resumed_run_re_extracts_a_cache_of_another_version(tiny_data, tmp_path):
+    """A run whose view cache was written by another format version: --resume extracts every view again
+    (counted) with one line saying why; with the current version it extracts nothing."""
+    seen: list[int] = []
+
+    class Counting(Trainer):
+        def view_hook(self, view, images):
+            seen.append(int(images.shape[0]))
+
+    def open_cache(lines, **kw):
+        t = Counting(TrainConfig(**kw), resume=not kw.get("data"), echo=lines.append)
+        t.prepare(), t.build(), t.start()
+        return t, t.cached_views()
+
+    out = tmp_path / "run"
+    t, _ = open_cache([], data=str(tiny_data), out=str(out), **{**TINY, "weights": "none"})
+    n = 2 * len(t.ds.train)
+    assert sum(seen) == n
+    seen.clear()
+    lines: list[str] = []
+    open_cache(lines, out=str(out))
+    assert sum(seen) == 0 and any("reusing" in x for x in lines)  # same version: nothing extracted
+    _doctor(out / "checkpoints" / "view-cache", format=1)
+    lines.clear()
+    open_cache(lines, out=str(out))
+    assert sum(seen) == n  # every view extracted again
+    stale = [x for x in lines if x.startswith("view cache:")]
+    assert stale == [f"view cache: {out / 'checkpoints' / 'view-cache'} was written by format 1; this edgetl reads "
+                     f"format {V.FORMAT_VERSION}; clearing it and extracting again"]

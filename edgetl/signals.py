@@ -1,0 +1,115 @@
+"""SIGINT (Ctrl-C) and SIGTERM (how Kubernetes, Slurm and most schedulers stop a job) end every
+command the same way: Python raises at its next bytecode in the main thread, every atomic write
+in flight is abandoned (its temporary file removed), the command prints one line and exits with
+130 (SIGINT) or 143 (SIGTERM). Training says how to resume; the checkpoints keep every
+finished epoch and every finished view-cache shard.
+
+A second signal while the first is being handled exits at once with the same code."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+received: int | None = None  # the first signal that arrived
+_hard_stop = False  # inside a HardStop: install() leaves its handlers alone
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: handled like Ctrl-C (a KeyboardInterrupt), with its own exit code."""
+
+
+def _handler(signum, frame):  # pragma: no cover - exercised through real signals in subprocess tests
+    global received
+    if received is not None:  # a second signal: the first one's clean-up is taking too long
+        os._exit(128 + received)
+    received = signum
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+_active = False  # install() was called (the CLI): reinstall() may take the signals back
+
+
+def install() -> dict:
+    """Route SIGINT and SIGTERM through :func:`_handler` (main thread only). Returns the previous
+    handlers, for :func:`restore` (the CLI restores them when a command returns)."""
+    global _active
+    if threading.current_thread() is not threading.main_thread() or _hard_stop:
+        return {}
+    _active = True
+    return {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def reinstall() -> None:
+    """After anything that may take the signals over (a TensorFlow cluster runtime): the CLI's
+    handlers again, if the CLI installed them (a notebook's own handlers are left alone)."""
+    if _active:
+        install()
+
+
+def restore(previous: dict) -> None:
+    """The handlers from before :func:`install`; the next command starts with no signal received."""
+    global _active, received
+    for s, h in previous.items():
+        signal.signal(s, h)
+    _active, received = False, None
+
+
+def name() -> str:
+    return "SIGTERM" if received == signal.SIGTERM else "SIGINT (Ctrl-C)"
+
+
+def exit_code() -> int:
+    """130 after SIGINT (or a KeyboardInterrupt raised by Python itself), 143 after SIGTERM."""
+    return 128 + (received or signal.SIGINT)
+
+
+class HardStop:
+    """For a call that blocks in C++ where Python cannot run a handler (TensorFlow connecting to its
+    cluster waits for every worker): SIGINT and SIGTERM are blocked in the calling thread (and in the
+    threads it starts) and taken by a helper thread, which prints ``message`` and exits at once
+    with 130/143. Nothing may be written inside: the process ends without clean-up."""
+
+    def __init__(self, message: str):
+        self.message = message
+        self._sigs = {signal.SIGINT, signal.SIGTERM}
+        self._done = False
+
+    def _stop(self, sig: int) -> None:  # pragma: no cover - exercised through real signals in subprocess tests
+        global received
+        received = sig
+        # to the stderr of the start: TensorFlow's import may point fd 2 at /dev/null meanwhile
+        os.write(self._stderr, f"error: interrupted by {name()} {self.message}\n".encode())
+        os._exit(exit_code())
+
+    def _wait(self) -> None:  # pragma: no cover
+        sig = signal.sigwait(self._sigs | {signal.SIGUSR2})
+        if not self._done and sig != signal.SIGUSR2:
+            self._stop(sig)
+
+    def __enter__(self) -> HardStop:
+        global _hard_stop
+        if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+            return self
+        _hard_stop = True
+        self._stderr = os.dup(2)
+        self._previous = {s: signal.getsignal(s) for s in self._sigs}
+        for s in self._sigs:  # a thread started earlier may still take the signal: the same end
+            signal.signal(s, lambda signum, frame: self._stop(signum))
+        signal.pthread_sigmask(signal.SIG_BLOCK, self._sigs | {signal.SIGUSR2})
+        self._thread = threading.Thread(target=self._wait, name="edgetl-hard-stop", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _hard_stop
+        if getattr(self, "_thread", None) is None:
+            return
+        self._done = True
+        signal.pthread_kill(self._thread.ident or 0, signal.SIGUSR2)  # end the helper
+        self._thread.join(timeout=5)
+        _hard_stop = False
+        os.close(self._stderr)
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self._sigs)  # a signal that came meanwhile is delivered here

@@ -1,0 +1,149 @@
+"""SIGINT and SIGTERM, sent for real to real `edgetl` processes at each stage: the process ends within seconds
+with one line and exit 130 / 143, nothing half-written, and a training run that `--resume` finishes."""
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from common import TINY
+
+CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+NAMES = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM"}
+SECONDS = 30  # from the signal to the exit: "within seconds" with margin for a loaded 2-core machine
+
+
+class Proc:
+    """`python -m edgetl ARGS` with its output read line by line (stdout and stderr merged)."""
+
+    def __init__(self, args, env=None, cwd=None):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.p = subprocess.Popen([sys.executable, "-m", "edgetl", *map(str, args)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
+        self.lines: list[str] = []
+        self.q: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            self.q.put(line.rstrip("\n"))
+        self.q.put(None)
+
+    def wait_for(self, marker: str, timeout: float = 300) -> str:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                line = self.q.get(timeout=1)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            self.lines.append(line)
+            if marker in line:
+                return line
+        self.p.kill()
+        raise AssertionError(f"never saw {marker!r}; output:\n" + "\n".join(self.lines[-30:]))
+
+    def stop(self, sig) -> tuple[int, float]:
+        t0 = time.monotonic()
+        self.p.send_signal(sig)
+        try:
+            rc = self.p.wait(timeout=SECONDS)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            raise AssertionError(f"still running {SECONDS}s after {NAMES[sig]}; output:\n"
+                                 + "\n".join(self.lines[-30:])) from None
+        dt = time.monotonic() - t0
+        while True:
+            line = self.q.get(timeout=10)
+            if line is None:
+                break
+            self.lines.append(line)
+        return rc, dt
+
+
+def train_args(data, out, **kw):
+    cfg = {**TINY, "weights": "none", **kw}
+    args = ["train", data, "--out", out]
+    for k, v in cfg.items():
+        args += [f"--{k.replace('_', '-')}", v]
+    return args
+
+
+# stage: (options, the line that says the stage began, a line that would say it ended)
+STAGES = {
+    "extraction": (dict(views=8, img_size=96), "phase 1: frozen base over", "view cache ready"),
+    "phase 1": (dict(epochs_head=200, patience=200), "phase 1 epoch   1/", "phase 1: val accuracy"),
+    "recipe search": (dict(recipe="auto", min_steps=10), "phase 2: auto recipe: 4 candidates",
+                      "auto recipe chose"),
+    "phase 2": (dict(epochs_finetune=200, patience=200), "phase 2 epoch   1/", "phase 2: val accuracy"),
+}
+
+
+@pytest.mark.parametrize("stage,sig", [
+    pytest.param("phase 2", signal.SIGTERM, id="phase 2-SIGTERM"),
+    pytest.param("extraction", signal.SIGTERM, id="extraction-SIGTERM", marks=pytest.mark.slow),
+    pytest.param("phase 1", signal.SIGINT, id="phase 1-SIGINT", marks=pytest.mark.slow),
+    pytest.param("recipe search", signal.SIGTERM, id="recipe search-SIGTERM", marks=pytest.mark.slow),
+    pytest.param("phase 2", signal.SIGINT, id="phase 2-SIGINT", marks=pytest.mark.slow),
+])
+def test_train_ends_on_a_signal_at_each_stage_and_resumes(tiny_data, tmp_path, stage, sig):
+    opts, began, ended = STAGES[stage]
+    out = tmp_path / "run"
+    p = Proc(train_args(tiny_data, out, **opts))
+    p.wait_for(began)
+    rc, dt = p.stop(sig)
+    assert rc == CODES[sig], "\n".join(p.lines[-20:])
+    assert not any(ended in line for line in p.lines), f"the {stage} had ended before the signal"
+    last = p.lines[-1]
+    assert last.startswith(f"error: interrupted by {NAMES[sig]}; every finished epoch is checkpointed in "), last
+    assert last.endswith(f"--out {out} --resume"), last
+    assert "Traceback" not in "\n".join(p.lines)
+    assert (out / "checkpoints").is_dir() and not (out / "manifest.json").exists()
+    r = Proc(["train", tiny_data, "--out", out, "--resume"])
+    r.wait_for("run directory:", timeout=900)
+    assert r.p.wait(timeout=120) == 0
+    assert (out / "manifest.json").exists() and not (out / "checkpoints").exists()
+
+
+@pytest.fixture
+def exported_copy(tiny_run, tmp_path):
+    from edgetl.export import ExportOptions, export
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, run, ignore=shutil.ignore_patterns("export"))
+    export(run, ExportOptions(formats="onnx", quants="fp32", max_drop=100.0), echo=lambda *a, **k: None)
+    return run
+
+
+def _nothing_half_written(folder):
+    return [p.name for p in folder.rglob("*") if ".tmp" in p.name or p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("command", ["export", "verify", "adapt"])
+def test_export_verify_adapt_end_on_sigterm(command, exported_copy, tiny_holdout_dir, keras_home, tmp_path):
+    run = exported_copy
+    env = {"KERAS_HOME": str(keras_home)}
+    args, began = {
+        "export": (["export", run, "--format", "tflite,onnx", "--quant", "fp32,fp16,dynamic", "--max-drop", "100"],
+                   "export tflite fp32 ..."),
+        "verify": (["verify", run, "--threads", "1", "--runs", "100000", "--max-drop", "100", "--min-agreement", "0",
+                    "--out", tmp_path / "rep"], "verify: "),
+        "adapt": (["adapt", run, "--target", tiny_holdout_dir, "--method", "pseudo", "--epochs", "200",
+                   "--rounds", "3", "--out", tmp_path / "adapted"], "adapt: "),
+    }[command]
+    p = Proc(args, env=env)
+    p.wait_for(began)
+    time.sleep(1)  # into the work, past the line that announced it
+    rc, dt = p.stop(signal.SIGTERM)
+    assert rc == 143, "\n".join(p.lines[-20:])
+    assert p.lines[-1] == ("error: interrupted by SIGTERM; every file is written atomically, so nothing is "
+                           "half-written: run the same command again"), p.lines[-5:]
+    assert "Traceback" not in "\n".join(p.lines)
+    assert _nothing_half_written(run) == []
+    assert not (tmp_path / "rep" / "report.json").exists() and not (tmp_path / "adapted" / "manifest.json").exists()
