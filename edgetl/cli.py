@@ -138,11 +138,11 @@ def main(debug: bool, verbose: bool) -> None:
 
     \b
     Typical flow:
-      edgetl train photos/ --backbone mobilenetv2 --alpha 0.35   # -> models/<run>/
-      edgetl calibrate models/<run>                               # -> models/<run>/calibration/
-      edgetl export models/<run> --formats tflite,onnx --quants fp32,int8
-      edgetl verify models/<run> --max-latency-ms 20              # + MODEL_CARD.md
-      edgetl card models/<run>                                    # the model card alone
+      edgetl train photos/ --backbone mobilenetv2 --alpha 0.35 --out models/ants-bees
+      edgetl calibrate models/ants-bees                          # -> models/ants-bees/calibration/
+      edgetl export models/ants-bees --formats tflite,onnx --quants fp32,int8
+      edgetl verify models/ants-bees --max-latency-ms 20         # report.md, MODEL_CARD.md
+      edgetl bundle models/ants-bees --out ants-bees-bundle.zip  # to check on the device
     """
     if debug:
         os.environ["EDGETL_DEBUG"] = "1"

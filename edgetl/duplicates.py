@@ -15,7 +15,7 @@ images) by cosine similarity, with two conditions on a held-out image's most sim
   hymenoptera photos stay below 0.81).
 
 The figures behind the constants: ``bench/bench_near_duplicates.py`` (results in
-``bench/results/near_duplicates.json``; docs/report-changes.md has the table).
+``bench/results/near_duplicates.json``; docs/performance.md has the table).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Checkpoint memory bombs: what a checkpoint may need is computed from what it declares and
 refused above a bound before anything is read or inflated; refusals never render structures
 from the file whole. Each crafted file is read in its own process, timed, and its peak memory
-measured (ru_maxrss): before these bounds they reached gigabytes (docs/reliability-data.md)."""
+measured (ru_maxrss): before these bounds they reached gigabytes (docs/performance.md, bench/bench_bombs.py)."""
 import json
 import os
 import subprocess
