@@ -9,7 +9,7 @@ exit code 2. Schema 2 (see edgetl/resources/edgetl_check.py):
      "bundle": {"run": str, "created": str, "samples": int > 0,
                 "models": [{"file": str, "sha256": 64 hex}, ...]},
      "device": {"name": str, "hostname"?, "cpu"?, "machine"?, "platform"?: str, "cores"?: int > 0},
-     "models": [{"file": str, "sha256": 64 hex, "format": "tflite"|"onnx", "quant": str, "size_bytes": int >= 0,
+     "models": [{"file": str, "sha256": 64 hex, "format": "tflite"|"onnx"|"ort", "quant": str, "size_bytes": int >= 0,
                  and either "error": str, or "runtime", "runtime_version": str, "threads": int > 0,
                  "agreement_reference", "agreement_keras", "max_abs_dprob_reference",
                  "max_abs_dprob_keras": number in [0, 1], "p50_ms" <= "p90_ms" <= "p99_ms", "mean_ms": number > 0,
@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from edgetl import artifacts, rundir
 from edgetl.errors import EdgetlError
+from edgetl.types import PathLike
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgetl.verify import Gates
 
 SCHEMA = 2
 MAX_BYTES = 10 * 1024 * 1024
-FORMATS = {".tflite": "tflite", ".onnx": "onnx"}
+FORMATS = {".tflite": "tflite", ".onnx": "onnx", ".ort": "ort"}
 RERUN = "re-run edgetl_check.py on the device"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -111,7 +112,7 @@ class _Checker:
     def file_name(self, obj: dict, key: str, where: str) -> str:
         v = self.text(obj, key, where) or ""
         if "/" in v or "\\" in v or ".." in v or v.startswith(".") or Path(v).suffix not in FORMATS:
-            self.fail(_at(where, key), v, "must be a plain .tflite or .onnx file name (no path, no '..')")
+            self.fail(_at(where, key), v, "must be a plain .tflite, .onnx or .ort file name (no path, no '..')")
         return v
 
     # -- the document ------------------------------------------------------------------
@@ -200,6 +201,12 @@ class _Checker:
                       self.rebundle)
         if size != here.stat().st_size:
             self.fail(f"{w}.size_bytes", size, f"{here} is {here.stat().st_size} bytes")
+
+
+def check(doc: Any, where: PathLike, run_dir) -> dict:
+    """An already parsed results document (e.g. posted by the browser check), validated as
+    :func:`load` validates a file; ``where`` names it in errors."""
+    return _Checker(Path(where), Path(run_dir)).check(doc)
 
 
 def load(path, run_dir) -> dict:

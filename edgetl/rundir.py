@@ -14,6 +14,7 @@ this one for a path or a reader, so a file is renamed here or nowhere::
                     export/model_<quant>.required_operators.config   (export of .ort)
       report.json  report.md  verify_*.png  MODEL_CARD.md    (verify, card)
       adapt.json                                             (adapt: the adapted run's report)
+      device-results/browser-<device>.json                   (serve: results posted by the browser check)
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ DISTILL = "distill.json"
 DISTILL_CONFIG = "distill_config.json"
 ADAPT = "adapt.json"
 STUDENT_ALONE = "student_alone"
+DEVICE_RESULTS = "device-results"  # RUN/device-results/: results.json files posted by `edgetl serve`'s page
 SIDECAR_SUFFIX = ".json"  # export/model_int8.tflite -> export/model_int8.tflite.json
 MODEL_SUFFIXES = (".tflite", ".onnx", ".ort")
 ORT_CONFIG_SUFFIX = ".required_operators.config"  # export/model_int8.ort -> export/model_int8.required_operators.config

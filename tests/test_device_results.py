@@ -94,7 +94,7 @@ CASES = [
     ("size -5", _set(("models", 0, "size_bytes"), -5), "models[0].size_bytes = -5: must be an integer >= 0"),
     ("size not the file's", _set(("models", 0, "size_bytes"), 5), "models[0].size_bytes = 5:"),
     ("path traversal", _set(("models", 0, "file"), "../../../etc/passwd"),
-     'models[0].file = "../../../etc/passwd": must be a plain .tflite or .onnx file name'),
+     'models[0].file = "../../../etc/passwd": must be a plain .tflite, .onnx or .ort file name'),
     ("never shipped", _set(("models", 1, "file"), "model_fp16.onnx"),
      'models[1].file = "model_fp16.onnx": not a model the bundle shipped'),
     ("sha256 of the file run differs from the bundle's", _set(("models", 0, "sha256"), "0" * 64),
