@@ -16,7 +16,6 @@ import signal
 import socket
 import tempfile
 import threading
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ class Refused(Exception):
 
 
 def device_slug(name: str) -> str:
-    s = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:80]
+    s = re.sub(r"[^A-Za-z0-9_]+", "-", name).strip("-")[:80].strip("-")
     return s or "browser"
 
 

@@ -37,7 +37,8 @@ def pinned() -> dict[str, str]:
     return dict(json.loads((HERE / "package.json").read_text())["dependencies"])
 
 
-def installed_versions(node_modules: Path = NODE_MODULES) -> dict[str, str]:
+def installed_versions(node_modules: Path | None = None) -> dict[str, str]:
+    node_modules = node_modules or NODE_MODULES
     out = {}
     for name in pinned():
         p = node_modules / name / "package.json"
@@ -46,8 +47,9 @@ def installed_versions(node_modules: Path = NODE_MODULES) -> dict[str, str]:
     return out
 
 
-def missing(node_modules: Path = NODE_MODULES) -> str | None:
+def missing(node_modules: Path | None = None) -> str | None:
     """Why the runtimes cannot be served (None: they can)."""
+    node_modules = node_modules or NODE_MODULES
     want, have = pinned(), installed_versions(node_modules)
     for name, version in want.items():
         if name not in have:
@@ -60,14 +62,15 @@ def missing(node_modules: Path = NODE_MODULES) -> str | None:
     return None
 
 
-def require(node_modules: Path = NODE_MODULES) -> None:
+def require(node_modules: Path | None = None) -> None:
     why = missing(node_modules)
     if why:
         raise EdgetlError(f"the browser check's JavaScript runtimes: {why}")
 
 
-def copy_vendor(dest: Path, node_modules: Path = NODE_MODULES) -> dict[str, str]:
+def copy_vendor(dest: Path, node_modules: Path | None = None) -> dict[str, str]:
     """Copy the page's runtime files under ``dest``; returns {package: version}."""
+    node_modules = node_modules or NODE_MODULES
     require(node_modules)
     for pkg, rel, to in FILES:
         target = dest / to

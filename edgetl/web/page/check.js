@@ -131,10 +131,37 @@ function dequantize(m, y) {
   return Float32Array.from(y, (v) => Math.fround((v - o.zero_point) * s));
 }
 
+// LiteRT.js (2.5) has no resize_tensor_input: a model exported with a dynamic batch (shape
+// signature [-1, H, W, 3]) is refused. Fixing that batch to 1 in the bytes in memory, after they
+// were hashed, is what Python's Interpreter.resize_tensor_input(..., [1, H, W, 3]) does: weights
+// and operators are untouched. (A flatbuffer walk: Model.subgraphs[].tensors[].shape_signature.)
+function fixBatchToOne(bytes) {
+  const b = bytes.slice(), dv = new DataView(b.buffer);
+  const u32 = (p) => dv.getUint32(p, true), i32 = (p) => dv.getInt32(p, true), u16 = (p) => dv.getUint16(p, true);
+  const field = (t, idx) => {
+    const vt = t - i32(t);
+    if (4 + 2 * idx >= u16(vt)) return 0;
+    const off = u16(vt + 4 + 2 * idx);
+    return off ? t + off : 0;
+  };
+  const vector = (t, idx) => { const p = field(t, idx); if (!p) return null; const v = p + u32(p); return { n: u32(v), at: v + 4 }; };
+  const table = (v, i) => { const e = v.at + 4 * i; return e + u32(e); };
+  let fixed = 0;
+  const subgraphs = vector(u32(0), 2);
+  for (let s = 0; subgraphs && s < subgraphs.n; s++) {
+    const tensors = vector(table(subgraphs, s), 0);
+    for (let k = 0; tensors && k < tensors.n; k++) {
+      const sig = vector(table(tensors, k), 7);
+      if (sig && sig.n > 0 && i32(sig.at) === -1) { dv.setInt32(sig.at, 1, true); fixed++; }
+    }
+  }
+  return { bytes: b, fixed };
+}
+
 async function openLitert(m, bytes, backend) {
   const lt = await loadLitert();
   if (m.io.input.dtype === "int8") throw new Error("LiteRT.js has no int8 tensors; export with --io-type uint8 or float32");
-  const model = await lt.loadAndCompile(bytes, { accelerator: backend, cpuOptions: { numThreads: 1 } });
+  const model = await lt.loadAndCompile(fixBatchToOne(bytes).bytes, { accelerator: backend, cpuOptions: { numThreads: 1 } });
   const [, h, w, c] = state.spec.tensors.shape;
   return {
     runtime: "litert.js", version: state.spec.runtimes["@litertjs/core"],
