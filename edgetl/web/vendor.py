@@ -24,10 +24,14 @@ FILES: tuple[tuple[str, str, str], ...] = (
     ("@litertjs/core", "wasm/litert_wasm_internal.wasm", "vendor/litert/wasm/litert_wasm_internal.wasm"),
     ("@litertjs/core", "wasm/litert_wasm_compat_internal.js", "vendor/litert/wasm/litert_wasm_compat_internal.js"),
     ("@litertjs/core", "wasm/litert_wasm_compat_internal.wasm", "vendor/litert/wasm/litert_wasm_compat_internal.wasm"),
-    # onnxruntime-web's WebGPU build: the WASM and WebGPU execution providers share one binary
+    # onnxruntime-web: its WASM-only build for the wasm backend (the smaller, faster binary) ...
+    ("onnxruntime-web", "dist/ort.wasm.min.mjs", "vendor/ort/ort.wasm.min.mjs"),
+    ("onnxruntime-web", "dist/ort-wasm-simd-threaded.mjs", "vendor/ort/ort-wasm-simd-threaded.mjs"),
+    ("onnxruntime-web", "dist/ort-wasm-simd-threaded.wasm", "vendor/ort/ort-wasm-simd-threaded.wasm"),
+    # ... and its WebGPU build (loaded only where the browser has a WebGPU adapter)
     ("onnxruntime-web", "dist/ort.webgpu.min.mjs", "vendor/ort/ort.webgpu.min.mjs"),
-    ("onnxruntime-web", "dist/ort-wasm-simd-threaded.jsep.mjs", "vendor/ort/ort-wasm-simd-threaded.jsep.mjs"),
-    ("onnxruntime-web", "dist/ort-wasm-simd-threaded.jsep.wasm", "vendor/ort/ort-wasm-simd-threaded.jsep.wasm"),
+    ("onnxruntime-web", "dist/ort-wasm-simd-threaded.asyncify.mjs", "vendor/ort/ort-wasm-simd-threaded.asyncify.mjs"),
+    ("onnxruntime-web", "dist/ort-wasm-simd-threaded.asyncify.wasm", "vendor/ort/ort-wasm-simd-threaded.asyncify.wasm"),
 )
 LICENSES = (("@litertjs/core", "Apache-2.0"), ("onnxruntime-web", "MIT"))
 

@@ -94,7 +94,8 @@ async function webgpuAdapter() {
 }
 
 // ---------------------------------------------------------------- runtimes ----
-let litert = null, ort = null;
+let litert = null;
+const ortBuilds = {};
 async function loadLitert() {
   if (!litert) {
     litert = await import("./vendor/litert/index.js");
@@ -102,14 +103,15 @@ async function loadLitert() {
   }
   return litert;
 }
-async function loadOrt() {
-  if (!ort) {
-    ort = await import("./vendor/ort/ort.webgpu.min.mjs");
-    ort.env.wasm.wasmPaths = new URL("vendor/ort/", location.href).href;
-    ort.env.wasm.numThreads = 1;
-    ort.env.wasm.proxy = false;
+async function loadOrt(backend) { // the WASM-only build for wasm, the WebGPU build for webgpu
+  if (!ortBuilds[backend]) {
+    const o = await import(backend === "wasm" ? "./vendor/ort/ort.wasm.min.mjs" : "./vendor/ort/ort.webgpu.min.mjs");
+    o.env.wasm.wasmPaths = new URL("vendor/ort/", location.href).href;
+    o.env.wasm.numThreads = 1;
+    o.env.wasm.proxy = false;
+    ortBuilds[backend] = o;
   }
-  return ort;
+  return ortBuilds[backend];
 }
 
 // One model on one backend: open(bytes) once, then run(i) -> Float32 probabilities of sample i.
@@ -180,7 +182,7 @@ async function openLitert(m, bytes, backend) {
   };
 }
 async function openOrt(m, bytes, backend) {
-  const o = await loadOrt();
+  const o = await loadOrt(backend);
   const sess = await o.InferenceSession.create(bytes, { executionProviders: [backend], graphOptimizationLevel: "all" });
   const [, h, w, c] = state.spec.tensors.shape, name = sess.inputNames[0], out = sess.outputNames[0];
   return {
