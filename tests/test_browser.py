@@ -98,7 +98,7 @@ def test_browser_check_matches_python_runtimes_and_joins_the_report(browser, tin
     assert len(out["results"]) == 1, "one results document for the one backend asked for (wasm)"
     doc = out["results"][0]
     assert doc["device"]["name"] == "ci-chromium [wasm]" and doc["samples"] == n
-    exported = {a.path.name for a in tiny_exported.values()}
+    exported = {Path(a.file).name for a in tiny_exported.values()}
     rows = {m["file"]: m for m in doc["models"]}
     assert set(rows) == exported, "a row for every exported artifact"
     assert not [m for m in rows.values() if "error" in m], [m.get("error") for m in rows.values()]
@@ -108,17 +108,17 @@ def test_browser_check_matches_python_runtimes_and_joins_the_report(browser, tin
     y = np.asarray(labels)
     keras = open_runner(run_dir / "model.keras").predict(x).argmax(1)
     for a in tiny_exported.values():
-        m = rows[a.path.name]
-        py = open_runner(a.path, 1).predict(x).argmax(1)
+        m = rows[Path(a.file).name]
+        py = open_runner(run_dir / a.file, 1).predict(x).argmax(1)
         page = np.asarray(m["predictions"])
-        assert abs(float((page == y).mean()) - float((py == y).mean())) <= 0.01, (a.path.name, "accuracy")
+        assert abs(float((page == y).mean()) - float((py == y).mean())) <= 0.01, (Path(a.file).name, "accuracy")
         assert m["agreement_reference"] == pytest.approx(float((page == py).mean()))
         assert m["agreement_keras"] == pytest.approx(float((page == keras).mean()))
         if a.quant == "fp32":
-            assert m["agreement_keras"] >= 0.99, (a.path.name, m["agreement_keras"])
-            assert m["max_abs_dprob_keras"] < 1e-3, (a.path.name, m["max_abs_dprob_keras"])
+            assert m["agreement_keras"] >= 0.99, (Path(a.file).name, m["agreement_keras"])
+            assert m["max_abs_dprob_keras"] < 1e-3, (Path(a.file).name, m["max_abs_dprob_keras"])
         for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms"):
-            assert math.isfinite(m[k]) and m[k] > 0, (a.path.name, k, m[k])
+            assert math.isfinite(m[k]) and m[k] > 0, (Path(a.file).name, k, m[k])
         assert m["p50_ms"] <= m["p90_ms"] <= m["p99_ms"]
 
     # the server wrote the posted document inside the run, and verify merges it

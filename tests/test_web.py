@@ -151,7 +151,7 @@ def test_bundle_web_is_a_static_site_with_pinned_runtimes_and_no_server(vendored
     assert {root + f for f in ("index.html", "check.js", "style.css", "samples.bin", "README.txt")} <= names
     assert {root + to for _, _, to in vendor.FILES} <= names
     assert not [n for n in names if "node_modules" in n]
-    assert {root + "models/" + a.path.name for a in tiny_exported.values()} <= names
+    assert {root + "models/" + Path(a.file).name for a in tiny_exported.values()} <= names
     assert spec["post"] is None and spec["token"] is None and spec["samples"] == 4
     assert spec["runtimes"] == vendor.pinned()
 
