@@ -310,6 +310,13 @@ function offerDownload(doc, backend) {
   $("links").appendChild(a);
 }
 
+const MODEL_TIMEOUT_S = Number(params.get("timeout")) || 600; // one model on one backend; a hung backend must not hang the page
+function withTimeout(promise, ms, onTimeout) {
+  let timer;
+  return Promise.race([promise, new Promise((resolve) => { timer = setTimeout(() => resolve(onTimeout), ms); })])
+    .finally(() => clearTimeout(timer));
+}
+
 async function runCheck() {
   $("start").disabled = true;
   const info = browserInfo(), deviceName = $("device").value.trim() || `${info.browser} on ${info.os}`;
@@ -320,7 +327,9 @@ async function runCheck() {
     const rows = [];
     for (const m of state.spec.models) {
       $("status").textContent = `${m.file} on ${backend}…`;
-      const row = await checkModel(m, backend, warmup, runs, state.resolution);
+      const row = await withTimeout(checkModel(m, backend, warmup, runs, state.resolution), MODEL_TIMEOUT_S * 1000,
+        { file: m.file, sha256: m.sha256, format: m.format, quant: m.quant, size_bytes: m.size_bytes, backend,
+          error: `${backend}: no answer within ${MODEL_TIMEOUT_S} s` });
       rows.push(row); addRow(row);
     }
     const doc = resultsDoc(rows, backend, info, deviceName);
