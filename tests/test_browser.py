@@ -5,6 +5,7 @@ which `edgetl verify --device-results` merges into report.json and the model car
 
 Skips, with the reason, where the browser, selenium or the npm packages are missing; with
 EDGETL_BROWSER_TESTS=require (CI) it fails instead."""
+import hashlib
 import json
 import math
 import os
@@ -50,7 +51,7 @@ def browser():
     opts.binary_location = shutil.which("chromium")
     for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1100,640"):
+              "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1000,760"):
         opts.add_argument(a)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
     driver.set_script_timeout(30)
@@ -94,6 +95,18 @@ def test_browser_check_matches_python_runtimes_and_joins_the_report(browser, tin
         out = run_page(browser, srv.urls()[0] + "?autorun=1&backends=wasm&warmup=3&runs=20&name=ci-chromium")
         if SCREENSHOT:
             browser.save_screenshot(SCREENSHOT)
+        # the page's own SHA-256 (used where crypto.subtle is absent: a phone on a LAN address) and its
+        # numpy-compatible rounding (int8 inputs) and percentiles
+        for size in (0, 3, 55, 56, 63, 64, 65, 1000, 100_003):
+            data = bytes((i * 7 + 3) % 256 for i in range(size))
+            got = browser.execute_script("return window.edgetl.helpers.sha256Js(new Uint8Array(arguments[0]))", list(data))
+            assert got == hashlib.sha256(data).hexdigest(), size
+        v = [0.5, 1.5, 2.5, -0.5, -1.5, 2.4999, 2.5001, 254.5, 7.0]
+        assert browser.execute_script("return arguments[0].map(window.edgetl.helpers.rint)", v) == np.round(v).tolist()
+        t = sorted(np.random.default_rng(0).random(37).tolist())
+        for q in (0.5, 0.9, 0.99):
+            got = browser.execute_script("return window.edgetl.helpers.percentile(arguments[0], arguments[1])", t, q)
+            assert got == pytest.approx(float(np.percentile(t, q * 100)), rel=1e-12)
     assert not out["errors"], out
     assert len(out["results"]) == 1, "one results document for the one backend asked for (wasm)"
     doc = out["results"][0]

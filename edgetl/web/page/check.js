@@ -55,6 +55,8 @@ function sha256Js(bytes) {
   }
   return Array.from(h, (v) => v.toString(16).padStart(8, "0")).join("");
 }
+state.helpers = { sha256Js: (b) => sha256Js(b), rint: (v) => rint(v), percentile: (s, q) => percentile(s, q) }; // for tests
+
 async function sha256(bytes) {
   if (globalThis.crypto && crypto.subtle) {
     const d = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
@@ -319,7 +321,9 @@ function withTimeout(promise, ms, onTimeout) {
 
 async function runCheck() {
   $("start").disabled = true;
-  const info = browserInfo(), deviceName = $("device").value.trim() || `${info.browser} on ${info.os}`;
+  const info = browserInfo();
+  // printable, and no "|" (the report's markdown tables): verify refuses a name that is not printable
+  const deviceName = $("device").value.replace(/[^\x20-\x7e\u00a0-\uffff]|\|/g, " ").trim() || `${info.browser} on ${info.os}`;
   const warmup = Math.max(0, parseInt($("warmup").value, 10) || 0), runs = Math.max(5, parseInt($("runs").value, 10) || 50);
   const backends = [...document.querySelectorAll("#backends input:checked")].map((e) => e.value);
   state.resolution = timerResolution();
