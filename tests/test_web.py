@@ -53,6 +53,19 @@ def _post(srv, body: bytes, token=None, path="/results"):
         return e.code, json.loads(e.read() or b"{}")
 
 
+def _post_announcing(srv, length: int, token):
+    import http.client
+
+    c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    c.putrequest("POST", "/results")
+    c.putheader("Content-Length", str(length))
+    c.putheader("X-Edgetl-Token", token)
+    c.endheaders()
+    c.send(b"{}")
+    r = c.getresponse()
+    return r.status, json.loads(r.read())
+
+
 def _results(srv, name="phone"):
     """A results document as the page writes it, from the spec the server built."""
     spec = srv.spec
@@ -114,7 +127,7 @@ def test_server_accepts_results_for_its_run_and_writes_them_inside_it(server, ti
 @pytest.mark.parametrize("why, body, token, status, message", [
     ("wrong token", None, "not-the-token", 403, "wrong token"),
     ("not JSON", b"{not json", None, 400, "not valid JSON"),
-    ("too large", b" " * (1024 * 1024 + 1), None, 413, "more than 1048576"),
+    ("too large", "large", None, 413, "more than 1048576"),
     ("another run", "run", None, 400, "these results are for another run"),
     ("schema violation", "nan", None, 400, "models[0].p50_ms = NaN: must be a positive number"),
 ])
@@ -131,7 +144,10 @@ def test_server_refuses_untrusted_results(server, tiny_run, why, body, token, st
         body = json.dumps(doc).encode()
     if token is None and why != "wrong token":
         token = server.token
-    got, answer = _post(server, body, token=token)
+    if body == "large":  # announced over the bound: refused before the body is read
+        got, answer = _post_announcing(server, 1024 * 1024 + 1, token)
+    else:
+        got, answer = _post(server, body, token=token)
     assert got == status and message in answer.get("error", ""), (why, got, answer)
     after = sorted((Path(tiny_run.run_dir) / DEVICE_RESULTS).glob("*")) if (Path(tiny_run.run_dir) / DEVICE_RESULTS).exists() else []
     assert after == before, "nothing written"
