@@ -48,6 +48,30 @@ def device_slug(name: str) -> str:
     return s or "browser"
 
 
+def local_ipv4() -> list[str]:
+    """This machine's IPv4 addresses other than loopback, read from its interfaces (Linux: an
+    ioctl per interface; no packet is sent) and from its host name."""
+    addrs: set[str] = set()
+    try:
+        import fcntl
+        import struct
+
+        for _, name in socket.if_nameindex():
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                try:
+                    packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
+                    addrs.add(socket.inet_ntoa(packed[20:24]))
+                except OSError:  # an interface without an IPv4 address
+                    pass
+    except (ImportError, AttributeError, OSError):  # not Linux
+        pass
+    try:
+        addrs.update(socket.gethostbyname_ex(socket.gethostname())[2])
+    except OSError:
+        pass
+    return sorted(a for a in addrs if not a.startswith("127."))
+
+
 class WebCheckServer:
     """The page for one run, served from a temporary folder until :meth:`stop`."""
 
@@ -80,12 +104,7 @@ class WebCheckServer:
     def urls(self) -> list[str]:
         """The URLs the page can be opened at (every address of this machine for 0.0.0.0)."""
         if self.host in ("0.0.0.0", "", "::"):
-            addrs = []
-            try:
-                addrs = [a for a in socket.gethostbyname_ex(socket.gethostname())[2] if not a.startswith("127.")]
-            except OSError:
-                pass
-            return [f"http://{a}:{self.port}/" for a in addrs] + [f"http://127.0.0.1:{self.port}/"]
+            return [f"http://{a}:{self.port}/" for a in local_ipv4()] + [f"http://127.0.0.1:{self.port}/"]
         host = f"[{self.host}]" if ":" in self.host else self.host
         return [f"http://{host}:{self.port}/"]
 
