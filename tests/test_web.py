@@ -203,3 +203,12 @@ def test_serve_as_a_user_types_it_prints_url_and_qr_and_stops_on_sigterm(vendore
         if p.poll() is None:
             p.kill()
     assert p.returncode == 0 and "stopped; 0 results file(s) written" in rest, rest
+
+
+def test_serve_on_a_taken_port_says_so_in_one_line(server, tiny_run):
+    from edgetl.cli import main
+
+    r = CliRunner().invoke(main, ["serve", str(tiny_run.run_dir), "--port", str(server.port)])
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith(f"error: --host 127.0.0.1 --port {server.port}: cannot listen there (")
+    assert "choose another --port (0: any free port)" in r.output and "Traceback" not in r.output

@@ -81,19 +81,21 @@ class WebCheckServer:
         self.echo = echo
         self.token = secrets.token_urlsafe(18)
         self.saved: list[Path] = []
+        self.files: dict[str, Path] = {}
+        try:  # listen first: a taken port is said at once, before the page is built
+            self.httpd = ThreadingHTTPServer((host, port), self._handler())
+        except OSError as e:
+            raise EdgetlError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}); "
+                              f"choose another --port (0: any free port) or an address of this machine") from None
         self._tmp = tempfile.TemporaryDirectory(prefix="edgetl-web-")
         self.site = Path(self._tmp.name)
         try:
             self.spec = build_site(self.run.dir, self.site, samples=samples, post_url=POST_PATH, token=self.token,
                                    echo=echo)
-            self.files = {"/" + p.relative_to(self.site).as_posix(): p for p in self.site.rglob("*") if p.is_file()}
-            self.files["/"] = self.site / "index.html"
-            try:
-                self.httpd = ThreadingHTTPServer((host, port), self._handler())
-            except OSError as e:
-                raise EdgetlError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}); "
-                                  f"choose another --port (0: any free port) or an address of this machine") from None
+            files = {"/" + p.relative_to(self.site).as_posix(): p for p in self.site.rglob("*") if p.is_file()}
+            self.files = {**files, "/": self.site / "index.html"}
         except BaseException:
+            self.httpd.server_close()
             self._tmp.cleanup()
             raise
         self.httpd.daemon_threads = True
