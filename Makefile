@@ -8,11 +8,11 @@ BIN    := $(VENV)/bin
 TEST_WORKERS ?= 2
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint docs bench clean
+.PHONY: install web demo test test-fast test-slow lint docs bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml edgetl/web/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e '.[dev,mediapipe]'
@@ -24,7 +24,19 @@ $(STAMP): pyproject.toml
 	# because it pins absl-py~=2.3 against tensorflow-model-optimization's absl-py~=1.2 (it runs
 	# with 1.4); the [mediapipe] extra above brings what its vision tasks import.
 	$(BIN)/pip install --no-deps 'mediapipe==1.2.2'
+	$(MAKE) web
 	touch $(STAMP)
+
+# The browser device check's JavaScript runtimes (edgetl serve, edgetl bundle --web): LiteRT.js and
+# onnxruntime-web at the exact versions of edgetl/web/package-lock.json, into edgetl/web/node_modules.
+# Without npm this is skipped; everything else works, and those two commands say what is missing.
+web:
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix edgetl/web --no-audit --no-fund --ignore-scripts; \
+	else \
+		echo "npm not found: skipping the browser check's runtimes (edgetl serve / bundle --web need them;"; \
+		echo "install Node.js 20+ with npm, then run: make web)"; \
+	fi
 
 demo: install
 	$(BIN)/edgetl demo

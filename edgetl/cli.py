@@ -538,12 +538,37 @@ def card(run):
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="The .zip to write.")
 @click.option("--samples", type=int, default=16, show_default=True, help="Held-out sample images with references.")
 @click.option("--threads", type=int, default=2, show_default=True, help="Suggested threads in the bundle's README.")
-def bundle(run, formats, out, samples, threads):
+@click.option("--web", is_flag=True, help="The browser check instead, as static files to host anywhere "
+              "(every .tflite/.onnx/.ort; --samples defaults to 100); see edgetl serve.")
+@click.pass_context
+def bundle(ctx, run, formats, out, samples, threads, web):
     """A zip to validate RUN's exported models on the device itself: models, labels,
-    sample inputs with reference outputs and a standalone script (numpy + runtime)."""
+    sample inputs with reference outputs and a standalone script (numpy + runtime).
+    With --web: the page of `edgetl serve` as static files, for any phone's browser."""
+    if web:
+        from edgetl.web.webbundle import web_bundle
+
+        default_samples = ctx.get_parameter_source("samples") == click.core.ParameterSource.DEFAULT
+        web_bundle(run, out, samples=100 if default_samples else samples, echo=echo)
+        return
     from edgetl.bundle import bundle as run_bundle
 
     run_bundle(run, out, formats, samples, threads, echo=echo)
+
+
+@main.command()
+@click.argument("run", type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on: 0.0.0.0 (every network of this machine) or one of its addresses, for a phone.")
+@click.option("--port", type=int, default=8765, show_default=True, help="Port (0: any free port).")
+@click.option("--samples", type=int, default=100, show_default=True, help="Held-out images the page runs.")
+def serve(run, host, port, samples):
+    """Validate RUN's exported models in a phone's browser: serves a page (LiteRT.js for .tflite,
+    onnxruntime-web for .onnx/.ort; WASM, and WebGPU where offered) that runs them on held-out
+    images and sends its results back to RUN/device-results/ for `edgetl verify --device-results`."""
+    from edgetl.web.server import serve as run_serve
+
+    run_serve(run, host, port, samples, echo=echo)
 
 
 @main.command()

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from edgetl import artifacts, rundir
 from edgetl.errors import EdgetlError
+from edgetl.types import PathLike
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgetl.verify import Gates
@@ -221,6 +222,12 @@ class _Checker:
                       self.rebundle)
         if size != here.stat().st_size:
             self.fail(f"{w}.size_bytes", size, f"{here} is {here.stat().st_size} bytes")
+
+
+def check(doc: Any, where: PathLike, run_dir) -> dict:
+    """An already parsed results document (e.g. posted by the browser check), validated as
+    :func:`load` validates a file; ``where`` names it in errors."""
+    return _Checker(Path(where), Path(run_dir)).check(doc)
 
 
 def load(path, run_dir) -> dict:

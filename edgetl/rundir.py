@@ -15,6 +15,7 @@ this one for a path or a reader, so a file is renamed here or nowhere::
       report.json  report.md  verify_*.png  MODEL_CARD.md    (verify, card)
       adapt.json                                             (adapt: the adapted run's report)
       .edgetl.lock                                           (while a process writes the run: pid, host, start)
+      device-results/browser-<device>.json                   (serve: results posted by the browser check)
 """
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ DISTILL = "distill.json"
 DISTILL_CONFIG = "distill_config.json"
 ADAPT = "adapt.json"
 STUDENT_ALONE = "student_alone"
+DEVICE_RESULTS = "device-results"  # RUN/device-results/: results.json files posted by `edgetl serve`'s page
 SIDECAR_SUFFIX = ".json"  # export/model_int8.tflite -> export/model_int8.tflite.json
 MODEL_SUFFIXES = (".tflite", ".onnx", ".ort")
 ORT_CONFIG_SUFFIX = ".required_operators.config"  # export/model_int8.ort -> export/model_int8.required_operators.config
