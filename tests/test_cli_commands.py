@@ -64,3 +64,29 @@ def test_lr_decay_and_accumulate_from_the_cli(tiny_data, imagenet_mnv2_100, tmp_
     ratio = step["top"] / step["block_16"]
     print(f"mean |weight change| top {step['top']:.2e}, block_16 {step['block_16']:.2e}: ratio {ratio:.1f}")
     assert 4 <= ratio <= 25, step  # 10 expected; without the decay about 1
+
+
+def test_distill_student_from_the_cli(tiny_run, tiny_data, tmp_path):
+    """`edgetl distill --student efficientnet_lite0`: the student is that backbone (config, saved
+    model, parameter count in the report), trained against the MobileNetV2 teacher."""
+    import edgetl.layers  # noqa: F401  (registers the Preprocess layer for loading)
+
+    out = tmp_path / "student"
+    r = CliRunner().invoke(main, ["distill", str(tiny_data), "--teacher", str(tiny_run.run_dir), "--student",
+                                  "efficientnet_lite0", "--weights", "none", "--img-size", "32", "--epochs-head", "1",
+                                  "--epochs-finetune", "0", "--views", "1", "--batch-size", "16", "--seed", "1",
+                                  "--recipe", "fixed", "--no-compare", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    import yaml
+
+    assert yaml.safe_load((out / "config.yaml").read_text())["backbone"] == "efficientnet_lite0"
+    assert json.loads((out / "manifest.json").read_text())["train"]["config"]["backbone"] == "efficientnet_lite0"
+    student = keras.models.load_model(out / "model.keras")
+    teacher = keras.models.load_model(tiny_run.run_dir / "model.keras")
+    assert "efficientnet_lite0" in [layer.name for layer in student.layers]
+    assert not any(layer.name.startswith("mobilenetv2") for layer in student.layers)
+    assert any(layer.name.startswith("mobilenetv2") for layer in teacher.layers)
+    rows = {row["model"]: row for row in json.loads((out / "distill.json").read_text())["rows"]}
+    assert rows["teacher"]["params"] == teacher.count_params()
+    assert rows["distilled student"]["params"] == student.count_params() != teacher.count_params()
+    assert json.loads((out / "distill_config.json").read_text())["teacher"] == str(tiny_run.run_dir)
