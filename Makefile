@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TEST_WORKERS ?= 2
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-slow test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -29,8 +29,14 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/edgetl demo
 
+# `make test`: everything but the statistical end-to-end tests and trainings on real photos
+# (marker `slow`), which `make test-slow` runs; CI runs both. The tiny trained-and-exported run
+# the tests share is built once for both processes (tests/conftest.py: build_once).
 test: install
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+
+test-slow: install
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m slow
 
 lint: install
 	$(BIN)/ruff check edgetl tests bench

@@ -208,6 +208,7 @@ def _wide_task(root, n, seed):
     return root
 
 
+@pytest.mark.slow
 def test_resize_squash_keeps_what_a_crop_cuts_off(imagenet_mnv2_100, tmp_path):
     from edgetl.data import scan
     from edgetl.runners import KerasRunner

@@ -199,6 +199,7 @@ def test_head_options_reach_the_model(tiny_data, imagenet_mnv2_100, tmp_path, mo
         assert reg is not None and reg.get_config()["l2"] == pytest.approx(1e-4), name
 
 
+@pytest.mark.slow
 def test_class_weights_auto_raises_minority_recall(imagenet_mnv2_100, tmp_path):
     """5:1 imbalance on two classes whose colours overlap: trained without weights the head
     leans on the prior and misses the minority; --class-weights auto must recover it, scored
@@ -244,6 +245,7 @@ def test_bad_options_are_one_line_errors(tiny_data, tmp_path, args, msg):
     assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, r.output
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(tiny_data, tiny_holdout, imagenet_mnv2_100, keras_home, tmp_path):
     script = textwrap.dedent(f"""
         import tensorflow as tf
