@@ -308,6 +308,7 @@ def test_weights_install_cli_puts_the_file_where_keras_looks(imagenet_mnv2_100, 
             shutil.copyfile(src, cached)
 
 
+@pytest.mark.slow  # quantization-aware fine-tuning end to end: 805 s of 5,791 in a loaded full run
 def test_qat_cli_writes_a_working_int8_model(tiny_run, tiny_calibration, tiny_holdout, tmp_path):
     from edgetl.runners import KerasRunner, open_runner
 
