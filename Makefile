@@ -41,8 +41,14 @@ web:
 demo: install
 	$(BIN)/edgetl demo
 
+# `make test`: everything but the statistical end-to-end tests and trainings on real photos
+# (marker `slow`), which `make test-slow` runs; CI runs both. The tiny trained-and-exported run
+# the tests share is built once for both processes (tests/conftest.py: build_once).
 test: install
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+
+test-slow: install
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m slow
 
 lint: install
 	$(BIN)/ruff check edgetl tests bench

@@ -117,6 +117,21 @@ def lr_multipliers(base: Any, bb: Any, trained_layers: list[Any], decay: float) 
     return out
 
 
+def unit_rates(base: Any, bb: Any, trained_layers: list[Any], lr: float, decay: float) -> list[dict[str, Any]]:
+    """The learning rate each trained unit gets, top unit first (what the run records):
+    [{"unit", "lr", "variables"}], from the same factors the optimizer applies."""
+    from edgetl.backbones import units
+
+    mult = lr_multipliers(base, bb, trained_layers, decay)
+    keep = {id(layer) for layer in trained_layers}
+    out = []
+    for name, layers in reversed(units(base, bb)):
+        paths = [v.path for layer in layers if id(layer) in keep for v in layer.trainable_weights]
+        if paths:
+            out.append({"unit": name, "lr": lr * mult.get(paths[0], 1.0), "variables": len(paths)})
+    return out
+
+
 def optimizer(lr: float, multipliers: dict[str, float] | None = None, accumulate: int = 1,
               switchable: bool = False) -> Any:
     """Adam with per-variable learning-rate factors and optional gradient accumulation.

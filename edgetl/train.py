@@ -706,17 +706,24 @@ class Trainer:
         self.head.fit(tr, steps_per_epoch=tr_steps, validation_data=va, validation_steps=va_steps,
                       epochs=epochs, verbose=0, shuffle=False, callbacks=self.callbacks("phase 1", epochs, rows))
         self.timings["phase1_train_s"] = time.perf_counter() - t0
+        self.record_updates("phase1", self.head.optimizer)
         if self.is_chief:
             artifacts.write_json(self.ckpt / rundir.TIMINGS, self.timings)  # a resumed run reports phase 1's time
             with artifacts.atomic_path(head_w, suffix=".weights.h5") as tmp:
                 self.head.save_weights(str(tmp))
         return json.loads(hist_path.read_text()) if hist_path.exists() else []
 
+    def record_updates(self, phase: str, opt) -> None:
+        """The optimizer updates the phase made (Keras counts updates, not batches: with
+        --accumulate N, one per N batches)."""
+        self.recipe_log.setdefault("updates", {})[phase] = int(opt.iterations.numpy())
+
     # ---- phase 2 ---------------------------------------------------------
     def phase2(self) -> list[dict]:
         import keras
 
         from edgetl import model as M
+        from edgetl import recipe
 
         cfg = self.cfg
         if cfg.epochs_finetune == 0 or not self.to_train:
@@ -753,10 +760,13 @@ class Trainer:
         self.echo(f"phase 2: fine-tuning the {what}: {len(chosen.layers)} layers, {n} with trainable weights "
                   f"(BatchNorm frozen, inference mode), lr {chosen.lr:g}{decay}")
         epochs = self.phase_epochs("phase2", cfg.epochs_finetune, rows, cfg.min_steps // 2)
+        self.recipe_log["phase2_unit_lrs"] = recipe.unit_rates(self.base, self.bb, chosen.layers, chosen.lr,
+                                                               cfg.lr_decay)
         with self.strategy.scope():
             model.compile(optimizer=self.finetune_optimizer(chosen), loss=self.loss(), metrics=self.metrics())
         model.fit(tr[0], steps_per_epoch=tr[1], validation_data=va[0], validation_steps=va[1], epochs=epochs,
                   verbose=0, shuffle=False, callbacks=self.callbacks("phase 2", epochs, rows))  # tf.data shuffles
+        self.record_updates("phase2", model.optimizer)
         self.timings["phase2_s"] = time.perf_counter() - t0
         p = self.ckpt / "history_phase2.json"
         return json.loads(p.read_text()) if p.exists() else []

@@ -1,4 +1,7 @@
+import fcntl
+import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -45,21 +48,57 @@ def imagenet_mnv2_100(keras_home):
     return import_mobilenet_v2(ckpt)
 
 
+def build_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder ``name`` that ``build(folder)`` makes, built once per test session: pytest-xdist's
+    processes share the parent of their base temp folders, and the first process to ask builds
+    it under a file lock while the others wait (a failed build leaves nothing; the next asks
+    again). Run without xdist, the session's own base temp folder holds it."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-fixtures"
+    root.mkdir(exist_ok=True)
+    dest, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(dest, ignore_errors=True)
+            try:
+                build(dest)
+            except BaseException:
+                shutil.rmtree(dest, ignore_errors=True)
+                raise
+            done.touch()
+    return dest
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
+    """3 colour classes, 16 images each (read-only: every test process reads the same folder)."""
     from synth import make_dataset
 
-    return make_dataset(tmp_path_factory.mktemp("tiny") / "data", per_class=16)
+    return build_once(tmp_path_factory, "tiny-data", lambda d: make_dataset(d, per_class=16))
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tiny_data, imagenet_mnv2_100, tmp_path_factory):
-    """A small trained run (3 colour classes, 32 px, MobileNetV2 1.0 ImageNet) shared by tests."""
+def _train_tiny(dest: Path, data: Path, request) -> None:
     from edgetl.config import TrainConfig
     from edgetl.train import train
 
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    return train(TrainConfig(data=str(tiny_data), out=str(out), **TINY), echo=quiet)
+    request.getfixturevalue("imagenet_mnv2_100")
+    train(TrainConfig(data=str(data), out=str(dest / "tiny"), **TINY), echo=quiet)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory, request):
+    """A small trained run (3 colour classes, 32 px, MobileNetV2 1.0 ImageNet) shared by tests.
+
+    Trained once per session (:func:`build_once`); each test process gets its own copy, so a
+    test that re-exports or verifies into it never races another process."""
+    from edgetl.train import TrainResult
+
+    shared = build_once(tmp_path_factory, "tiny-run", lambda d: _train_tiny(d, tiny_data, request)) / "tiny"
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    shutil.copytree(shared, run)
+    return TrainResult(run, json.loads((run / "metrics.json").read_text()),
+                       history=json.loads((run / "history.json").read_text()))
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +106,7 @@ def tiny_holdout_dir(tmp_path_factory):
     """A folder of fresh images of the tiny task (20 per class), never seen in training."""
     from synth import make_dataset
 
-    return make_dataset(tmp_path_factory.mktemp("holdout") / "data", per_class=20, seed=99)
+    return build_once(tmp_path_factory, "holdout", lambda d: make_dataset(d, per_class=20, seed=99))
 
 
 @pytest.fixture(scope="session")
@@ -86,29 +125,52 @@ def tiny_holdout(tiny_holdout_dir):
 def tiny_calibration(tiny_data, tmp_path_factory):
     from edgetl.calibrate import calibrate
 
-    return calibrate(tiny_data, size=24, out=tmp_path_factory.mktemp("calib") / "calibration", seed=TINY["seed"],
-                     echo=quiet)
+    return build_once(tmp_path_factory, "calibration", lambda d: calibrate(
+        tiny_data, size=24, out=d, seed=TINY["seed"], echo=quiet))
 
 
-@pytest.fixture(scope="session")
-def tiny_exported(tiny_run, tiny_calibration):
-    """Every format and mode of the tiny run (int8 TFLite with uint8 I/O)."""
+def _export_tiny(dest: Path, run: Path, calibration: Path) -> None:
     from edgetl.export import ExportOptions, export
 
-    res = export(tiny_run.run_dir, ExportOptions(formats="tflite,onnx", quants="fp32,fp16,dynamic,int8",
-                                                 calibration=str(tiny_calibration), max_drop=100.0), echo=quiet)
-    return {(a.format, a.quant): a for a in res}
+    shutil.copytree(run, dest / "tiny")
+    export(dest / "tiny", ExportOptions(formats="tflite,onnx", quants="fp32,fp16,dynamic,int8",
+                                        calibration=str(calibration), max_drop=100.0), echo=quiet)
 
 
 @pytest.fixture(scope="session")
-def hym_run(imagenet_mnv2_035, tmp_path_factory):
-    """MobileNetV2 0.35 ImageNet trained by `edgetl train` on hymenoptera at 128 px."""
+def tiny_exported(tiny_run, tiny_calibration, tmp_path_factory):
+    """Every format and mode of the tiny run (int8 TFLite with uint8 I/O): exported once per
+    session from the same trained run, and copied into this process's tiny_run."""
+    import dataclasses
+
+    from edgetl.export import Artifact
+
+    shared_run = build_once(tmp_path_factory, "tiny-run", lambda d: None) / "tiny"
+    shared = build_once(tmp_path_factory, "tiny-exported",
+                        lambda d: _export_tiny(d, shared_run, tiny_calibration)) / "tiny"
+    run = tiny_run.run_dir
+    shutil.copytree(shared / "export", run / "export", dirs_exist_ok=True)
+    shutil.copyfile(shared / "manifest.json", run / "manifest.json")
+    fields = {f.name for f in dataclasses.fields(Artifact)}
+    rows = json.loads((run / "manifest.json").read_text())["export"]["artifacts"]
+    return {(r["format"], r["quant"]): Artifact(**{k: v for k, v in r.items() if k in fields}) for r in rows}
+
+
+def _train_hym(dest: Path) -> None:
     from click.testing import CliRunner
 
     from edgetl.cli import main
 
-    out = tmp_path_factory.mktemp("hym") / "run"
     r = CliRunner().invoke(main, ["train", str(HYMENOPTERA), "--alpha", "0.35", "--img-size", "128",
-                                  "--out", str(out)])
+                                  "--out", str(dest / "run")])
     assert r.exit_code == 0, r.output
+
+
+@pytest.fixture(scope="session")
+def hym_run(imagenet_mnv2_035, tmp_path_factory):
+    """MobileNetV2 0.35 ImageNet trained by `edgetl train` on hymenoptera at 128 px (once per
+    session; each test process gets its own copy)."""
+    shared = build_once(tmp_path_factory, "hym-run", _train_hym) / "run"
+    out = tmp_path_factory.mktemp("hym") / "run"
+    shutil.copytree(shared, out)
     return out

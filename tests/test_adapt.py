@@ -237,6 +237,43 @@ def test_adapted_run_exports_verifies_and_has_a_card(adapted, tiny_calibration):
     assert "## Domain adaptation" in card and "target acc" in card and "Accuracy under common corruptions" in card
 
 
+@pytest.mark.parametrize("method", ["adabn", "pseudo", "dann"])
+def test_one_method_from_the_cli(adapted, tiny_run, target, tmp_path, method):
+    """`edgetl adapt RUN --method X` as a user types it: X alone is trained (AdaBN, the baseline
+    the baseline, is always computed), X is the adapted run's model, scored as X is inside
+    `--method auto` (same seed, same options)."""
+    import keras
+
+    from edgetl.adapt import bn_layers, classifier_parts
+    from edgetl.model import load_keras
+
+    auto, _, _, _ = adapted
+    out = tmp_path / "run"
+    fast = [a for k, v in FAST.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    r = CliRunner().invoke(main, ["adapt", str(tiny_run.run_dir), "--target", str(target[0]), "--target-labels",
+                                  str(target[1]), "--method", method, *fast, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "adapt.json").read_text())
+    assert rep["method"] == rep["chosen"] == method and rep["why"] == "chosen with --method"
+    assert set(rep["candidates"]) == {"source", "adabn", method} and set(rep["details"]) == {"adabn", method}
+    assert json.loads((out / "manifest.json").read_text())["train"]["adapted_from"]["method"] == method
+    def scores(c):  # agreement is with the other candidates, which differ between the two runs
+        return {**c, "label_free": {k: v for k, v in c["label_free"].items() if k != "agreement"}}
+
+    if method != "dann":  # dann's domain head draws its initial weights from Keras' global RNG
+        assert scores(rep["candidates"][method]) == scores(auto["candidates"][method])  # as inside auto
+    # the saved model is the method's: AdaBN moves only BatchNorm statistics; pseudo and dann train
+    # from the source model with BatchNorm frozen, so they move weights and no statistic
+    src, got = load_keras(tiny_run.run_dir / "model.keras"), keras.models.load_model(out / "model.keras")
+    _, base, _ = classifier_parts(src)
+    stats = {v.path for b in bn_layers(base) for v in (b.moving_mean, b.moving_variance)}
+    moved = {a.path for a, b in zip(src.weights, got.weights) if not np.array_equal(a.numpy(), b.numpy())}
+    if method == "adabn":
+        assert moved and moved <= stats, sorted(moved - stats)[:5]
+    else:
+        assert moved and not moved & stats, sorted(moved & stats)[:5]
+
+
 # ------------------------------------------------------------ refusals ----
 def _refused(args):
     r = CliRunner().invoke(main, ["adapt", *args])

@@ -206,6 +206,7 @@ def _wide_task(root, n, seed):
     return root
 
 
+@pytest.mark.slow
 def test_resize_squash_keeps_what_a_crop_cuts_off(imagenet_mnv2_100, tmp_path):
     from edgetl.data import scan
     from edgetl.runners import KerasRunner
@@ -305,6 +306,7 @@ def test_weights_install_cli_puts_the_file_where_keras_looks(imagenet_mnv2_100, 
             shutil.copyfile(src, cached)
 
 
+@pytest.mark.slow  # quantization-aware fine-tuning end to end: 805 s of 5,791 in a loaded full run
 def test_qat_cli_writes_a_working_int8_model(tiny_run, tiny_calibration, tiny_holdout, tmp_path):
     from edgetl.runners import KerasRunner, open_runner
 

@@ -144,6 +144,47 @@ def test_changed_verify_key_reruns_verify_and_card(pipeline_run):
     assert [s for s in t if not t[s]["skipped"]] == ["verify", "card"]
 
 
+def _cli_run(p, *args) -> tuple[list[str], str]:
+    """`edgetl run CONFIG ARGS` as a user types it: (stages that ran, output)."""
+    r = CliRunner().invoke(main, ["run", str(p), *args])
+    assert r.exit_code == 0, r.output
+    ran = [s for s in ("train", "calibrate", "export", "verify", "card") if f"== stage {s}: done" in r.output]
+    skipped = [s for s in ("train", "calibrate", "export", "verify", "card") if f"== stage {s}: skipped" in r.output]
+    assert sorted(ran + skipped) == sorted(["train", "calibrate", "export", "verify", "card"]), r.output
+    return ran, r.output
+
+
+def _mtimes(d) -> dict[str, int]:
+    files = ["model.keras", "calibration/manifest.json", "export/model_int8.tflite", "report.json", "MODEL_CARD.md"]
+    return {f: (d / f).stat().st_mtime_ns for f in files}
+
+
+def test_cli_from_set_and_force_redo_the_stages_they_name(pipeline_run):
+    """`edgetl run CONFIG --from verify`, `--set verify.runs=120` and `--force` from the command
+    line: which stages ran (the output), and which files were rewritten (their times)."""
+    p, _, _, d = pipeline_run
+    before = _mtimes(d)
+    ran, _ = _cli_run(p, "--from", "verify")
+    after = _mtimes(d)
+    assert ran == ["verify", "card"]
+    assert [f for f in before if after[f] != before[f]] == ["report.json", "MODEL_CARD.md"]
+
+    before = after
+    ran, _ = _cli_run(p, "--set", "verify.runs=120")
+    after = _mtimes(d)
+    rows = json.loads((d / "report.json").read_text())["rows"]
+    assert ran == ["verify", "card"] and {r["runs"] for r in rows if r.get("runs")} == {120}, rows
+    assert [f for f in before if after[f] != before[f]] == ["report.json", "MODEL_CARD.md"]
+    ran, _ = _cli_run(p, "--set", "verify.runs=120")  # the same override again: nothing changed
+    assert ran == []
+
+    before = _mtimes(d)
+    ran, _ = _cli_run(p, "--force")
+    after = _mtimes(d)
+    assert ran == ["train", "calibrate", "export", "verify", "card"]
+    assert all(after[f] != before[f] for f in before)
+
+
 def test_resume_after_an_interrupted_stage(tiny_data, imagenet_mnv2_100, tmp_path, monkeypatch):
     import edgetl.pipeline as P
 

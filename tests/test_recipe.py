@@ -64,10 +64,15 @@ def test_accumulate_4_at_batch_8_matches_batch_32():
     assert not all(np.allclose(a, b, atol=1e-3) for a, b in zip(small, big))  # the toy tells them apart
 
 
-def test_auto_recipe_searches_on_val_and_records_its_choice(tiny_data, imagenet_mnv2_100, tmp_path):
+def test_auto_recipe_searches_on_val_and_records_its_choice(tiny_data, imagenet_mnv2_100, tmp_path, monkeypatch):
+    """A planted grid: the learning rates 1e-4 (sane) and 10 (wrecks the model within its trial),
+    the wrecking one first in each depth. The search must score them apart on val and pick a
+    sane one, and phase 2 must then train with the setting it picked."""
     from edgetl.config import TrainConfig
     from edgetl.train import train
 
+    assert recipe.GRID_BLOCKS == (2, 5) and recipe.GRID_LRS == (1e-5, 1e-4)  # the real grid
+    monkeypatch.setattr(recipe, "GRID_LRS", (10.0, 1e-4))
     cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), **{**TINY, "recipe": "auto", "min_steps": 40,
                                                                         "epochs_head": 2})
     lines = []
@@ -76,11 +81,18 @@ def test_auto_recipe_searches_on_val_and_records_its_choice(tiny_data, imagenet_
     r = m["recipe"]
     assert r["recipe"] == "auto" and r["phase2"]["scored_on"] == "val"
     grid = r["phase2"]["grid"]
-    assert len(grid) == 4 and {g["lr"] for g in grid} == {1e-5, 1e-4} and {g["blocks"] for g in grid} == {2, 5}
+    assert [(g["blocks"], g["lr"]) for g in grid] == [(2, 10.0), (2, 1e-4), (5, 10.0), (5, 1e-4)]
     assert r["phase2"]["probe_rows"] == 39  # the plain view of each training image
-    assert all(0.0 <= g["val_accuracy"] <= 1.0 for g in grid)
-    best = max(g["val_accuracy"] for g in grid)
-    assert r["phase2"]["chosen"]["val_accuracy"] == best
+    sane = [g["val_accuracy"] for g in grid if g["lr"] == 1e-4]
+    wrecked = [g["val_accuracy"] for g in grid if g["lr"] == 10.0]
+    print("planted grid", [(g["name"], g["val_accuracy"], g["val_loss"]) for g in grid])
+    assert min(sane) >= max(wrecked) + 3 / 9, grid  # scored apart by at least 3 of the 9 val images
+    chosen = r["phase2"]["chosen"]
+    assert chosen["lr"] == 1e-4 and chosen["val_accuracy"] == max(sane), chosen
+    # phase 2 trained with the chosen setting: its depth and rate, and it kept a working model
+    assert any(f"phase 2: fine-tuning the {chosen['name']}:" in line and line.endswith("lr 0.0001") for line in lines)
+    assert chosen["trained_layers"] == next(g["trained_layers"] for g in grid if g["name"] == chosen["name"])
+    assert m["val_accuracy"] >= 8 / 9
     # 39 training images x 2 views at batch 16: 5 steps an epoch, so 2 epochs became 8 for 40 steps
     assert m["data"]["train_counts"] == [13, 13, 13] and r["phase1_epochs"] == 8
     assert any("auto recipe chose" in line for line in lines)

@@ -52,23 +52,68 @@ def test_imported_torchvision_features_separate_hymenoptera(shared, imagenet_mnv
     assert acc >= 0.85, acc  # chance is 0.54
 
 
-def test_int8_on_real_photos_within_one_point(hym_run, tmp_path):
+@pytest.fixture(scope="module")
+def hym_heldout_run(imagenet_mnv2_035, tmp_path_factory):
+    """`edgetl train` (MobileNetV2 0.35 ImageNet, 128 px) on hymenoptera laid out as
+    train/val/test: train/ and val/ split 4:1 from hymenoptera's own train/ (each class's
+    every fifth file to val/), and test/ = hymenoptera's val/ (153 photos) untouched, so that
+    nothing (early stopping, the phase choice, export's budget ladder) is chosen on it.
+    Per-file symbolic links: nothing is copied."""
+    from click.testing import CliRunner
+
+    from edgetl.cli import main
+
+    data = tmp_path_factory.mktemp("hym-heldout") / "data"
+    for cls in ("ants", "bees"):
+        files = sorted((HYMENOPTERA / "train" / cls).iterdir())
+        for i, f in enumerate(files):
+            dest = data / ("val" if i % 5 == 4 else "train") / cls / f.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.symlink_to(f)
+        for f in sorted((HYMENOPTERA / "val" / cls).iterdir()):
+            dest = data / "test" / cls / f.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.symlink_to(f)
+    out = data.parent / "run"
+    r = CliRunner().invoke(main, ["train", str(data), "--alpha", "0.35", "--img-size", "128", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    return data, out
+
+
+def test_int8_on_real_photos_within_one_point(hym_heldout_run, tmp_path):
+    """int8 (TFLite and ONNX) loses at most one point of accuracy against fp32 on 153 real photos
+    that chose nothing (not the validation split the budget ladder picked its attempt on)."""
+    import numpy as np
+
     from edgetl.calibrate import calibrate
     from edgetl.export import ExportOptions, export
+    from edgetl.runners import open_runner
+    from edgetl.tfdata import load_array
 
-    calib = calibrate(HYMENOPTERA, size=200, out=tmp_path / "calibration", echo=lambda *a: None)
-    res = {(a.format, a.quant): a for a in export(hym_run, ExportOptions(
+    data, run = hym_heldout_run
+    calib = calibrate(data, size=200, out=tmp_path / "calibration", echo=lambda *a: None)
+    res = {(a.format, a.quant): a for a in export(run, ExportOptions(
         formats="tflite,onnx", quants="fp32,int8", calibration=str(calib), max_drop=1.0, force=True), echo=lambda *a: None)}
+    split = json.loads((run / "split.json").read_text())
+    test = split["test"]
+    assert len(test) == 153 and {r["file"] for r in test}.isdisjoint(r["file"] for r in split["val"])
+    y = np.array([r["label"] for r in test])
+    x = load_array([r["file"] for r in test], 128)
     for fmt in ("tflite", "onnx"):
         a = res[(fmt, "int8")]
         assert a.status == "written", a.reason
-        # the noise-aware budget: the drop's one-sided 95% lower bound is within 1 point (on val, 153 images)
         kept = [r for r in a.remedies if r.get("kept")]
         assert len(kept) == 1 and kept[0]["agreement"] == a.agreement, a.remedies
-        assert kept[0]["drop_lower_points"] <= 1.0 and a.drop_points <= 3.0, (fmt, a.remedies)
-        # measured: TFLite int8 agrees >= 0.95 at once; ONNX minmax agreed 0.908, and the ladder kept the
-        # best-agreeing attempt within the budget, entropy calibration at 0.935 (no remedy reached 0.95)
-        assert a.agreement >= (0.95 if fmt == "tflite" else 0.93), (fmt, a.remedies)
+        ref = open_runner(run / "export" / f"model_fp32.{fmt}").predict(x).argmax(1)
+        q = open_runner(run / "export" / f"model_int8.{fmt}").predict(x).argmax(1)
+        lost, gained = int(((ref == y) & (q != y)).sum()), int(((ref != y) & (q == y)).sum())
+        drop = 100 * (lost - gained) / len(y)
+        print(f"{fmt} int8 on 153 held-out photos: fp32 {np.mean(ref == y):.3f}, int8 {np.mean(q == y):.3f}, "
+              f"lost {lost}, gained {gained}, drop {drop:+.2f} points, agreement {np.mean(ref == q):.3f}")
+        assert drop <= 1.0, (fmt, lost, gained)  # one point of 153 photos: at most 1 image net
+        # measured on val by the ladder: TFLite int8 agrees >= 0.95 at once; ONNX minmax agreed 0.908
+        # and the ladder kept entropy calibration at 0.935; on held-out photos, the same floors
+        assert np.mean(ref == q) >= (0.95 if fmt == "tflite" else 0.93), fmt
     # per-channel scales and zero points (12 bytes per output channel of every kernel and bias)
     # put a floor of about 0.37x under int8 TFLite at alpha 0.35; see the README
     assert res[("tflite", "int8")].size_bytes <= 0.42 * res[("tflite", "fp32")].size_bytes

@@ -157,7 +157,18 @@ def test_same_seed_same_result(tiny_data, imagenet_mnv2_100, tmp_path):
     assert a.history["phase1"] == b.history["phase1"]
 
 
-def test_head_options_reach_the_model(tiny_data, imagenet_mnv2_100, tmp_path):
+def test_head_options_reach_the_model(tiny_data, imagenet_mnv2_100, tmp_path, monkeypatch):
+    """--dense, --dropout, --label-smoothing and --l2 from the command line reach the model that
+    trains: the compiled loss smooths the labels (its value on a known batch) and the head's
+    kernels carry the L2 penalty, counted in the loss that training minimises."""
+    compiled = {}
+    real_fit = keras.Model.fit
+
+    def fit(self, *a, **k):
+        compiled[self.name] = self
+        return real_fit(self, *a, **k)
+
+    monkeypatch.setattr(keras.Model, "fit", fit)
     out = tmp_path / "r"
     r = CliRunner().invoke(main, ["train", str(tiny_data), "--alpha", "1.0", "--img-size", "32", "--epochs-head", "2",
                                   "--epochs-finetune", "0", "--views", "1", "--recipe", "fixed",
@@ -169,8 +180,26 @@ def test_head_options_reach_the_model(tiny_data, imagenet_mnv2_100, tmp_path):
     assert m.get_layer("head_dense").units == 8
     assert m.get_layer("head_dropout").rate == pytest.approx(0.3)
     assert json.loads((out / "metrics.json").read_text())["phase2"] is None
+    # label smoothing: on a known batch the loss is the cross-entropy against (1 - 0.1) y + 0.1 / 3
+    head = compiled["head"]
+    y = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], np.float32)
+    z = np.array([[4.0, 0.0, -2.0], [1.0, 0.5, 3.0]], np.float32)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    smoothed = float(np.mean(-((0.9 * y + 0.1 / 3) * logp).sum(1)))
+    plain = float(np.mean(-(y * logp).sum(1)))
+    assert abs(smoothed - plain) > 0.1  # the batch tells them apart
+    assert float(head.loss(y, z)) == pytest.approx(smoothed, rel=1e-5)
+    # L2: both head kernels carry it, in the trained head and in the saved model, and the
+    # penalty training adds to the loss is 1e-4 x the sum of squared kernel weights
+    kernels = [head.get_layer(n).kernel for n in ("head_dense", "logits")]
+    want = 1e-4 * sum(float(np.sum(np.square(k.numpy()))) for k in kernels)
+    assert want > 0 and float(sum(head.losses)) == pytest.approx(want, rel=1e-4)
+    for name in ("head_dense", "logits"):
+        reg = m.get_layer(name).kernel_regularizer
+        assert reg is not None and reg.get_config()["l2"] == pytest.approx(1e-4), name
 
 
+@pytest.mark.slow
 def test_class_weights_auto_raises_minority_recall(imagenet_mnv2_100, tmp_path):
     """5:1 imbalance on two classes whose colours overlap: trained without weights the head
     leans on the prior and misses the minority; --class-weights auto must recover it, scored
@@ -216,6 +245,7 @@ def test_bad_options_are_one_line_errors(tiny_data, tmp_path, args, msg):
     assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, r.output
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(tiny_data, tiny_holdout, imagenet_mnv2_100, keras_home, tmp_path):
     script = textwrap.dedent(f"""
         import tensorflow as tf
