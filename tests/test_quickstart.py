@@ -135,7 +135,7 @@ def test_distill_backbone_is_the_students_not_ignored(tmp_path, monkeypatch):
     import edgetl.distill as D
 
     seen = []
-    monkeypatch.setattr(D, "distill", lambda cfg, dcfg, resume=False, echo=print: seen.append(cfg.backbone))
+    monkeypatch.setattr(D, "distill", lambda cfg, dcfg, resume=False, echo=print, **kw: seen.append(cfg.backbone))
     base = ["distill", str(tmp_path), "--teacher", str(tmp_path)]
     for extra, want in ((["--backbone", "efficientnet_lite0"], "efficientnet_lite0"),
                         (["--student", "efficientnet_lite0"], "efficientnet_lite0"), ([], "mobilenetv2")):
