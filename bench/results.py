@@ -99,7 +99,8 @@ class Recorder:
         if name not in NAMES:
             raise ValueError(f"unknown results name {name!r}; one of {', '.join(NAMES)}")
         self.name = name
-        self.out_dir = Path(out_dir) if out_dir is not None else RESULTS
+        # BENCH_RESULTS_DIR: a trial run that must not replace the committed results file
+        self.out_dir = Path(out_dir or os.environ.get("BENCH_RESULTS_DIR") or RESULTS)
         self.command = command_line(argv)
         self.commit, self.dirty = commit()
         self.date = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
