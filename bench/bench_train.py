@@ -124,7 +124,8 @@ def mean_sd(v) -> str:
 
 
 def cell(r: dict) -> str:
-    return f"{r['wall_s']:.1f} s, {r['peak_rss_mb']:,} MB; test {r['test_accuracy']:.3f} (val {r['val_accuracy']:.3f})"
+    return (f"{r['wall_s']:.1f} s wall, {r['cpu_s']:.0f} s CPU, {r['peak_rss_mb']:,} MB; test {r['test_accuracy']:.3f} "
+            f"(val {r['val_accuracy']:.3f}); load {r['load_1min'][0]:.1f} → {r['load_1min'][1]:.1f}")
 
 
 def main() -> int:
@@ -190,20 +191,24 @@ def summarize(runs: list[dict], sides: list[str], a) -> dict:
         out["per_side"][side] = {k: t_interval([r[k] for r in rs]).to_dict()
                                  for k in ("wall_s", "cpu_s", "peak_rss_mb", "test_accuracy", "val_accuracy")}
     rows = [[f"seed {s}"] + [cell(by[side][i]) for side in sides] for i, s in enumerate(seeds)]
-    rows.append(["mean ± sd (wall s; test accuracy)"] + [
-        f"{mean_sd([r['wall_s'] for r in by[side]])} s; test "
+    rows.append(["mean ± sd (wall s; CPU s; test accuracy)"] + [
+        f"{mean_sd([r['wall_s'] for r in by[side]])} s; {mean_sd([r['cpu_s'] for r in by[side]])} s CPU; test "
         f"{np.mean([r['test_accuracy'] for r in by[side]]):.3f}" for side in sides])
-    speed_row, acc_row = ["speed-up: guide wall / this wall, per seed; mean [95% t interval]", "–"], \
+    speed_row, cpu_row, acc_row = ["speed-up: guide wall / this wall, per seed; mean [95% t interval]", "–"], \
+        ["CPU: guide CPU s / this CPU s, per seed; mean [95% t interval]", "–"], \
         ["test accuracy, this − guide, points per seed; mean [95% t interval]", "–"]
     for side in sides[1:]:
         speed = [g["wall_s"] / e["wall_s"] for g, e in zip(by["guide"], by[side])]
         diff = [100 * (e["test_accuracy"] - g["test_accuracy"]) for g, e in zip(by["guide"], by[side])]
-        ts, td = t_interval(speed), t_interval(diff)
-        out["vs_guide"][side] = {"speedup_per_seed": speed, "speedup": ts.to_dict(),
+        cpu = [g["cpu_s"] / e["cpu_s"] for g, e in zip(by["guide"], by[side])]
+        ts, td, tc = t_interval(speed), t_interval(diff), t_interval(cpu)
+        cpu_row.append(", ".join(f"{v:.2f}×" for v in cpu) + f"; {tc.mean:.2f}× [{tc.lo:.2f}, {tc.hi:.2f}]")
+        out["vs_guide"][side] = {"speedup_per_seed": speed, "speedup": ts.to_dict(), "cpu_ratio_per_seed": cpu,
+                                 "cpu_ratio": tc.to_dict(),
                                  "test_diff_points_per_seed": diff, "test_diff_points": td.to_dict()}
         speed_row.append(", ".join(f"{v:.2f}×" for v in speed) + f"; {ts.mean:.2f}× [{ts.lo:.2f}, {ts.hi:.2f}]")
         acc_row.append(", ".join(f"{v:+.1f}" for v in diff) + f"; {td.mean:+.1f} [{td.lo:+.1f}, {td.hi:+.1f}]")
-    rows += [speed_row, acc_row]
+    rows += [speed_row, cpu_row, acc_row]
     n_test = sorted({r["images"]["test"] for r in runs})
     notes = [f"hymenoptera, MobileNetV2 {a.alpha:g} ImageNet @{a.img_size} px, {a.epochs_head} + {a.epochs_finetune} "
              f"epochs, {len(seeds)} seeds; per seed a test split ({a.test_split:g} of train/, "
