@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-REGION = re.compile(r"(<!-- results:([A-Za-z0-9_-]+) -->\n)(.*?)(<!-- /results -->)", re.S)
+REGION = re.compile(r"(<!-- results:([A-Za-z0-9_-]+) -->\n)((?:(?!<!-- results:).)*?)(<!-- /results -->)", re.S)
 OPEN = re.compile(r"<!-- results:([A-Za-z0-9_-]+) -->")
 
 
@@ -71,18 +71,33 @@ class Problem:
         return f"{self.file}:{self.line}: results:{self.name}: {self.what}"
 
 
+FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.S | re.M)
+
+
+def _fenced(text: str) -> list[tuple[int, int]]:
+    """Spans of fenced code blocks: markers shown there as examples are not regions."""
+    return [(m.start(), m.end()) for m in FENCE.finditer(text)]
+
+
 def render_file(path: Path, results_dir: Path) -> tuple[str, list[Problem]]:
     """(the file's text with every region rendered, problems: missing or unreadable results,
     unclosed regions)."""
     text = path.read_text(encoding="utf-8")
     problems: list[Problem] = []
+    fences = _fenced(text)
+
+    def in_code(pos: int) -> bool:
+        return any(a <= pos < b for a, b in fences)
+
     closed = {m.start() for m in REGION.finditer(text)}
     for m in OPEN.finditer(text):
-        if m.start() not in closed:
+        if m.start() not in closed and not in_code(m.start()):
             problems.append(Problem(path, text.count("\n", 0, m.start()) + 1, m.group(1),
                                     "no closing <!-- /results --> line"))
 
     def sub(m: re.Match) -> str:
+        if in_code(m.start()):
+            return m.group(0)
         name = m.group(2)
         line = text.count("\n", 0, m.start()) + 1
         f = results_dir / f"{name}.json"

@@ -81,6 +81,14 @@ def test_a_missing_results_file_and_an_unclosed_region_are_named(tmp_path):
     assert page.read_text() == "<!-- results:distill -->\nold\n<!-- /results -->\n"  # left as it was
 
 
+def test_markers_inside_code_blocks_are_examples_not_regions(tmp_path):
+    page = _tree(tmp_path)
+    example = "```markdown\n<!-- results:adapt -->\n<!-- /results -->\n```\n\n~~~\n<!-- results:scale -->\n~~~\n"
+    page.write_text(example + page.read_text())
+    assert render_tables.run(tmp_path, check=False) == []
+    assert page.read_text().startswith(example) and EXPECTED in page.read_text()
+
+
 def test_check_cli_exits_1_and_names_the_file(tmp_path):
     _tree(tmp_path)
     cmd = [sys.executable, str(ROOT / "bench" / "render_tables.py"), "--root", str(tmp_path)]
