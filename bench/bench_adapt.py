@@ -15,6 +15,8 @@ method and chooses one without target labels. Clean val is the run's own held-ou
 split; night val is the labelled target set. Neither is used to choose.
 
     python bench/bench_adapt.py [--seeds 3] [--robustness] [--json results.json]
+
+Writes bench/results/adapt.json.
 """
 from __future__ import annotations
 
@@ -71,11 +73,20 @@ def mean_std(v) -> str:
     return f"{v.mean():.3f} ± {v.std():.3f}"
 
 
+ADAPT_COLUMNS = ["model", "clean val (mean ± std)", "night val (mean ± std)", "night gain per seed (points)",
+                 "mean night gain", "clean change", "spread (max − min, points)"]
+
+
 def summary(results: list[dict]) -> str:
+    cols, rows, verdicts = summary_table(results)
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+                     + ["| " + " | ".join(r) + " |" for r in rows] + [""] + verdicts)
+
+
+def summary_table(results: list[dict]) -> tuple[list[str], list[list[str]], list[str]]:
     src_night = np.array([r["night"]["source"] for r in results])
     src_clean = np.array([r["clean"]["source"] for r in results])
-    lines = ["| model | clean val (mean ± std) | night val (mean ± std) | night gain per seed (points) | "
-             "mean night gain | clean change | spread (max − min, points) |", "|---|---|---|---|---|---|---|"]
+    lines = []
     rows = {m: ([r["clean"][m] for r in results], [r["night"][m] for r in results]) for m in METHODS}
     rows["auto (chosen: " + ", ".join(r["chosen"] for r in results) + ")"] = (
         [r["clean"][r["chosen"]] for r in results], [r["night"][r["chosen"]] for r in results])
@@ -84,8 +95,8 @@ def summary(results: list[dict]) -> str:
         c, n = np.array(clean), np.array(night)
         gains = 100 * (n - src_night)
         spread = 100 * max(np.ptp(src_night), np.ptp(n))
-        lines.append(f"| {name} | {mean_std(c)} | {mean_std(n)} | " + ", ".join(f"{g:+.1f}" for g in gains)
-                     + f" | {gains.mean():+.1f} | {100 * (c.mean() - src_clean.mean()):+.1f} | {spread:.1f} |")
+        lines.append([name, mean_std(c), mean_std(n), ", ".join(f"{g:+.1f}" for g in gains), f"{gains.mean():+.1f}",
+                      f"{100 * (c.mean() - src_clean.mean()):+.1f}", f"{spread:.1f}"])
         if name.startswith("auto"):
             ok_gain = gains.mean() >= 8 and gains.mean() > spread
             ok_clean = 100 * (src_clean.mean() - c.mean()) <= 3
@@ -93,7 +104,7 @@ def summary(results: list[dict]) -> str:
                             f"spread: {'met' if ok_gain else 'NOT met'}); clean change "
                             f"{100 * (c.mean() - src_clean.mean()):+.1f} points (target >= -3: "
                             f"{'met' if ok_clean else 'NOT met'})")
-    return "\n".join(lines + [""] + verdicts)
+    return ADAPT_COLUMNS, lines, verdicts
 
 
 def robustness(run: Path, echo=print) -> str:
@@ -123,11 +134,14 @@ def main() -> int:
         return 0
     os.environ.setdefault("KERAS_HOME", tempfile.mkdtemp(prefix="edgetl-bench-keras-"))  # before Keras is imported
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from results import Recorder
+
     from edgetl.adapt import AdaptOptions, adapt
     from edgetl.config import TrainConfig
     from edgetl.train import train
     from edgetl.weights import install
 
+    rec = Recorder("adapt")
     install(WEIGHTS, "mobilenetv2", 0.35)
     tmp = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="edgetl-bench-adapt-"))
     unl, lab = make_night(tmp / "night")
@@ -154,6 +168,8 @@ def main() -> int:
             t = robustness(tmp / name)
             out[f"robustness_{name}"] = t
             print(f"\nrobustness of {name} (hymenoptera val, 153 photos):\n{t}", flush=True)
+    cols, rows, verdicts = summary_table(results)
+    rec.write(results, {**out, "verdicts": verdicts, "table": {"columns": cols, "rows": rows, "notes": verdicts}})
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2))
     return 0

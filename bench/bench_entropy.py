@@ -4,6 +4,8 @@ weights and calibration images: the search's cost depends on the number of tenso
 not on the values). onnxruntime's search is timed on every tenth tensor and scaled up.
 
     python bench/bench_entropy.py [--img-size 128]
+
+Writes bench/results/entropy.json.
 """
 from __future__ import annotations
 
@@ -20,6 +22,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--img-size", type=int, default=128)
     img = ap.parse_args().img_size
+    from results import Recorder
+
+    rec = Recorder("entropy")
 
     import keras
     import numpy as np
@@ -62,6 +67,14 @@ def main() -> None:
     print(f"MobileNetV2 0.35 @{img}: {len(hists)} tensors, {ENTROPY_BINS} bins")
     print(f"edgetl search {t_ours:.1f} s; onnxruntime search {t_theirs:.1f} s (timed on {len(sample)} tensors); "
           f"identical ranges on those: {same}")
+    row = {"img_size": img, "tensors": len(hists), "bins": ENTROPY_BINS, "edgetl_s": round(t_ours, 2),
+           "onnxruntime_s_scaled": round(t_theirs, 2), "onnxruntime_timed_tensors": len(sample),
+           "identical_ranges": same}
+    rec.write([row], {**row, "table": {
+        "columns": ["model", "tensors × bins", "edgetl search s", "onnxruntime search s (scaled from every 10th)",
+                    "identical ranges"],
+        "rows": [[f"MobileNetV2 0.35 @{img}", f"{len(hists)} × {ENTROPY_BINS}", f"{t_ours:.1f}", f"{t_theirs:.1f}",
+                  "yes" if same else "no"]]}})
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ p50s, the median p90, and each model's top-1 agreement with the Keras model on t
 val photos.
 
     python bench/bench_runtimes.py [--threads 2] [--rounds 5] [--runs 200] [--img-size 224]
+
+Writes bench/results/runtimes.json (every round's timing of every model).
 """
 from __future__ import annotations
 
@@ -115,7 +117,11 @@ def main():
     a = ap.parse_args()
     if not DATA.is_dir() or not WEIGHTS.is_file():
         sys.exit(f"needs ../shared (hymenoptera and MobileNetV2 0.35 weights) at {SHARED}")
+    from results import Recorder
+
     from edgetl.timing import isolated_timing, machine_info
+
+    rec = Recorder("runtimes")
 
     info = machine_info()
     print(f"machine: {info['cpu']}, {info['cores']} cores, flags {cpu_flags()}, runtimes {info['runtimes']}")
@@ -143,6 +149,16 @@ def main():
                        "agreement_keras": agree[label]}
         print(f"{label:<28}{sizes[label] / 1024:>9.0f}{np.median(p50):>17.2f}"
               f"{f'{p50.min():.2f}-{p50.max():.2f}':>16}{p90:>9.2f}{agree[label]:>7.3f}")
+    table = [[label, f"{r['size_bytes'] / 1024:,.0f}", f"{r['p50_ms_median']:.2f}",
+              f"{r['p50_ms_range'][0]:.2f}–{r['p50_ms_range'][1]:.2f}", f"{r['p90_ms_median']:.2f}",
+              f"{r['agreement_keras']:.3f}"] for label, r in rows.items()]
+    notes = [f"MobileNetV2 0.35 at {a.img_size} px, batch 1, {a.threads} threads, {a.runs} timed runs per round, "
+             f"{a.rounds} rounds round-robin, each model in a fresh process; agreement: top-1 with the Keras model "
+             "on hymenoptera's val photos."]
+    runs = [{"model": k, "round": i + 1, **t} for k, ts in times.items() for i, t in enumerate(ts)]
+    rec.write(runs, {"rows": rows, "runtimes": info.get("runtimes"), "table": {
+        "columns": ["model", "size KiB", "p50 ms (median of rounds)", "p50 range over rounds", "p90 ms",
+                    "agreement"], "rows": table, "notes": notes}})
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "machine": info, "rows": rows}, indent=1))
 

@@ -17,6 +17,8 @@ one float32 array, in a separate process, as a ratio; and `uptime`'s load averag
 the machine may be shared.
 
     python bench/bench_scale.py [--sizes 4000,16000] [--work /tmp/edgetl-scale] [--json out.json]
+
+Writes bench/results/scale.json.
 """
 from __future__ import annotations
 
@@ -143,7 +145,10 @@ def main():
     a = ap.parse_args()
     if not WEIGHTS.is_file() or not (SHARED / "datasets" / "hymenoptera").is_dir():
         sys.exit(f"needs ../shared (hymenoptera and MobileNetV2 0.35 weights) at {SHARED}")
+    from results import Recorder
     from scale_photos import make_set
+
+    rec = Recorder("scale")
 
     work = Path(a.work)
     results = []
@@ -186,6 +191,18 @@ def main():
         import shutil
 
         shutil.rmtree(out, ignore_errors=True)
+    table = []
+    for r in results:
+        s = r["stages"]
+        table.append([f"{r['n']:,}", f"{r['peak_rss_mb']:,.0f} MB"]
+                     + [f"{s[k]['peak_rss_mb']:,.0f} MB, {s[k]['wall_s']} s" for k, _ in STAGES]
+                     + [f"{r['wall_s']:.0f} s", f"{r['extract_img_s']}", f"{r['predict_img_s']}", f"{r['ratio']}",
+                        f"{r['load_train'][0]} → {r['load_train'][1]}"])
+    cols = ["N train photos", "peak RSS"] + [k for k, _ in STAGES] + [
+        "wall", "extraction img/s", "preloaded predict img/s", "ratio", "load (1/5/15 min), start → end"]
+    notes = [f"`edgetl train` at {a.img_size} px, 2 views, 1 + 1 epochs, --recipe fixed, in a child process; "
+             "peak RSS is the child's ru_maxrss, per stage the peak of RSS sampled every 0.1 s."]
+    rec.write(results, {"table": {"columns": cols, "rows": table, "notes": notes}})
     print("\n| N | peak RSS | scan+build | extract | phase 1 | phase 2 | outputs | wall | extraction img/s | "
           "predict img/s (preloaded) | ratio | load (1/5/15 min) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

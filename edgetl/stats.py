@@ -114,3 +114,123 @@ def fmt_acc(acc: float, ci: list[float] | tuple[float, float] | None, n: int | N
     if n:
         s += f" ({n} images)"
     return s
+
+
+# --- comparing two variants over seeds -------------------------------------------------------
+#
+# A p-value never counts one image twice: within a seed, the two variants are compared on that
+# seed's distinct test images (exact McNemar); across seeds, the unit is the seed (a t interval
+# of the mean paired difference, seeds as independent replicates), or a two-stage paired
+# bootstrap that resamples seeds and then images (the same resampled images for both variants).
+
+
+def t_quantile(conf: float, df: int) -> float:
+    """Two-sided Student t quantile: P(|T_df| <= q) = conf."""
+    from scipy.stats import t as student_t  # scikit-learn's dependency; imported only when used
+
+    return float(student_t.ppf(0.5 + conf / 2, df))
+
+
+@dataclass
+class MeanInterval:
+    """Mean of n values with its two-sided t interval (seeds as independent replicates)."""
+
+    n: int
+    mean: float
+    sd: float               # sample standard deviation (n - 1)
+    lo: float
+    hi: float
+    conf: float = 0.95
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def t_interval(values, conf: float = 0.95) -> MeanInterval:
+    """The mean and its t interval over n >= 2 values (nan bounds for fewer)."""
+    v = np.asarray(values, dtype=float)
+    n = int(v.size)
+    if n == 0:
+        nan = float("nan")
+        return MeanInterval(0, nan, nan, nan, nan, conf)
+    m = float(v.mean())
+    if n < 2:
+        return MeanInterval(1, m, float("nan"), float("nan"), float("nan"), conf)
+    sd = float(v.std(ddof=1))
+    half = t_quantile(conf, n - 1) * sd / math.sqrt(n)
+    return MeanInterval(n, m, sd, m - half, m + half, conf)
+
+
+def paired_bootstrap(correct_a, correct_b, shared_images: bool, n_boot: int = 10000, seed: int = 0,
+                     conf: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of the mean accuracy difference (b - a, in points) over seeds, by a
+    two-stage paired bootstrap: draw the seeds with replacement, then the test images with
+    replacement, the same images for both variants. ``correct_a[s]``/``correct_b[s]`` are the
+    per-image correctness (bool) of seed s. ``shared_images``: every seed scored the same images
+    (then one image draw is shared by all seeds, which keeps their correlation); else each seed
+    draws from its own test images."""
+    a = [np.asarray(x, dtype=float) for x in correct_a]
+    b = [np.asarray(x, dtype=float) for x in correct_b]
+    if len(a) != len(b) or not a or any(len(x) != len(y) for x, y in zip(a, b)):
+        raise ValueError("paired_bootstrap: one pair of equally long correctness arrays per seed")
+    rng = np.random.default_rng(seed)
+    s = len(a)
+    d = [y - x for x, y in zip(a, b)]  # per-image paired differences, -1 / 0 / +1
+    out = np.empty(n_boot)
+    if shared_images:
+        dm = np.stack(d)                     # seeds x images
+        n = dm.shape[1]
+        for i in range(n_boot):
+            seeds = rng.integers(0, s, s)
+            imgs = rng.integers(0, n, n)
+            out[i] = dm[np.ix_(seeds, imgs)].mean()
+    else:
+        for i in range(n_boot):
+            seeds = rng.integers(0, s, s)
+            out[i] = np.mean([d[k][rng.integers(0, len(d[k]), len(d[k]))].mean() for k in seeds])
+    lo, hi = np.quantile(out, [(1 - conf) / 2, (1 + conf) / 2])
+    return (round(100 * float(lo), 3), round(100 * float(hi), 3))
+
+
+@dataclass
+class SeedComparison:
+    """Variant b against variant a over seeds: per seed the paired counts on that seed's
+    distinct test images and the exact McNemar p; across seeds the mean paired difference
+    (b - a, points) with its t interval over seeds, and optionally the bootstrap interval."""
+
+    per_seed: list[dict[str, Any]]
+    mean_diff_points: float
+    t_ci95_points: tuple[float, float]
+    sd_points: float
+    n_seeds: int
+    bootstrap_ci95_points: tuple[float, float] | None = None
+    method: str = ("per seed: exact McNemar on that seed's distinct test images; across seeds: "
+                   "t interval of the mean paired difference, seeds as replicates")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compare_over_seeds(labels, pred_a, pred_b, seeds=None, bootstrap: bool = False,
+                       shared_images: bool = False, n_boot: int = 10000) -> SeedComparison:
+    """``labels[s]``, ``pred_a[s]``, ``pred_b[s]``: seed s's test labels and the two variants'
+    predictions on them. Each seed's images must be distinct (one prediction per image)."""
+    seeds = list(seeds) if seeds is not None else list(range(1, len(labels) + 1))
+    rows, ca, cb = [], [], []
+    for s, y, pa, pb in zip(seeds, labels, pred_a, pred_b):
+        y, pa, pb = np.asarray(y), np.asarray(pa), np.asarray(pb)
+        a_ok, b_ok = pa == y, pb == y
+        only_a, only_b = int((a_ok & ~b_ok).sum()), int((~a_ok & b_ok).sum())
+        n = int(len(y))
+        rows.append({"seed": s, "n": n, "acc_a": float(a_ok.mean()), "acc_b": float(b_ok.mean()),
+                     "diff_points": round(100 * (only_b - only_a) / n, 3), "only_a_right": only_a,
+                     "only_b_right": only_b, "mcnemar_p": mcnemar_exact(only_a, only_b)})
+        ca.append(a_ok)
+        cb.append(b_ok)
+    ti = t_interval([r["diff_points"] for r in rows])
+    boot = paired_bootstrap(ca, cb, shared_images, n_boot) if bootstrap and rows else None
+    method = SeedComparison.method if boot is None else (
+        SeedComparison.method + "; bootstrap: seeds, then images (" + ("one image draw shared by every seed"
+                                                                      if shared_images else "per seed") + "), paired")
+    return SeedComparison(rows, round(ti.mean, 3), (round(ti.lo, 3), round(ti.hi, 3)), round(ti.sd, 3), ti.n,
+                          boot, method)

@@ -203,7 +203,7 @@ def test_distilled_student_beats_alone_by_more_than_seed_spread(imagenet_mnv2_03
                           seed=1), echo=quiet)
     assert t.metrics["test"]["accuracy"] >= 0.93
     y = scan(pools.student).test.labels
-    alone, dist, pooled = [], [], ([], [])
+    alone, dist, counts = [], [], []
     for seed in (1, 2, 3):
         cfg = TrainConfig(data=str(pools.student), out=str(tmp_path / f"s{seed}"), alpha=0.35, img_size=32, views=2,
                           augment=aug, epochs_head=60, epochs_finetune=30, patience=10, seed=seed)
@@ -212,15 +212,22 @@ def test_distilled_student_beats_alone_by_more_than_seed_spread(imagenet_mnv2_03
         assert rep["transfer_set"]["images"] == len(list(transfer.iterdir())) == 299 and rep["split"] == "test" and rep["n"] == len(y) == 400
         alone.append(rep["rows"][1]["accuracy"])
         dist.append(rep["rows"][2]["accuracy"])
-        pooled[0].append(rep["discordant"]["only_alone_right"])
-        pooled[1].append(rep["discordant"]["only_distilled_right"])
+        counts.append((rep["discordant"]["only_alone_right"], rep["discordant"]["only_distilled_right"]))
     alone, dist = np.array(alone), np.array(dist)
     spread = max(np.ptp(alone), np.ptp(dist))
     gains = dist - alone
-    from edgetl.stats import mcnemar_exact
+    from edgetl.stats import mcnemar_exact, t_interval
 
-    p = mcnemar_exact(sum(pooled[0]), sum(pooled[1]))
-    print(f"alone {alone}, distilled {dist}, gains {gains}, spread {spread:.4f}, pooled McNemar p={p:.2g}")
-    assert gains.min() > 0, (alone, dist)
+    # per seed: an exact McNemar test on that seed's 400 distinct test images (never pooled
+    # over seeds: the seeds score the same images); across seeds: the t interval of the mean
+    # gain, the 3 seeds as replicates. Every seed must be significant at 0.05 on its own (an
+    # intersection-union test: its error rate is at most 0.05). Measured (2026-12-04): 30 vs 66,
+    # 22 vs 48, 29 vs 49 discordant, p = 3e-4, 2.5e-3, 0.031; mean gain +6.8 [+1.8, +11.9].
+    p = [mcnemar_exact(b, c) for b, c in counts]
+    ti = t_interval(100 * gains)
+    print(f"alone {alone}, distilled {dist}, gains {gains}, spread {spread:.4f}, discordant (alone, distilled) "
+          f"per seed {counts}, McNemar p per seed {p}, mean gain {ti.mean:+.1f} points, 95% t interval "
+          f"[{ti.lo:+.1f}, {ti.hi:+.1f}]")
+    assert all(c > b for b, c in counts) and max(p) < 0.05, (counts, p)
+    assert ti.lo > 0, (alone, dist)
     assert gains.mean() > spread, (alone, dist)
-    assert p < 0.001, pooled
