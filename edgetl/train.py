@@ -966,7 +966,6 @@ class Trainer:
             self.echo(f"worker {self.worker_index} of {self.num_workers}: done; the chief writes the run")
             return TrainResult(self.run_dir, {"worker": self.worker_index, "num_workers": self.num_workers,
                                               "view_cache": self.cache_stats, "timings": self.timings})
-        dups = self.near_duplicates()
         m1 = self.evaluate()
         self.echo(f"phase 1: val accuracy {m1['accuracy']:.4f}")
         w1 = self.model.get_weights()
@@ -980,6 +979,7 @@ class Trainer:
             self.model.set_weights(w1)
         final = m2 if selected == "phase2" and m2 is not None else m1
         test = self.evaluate_test()  # after every choice: test never steers one
+        dups = self.near_duplicates()  # reads the test images too: only once nothing is left to choose
         head = test or final
         self.timings["total_s"] = time.perf_counter() - t_start
         metrics = {

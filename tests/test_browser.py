@@ -151,4 +151,5 @@ def test_browser_check_matches_python_runtimes_and_joins_the_report(browser, tin
             assert abs(row["agreement"] - local[name]["agreement"]) <= 1.0 / n + 1e-9, (name, row, local[name])
     shutil.copyfile(tmp_path / "verify" / "report.json", run_dir / "report.json")
     card = write_card(run_dir, echo=quiet).read_text()
-    assert "model_fp32.tflite @ ci-chromium [wasm]" in card and "model_int8.onnx @ ci-chromium [wasm]" in card
+    # names reach Markdown escaped (edgetl/escape.py): the device's "[wasm]" is written \\[wasm\\]
+    assert "model_fp32.tflite @ ci-chromium \\[wasm\\]" in card and "model_int8.onnx @ ci-chromium \\[wasm\\]" in card

@@ -76,7 +76,7 @@ def test_a_memory_bomb_is_refused_fast_in_little_memory(bombs, name, expect):
 
 
 def test_the_cli_refusal_is_one_line(bombs, tmp_path):
-    r = CliRunner().invoke(main, ["weights", "import-torchvision", str(bombs["shared"]), "--out-dir",
+    r = CliRunner().invoke(main, ["weights", "import-torchvision", str(bombs["shared"]), "--out",
                                   str(tmp_path / "o")])
     assert r.exit_code == 2 and "Traceback" not in r.output
     lines = r.output.strip().splitlines()

@@ -148,7 +148,7 @@ def marker(tmp_path):
 def refused(tmp_path, p, marker=None, expect=""):
     """Drive the CLI; assert one error line naming the file, exit 2, nothing run, nothing written."""
     out = tmp_path / "out"
-    r = CliRunner().invoke(main, ["weights", "import-torchvision", str(p), "--out-dir", str(out)])
+    r = CliRunner().invoke(main, ["weights", "import-torchvision", str(p), "--out", str(out)])
     assert r.exit_code == 2, r.output
     assert "Traceback" not in r.output
     assert r.exception is None or isinstance(r.exception, SystemExit), r.exception

