@@ -30,6 +30,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from edgetl.timing import cpu_model  # numpy only: no TensorFlow at import
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 NAMES = ("train", "recipe", "distill", "scale", "runtimes", "entropy", "adapt")
@@ -47,17 +49,6 @@ def commit() -> tuple[str, bool]:
     head = _git("rev-parse", "HEAD") or "unknown"
     changed = [line[3:] for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()]
     return head, any(not p.startswith("bench/results/") for p in changed)
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _ram_gib() -> float | None:
@@ -78,7 +69,7 @@ def machine() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             return None
 
-    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "ram_gib": _ram_gib(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "ram_gib": _ram_gib(),
             "python": platform.python_version(), "tensorflow": version("tensorflow")}
 
 

@@ -32,3 +32,12 @@ def holdout_accuracy(model_path, holdout) -> tuple[float, int, int]:
 # chance 0.33); a floor of 0.9 (54/60, Wilson lower bound 0.80) fails a model that learned
 # half the task, which 0.55 on 9 val images never could
 HOLDOUT_FLOOR = 0.9
+
+
+def one_error_line(r, code):
+    """The one `error:` line of a CLI result with exit code ``code`` (and no traceback)."""
+    assert r.exit_code == code, r.output
+    assert "Traceback" not in r.output, r.output
+    errs = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert len(errs) == 1, r.output
+    return errs[0]

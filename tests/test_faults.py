@@ -19,18 +19,10 @@ from edgetl import rundir
 from edgetl.cli import main
 from edgetl.errors import EdgetlError
 
-from common import ROOT, TINY, quiet
+from common import ROOT, TINY, one_error_line, quiet
 
 TRAIN_ARGS = ["--alpha", "1.0", "--img-size", "32", "--views", "1", "--batch-size", "16", "--seed", "1",
               "--epochs-finetune", "0", "--recipe", "fixed"]
-
-
-def one_error_line(r, code):
-    assert r.exit_code == code, r.output
-    assert "Traceback" not in r.output, r.output
-    errs = [line for line in r.output.splitlines() if line.startswith("error:")]
-    assert len(errs) == 1, r.output
-    return errs[0]
 
 
 # ---------------------------------------------------------------- disk full ----

@@ -9,13 +9,7 @@ from click.testing import CliRunner
 
 from edgetl.cli import main
 
-
-def one_error_line(r, code):
-    assert r.exit_code == code, r.output
-    assert "Traceback" not in r.output, r.output
-    errs = [line for line in r.output.splitlines() if line.startswith("error:")]
-    assert len(errs) == 1, r.output
-    return errs[0]
+from common import one_error_line
 
 
 @pytest.fixture
