@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -143,6 +144,7 @@ class Trainer:
         self.worker_index, self.num_workers, self.is_chief = 0, 1, True  # multi-worker: set by prepare()
         self.cache_stats: dict = {}
         self.chosen: recipe.Candidate | None = None
+        self._search_opt: Any = None  # the auto recipe search's switchable optimizer (see compile_search)
         self.recipe_log: dict = {"recipe": self.cfg.recipe, "lr_decay": self.cfg.lr_decay,
                                  "accumulate": self.cfg.accumulate, "min_steps": self.cfg.min_steps,
                                  "given": recipe.given(self.cfg)}  # explicit options: used by either recipe
@@ -764,14 +766,16 @@ class Trainer:
                 else f"last {cfg.unfreeze if cfg.unfreeze is not None else recipe.DEFAULT_UNFREEZE} layer(s)"
                 + (" widened to whole blocks" if self.bb.unit == "block" else ""))
         decay = f", lr x {cfg.lr_decay:g} per unit deeper" if cfg.lr_decay != 1.0 else ""
-        opt = getattr(self, "_search_opt", None)
-        if opt is not None and model.optimizer is opt:
+        if self.searched():
             # the search's compiled step serves the final fit too (no second tracing): the deepest
-            # candidate's layers stay trainable in the graph, those the chosen one leaves frozen at factor 0
+            # candidate's layers stay trainable in the graph, those the chosen one leaves frozen at factor 0.
+            # A resumed run that chose in an earlier process compiles the same step, so its optimizer
+            # state has the same variables as the checkpoint's.
+            if self._search_opt is None or model.optimizer is not self._search_opt:
+                self._search_opt = self.compile_search(model)
             n = M.count_trainable(self.base, chosen.layers)
-            opt.switch(chosen.lr, recipe.search_factors(self.base, self.bb, chosen, self.deepest.layers,
-                                                        cfg.lr_decay))
-            model.set_weights(self._search_start)
+            self._search_opt.switch(chosen.lr, recipe.search_factors(self.base, self.bb, chosen, self.deepest.layers,
+                                                                     cfg.lr_decay))
         else:
             n = M.set_trainable(self.base, chosen.layers)
             with self.strategy.scope():
@@ -788,6 +792,23 @@ class Trainer:
         self.timings["phase2_s"] = time.perf_counter() - t0
         p = self.ckpt / "history_phase2.json"
         return json.loads(p.read_text()) if p.exists() else []
+
+    def searched(self) -> bool:
+        """Whether phase 2 trains through the search's switchable step (auto recipe, a grid, a cut)."""
+        return self.cfg.recipe == "auto" and len(self.candidates) > 1 and self.cut_tensor is not None
+
+    def compile_search(self, model):
+        """Compile ``model`` with the deepest candidate's layers trainable and a switchable
+        optimizer (:func:`edgetl.recipe.optimizer`): one traced step for every candidate."""
+        from edgetl import model as M
+
+        M.set_trainable(self.base, self.deepest.layers)
+        with self.strategy.scope():
+            opt = recipe.optimizer(self.candidates[0].lr, accumulate=self.cfg.accumulate, switchable=True)
+            model.compile(optimizer=opt, loss=self.loss(), metrics=self.metrics(),
+                          steps_per_execution=self.steps_per_execution())
+            opt.build(model.trainable_variables)
+        return opt
 
     def steps_per_execution(self) -> int:
         """Batches per call into the compiled step on cached rows: cuts Python's per-step cost (the
@@ -809,7 +830,6 @@ class Trainer:
         against that model, image by image; if none beats it beyond the noise of the val set,
         phase 2 is skipped. Otherwise the better half continue to ``PROBE_STEPS`` and the best
         of them is chosen. One compiled step serves the whole search and the final fit."""
-        from edgetl import model as M
 
         cands = self.candidates
         saved = self.ckpt / "recipe_choice.json"
@@ -836,19 +856,14 @@ class Trainer:
         n_plain = int((r.ok & (r.view == 0)).sum())
         # one compiled step for the whole grid: the deepest candidate's layers are trainable, and each
         # candidate sets its learning rate and per-variable factors (0 for the layers it leaves frozen)
-        M.set_trainable(self.base, self.deepest.layers)
-        with self.strategy.scope():
-            opt = recipe.optimizer(cands[0].lr, accumulate=self.cfg.accumulate, switchable=True)
-            model.compile(optimizer=opt, loss=self.loss(), metrics=self.metrics(),
-                          steps_per_execution=self.steps_per_execution())
-            opt.build(model.trainable_variables)
+        opt = self.compile_search(model)
         if self.num_workers > 1:
             chosen = self._search_in_step(model, opt, start, tr, va, n_plain)
             skipped = None
         else:
             chosen, skipped = self._search_halving(model, opt, start, va, n_plain)
         model.set_weights(start)
-        self._search_opt, self._search_start = opt, start
+        self._search_opt = opt
         self.timings["recipe_search_s"] = time.perf_counter() - t0
         log = {"chosen": chosen.record() if chosen else None, "grid": [c.record() for c in cands],
                "scored_on": "val", "probe_rows": n_plain, **(skipped or {})}
