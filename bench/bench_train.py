@@ -391,7 +391,7 @@ def summarize(runs: list[dict], peers: list[str], edgetl_sides: list[str], a) ->
     epochs = {"guide": f"{a.epochs_head} + {a.epochs_finetune} epochs",
               "torch-fixed": f"{a.peer_epochs or 25} epochs", "torch-finetune": f"{a.peer_epochs or 25} epochs",
               "model-maker": f"{a.peer_epochs} epochs" if a.peer_epochs else "its default epochs"}
-    notes = [f"hymenoptera, MobileNetV2 {a.alpha:g} ImageNet @{a.img_size} px "
+    notes = [f"hymenoptera, MobileNetV2 {a.alpha} ImageNet @{a.img_size} px "
              + ("(torchvision's checkpoint, imported by `edgetl weights import-torchvision`, on every side)"
                 if a.alpha == 1.0 else "(../shared/weights, both sides)")
              + f"; edgetl {a.epochs_head} + {a.epochs_finetune} epochs; "
