@@ -77,3 +77,43 @@ def test_torch_and_model_maker_refuse_another_size(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["bench_train.py", "--peer", "torch-fixed"])
     with pytest.raises(SystemExit, match="add --alpha 1.0 --img-size 224"):
         bench_train.main()
+
+
+MM_FEATURES = """
+import os, sys, numpy as np
+os.environ["TFHUB_CACHE_DIR"] = sys.argv[1]
+import tensorflow_hub as hub
+layer = hub.KerasLayer("https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4", trainable=False)
+np.save(sys.argv[3], layer(np.load(sys.argv[2])).numpy())
+"""
+
+
+@pytest.mark.slow
+def test_model_makers_offline_backbone_gives_edgetls_features(tmp_path):
+    """bench/peers/mm_backbone.py fills the TF Hub cache so that Model Maker's default handle loads,
+    offline, a module whose features are those of the race's checkpoint in edgetl's Keras."""
+    py = bench_train.peer_python("model-maker")
+    if not py.exists():
+        pytest.skip(f"{py} missing: make bench-peers")
+    import subprocess
+
+    import keras
+    import numpy as np
+
+    subprocess.run([sys.executable, "-m", "edgetl", "weights", "import-torchvision", "--out", str(tmp_path)],
+                   check=True, capture_output=True)
+    h5 = tmp_path / bench_train.W100_NAME
+    subprocess.run([str(py), str(bench_train.MM_BACKBONE), str(h5), str(tmp_path / "hub")], check=True,
+                   capture_output=True)
+    img = np.random.default_rng(0).uniform(0, 255, (2, 224, 224, 3)).astype("float32")
+    np.save(tmp_path / "img.npy", img / 255.0)  # the module's input: [0, 1]
+    (tmp_path / "f.py").write_text(MM_FEATURES)
+    subprocess.run([str(py), str(tmp_path / "f.py"), str(tmp_path / "hub"), str(tmp_path / "img.npy"),
+                    str(tmp_path / "mm.npy")], check=True, capture_output=True)
+    m = keras.applications.MobileNetV2(alpha=1.0, include_top=False, weights=None, input_shape=(224, 224, 3),
+                                       pooling="avg")
+    m.load_weights(h5)
+    want = m(keras.applications.mobilenet_v2.preprocess_input(img)).numpy()
+    got = np.load(tmp_path / "mm.npy")
+    assert got.shape == (2, 1280)
+    np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())

