@@ -282,14 +282,19 @@ class ViewCache:
 
     def dataset(self, part: str, x: str, batch: int, targets: Callable, shuffle: bool = False, seed: int = 0,
                 buffer: int = 4096, shard_index: int = 0, num_shards: int = 1, repeat: bool = False,
-                drop_remainder: bool = False, take: int | None = None, view: int | None = None):
+                drop_remainder: bool = False, take: int | None = None, view: int | None = None, epoch=None):
         """Batches ``(x, targets[, weights])`` of ``part`` as a tf.data pipeline.
 
         ``x``: the column the model reads (``feats`` or ``acts``), as float32. ``targets``
         maps a batch's ``(meta, teacher)`` tensors to ``(y,)`` or ``(y, w)``. With
-        ``shuffle``, the shard order is shuffled each epoch, four shards are read
-        interleaved, and rows pass a ``buffer``-row shuffle buffer: memory holds the
-        buffer, not the part. ``num_shards``/``shard_index``: this worker's share of the
+        ``shuffle``, each epoch reads its rows in the order :func:`epoch_rows` gives: the shards
+        in an order of their own, four read interleaved, rows through a ``buffer``-row shuffle
+        buffer (memory holds the buffer, not the part), all drawn from ``(seed, epoch)`` alone.
+        ``epoch``: a ``tf.Variable`` holding the epoch that the next iterator reads (training
+        sets it at each epoch's start: :class:`edgetl.callbacks.EpochKey`), so that a resumed
+        run reads epoch k as the uninterrupted run did; None: each new iterator reads another
+        order, the same sequence of orders in every run. ``repeat``: one endless stream of epochs 0, 1, 2, ...
+        ``num_shards``/``shard_index``: this worker's share of the
         shards (multi-worker training). ``view``: only that view's shards (the
         auto recipe probes on view 0, the plain one). Rows whose image failed to decode are dropped."""
         import tensorflow as tf
@@ -305,21 +310,33 @@ class ViewCache:
             return tf.data.Dataset.zip(tuple(
                 tf.data.FixedLengthRecordDataset(files[c][i], rec[c], header_bytes=headers[c][i]) for c in cols))
 
-        idx = tf.data.Dataset.range(len(shards))
-        if shuffle:
-            idx = idx.shuffle(max(1, len(shards)), seed=seed, reshuffle_each_iteration=True)
-        if repeat:
-            idx = idx.repeat()
-        ds = idx.interleave(open_shard, cycle_length=min(4, max(1, len(shards))) if shuffle else 1, block_length=16)
         ok_col = META.index("ok")
         plain = tf.autograph.experimental.do_not_convert  # plain TensorFlow ops: nothing to convert
-        ds = ds.filter(plain(lambda xr, mr, *t: tf.io.decode_raw(mr, tf.float32)[ok_col] > 0.5))
         n_ok = int(sum(self.rows(part).ok[self.offset(s):self.offset(s) + s.rows].sum() for s in shards))
-        if take is not None:
-            ds = ds.take(take)
-            n_ok = min(n_ok, take)
+
+        def records(order, interleave: int):
+            ds = tf.data.Dataset.from_tensor_slices(order).interleave(open_shard, cycle_length=interleave,
+                                                                       block_length=16)
+            ds = ds.filter(plain(lambda xr, mr, *t: tf.io.decode_raw(mr, tf.float32)[ok_col] > 0.5))
+            return ds if take is None else ds.take(take)
+
         if shuffle:
-            ds = ds.shuffle(buffer, seed=seed + 1, reshuffle_each_iteration=True)
+            def one_epoch(e):
+                return epoch_rows(records, len(shards), seed, e, buffer)
+
+            if repeat:
+                keys = tf.data.Dataset.counter()
+            elif epoch is not None:
+                keys = tf.data.Dataset.range(1).map(plain(lambda _: tf.cast(epoch.read_value(), tf.int64)))
+            else:  # a key per iterator, the same sequence in every run
+                keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+            ds = keys.flat_map(plain(one_epoch))
+        else:
+            ds = records(tf.range(len(shards), dtype=tf.int64), 1)
+            if repeat:
+                ds = ds.repeat()
+        if take is not None:
+            n_ok = min(n_ok, take)
         ds = ds.batch(batch, drop_remainder=drop_remainder)
         if not repeat:  # the filter hides the length from tf.data; Keras wants it for its epochs
             ds = ds.apply(tf.data.experimental.assert_cardinality(n_ok // batch if drop_remainder else -(-n_ok // batch)))
@@ -335,6 +352,29 @@ class ViewCache:
         opts.deterministic = True
         opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         return ds.map(plain(decode), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2).with_options(opts)
+
+
+def epoch_order(seed, epoch, n, take=None):
+    """The first ``take`` (None: all) of a permutation of ``range(n)`` that depends on ``(seed,
+    epoch)`` alone, in TensorFlow ops (``epoch`` may be a tensor): nothing a run did before, or
+    whether it was resumed, changes an epoch's order."""
+    import tensorflow as tf
+
+    key = tf.stack([tf.constant(int(seed), tf.int64), tf.cast(epoch, tf.int64)])
+    order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=key)
+    return order if take is None else order[:take]
+
+
+def epoch_rows(records: Callable, n_shards: int, seed, epoch, buffer: int):
+    """One training epoch's rows, in the order it reads them: the shards in the order
+    :func:`epoch_order` gives, four read interleaved (``records(order, cycle)``: their usable
+    rows), then a ``buffer``-row shuffle seeded by ``(seed, epoch)``. The one place that
+    decides what an epoch reads: a resumed run reads epoch k exactly as the uninterrupted run."""
+    import tensorflow as tf
+
+    rows = records(epoch_order(seed, epoch, n_shards), min(4, max(1, n_shards)))
+    buffer_seed = tf.constant(int(seed) * 1_000_003 + 1, tf.int64) + tf.cast(epoch, tf.int64) * 7919
+    return rows.shuffle(buffer, seed=buffer_seed, reshuffle_each_iteration=False)
 
 
 def estimate_bytes(layout: Layout, shards: Iterable[Shard]) -> int:
