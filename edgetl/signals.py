@@ -55,6 +55,14 @@ def restore(previous: dict) -> None:
     _active, received = False, None
 
 
+def note(signum: int) -> None:
+    """A signal that a command handled with its own handler (``edgetl serve`` stops its server on
+    the first): under the CLI, the command then ends with that signal's line and exit code."""
+    global received
+    if _active and received is None:
+        received = signum
+
+
 def name() -> str:
     return "SIGTERM" if received == signal.SIGTERM else "SIGINT (Ctrl-C)"
 
