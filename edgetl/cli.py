@@ -566,9 +566,12 @@ def serve(run, host, port, samples):
     """Validate RUN's exported models in a phone's browser: serves a page (LiteRT.js for .tflite,
     onnxruntime-web for .onnx/.ort; WASM, and WebGPU where offered) that runs them on held-out
     images and sends its results back to RUN/device-results/ for `edgetl verify --device-results`."""
+    from edgetl import signals
     from edgetl.web.server import serve as run_serve
 
     run_serve(run, host, port, samples, echo=echo)
+    if signals.received is not None:  # stopped by SIGINT/SIGTERM: that signal's line and exit code (130/143)
+        raise KeyboardInterrupt
 
 
 @main.command()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetl import native_stderr
 from edgetl.errors import EdgetlError
 
 
@@ -215,7 +216,8 @@ class LiteRTRunner(Runner):
     def _resize(self, n: int) -> None:
         if self._batch != n:
             self.interp.resize_tensor_input(self._in["index"], [n, *self.input_size, 3])
-            self.interp.allocate_tensors()
+            with native_stderr.quiet():  # the XNNPACK delegate's INFO line
+                self.interp.allocate_tensors()
             self._in = self.interp.get_input_details()[0]
             self._out = self.interp.get_output_details()[0]
             self._batch = n
@@ -313,7 +315,8 @@ class MediaPipeRunner(Runner):
         self._size, self._dtype, self._k = (c["height"], c["width"]), c["input_type"], c["classes"]
         opts = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_buffer=data), max_results=-1)
         try:
-            self.classifier = vision.ImageClassifier.create_from_options(opts)
+            with native_stderr.quiet():  # the XNNPACK delegate's INFO line
+                self.classifier = vision.ImageClassifier.create_from_options(opts)
         except Exception as e:
             raise EdgetlError(f"{self.path}: MediaPipe's ImageClassifier refuses it ({str(e).splitlines()[0][:150]})"
                               ) from None

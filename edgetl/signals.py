@@ -55,6 +55,14 @@ def restore(previous: dict) -> None:
     _active, received = False, None
 
 
+def note(signum: int) -> None:
+    """A signal that a command handled with its own handler (``edgetl serve`` stops its server on
+    the first): under the CLI, the command then ends with that signal's line and exit code."""
+    global received
+    if _active and received is None:
+        received = signum
+
+
 def name() -> str:
     return "SIGTERM" if received == signal.SIGTERM else "SIGINT (Ctrl-C)"
 
@@ -66,50 +74,68 @@ def exit_code() -> int:
 
 class HardStop:
     """For a call that blocks in C++ where Python cannot run a handler (TensorFlow connecting to its
-    cluster waits for every worker): SIGINT and SIGTERM are blocked in the calling thread (and in the
-    threads it starts) and taken by a helper thread, which prints ``message`` and exits at once
-    with 130/143. Nothing may be written inside: the process ends without clean-up."""
+    cluster waits for every worker): on SIGINT or SIGTERM a watchdog thread prints ``message`` and
+    ends the process at once with 130/143. Nothing may be written inside: the process ends without
+    clean-up.
+
+    Whichever thread the kernel hands the signal to (TensorFlow's own threads among them), Python's
+    C-level handler writes its number to the wakeup file descriptor (:func:`signal.set_wakeup_fd`);
+    the watchdog reads it there, so it does not need the main thread to run any Python code."""
 
     def __init__(self, message: str):
         self.message = message
-        self._sigs = {signal.SIGINT, signal.SIGTERM}
-        self._done = False
+        self._sigs = (signal.SIGINT, signal.SIGTERM)
+        self._lock = threading.Lock()
 
     def _stop(self, sig: int) -> None:  # pragma: no cover - exercised through real signals in subprocess tests
         global received
+        if not self._lock.acquire(blocking=False):  # the watchdog and the main thread's handler: one line
+            return
         received = sig
         # to the stderr of the start: TensorFlow's import may point fd 2 at /dev/null meanwhile
         os.write(self._stderr, f"error: interrupted by {name()} {self.message}\n".encode())
         os._exit(exit_code())
 
-    def _wait(self) -> None:  # pragma: no cover
-        sig = signal.sigwait(self._sigs | {signal.SIGUSR2})
-        if not self._done and sig != signal.SIGUSR2:
-            self._stop(sig)
+    def _watch(self) -> None:  # pragma: no cover
+        while True:
+            try:
+                data = os.read(self._r, 16)
+            except OSError:
+                return
+            if not data or self._done:
+                return
+            for sig in data:
+                if sig in self._sigs:
+                    self._stop(sig)
 
     def __enter__(self) -> HardStop:
         global _hard_stop
-        if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        self._done = False
+        self._thread = None
+        if threading.current_thread() is not threading.main_thread():
             return self
         _hard_stop = True
         self._stderr = os.dup(2)
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._w, False)
         self._previous = {s: signal.getsignal(s) for s in self._sigs}
-        for s in self._sigs:  # a thread started earlier may still take the signal: the same end
+        for s in self._sigs:  # a Python handler installs the C-level one that writes to the wakeup fd
             signal.signal(s, lambda signum, frame: self._stop(signum))
-        signal.pthread_sigmask(signal.SIG_BLOCK, self._sigs | {signal.SIGUSR2})
-        self._thread = threading.Thread(target=self._wait, name="edgetl-hard-stop", daemon=True)
+        self._old_fd = signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+        self._thread = threading.Thread(target=self._watch, name="edgetl-hard-stop", daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         global _hard_stop
-        if getattr(self, "_thread", None) is None:
+        if self._thread is None:
             return
         self._done = True
-        signal.pthread_kill(self._thread.ident or 0, signal.SIGUSR2)  # end the helper
+        signal.set_wakeup_fd(self._old_fd)
+        os.write(self._w, b"\0")  # end the watchdog
         self._thread.join(timeout=5)
+        for fd in (self._r, self._w, self._stderr):
+            os.close(fd)
         _hard_stop = False
-        os.close(self._stderr)
         for s, h in self._previous.items():
             signal.signal(s, h)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, self._sigs)  # a signal that came meanwhile is delivered here

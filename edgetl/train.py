@@ -638,26 +638,34 @@ class Trainer:
                 return strategy.distribute_datasets_from_function(fn), max(1, n // (per * r))
             return (strategy.distribute_datasets_from_function(lambda ctx: cache.dataset(part, x, per, targets)),
                     max(1, -(-n // (per * local))))
-        if shuffle:
+        if shuffle:  # each epoch's order from (seed, epoch): the callbacks set the epoch (EpochKey)
+            import tensorflow as tf
+
+            self.epoch_key = tf.Variable(0, dtype=tf.int64, trainable=False)
             return cache.dataset(part, x, cfg.batch_size, targets, shuffle=True, seed=cfg.seed,
-                                 drop_remainder=r > 1), None
+                                 drop_remainder=r > 1, epoch=self.epoch_key), None
         return cache.dataset(part, x, cfg.batch_size, targets, take=n - n % r if r > 1 else None), None
 
     def callbacks(self, phase: str, epochs: int, rows: int | None = None):
         import keras
 
-        from edgetl.callbacks import AtomicBackup, HistoryFile, NanGuard, Progress
+        from edgetl.callbacks import AtomicBackup, EpochKey, HistoryFile, NanGuard, Progress
 
         key = "lr_head" if phase == "phase 1" else "lr_finetune"
         tag = phase.replace(" ", "")
+        stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.cfg.patience, restore_best_weights=True)
+        plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
+                                                    patience=max(1, self.cfg.patience // 2), min_lr=1e-7)
+        # after the two it restores (Keras calls on_train_begin in this order, and theirs resets them)
+        self.backup = AtomicBackup(str(self.ckpt / tag), rundir.resume_hint(self.run_dir), writer=self.is_chief,
+                                   stateful=[stop, plateau], seed=self.cfg.seed, tag=tag)
+        key_cb = getattr(self, "epoch_key", None)
         return [
             NanGuard(phase, f"lower --{key.replace('_', '-')} (now {self.phase_lr(phase)}) or check the data"),
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.cfg.patience, restore_best_weights=True),
-            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
-                                              patience=max(1, self.cfg.patience // 2), min_lr=1e-7),
-            AtomicBackup(str(self.ckpt / tag), rundir.resume_hint(self.run_dir), writer=self.is_chief),
+            stop, plateau, self.backup,
             HistoryFile(self.ckpt / f"history_{tag}.json", writer=self.is_chief),
             Progress(phase, epochs, self.echo, rows=rows, batch_size=self.cfg.batch_size),
+            *([EpochKey(key_cb)] if key_cb is not None else []),
             *self.extra_callbacks,
         ]
 
@@ -708,7 +716,7 @@ class Trainer:
         (tr, tr_steps), (va, va_steps) = self.stream("train", "feats", True), self.stream("val", "feats", False)
         self.head.fit(tr, steps_per_epoch=tr_steps, validation_data=va, validation_steps=va_steps,
                       epochs=epochs, verbose=0, shuffle=False, callbacks=self.callbacks("phase 1", epochs, rows))
-        self.timings["phase1_train_s"] = time.perf_counter() - t0
+        self.timings["phase1_train_s"] = time.perf_counter() - t0 + self.backup.elapsed  # and earlier runs
         self.record_updates("phase1", self.head.optimizer)
         if self.is_chief:
             artifacts.write_json(self.ckpt / rundir.TIMINGS, self.timings)  # a resumed run reports phase 1's time
@@ -789,7 +797,7 @@ class Trainer:
         model.fit(tr[0], steps_per_epoch=tr[1], validation_data=va[0], validation_steps=va[1], epochs=epochs,
                   verbose=0, shuffle=False, callbacks=self.callbacks("phase 2", epochs, rows))  # tf.data shuffles
         self.record_updates("phase2", model.optimizer)
-        self.timings["phase2_s"] = time.perf_counter() - t0
+        self.timings["phase2_s"] = time.perf_counter() - t0 + self.backup.elapsed  # and earlier runs
         p = self.ckpt / "history_phase2.json"
         return json.loads(p.read_text()) if p.exists() else []
 

@@ -282,14 +282,19 @@ class ViewCache:
 
     def dataset(self, part: str, x: str, batch: int, targets: Callable, shuffle: bool = False, seed: int = 0,
                 buffer: int = 4096, shard_index: int = 0, num_shards: int = 1, repeat: bool = False,
-                drop_remainder: bool = False, take: int | None = None, view: int | None = None):
+                drop_remainder: bool = False, take: int | None = None, view: int | None = None, epoch=None):
         """Batches ``(x, targets[, weights])`` of ``part`` as a tf.data pipeline.
 
         ``x``: the column the model reads (``feats`` or ``acts``), as float32. ``targets``
         maps a batch's ``(meta, teacher)`` tensors to ``(y,)`` or ``(y, w)``. With
-        ``shuffle``, the shard order is shuffled each epoch, four shards are read
-        interleaved, and rows pass a ``buffer``-row shuffle buffer: memory holds the
-        buffer, not the part. ``num_shards``/``shard_index``: this worker's share of the
+        ``shuffle``, each epoch reads its rows in the order :func:`epoch_rows` gives: the shards
+        in an order of their own, four read interleaved, rows through a ``buffer``-row shuffle
+        buffer (memory holds the buffer, not the part), all drawn from ``(seed, epoch)`` alone.
+        ``epoch``: a ``tf.Variable`` holding the epoch that the next iterator reads (training
+        sets it at each epoch's start: :class:`edgetl.callbacks.EpochKey`), so that a resumed
+        run reads epoch k as the uninterrupted run did; None: each new iterator reads another
+        order, the same sequence of orders in every run. ``repeat``: one endless stream of epochs 0, 1, 2, ...
+        ``num_shards``/``shard_index``: this worker's share of the
         shards (multi-worker training). ``view``: only that view's shards (the
         auto recipe probes on view 0, the plain one). Rows whose image failed to decode are dropped."""
         import tensorflow as tf
@@ -298,7 +303,8 @@ class ViewCache:
         spec = self.layout.columns()
         cols = [x, "meta"] + (["teacher"] if self.layout.teacher_dim else [])
         if self.in_memory(shards, x):
-            return self._dataset_in_memory(shards, cols, batch, targets, shuffle, seed, repeat, drop_remainder, take)
+            return self._dataset_in_memory(shards, cols, batch, targets, shuffle, seed, repeat, drop_remainder, take,
+                                           epoch)
         files = {c: tf.constant([str(self.path(s, c)) for s in shards]) for c in cols}
         headers = {c: tf.constant([_npy_header(self.path(s, c)) for s in shards], tf.int64) for c in cols}
         rec = {c: int(np.prod(spec[c][0])) * np.dtype(spec[c][1]).itemsize for c in cols}
@@ -307,21 +313,27 @@ class ViewCache:
             return tf.data.Dataset.zip(tuple(
                 tf.data.FixedLengthRecordDataset(files[c][i], rec[c], header_bytes=headers[c][i]) for c in cols))
 
-        idx = tf.data.Dataset.range(len(shards))
-        if shuffle:
-            idx = idx.shuffle(max(1, len(shards)), seed=seed, reshuffle_each_iteration=True)
-        if repeat:
-            idx = idx.repeat()
-        ds = idx.interleave(open_shard, cycle_length=min(4, max(1, len(shards))) if shuffle else 1, block_length=16)
         ok_col = META.index("ok")
         plain = tf.autograph.experimental.do_not_convert  # plain TensorFlow ops: nothing to convert
-        ds = ds.filter(plain(lambda xr, mr, *t: tf.io.decode_raw(mr, tf.float32)[ok_col] > 0.5))
         n_ok = int(sum(self.rows(part).ok[self.offset(s):self.offset(s) + s.rows].sum() for s in shards))
-        if take is not None:
-            ds = ds.take(take)
-            n_ok = min(n_ok, take)
+
+        def records(order, interleave: int):
+            ds = tf.data.Dataset.from_tensor_slices(order).interleave(open_shard, cycle_length=interleave,
+                                                                       block_length=16)
+            ds = ds.filter(plain(lambda xr, mr, *t: tf.io.decode_raw(mr, tf.float32)[ok_col] > 0.5))
+            return ds if take is None else ds.take(take)
+
         if shuffle:
-            ds = ds.shuffle(buffer, seed=seed + 1, reshuffle_each_iteration=True)
+            def one_epoch(e):
+                return epoch_rows(records, len(shards), seed, e, buffer)
+
+            ds = epoch_keys(seed, repeat, epoch).flat_map(plain(one_epoch))
+        else:
+            ds = records(tf.range(len(shards), dtype=tf.int64), 1)
+            if repeat:
+                ds = ds.repeat()
+        if take is not None:
+            n_ok = min(n_ok, take)
         ds = ds.batch(batch, drop_remainder=drop_remainder)
         if not repeat:  # the filter hides the length from tf.data; Keras wants it for its epochs
             ds = ds.apply(tf.data.experimental.assert_cardinality(n_ok // batch if drop_remainder else -(-n_ok // batch)))
@@ -338,34 +350,43 @@ class ViewCache:
         opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         return ds.map(plain(decode), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2).with_options(opts)
 
-
     def in_memory(self, shards: list[Shard], x: str) -> bool:
         """Whether :meth:`dataset` holds these shards' rows in memory (see :func:`in_memory_budget`)."""
         spec = self.layout.columns()
         cols = [x, "meta"] + (["teacher"] if self.layout.teacher_dim else [])
         return sum(s.rows for s in shards) * sum(_row_bytes(spec[c]) for c in cols) <= in_memory_budget()
 
-    def _dataset_in_memory(self, shards, cols, batch, targets, shuffle, seed, repeat, drop_remainder, take):
+    def _dataset_in_memory(self, shards, cols, batch, targets, shuffle, seed, repeat, drop_remainder, take, epoch):
         """:meth:`dataset` for rows that fit in memory: the same rows, batches and targets, read
         from the shards once instead of streamed from disk every epoch (the per-epoch cost of
-        opening, interleaving and filtering files dominates the step of a small head)."""
+        opening, interleaving and filtering files dominates the step of a small head). Each
+        epoch's order is :func:`epoch_order` of ``(seed, epoch)`` over the rows, keyed as on disk."""
         import tensorflow as tf
 
+        spec = self.layout.columns()
         arrays = {c: np.concatenate([np.load(self.path(s, c)) for s in shards]) if shards
-                  else np.zeros((0, *self.layout.columns()[c][0]), self.layout.columns()[c][1]) for c in cols}
+                  else np.zeros((0, *spec[c][0]), spec[c][1]) for c in cols}
         ok = Rows.from_meta(arrays["meta"]).ok
         arrays = {c: a[ok] for c, a in arrays.items()}
-        n = len(arrays["meta"])
         if take is not None:
             arrays = {c: a[:take] for c, a in arrays.items()}
-            n = min(n, take)
-        ds = tf.data.Dataset.from_tensor_slices(tuple(arrays[c] for c in cols))
-        if shuffle:
-            ds = ds.shuffle(max(1, n), seed=seed + 1, reshuffle_each_iteration=True)
-        if repeat:
-            ds = ds.repeat()
-        ds = ds.batch(batch, drop_remainder=drop_remainder)
+        n = len(arrays["meta"])
         plain = tf.autograph.experimental.do_not_convert
+        if shuffle:
+            tensors = tuple(tf.constant(arrays[c]) for c in cols)
+
+            def one_epoch(e):
+                order = epoch_order(seed, e, n)
+                return tf.data.Dataset.from_tensor_slices(tuple(tf.gather(t, order) for t in tensors))
+
+            ds = epoch_keys(seed, repeat, epoch).flat_map(plain(one_epoch))
+        else:
+            ds = tf.data.Dataset.from_tensor_slices(tuple(arrays[c] for c in cols))
+            if repeat:
+                ds = ds.repeat()
+        ds = ds.batch(batch, drop_remainder=drop_remainder)
+        if not repeat:
+            ds = ds.apply(tf.data.experimental.assert_cardinality(n // batch if drop_remainder else -(-n // batch)))
 
         def decode(xb, meta, *t):
             return (tf.cast(xb, tf.float32), *targets(meta, t[0] if t else None))
@@ -374,6 +395,20 @@ class ViewCache:
         opts.deterministic = True
         opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         return ds.map(plain(decode), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2).with_options(opts)
+
+
+def epoch_keys(seed, repeat: bool, epoch=None):
+    """The epochs a shuffled pipeline's iterator reads, as a dataset of keys: 0, 1, 2, ...
+    (``repeat``), the one in ``epoch`` (a ``tf.Variable`` training sets at each epoch's start),
+    or one drawn per iterator from ``seed`` (the same sequence in every run)."""
+    import tensorflow as tf
+
+    plain = tf.autograph.experimental.do_not_convert
+    if repeat:
+        return tf.data.Dataset.counter()
+    if epoch is not None:
+        return tf.data.Dataset.range(1).map(plain(lambda _: tf.cast(epoch.read_value(), tf.int64)))
+    return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
 
 
 def in_memory_budget() -> int:
@@ -389,6 +424,29 @@ def in_memory_budget() -> int:
 def _row_bytes(spec: tuple[tuple[int, ...], str]) -> int:
     shape, dtype = spec
     return int(np.prod(shape)) * np.dtype(dtype).itemsize
+
+
+def epoch_order(seed, epoch, n, take=None):
+    """The first ``take`` (None: all) of a permutation of ``range(n)`` that depends on ``(seed,
+    epoch)`` alone, in TensorFlow ops (``epoch`` may be a tensor): nothing a run did before, or
+    whether it was resumed, changes an epoch's order."""
+    import tensorflow as tf
+
+    key = tf.stack([tf.constant(int(seed), tf.int64), tf.cast(epoch, tf.int64)])
+    order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=key)
+    return order if take is None else order[:take]
+
+
+def epoch_rows(records: Callable, n_shards: int, seed, epoch, buffer: int):
+    """One training epoch's rows, in the order it reads them: the shards in the order
+    :func:`epoch_order` gives, four read interleaved (``records(order, cycle)``: their usable
+    rows), then a ``buffer``-row shuffle seeded by ``(seed, epoch)``. The one place that
+    decides what an epoch reads: a resumed run reads epoch k exactly as the uninterrupted run."""
+    import tensorflow as tf
+
+    rows = records(epoch_order(seed, epoch, n_shards), min(4, max(1, n_shards)))
+    buffer_seed = tf.constant(int(seed) * 1_000_003 + 1, tf.int64) + tf.cast(epoch, tf.int64) * 7919
+    return rows.shuffle(buffer, seed=buffer_seed, reshuffle_each_iteration=False)
 
 
 def estimate_bytes(layout: Layout, shards: Iterable[Shard]) -> int:

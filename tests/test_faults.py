@@ -48,8 +48,9 @@ def test_disk_full_while_training_keeps_the_last_checkpoint_and_resume_finishes(
     assert f"edgetl train {tiny_data} --out {out} --resume" in err
     ckpt = out / rundir.CHECKPOINTS / "phase1"
     # the last good checkpoint (epoch 2) is intact under its name; no partial file is left
-    assert json.loads((ckpt / "training_metadata.json").read_text())["epoch"] == 2
-    with h5py.File(ckpt / "latest.weights.h5") as f:
+    record = json.loads((ckpt / "training_metadata.json").read_text())
+    assert record["epoch"] == 2 and (ckpt / record["state"]).is_file()
+    with h5py.File(ckpt / record["weights"]) as f:
         assert len(f.keys()) > 0
     assert [p.name for p in ckpt.iterdir() if p.name.startswith(".")] == []
     assert not (out / rundir.MANIFEST).exists()

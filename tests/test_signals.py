@@ -147,3 +147,48 @@ def test_export_verify_adapt_end_on_sigterm(command, exported_copy, tiny_holdout
     assert "Traceback" not in "\n".join(p.lines)
     assert _nothing_half_written(run) == []
     assert not (tmp_path / "rep" / "report.json").exists() and not (tmp_path / "adapted" / "manifest.json").exists()
+
+
+def test_ctrl_c_at_a_phase_2_epoch_then_resume_gives_the_uninterrupted_weights(tiny_data, imagenet_mnv2_100,
+                                                                              keras_home, tmp_path):
+    """The README's promise: SIGINT (a real one, to a real `edgetl train`) during a phase-2 epoch, then
+    `--resume`, ends with exactly the weights of an uninterrupted run with the same seed (every tensor),
+    the same curves, and a summary whose time column is a time. What it takes: each epoch reads its rows
+    in an order drawn from (seed, epoch) alone, and the checkpoint keeps the optimizer, the dropout
+    generators, EarlyStopping's best weights and ReduceLROnPlateau's counters (this config lowers the
+    learning rate at phase-2 epoch 2 and selects phase 2)."""
+    import json
+
+    import numpy as np
+
+    from edgetl.model import load_keras
+
+    opts = dict(epochs_head=3, epochs_finetune=6, patience=2, lr_finetune=3e-4)
+    env = {"KERAS_HOME": str(keras_home)}
+    cut, full = tmp_path / "cut", tmp_path / "full"
+    p = Proc(train_args(tiny_data, cut, **{**opts, "weights": "imagenet"}), env=env)
+    p.wait_for("phase 2 epoch   1/6")
+    rc, _ = p.stop(signal.SIGINT)
+    assert rc == 130 and p.lines[-1].startswith("error: interrupted by SIGINT (Ctrl-C)"), "\n".join(p.lines[-20:])
+    k = json.loads((cut / "checkpoints" / "phase2" / "training_metadata.json").read_text())["epoch"]
+    assert 1 <= k < 6  # stopped inside phase 2, after at least one of its epochs
+    r = Proc(["train", tiny_data, "--out", cut, "--resume"], env=env)
+    r.wait_for("run directory:", timeout=900)
+    assert r.p.wait(timeout=120) == 0
+    assert any(line.startswith(f"phase 2 epoch {k + 1:>3}/6") for line in r.lines)  # went on from epoch k + 1
+    assert not any(line.startswith("phase 2 epoch   1/6") for line in r.lines)
+    summary = [line for line in r.lines if line.startswith(("1 head", "2 tune"))]
+    assert len(summary) == 2 and all(line.split()[-1].endswith("s") and "nan" not in line for line in summary), summary
+
+    u = Proc(train_args(tiny_data, full, **{**opts, "weights": "imagenet"}), env=env)
+    u.wait_for("run directory:", timeout=900)
+    assert u.p.wait(timeout=120) == 0
+    a, b = load_keras(cut / "model.keras").get_weights(), load_keras(full / "model.keras").get_weights()
+    assert len(a) == len(b) > 200
+    differ = [i for i, (x, y) in enumerate(zip(a, b)) if not np.array_equal(x, y)]
+    assert differ == [], f"{len(differ)} of {len(a)} weight tensors differ"
+    ha, hb = (json.loads((d / "history.json").read_text())["phase2"] for d in (cut, full))
+    assert [(h["loss"], h["val_loss"], h["lr"]) for h in ha] == [(h["loss"], h["val_loss"], h["lr"]) for h in hb]
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (cut, full))
+    assert ma["selected_phase"] == mb["selected_phase"] == "phase2"
+    assert hb[1]["lr"] < hb[0]["lr"]  # the plateau callback acted: its state had to survive the resume

@@ -182,7 +182,13 @@ def test_serve_without_the_npm_packages_says_what_to_run(tiny_exported, tiny_run
     assert not (tmp_path / "w.zip").exists()
 
 
-def test_serve_as_a_user_types_it_prints_url_and_qr_and_stops_on_sigterm(vendored, tiny_exported, tiny_run):
+@pytest.mark.parametrize("sig,code,name", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "SIGINT (Ctrl-C)")])
+def test_serve_as_a_user_types_it_prints_url_and_qr_and_stops_on_a_signal(vendored, tiny_exported, tiny_run, sig, code,
+                                                                          name):
+    """A real signal to a real `edgetl serve`: it stops within seconds, says what it wrote, and ends like
+    every command does on that signal (one `error:` line, exit 143 / 130), no traceback."""
+    import time
+
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     p = subprocess.Popen([sys.executable, "-m", "edgetl", "serve", str(tiny_run.run_dir), "--port", "0", "--samples", "3"],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -197,12 +203,18 @@ def test_serve_as_a_user_types_it_prints_url_and_qr_and_stops_on_sigterm(vendore
         assert "on 127.0.0.1:" in text and "(this machine only)" in text and "--host 0.0.0.0" in text
         assert "█" in text or "▀" in text, "a QR code"
         assert _get(url)[0] == 200
-        p.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        p.send_signal(sig)
         rest = p.communicate(timeout=60)[0]
+        dt = time.monotonic() - t0
     finally:
         if p.poll() is None:
             p.kill()
-    assert p.returncode == 0 and "stopped; 0 results file(s) written" in rest, rest
+    assert p.returncode == code and "stopped; 0 results file(s) written" in rest, rest
+    assert dt < 10, f"{dt:.1f}s from the signal to the exit"
+    assert rest.strip().splitlines()[-1] == (f"error: interrupted by {name}; every file is written atomically, so "
+                                             "nothing is half-written: run the same command again"), rest
+    assert "Traceback" not in rest
 
 
 def test_serve_on_a_taken_port_says_so_in_one_line(server, tiny_run):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 import re
 import secrets
 import signal
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from edgetl import artifacts, device_results
+from edgetl import artifacts, device_results, signals
 from edgetl.errors import EdgetlError
 from edgetl.rundir import DEVICE_RESULTS, open_run
 from edgetl.types import Echo, PathLike
@@ -250,9 +251,11 @@ def serve(run_dir: PathLike, host: str = "127.0.0.1", port: int = 8765, samples:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
-        if not stop.is_set():
-            stop.set()
-            threading.Thread(target=srv.httpd.shutdown, daemon=True).start()
+        if stop.is_set():  # a second signal: the first one's shut-down is taking too long
+            os._exit(128 + signum)
+        stop.set()
+        signals.note(signum)  # the CLI ends with its line and exit code (130/143)
+        threading.Thread(target=srv.httpd.shutdown, daemon=True).start()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
