@@ -18,10 +18,14 @@ from edgetl.train import Trainer
 from common import TINY, quiet
 
 
-def test_shards_round_trip_and_stream(tmp_path):
+@pytest.mark.parametrize("memory_mb", ["64", "0"], ids=["from memory", "streamed from disk"])
+def test_shards_round_trip_and_stream(tmp_path, monkeypatch, memory_mb):
     """Columns written shard by shard come back in order through numpy (memory-mapped) and
-    through the tf.data stream; a shard without its marker counts as missing."""
+    through the tf.data pipeline, held in memory (small parts) or streamed from the shards;
+    a shard without its marker counts as missing."""
     import tensorflow as tf
+
+    monkeypatch.setenv("EDGETL_CACHE_IN_MEMORY_MB", memory_mb)
 
     layout = V.Layout((2, 2, 3), 4, teacher_dim=2, dtype="float16")
     shards = V.plan(n_train=10, n_extra=3, n_val=5, views=2, shard_rows=4)
@@ -47,8 +51,19 @@ def test_shards_round_trip_and_stream(tmp_path):
 
     got = np.concatenate([x.numpy() for x, _ in c.dataset("train", "feats", 5, targets)])
     np.testing.assert_array_equal(got, feats.astype(np.float32))  # in order when not shuffled
+    assert c.in_memory(c.part("train"), "feats") is (memory_mb != "0")
     shuf = np.concatenate([x.numpy() for x, _ in c.dataset("train", "feats", 5, targets, shuffle=True, buffer=8)])
     assert not np.array_equal(shuf, got) and np.array_equal(np.sort(shuf, 0), np.sort(got, 0))
+    # an epoch's order is drawn from (seed, epoch) alone: the same in a new pipeline, another for another epoch
+    epoch = tf.Variable(3, dtype=tf.int64)
+
+    def read(e):
+        epoch.assign(e)
+        ds = c.dataset("train", "feats", 5, targets, shuffle=True, buffer=8, seed=7, epoch=epoch)
+        return np.concatenate([x.numpy() for x, _ in ds])
+
+    assert np.array_equal(read(3), read(3)) and not np.array_equal(read(3), read(4))
+    assert np.array_equal(np.sort(read(4), 0), np.sort(got, 0))
     # a shard whose marker is gone (a kill between its files and its marker) is redone
     c.marker(shards[2]).unlink()
     again = V.ViewCache.open(tmp_path / "c", layout, shards, "k1", echo=quiet)
