@@ -614,7 +614,7 @@ class Trainer:
                           + ("training images" if s.source == "train" else "unlabelled images") + " cached")
         meter.update(done, lambda: f"cache {fmt_bytes(cache.disk_bytes())}", force=meter.done < meter.total)
 
-    def stream(self, part: str, x: str, shuffle: bool):
+    def stream(self, part: str, x: str, shuffle: bool, per_epoch: int | None = None):
         """(tf.data pipeline of cached rows for ``fit``, steps per epoch or None); see
         :meth:`ViewCache.dataset`. Multi-worker: each worker reads its own shards of the
         training rows (``--batch-size`` stays the global batch), and all of the validation
@@ -643,7 +643,7 @@ class Trainer:
 
             self.epoch_key = tf.Variable(0, dtype=tf.int64, trainable=False)
             return cache.dataset(part, x, cfg.batch_size, targets, shuffle=True, seed=cfg.seed,
-                                 drop_remainder=r > 1, epoch=self.epoch_key), None
+                                 drop_remainder=r > 1, epoch=self.epoch_key, per_epoch=per_epoch), None
         return cache.dataset(part, x, cfg.batch_size, targets, take=n - n % r if r > 1 else None), None
 
     def callbacks(self, phase: str, epochs: int, rows: int | None = None):
@@ -759,7 +759,12 @@ class Trainer:
             self.echo(f"phase 2: the graph cannot be cut before the trained layers; training the whole model on "
                       f"the {rows:,} cached view images")
             model = self.model
-        tr, va = self.stream("train", "acts", True), self.stream("val", "acts", False)
+        # an epoch of phase 2 is one image's worth of rows, drawn across the views: more views give each
+        # epoch more variety, not more steps (single worker; a cluster's epochs keep their rows)
+        r_all = self.cache.rows("train")
+        per_epoch = int((r_all.ok & (r_all.view == 0)).sum()) if self.n_views() > 1 and self.num_workers == 1 \
+            else None
+        tr, va = self.stream("train", "acts", True, per_epoch), self.stream("val", "acts", False)
         given = recipe.given(cfg)
         if cfg.recipe == "auto" and given:
             kept = " and ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in given.items())
@@ -791,6 +796,9 @@ class Trainer:
                               steps_per_execution=self.steps_per_execution())
         self.echo(f"phase 2: fine-tuning the {what}: {len(chosen.layers)} layers, {n} with trainable weights "
                   f"(BatchNorm frozen, inference mode), lr {chosen.lr:g}{decay}")
+        if per_epoch is not None:
+            self.echo(f"phase 2: an epoch is {per_epoch:,} rows (one per image) drawn from the {rows:,} cached views")
+            rows = per_epoch
         epochs = self.phase_epochs("phase2", cfg.epochs_finetune, rows, cfg.min_steps // 2)
         self.recipe_log["phase2_unit_lrs"] = recipe.unit_rates(self.base, self.bb, chosen.layers, chosen.lr,
                                                                cfg.lr_decay)

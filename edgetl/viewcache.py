@@ -282,7 +282,8 @@ class ViewCache:
 
     def dataset(self, part: str, x: str, batch: int, targets: Callable, shuffle: bool = False, seed: int = 0,
                 buffer: int = 4096, shard_index: int = 0, num_shards: int = 1, repeat: bool = False,
-                drop_remainder: bool = False, take: int | None = None, view: int | None = None, epoch=None):
+                drop_remainder: bool = False, take: int | None = None, view: int | None = None, epoch=None,
+                per_epoch: int | None = None):
         """Batches ``(x, targets[, weights])`` of ``part`` as a tf.data pipeline.
 
         ``x``: the column the model reads (``feats`` or ``acts``), as float32. ``targets``
@@ -294,6 +295,8 @@ class ViewCache:
         sets it at each epoch's start: :class:`edgetl.callbacks.EpochKey`), so that a resumed
         run reads epoch k as the uninterrupted run did; None: each new iterator reads another
         order, the same sequence of orders in every run. ``repeat``: one endless stream of epochs 0, 1, 2, ...
+        ``per_epoch`` (with ``shuffle``): an epoch reads only the first that many rows of its order
+        (phase 2 reads one image's worth of rows per epoch, drawn across the views).
         ``num_shards``/``shard_index``: this worker's share of the
         shards (multi-worker training). ``view``: only that view's shards (the
         auto recipe probes on view 0, the plain one). Rows whose image failed to decode are dropped."""
@@ -304,7 +307,7 @@ class ViewCache:
         cols = [x, "meta"] + (["teacher"] if self.layout.teacher_dim else [])
         if self.in_memory(shards, x):
             return self._dataset_in_memory(shards, cols, batch, targets, shuffle, seed, repeat, drop_remainder, take,
-                                           epoch)
+                                           epoch, per_epoch)
         files = {c: tf.constant([str(self.path(s, c)) for s in shards]) for c in cols}
         headers = {c: tf.constant([_npy_header(self.path(s, c)) for s in shards], tf.int64) for c in cols}
         rec = {c: int(np.prod(spec[c][0])) * np.dtype(spec[c][1]).itemsize for c in cols}
@@ -325,7 +328,8 @@ class ViewCache:
 
         if shuffle:
             def one_epoch(e):
-                return epoch_rows(records, len(shards), seed, e, buffer)
+                rows = epoch_rows(records, len(shards), seed, e, buffer)
+                return rows if per_epoch is None else rows.take(per_epoch)
 
             ds = epoch_keys(seed, repeat, epoch).flat_map(plain(one_epoch))
         else:
@@ -334,6 +338,8 @@ class ViewCache:
                 ds = ds.repeat()
         if take is not None:
             n_ok = min(n_ok, take)
+        if shuffle and per_epoch is not None:
+            n_ok = min(n_ok, per_epoch)
         ds = ds.batch(batch, drop_remainder=drop_remainder)
         if not repeat:  # the filter hides the length from tf.data; Keras wants it for its epochs
             ds = ds.apply(tf.data.experimental.assert_cardinality(n_ok // batch if drop_remainder else -(-n_ok // batch)))
@@ -356,7 +362,8 @@ class ViewCache:
         cols = [x, "meta"] + (["teacher"] if self.layout.teacher_dim else [])
         return sum(s.rows for s in shards) * sum(_row_bytes(spec[c]) for c in cols) <= in_memory_budget()
 
-    def _dataset_in_memory(self, shards, cols, batch, targets, shuffle, seed, repeat, drop_remainder, take, epoch):
+    def _dataset_in_memory(self, shards, cols, batch, targets, shuffle, seed, repeat, drop_remainder, take, epoch,
+                           per_epoch):
         """:meth:`dataset` for rows that fit in memory: the same rows, batches and targets, read
         from the shards once instead of streamed from disk every epoch (the per-epoch cost of
         opening, interleaving and filtering files dominates the step of a small head). Each
@@ -376,10 +383,11 @@ class ViewCache:
             tensors = tuple(tf.constant(arrays[c]) for c in cols)
 
             def one_epoch(e):
-                order = epoch_order(seed, e, n)
+                order = epoch_order(seed, e, n, per_epoch)
                 return tf.data.Dataset.from_tensor_slices(tuple(tf.gather(t, order) for t in tensors))
 
             ds = epoch_keys(seed, repeat, epoch).flat_map(plain(one_epoch))
+            n = n if per_epoch is None else min(n, per_epoch)
         else:
             ds = tf.data.Dataset.from_tensor_slices(tuple(arrays[c] for c in cols))
             if repeat:
