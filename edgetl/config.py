@@ -409,8 +409,9 @@ class SearchOptions(Options):
         from edgetl import backbones as B
 
         c = Checks(self)
-        c.require("max_latency_ms", self.max_latency_ms is not None,
-                  "a latency budget is required, e.g. --max-latency-ms 5")
+        if self.max_latency_ms is None:
+            c.errors.append(OptionError("max_latency_ms", "(missing)", "a latency budget is required, e.g. "
+                                        "--max-latency-ms 5"))
         for name in ("max_latency_ms", "max_size_kb", "max_ram_kb", "budget_minutes"):
             v = getattr(self, name)
             if v is not None:

@@ -86,7 +86,11 @@ def test_accuracy(run_dir: str | Path) -> dict[str, Any] | None:
 
 def search(o: SearchOptions, echo: Echo = print) -> dict[str, Any]:
     o.validate()
+    import logging
+
     from edgetl.data import scan
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing warnings: one model after another
 
     t_start = time.monotonic()
     out = Path(o.out)

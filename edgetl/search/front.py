@@ -73,8 +73,11 @@ def explain(rows: list[dict[str, Any]], chosen: dict[str, Any] | None) -> None:
             by = [o for o in rows if o is not r and dominates(o, r)]
             best = min(by, key=lambda o: (-o["val_accuracy"], o["latency_ms"], o["size_kb"]))
             r["why"] = f"dominated by {best['key']} ({_vs(r, best)})"
-        elif chosen is not None:
+        elif chosen is not None and r["val_accuracy"] < chosen["val_accuracy"]:
             r["why"] = f"on the front, less accurate on val than the pick ({r['val_accuracy']:.4f} vs " \
                        f"{chosen['val_accuracy']:.4f})"
+        elif chosen is not None:
+            r["why"] = f"on the front, ties the pick on val ({r['val_accuracy']:.4f}); a tie goes to the faster, " \
+                       f"then the smaller"
         else:
             r["why"] = "on the front"

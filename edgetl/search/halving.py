@@ -41,11 +41,13 @@ def successive_halving(archs: list[Arch], depths: tuple[int, ...], eta: int, tra
     rung0 = sorted((r for r in done.values()), key=lambda r: -r["val_accuracy"])
     keep_n = max(1, math.ceil(len(rung0) / eta))
     kept = rung0[:keep_n]
-    for rank, r in enumerate(rung0[keep_n:], keep_n + 1):
-        log.append({"candidate": r["candidate"].key, "arch": r["candidate"].arch.key, "rung": 1,
-                    "reason": f"halving: head-only val accuracy {r['val_accuracy']:.4f} ranked {rank} of {len(rung0)};"
-                              f" only the best {keep_n} (1/{eta}) got phase 2"})
     deeper = [d for d in depths if d > 0]
+    for rank, r in enumerate(rung0[keep_n:], keep_n + 1):
+        for d in deeper:
+            a = r["candidate"].arch
+            log.append({"candidate": Candidate(a, d).key, "arch": a.key, "rung": 1,
+                        "reason": f"halving: its head-only val accuracy {r['val_accuracy']:.4f} ranked {rank} of "
+                                  f"{len(rung0)}; only the best {keep_n} (1/{eta}) got phase 2"})
     if not deeper:
         return done, log
     todo = [Candidate(r["candidate"].arch, d) for r in kept for d in deeper]
