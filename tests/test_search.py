@@ -8,12 +8,13 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from common import one_error_line, quiet
 from edgetl import rundir
 from edgetl.cli import main
 from edgetl.config import SearchOptions
 from edgetl.search import driver, front, measure
 from edgetl.search.space import build_space
+
+from common import one_error_line, quiet
 from synth import make_dataset
 
 
