@@ -190,3 +190,16 @@ def test_real_search_resumes_and_keeps_test_unread(data, tmp_path, monkeypatch):
     again = driver.search(o, echo=quiet)
     assert again["pick"]["key"] == rep["pick"]["key"]
     assert all(r["resumed"] for r in again["rows"])
+
+    # as a user types it, continuing with the pick: its run is exported and verified like any run
+    r = CliRunner().invoke(main, ["search", str(data), "--max-latency-ms", "1000", "--weights", "none",
+                                  "--backbones", "mobilenetv2", "--alphas", "0.35", "--sizes", "32,48",
+                                  "--depths", "0,1", "--quants", "fp32", "--eta", "2", "--runs", "10",
+                                  "--epochs-head", "2", "--epochs-finetune", "1", "--views", "1", "--batch-size", "16",
+                                  "--test-split", "0.25", "--out", str(tmp_path / "s"), "--then", "export,verify"])
+    assert r.exit_code in (0, 1), r.output  # 1: a verify gate of a random-init model may fail
+    assert "Traceback" not in r.output
+    run = tmp_path / "s" / "candidates" / rep["pick"]["candidate"]
+    assert (run / rundir.artifact_file("tflite", "fp32")).is_file()
+    assert (run / rundir.REPORT_JSON).is_file()
+    assert f"pick: {rep['pick']['candidate']}" in r.output
