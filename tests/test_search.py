@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from edgetl import rundir
 from edgetl.cli import main
 from edgetl.config import SearchOptions
+from edgetl.errors import EdgetlError
 from edgetl.search import driver, front, measure
 from edgetl.search.space import build_space
 
@@ -166,6 +167,25 @@ def test_device_scale_fit_and_error():
     assert rows[0]["predicted_ms"] == pytest.approx(30.0)
     assert s.error_max == pytest.approx(0.5)
     assert "leave-one-out" in s.describe()
+
+
+def test_a_candidate_trained_with_other_options_is_not_read_back(data, tmp_path):
+    """Re-running a search with other training options into the same folder is refused in one
+    line, instead of reading back candidates trained otherwise."""
+    from edgetl import artifacts
+    from edgetl.search.space import Arch, Candidate
+    from edgetl.train import absolute_paths
+
+    o = opts(data, tmp_path, epochs_head=7)
+    c = Candidate(Arch("mobilenetv2", 0.35, 32), 0)
+    out = tmp_path / "s"
+    d = rundir.search_candidate_dir(out, c.key)
+    cfg = absolute_paths(driver.candidate_config(opts(data, tmp_path, epochs_head=3), c, out).validate().resolved())
+    artifacts.write_yaml(d / rundir.CONFIG, cfg.to_dict())
+    artifacts.write_text(d / rundir.LABELS, "blue\ngreen\nred\n")
+    with pytest.raises(EdgetlError, match="trained with epochs_head = 3, this search asks for 7; use another --out"):
+        driver.train_candidate(o, c, out, quiet)
+    driver.check_same_options(opts(data, tmp_path, epochs_head=3), c, out, d)  # the same options: fine
 
 
 @pytest.mark.slow

@@ -50,9 +50,25 @@ def _trainer_class() -> Any:
     return SearchTrainer
 
 
+def check_same_options(o: SearchOptions, c: Candidate, out: Path, d: Path) -> None:
+    """A candidate already in the search folder is read back (or resumed) only when it was trained
+    with the options this search would train it with."""
+    from edgetl.train import absolute_paths
+
+    want = absolute_paths(candidate_config(o, c, out).validate().resolved()).to_dict()
+    have = rundir.load_run_config(d).to_dict()
+    diff = [k for k in want if k != "out" and want[k] != have.get(k)]
+    if diff:
+        k = diff[0]
+        raise EdgetlError(f"{d}: this candidate was trained with {k} = {have.get(k)!r}, this search asks for "
+                          f"{want[k]!r}; use another --out for a search with other options (or delete the folder)")
+
+
 def train_candidate(o: SearchOptions, c: Candidate, out: Path, echo: Echo) -> dict[str, Any]:
     """Train (or read back, when finished) one candidate; returns its val accuracy and run."""
     d = rundir.search_candidate_dir(out, c.key)
+    if rundir.is_run_dir(d):
+        check_same_options(o, c, out, d)
     if rundir.is_finished(d):
         m = rundir.read_json(d / rundir.METRICS)
         echo(f"  finished before: val accuracy {m['val_accuracy']:.4f} (read back, not retrained)")
