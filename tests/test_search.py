@@ -4,6 +4,7 @@ read once (after the pick), a re-run reads finished candidates back, bad budgets
 Most tests drive the real driver with the costly parts (measuring, training) replaced by fakes
 with fixed numbers; one test runs a real search (random init, 32 px, a few images)."""
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -223,3 +224,30 @@ def test_real_search_resumes_and_keeps_test_unread(data, tmp_path, monkeypatch):
     assert (run / rundir.artifact_file("tflite", "fp32")).is_file()
     assert (run / rundir.REPORT_JSON).is_file()
     assert f"pick: {rep['pick']['candidate']}" in r.output
+
+
+def test_device_scaling_applies_the_budget_on_the_device(data, tmp_path, monkeypatch):
+    """--device: the device timed two files of a run at 3x this machine's time; every local latency
+    is scaled x3 before the budget applies, so alpha 0.5 (4 ms here, 12 ms there) is not trained
+    under a 10 ms budget, and the pick's latency is the device's (6 ms)."""
+    from edgetl import artifacts, device_results, timing
+    from edgetl.search.space import Arch, Candidate
+
+    f = Fakes(monkeypatch, tmp_path)
+    run = tmp_path / "phone-run"
+    cfg = driver.candidate_config(opts(data, tmp_path), Candidate(Arch("mobilenetv2", 0.35, 32), 0), tmp_path)
+    artifacts.write_yaml(run / rundir.CONFIG, cfg.validate().resolved().to_dict())
+    artifacts.write_text(run / rundir.LABELS, "blue\ngreen\nred\n")
+    results = artifacts.write_json(run / rundir.DEVICE_RESULTS / "browser-phone.json", {"schema": 2})
+    local = {"model_fp32.tflite": 2.0, "model_int8.tflite": 1.0}
+    monkeypatch.setattr(device_results, "load", lambda p, r: {"device": {"name": "phone"}, "models": [
+        {"file": "model_fp32.tflite", "format": "tflite", "quant": "fp32", "p50_ms": 6.0},
+        {"file": "model_int8.tflite", "format": "tflite", "quant": "int8", "p50_ms": 3.0}]})
+    monkeypatch.setattr(timing, "isolated_timing", lambda path, *a, **k: {"p50_ms": local[Path(path).name]})
+    rep = driver.search(opts(data, tmp_path, max_latency_ms=10, device=str(results)), echo=quiet)
+    assert rep["device_scale"]["overall"] == pytest.approx(3.0)
+    assert rep["device_scale"]["error_max"] == pytest.approx(0.0)
+    assert "phone" in rep["latency_basis"]
+    assert not [k for k in f.trained if "-a0.5-" in k or "-a1-" in k]
+    assert rep["pick"]["candidate"] == "mobilenetv2-a0.35-s32-d1"
+    assert rep["pick"]["latency_ms"] == pytest.approx(6.0)
