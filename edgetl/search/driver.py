@@ -76,7 +76,11 @@ def train_candidate(o: SearchOptions, c: Candidate, out: Path, echo: Echo) -> di
                 "seconds": float((m.get("timings") or {}).get("total_s", 0.0))}
     resume = (d / rundir.CHECKPOINTS).exists()
     t0 = time.perf_counter()
-    res = _trainer_class()(candidate_config(o, c, out), resume=resume, echo=lambda s: None).run()
+    def progress(line: str) -> None:  # a candidate's phases and warnings, not its whole log
+        if line.startswith(("phase 1:", "phase 2:", "warning:", "resuming")):
+            echo("  " + line)
+
+    res = _trainer_class()(candidate_config(o, c, out), resume=resume, echo=progress).run()
     secs = time.perf_counter() - t0
     echo(f"  val accuracy {res.metrics['val_accuracy']:.4f} ({secs:.0f} s)")
     return {"val_accuracy": float(res.metrics["val_accuracy"]), "run_dir": str(d), "resumed": False,
