@@ -141,6 +141,7 @@ def search(o: SearchOptions, echo: Echo = print) -> dict[str, Any]:
         size_kb = m["size_bytes"] / 1024
         over = budget.violations(lat, size_kb, m.get("memory_kb"))
         echo(f"  [{i}/{len(sp.variants)}] {v.key}: {lat:.2f} ms, {size_kb:.0f} KiB"
+             + ("" if meas.fresh else " (measured before)")
              + (f"  over budget ({'; '.join(over)})" if over else ""))
         vrows.setdefault(v.arch.key, []).append({"variant": v, "latency_ms": lat, "local_ms": m["local_p50_ms"],
                                                  "size_kb": size_kb, "ram_kb": m.get("memory_kb"),
@@ -210,7 +211,7 @@ def search(o: SearchOptions, echo: Echo = print) -> dict[str, Any]:
         echo(f"pick: {pick_rec['candidate']} as {pick_rec['quant']} {pick_rec['fmt']}: val "
              f"{pick_rec['val_accuracy']:.4f}, {pick_rec['latency_ms']:.2f} ms ({basis}), "
              f"{pick_rec['size_kb']:.0f} KiB")
-        echo(f"test accuracy of the pick (once, after the choice): {fmt_acc(te['accuracy'], te['ci95'], te['n'])}"
+        echo(f"test accuracy of the pick's Keras model (once, after the choice): {fmt_acc(te['accuracy'], te['ci95'], te['n'])}"
              if te else "no test split: the pick's val accuracy chose it (optimistic)")
         echo(f"run directory of the pick: {pick_rec['run_dir']}")
     echo(f"report: {out / rundir.SEARCH_MD}, {out / rundir.SEARCH_JSON}, plot {out / rundir.SEARCH_PLOT}")

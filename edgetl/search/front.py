@@ -49,7 +49,9 @@ def pick(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _vs(a: dict[str, Any], b: dict[str, Any]) -> str:
-    parts = [f"val {b['val_accuracy']:.4f} vs {a['val_accuracy']:.4f}"]
+    """How b beats a."""
+    parts = [f"more accurate on val ({b['val_accuracy']:.4f} vs {a['val_accuracy']:.4f})"
+             if b["val_accuracy"] > a["val_accuracy"] else f"as accurate on val ({a['val_accuracy']:.4f})"]
     if b["latency_ms"] < a["latency_ms"]:
         parts.append(f"faster ({b['latency_ms']:.2f} vs {a['latency_ms']:.2f} ms)")
     if b["size_kb"] < a["size_kb"]:

@@ -28,14 +28,33 @@ def table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
 
 
 def plot(rows: list[dict[str, Any]], dest: Path, max_latency_ms: float, latency_basis: str) -> Path:
+    """verify's accuracy-latency figure, labelled for the search: val accuracy (no interval: the
+    choice's own split), hollow markers over budget."""
+    import matplotlib.pyplot as plt
+
     from edgetl import plots
+    from edgetl.artifacts import atomic_path
 
     shown = rows if len(rows) <= PLOT_ROWS else [r for r in rows if r["on_front"] or r.get("picked")]
     pts = [{"label": ("PICK " if r.get("picked") else "") + f"{r['candidate']} {r['quant']} {r['fmt']}",
             "p50_ms": r["latency_ms"], "accuracy": r["val_accuracy"], "size_bytes": r["size_kb"] * 1024,
             "runtime": r["fmt"], "status": "fail" if r["over_budget"] else "pass"} for r in shown]
-    return plots.accuracy_latency(pts, dest, f"edgetl search: val accuracy vs {latency_basis} latency "
-                                             f"(hollow: over budget)", max_latency_ms=max_latency_ms)
+    fig = plots.accuracy_latency_figure(pts, f"edgetl search: val accuracy vs {latency_basis} latency",
+                                        max_latency_ms=max_latency_ms)
+    ax = fig.axes[0]
+    ax.set_ylabel("validation top-1 accuracy (the split the pick is made on)")
+    ax.set_xlabel(ax.get_xlabel().replace(", whisker to p90", ""))
+    leg = ax.get_legend()
+    leg.set_title("candidates (colour: format)")
+    for t in leg.get_texts():
+        text = t.get_text().replace(" - fails a gate", " - over budget").replace("gate: max latency", "budget:")
+        if text.startswith("bars: accuracy"):
+            text = "hollow: over budget"
+        t.set_text(text)
+    with atomic_path(dest, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return Path(dest)
 
 
 def markdown(rep: dict[str, Any]) -> str:
@@ -53,7 +72,7 @@ def markdown(rep: dict[str, Any]) -> str:
         out += [f"**Pick:** `{p['candidate']}` exported as {p['quant']} {p['fmt']}: val accuracy "
                 f"{p['val_accuracy']:.4f}, latency {p['latency_ms']:.2f} ms, {p['size_kb']:.0f} KiB; run directory "
                 f"`{p['run_dir']}`.", ""]
-        out += [f"Test accuracy of the pick (once, after the choice): "
+        out += [f"Test accuracy of the pick's Keras model (once, after the choice): "
                 f"{fmt_acc(te['accuracy'], te['ci95'], te['n'])}." if te else
                 "No test split: the pick's only accuracy is on val, which chose it (optimistic).", ""]
     else:
