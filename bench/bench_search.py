@@ -37,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(ROOT))  # this checkout's edgetl, as the child processes get it (PYTHONPATH)
 
 
 def loadavg() -> str:
