@@ -358,6 +358,91 @@ class AdaptOptions(Options):
         return c.errors
 
 
+SEARCH_BACKBONES = "mobilenetv2,efficientnet_lite0,efficientnetb0"
+
+
+def parse_numbers(v: str | list | tuple, name: str, kind: type = float) -> tuple:
+    """'0.35,0.5' (or a list) -> a tuple of positive numbers of ``kind``."""
+    items = [s.strip() for s in v.split(",")] if isinstance(v, str) else [str(s) for s in v]
+    items = [s for s in items if s]
+    try:
+        out = tuple(dict.fromkeys(kind(float(s)) if kind is int else kind(s) for s in items))
+    except ValueError:
+        raise OptionError(name, ",".join(items), f"use a comma list of numbers, e.g. "
+                          f"{'96,128,160' if kind is int else '0.35,1.0'}") from None
+    if not out or any(x <= 0 for x in out) or (kind is int and any(float(s) != int(float(s)) for s in items)):
+        raise OptionError(name, ",".join(items) or "(empty)", f"use a comma list of positive "
+                          f"{'integers' if kind is int else 'numbers'}")
+    return out
+
+
+@dataclass
+class SearchOptions(Options):
+    data: str = doc("DATA/<class>/<images>, or DATA/train|val[|test]/<class>/", "")
+    max_latency_ms: float | None = doc("budget: p50 latency at batch 1 in ms (this machine, or the device with "
+                                       "--device)", None)
+    max_size_kb: float | None = doc("budget: size of the exported model file in KiB (null: none)", None)
+    max_ram_kb: float | None = doc("budget: memory the model takes to load and run, in KiB (null: none)", None)
+    device: str | None = doc("device results JSON (bundle or browser check) to scale latencies to that device", None)
+    budget_minutes: float | None = doc("stop training new candidates after this many minutes (null: no limit)", None)
+    backbones: str = doc("comma list of backbones of the registry", SEARCH_BACKBONES)
+    alphas: str = doc("MobileNetV2 widths to try", "0.35,0.5,0.75,1.0")
+    sizes: str = doc("input sizes in px to try", "96,128,160,224")
+    depths: str = doc("phase-2 depths in blocks to try on the survivors (0: head only)", "0,2")
+    quants: str = doc("quantization modes to try: comma list of " + ",".join(QUANTS), "fp32,int8")
+    formats: str = doc("formats to try: comma list of " + ",".join(FORMATS), "tflite")
+    weights: str = doc("imagenet | none (random init, for tests)", "imagenet")
+    eta: int = doc("successive halving: keep the best 1/eta of the head-only candidates", 3)
+    epochs_head: int = doc("phase-1 epochs of every candidate", 20)
+    epochs_finetune: int = doc("phase-2 epochs of candidates with depth > 0", 10)
+    views: int = doc("cached views per image (as train --views)", 4)
+    batch_size: int = doc("training batch size", 32)
+    seed: int = doc("seed of the split and of every candidate", 42)
+    val_split: float = doc("validation fraction when DATA has no train/ and val/", 0.2)
+    test_split: float | None = doc("test fraction (null: train's auto rule); test is read once, after the pick",
+                                   None)
+    threads: int = doc("threads of every runtime when timing", 2)
+    runs: int = doc("timed runs per model", 50)
+    out: str = doc("the search's folder: candidates, measurements, report", "search")
+
+    def problems(self) -> list[OptionError]:
+        from edgetl import backbones as B
+
+        c = Checks(self)
+        if self.max_latency_ms is None:
+            c.errors.append(OptionError("max_latency_ms", "(missing)", "a latency budget is required, e.g. "
+                                        "--max-latency-ms 5"))
+        for name in ("max_latency_ms", "max_size_kb", "max_ram_kb", "budget_minutes"):
+            v = getattr(self, name)
+            if v is not None:
+                c.require(name, isinstance(v, (int, float)) and v > 0 and v == v and v != float("inf"),
+                          "must be a positive number")
+        if self.device is not None:
+            c.require("device", Path(self.device).expanduser().is_file(),
+                      "no such file; give the results.json of a bundle or browser check run on the device")
+        names = [s.strip() for s in self.backbones.split(",") if s.strip()]
+        c.require("backbones", bool(names), "give a comma list of backbones (see `edgetl backbones`)")
+        for n in names:
+            c.run("backbones", lambda n=n: B.get(n))
+        c.run("alphas", lambda: parse_numbers(self.alphas, "alphas"))
+        c.run("sizes", lambda: parse_numbers(self.sizes, "sizes", int))
+        depths = [s.strip() for s in self.depths.split(",") if s.strip()]
+        c.require("depths", bool(depths) and all(s.isdigit() for s in depths),
+                  "use a comma list of integers >= 0 (blocks unfrozen in phase 2; 0: head only)")
+        c.run("quants", lambda: parse_list(self.quants, QUANTS, "quants"))
+        c.run("formats", lambda: parse_list(self.formats, FORMATS, "formats"))
+        c.require("weights", self.weights in ("imagenet", "none"), "use imagenet or none")
+        c.require("eta", self.eta >= 2, "must be >= 2")
+        c.positive("epochs_head", "views", "batch_size")
+        c.non_negative("epochs_finetune")
+        c.require("val_split", 0.0 < self.val_split < 1.0, "must be between 0 and 1 (exclusive)")
+        if self.test_split is not None:
+            c.require("test_split", 0.0 <= self.test_split < 1.0, "must be in [0, 1)")
+        c.require("threads", self.threads >= 1, "must be >= 1")
+        c.require("runs", self.runs >= 10, "at least 10 timed runs")
+        return c.errors
+
+
 # ------------------------------------------------------------ introspection ----
 TYPE_OK = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
            "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),

@@ -440,3 +440,18 @@ def clear_derived(run_dir: PathLike) -> list[str]:
             continue
         gone.append(name)
     return gone
+
+
+# ------------------------------------------------------------------ search ----
+# SEARCH/ (edgetl search --out SEARCH): candidates/<key>/ are ordinary run directories
+SEARCH_CANDIDATES = "candidates"
+SEARCH_MEASURE = "measure"                # random-weight exports timed before training
+SEARCH_MEASUREMENTS = "measurements.json"
+SEARCH_JSON = "search.json"
+SEARCH_MD = "search.md"
+SEARCH_PLOT = "search_front.png"
+
+
+def search_candidate_dir(search_dir: PathLike, key: str) -> Path:
+    """The run directory of one search candidate (``key`` from :class:`edgetl.search.space.Candidate`)."""
+    return Path(search_dir) / SEARCH_CANDIDATES / key
