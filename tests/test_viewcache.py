@@ -64,6 +64,10 @@ def test_shards_round_trip_and_stream(tmp_path, monkeypatch, memory_mb):
 
     assert np.array_equal(read(3), read(3)) and not np.array_equal(read(3), read(4))
     assert np.array_equal(np.sort(read(4), 0), np.sort(got, 0))
+    # per_epoch: an epoch reads the first rows of its order only (phase 2: one image's worth across the views)
+    part = c.dataset("train", "feats", 5, targets, shuffle=True, buffer=8, seed=7, epoch=epoch, per_epoch=13)
+    rows13 = np.concatenate([x.numpy() for x, _ in part])
+    assert len(rows13) == 13 and len(list(part)) == 3 and len({r.tobytes() for r in rows13}) == 13
     # a shard whose marker is gone (a kill between its files and its marker) is redone
     c.marker(shards[2]).unlink()
     again = V.ViewCache.open(tmp_path / "c", layout, shards, "k1", echo=quiet)
