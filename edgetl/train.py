@@ -759,12 +759,10 @@ class Trainer:
             self.echo(f"phase 2: the graph cannot be cut before the trained layers; training the whole model on "
                       f"the {rows:,} cached view images")
             model = self.model
-        # an epoch of phase 2 is one image's worth of rows, drawn across the views: more views give each
-        # epoch more variety, not more steps (single worker; a cluster's epochs keep their rows)
-        r_all = self.cache.rows("train")
-        per_epoch = int((r_all.ok & (r_all.view == 0)).sum()) if self.n_views() > 1 and self.num_workers == 1 \
-            else None
-        tr, va = self.stream("train", "acts", True, per_epoch), self.stream("val", "acts", False)
+        # An epoch of phase 2 reads every cached view. Epochs of one image's worth of rows drawn across the
+        # views (ViewCache.dataset(per_epoch=)) were tried: early stopping then stops after a quarter of the
+        # steps at 4 views, and the digits task lost about half of auto's gain (docs/performance.md).
+        tr, va = self.stream("train", "acts", True), self.stream("val", "acts", False)
         given = recipe.given(cfg)
         if cfg.recipe == "auto" and given:
             kept = " and ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in given.items())
@@ -796,9 +794,6 @@ class Trainer:
                               steps_per_execution=self.steps_per_execution())
         self.echo(f"phase 2: fine-tuning the {what}: {len(chosen.layers)} layers, {n} with trainable weights "
                   f"(BatchNorm frozen, inference mode), lr {chosen.lr:g}{decay}")
-        if per_epoch is not None:
-            self.echo(f"phase 2: an epoch is {per_epoch:,} rows (one per image) drawn from the {rows:,} cached views")
-            rows = per_epoch
         epochs = self.phase_epochs("phase2", cfg.epochs_finetune, rows, cfg.min_steps // 2)
         self.recipe_log["phase2_unit_lrs"] = recipe.unit_rates(self.base, self.bb, chosen.layers, chosen.lr,
                                                                cfg.lr_decay)
