@@ -27,14 +27,12 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from edgetl import artifacts, rundir
 from edgetl.errors import EdgetlError
+from edgetl.gates import Gates
 from edgetl.types import PathLike
-
-if TYPE_CHECKING:  # pragma: no cover
-    from edgetl.verify import Gates
 
 SCHEMA = 2
 MAX_BYTES = 10 * 1024 * 1024
