@@ -16,6 +16,7 @@ from edgetl.config import (
     ADAPT_METHODS,
     CACHE_DTYPES,
     CALIB_METHODS,
+    FORMATS_HELP,
     IO_TYPES,
     ONNX_FORMATS,
     RECIPES,
@@ -421,7 +422,7 @@ def calibrate(source, size, out, seed, val_split, test_split):
 @main.command()
 @click.argument("run", type=click.Path())
 @click.option("--formats", "formats", default=d(ExportOptions, "formats"), show_default=True,
-              help="Comma list: tflite,onnx,ort (ort: onnxruntime's mobile format).")
+              help=FORMATS_HELP[0].upper() + FORMATS_HELP[1:] + ".")
 @old_spelling("--format", "format_old")
 @click.option("--quants", "quants", default=d(ExportOptions, "quants"), show_default=True,
               help="Comma list: fp32,fp16,dynamic,int8.")

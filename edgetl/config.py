@@ -14,11 +14,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from edgetl import formats
 from edgetl.errors import EdgetlError, OptionError
 
 AUGMENTATIONS = ("flip", "rotate", "zoom", "translate", "contrast")
-FORMATS = ("tflite", "onnx", "ort")           # ort: onnxruntime's mobile format, from the ONNX model
-DEFAULT_FORMATS = ("tflite", "onnx")
+FORMATS = formats.NAMES                      # the format registry (edgetl.formats)
+DEFAULT_FORMATS = formats.DEFAULT
+FORMATS_HELP = "comma list of " + ",".join(FORMATS) + " (" + formats.help_text() + ")"
 QUANTS = ("fp32", "fp16", "dynamic", "int8")
 IO_TYPES = ("float32", "int8", "uint8")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
@@ -269,7 +271,7 @@ class CalibrateOptions(Options):
 
 @dataclass
 class ExportOptions(Options):
-    formats: tuple[str, ...] = doc("comma list of " + ",".join(FORMATS), DEFAULT_FORMATS)
+    formats: tuple[str, ...] = doc(FORMATS_HELP, DEFAULT_FORMATS)
     quants: tuple[str, ...] = doc("comma list of " + ",".join(QUANTS), ("fp32", "int8"))
     io_type: str = doc("int8 TFLite input/output type: float32 | int8 | uint8", "float32")
     calibration: str | None = doc("folder of calibration images (null: the run's own calibration/ from "

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl import artifacts, backbones, rundir
+from edgetl import artifacts, backbones, formats, rundir
 from edgetl.errors import EdgetlError
 from edgetl.rundir import open_run
 from edgetl.types import Echo, PathLike
 
-QAT_FILE = rundir.artifact_file("tflite", "qat_int8")
+QAT_FILE = rundir.artifact_file(formats.TFLITE.name, "qat_int8")  # QAT exports int8 TFLite only
 
 
 @dataclass
@@ -175,7 +175,7 @@ def _qat(run_dir: PathLike, epochs: int, lr: float, batch_size: int, io_type: st
         raise EdgetlError(f"--epochs {epochs}: must be >= 0")
     run = open_run(run_dir)
     t0 = time.perf_counter()
-    exp = Exporter(run_dir, ExportOptions(formats=("tflite",), quants=("int8",), io_type=io_type,
+    exp = Exporter(run_dir, ExportOptions(formats=(formats.TFLITE.name,), quants=("int8",), io_type=io_type,
                                           calibration=calibration), echo)
     keras3 = run.load_model()
     flat = flat_tf_keras_model(run, keras3)
@@ -205,9 +205,9 @@ def _qat(run_dir: PathLike, epochs: int, lr: float, batch_size: int, io_type: st
     data = to_int8_tflite(qmodel, run.img_size, calib, io_type)
     from edgetl.export import Artifact
 
-    a = Artifact("tflite", "int8", QAT_FILE, io_type=io_type)
+    a = Artifact(formats.TFLITE.name, "int8", QAT_FILE, io_type=io_type)
     exp.score(data, a)
-    ptq = Artifact("tflite", "int8", "ptq")
+    ptq = Artifact(formats.TFLITE.name, "int8", "ptq")
     from edgetl import convert as C
 
     exp.score(C.tflite_bytes(exp.serving, "int8", io_type, calib), ptq)
