@@ -14,6 +14,7 @@ import numpy as np
 
 from edgetl import artifacts
 from edgetl import formats as registry
+from edgetl.config import BUNDLE_FORMATS, BundleOptions, default
 from edgetl.errors import EdgetlError
 from edgetl.rundir import LABELS, list_artifacts, open_run, sidecar
 from edgetl.timing import CHECK_SCRIPT
@@ -36,12 +37,10 @@ def _key(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
-# the formats the device check runs (edgetl.formats: device_check names the runtime that opens each)
-BUNDLE_FORMATS = tuple(f.name for f in registry.FORMATS.values() if f.device_check)
-
-
-def bundle(run_dir: PathLike, out: PathLike, formats: str | tuple[str, ...] = registry.DEFAULT, samples: int = 16,
-           threads: int = 2, echo: Echo = print) -> Path:
+def bundle(run_dir: PathLike, out: PathLike, formats: str | tuple[str, ...] = default(BundleOptions, "formats"),
+           samples: int = default(BundleOptions, "samples"), threads: int = default(BundleOptions, "threads"),
+           echo: Echo = print) -> Path:
+    """The device bundle of the run's exported ``formats`` (defaults and checks: :class:`BundleOptions`)."""
     from edgetl.runners import KerasRunner, open_runner
     from edgetl.tfdata import load_array
 
@@ -54,8 +53,7 @@ def bundle(run_dir: PathLike, out: PathLike, formats: str | tuple[str, ...] = re
     models = [a for a in list_artifacts(run.dir) if a["format"] in formats]
     if not models:
         raise EdgetlError(f"{run.dir}: no exported {'/'.join(formats)} models; run: edgetl export {run.dir}")
-    if samples < 1:
-        raise EdgetlError(f"--samples {samples}: must be >= 1")
+    BundleOptions(formats, samples, threads).validate()
     _, files, labels = run.held_out()
     x = load_array(files[:samples], run.img_size, run.resize)
     arrays = {"images": x, "labels": np.asarray(labels[:samples]),

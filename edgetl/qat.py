@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl import artifacts, backbones, formats, rundir
+from edgetl.config import QatOptions, default
 from edgetl.errors import EdgetlError
 from edgetl.rundir import open_run
 from edgetl.types import Echo, PathLike
@@ -153,11 +154,14 @@ def to_int8_tflite(qmodel, img_size: int, calib: np.ndarray, io_type: str = "flo
     return bytes(full_integer(c, calib, io_type).convert())
 
 
-def qat(run_dir: PathLike, epochs: int = 3, lr: float = 1e-5, batch_size: int = 32, io_type: str = "float32",
-        calibration: str | None = None, echo: Echo = print) -> QatResult:
-    """Quantization-aware fine-tuning of the run's model (its directory locked meanwhile)."""
+def qat(run_dir: PathLike, epochs: int = default(QatOptions, "epochs"), lr: float = default(QatOptions, "lr"),
+        batch_size: int = default(QatOptions, "batch_size"), io_type: str = default(QatOptions, "io_type"),
+        calibration: str | None = default(QatOptions, "calibration"), echo: Echo = print) -> QatResult:
+    """Quantization-aware fine-tuning of the run's model (its directory locked meanwhile);
+    defaults and checks: :class:`edgetl.config.QatOptions`."""
     from edgetl.rundir import writing
 
+    QatOptions(epochs, lr, batch_size, io_type, calibration).validate()
     with writing(run_dir, "edgetl qat", echo=echo, create=False):
         return _qat(run_dir, epochs, lr, batch_size, io_type, calibration, echo)
 
@@ -171,8 +175,6 @@ def _qat(run_dir: PathLike, epochs: int, lr: float, batch_size: int, io_type: st
     from edgetl.export import Exporter, ExportOptions
     from edgetl.tfdata import augmenter, image_dataset
 
-    if epochs < 0:
-        raise EdgetlError(f"--epochs {epochs}: must be >= 0")
     run = open_run(run_dir)
     t0 = time.perf_counter()
     exp = Exporter(run_dir, ExportOptions(formats=(formats.TFLITE.name,), quants=("int8",), io_type=io_type,

@@ -53,7 +53,7 @@ def test_every_record_names_code_that_exists_and_agrees_with_it():
         assert f.metadata in (formats.TFLITE_METADATA, formats.ONNX_PROPS)
         assert rundir.artifact_file(f.name, "int8").endswith("model_int8" + f.suffix)
     # every reader of a format takes every registered one
-    assert device_results.FORMATS == {f.suffix: f.name for f in formats.FORMATS.values()}
+    assert {f.suffix: f.name for f in formats.FORMATS.values()} == device_results.FORMATS
     assert rundir.MODEL_SUFFIXES == formats.SUFFIXES
     with pytest.raises(Exception, match="unknown format 'webp'; use one of tflite, onnx, ort"):
         formats.get("webp")
@@ -63,7 +63,7 @@ def test_the_device_checks_own_table_equals_the_registry():
     """edgetl_check.py runs on the device without edgetl: its copy of the suffix -> runtime table
     must be the registry's, and it must know every runtime the registry names for a device."""
     chk = _check_module()
-    assert chk.SUFFIX_RUNTIME == {f.suffix: f.device_check for f in formats.FORMATS.values() if f.device_check}
+    assert {f.suffix: f.device_check for f in formats.FORMATS.values() if f.device_check} == chk.SUFFIX_RUNTIME
     named = {f.device_check for f in formats.FORMATS.values() if f.device_check}
     named |= {rt for f in formats.FORMATS.values() for rt in f.extra_runtimes}
     assert named <= set(chk.RUNTIMES)
