@@ -67,7 +67,7 @@ def measure(entry: dict, x: np.ndarray, y: np.ndarray, ref: np.ndarray | None, t
            "input_dtype": r.input_dtype, "size_bytes": r.describe()["size_bytes"], "accuracy": m["accuracy"], "ci95": m["ci95"],
            "top5_accuracy": m.get("top5_accuracy"), "threads": threads}
     if entry.get("runtime"):
-        row["extra_runtime"] = True  # a second runtime on the same file (runners.EXTRA_RUNTIMES)
+        row["extra_runtime"] = True  # a second runtime on the same file (extra_runtimes of its format in edgetl.formats)
     if ref is not None:
         row["agreement"] = float((probs.argmax(1) == ref.argmax(1)).mean())
         d = np.abs(probs - ref)
@@ -173,7 +173,7 @@ def _verify(run_dir: PathLike, o: VerifyOptions, device_results, echo: Echo, iso
 
 
 def with_extra_runtimes(entries: list[dict]) -> tuple[list[dict], list[str]]:
-    """Each artifact, then one entry per extra runtime that runs it (runners.EXTRA_RUNTIMES),
+    """Each artifact, then one entry per extra runtime that runs it (its format's extra_runtimes, edgetl.formats),
     and a note for each extra runtime that cannot run it here."""
     from edgetl.runners import extra_runtimes
 
