@@ -174,4 +174,5 @@ def test_every_backbone_builds_and_trains_one_step(name):
     assert np.isfinite(loss)
     after = model.get_layer("logits").get_weights()
     assert any(not np.allclose(b, a) for b, a in zip(before, after))
-    assert backbones.units(base, bb)  # its --unfreeze units are found
+    groups = backbones.units(base, bb)  # its --unfreeze units: the registry places its layers in blocks
+    assert len(groups) >= 5 and len({n for n, _ in groups}) == len(groups), [n for n, _ in groups][:8]
