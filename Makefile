@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TEST_WORKERS ?= 2
 STAMP  := $(VENV)/.installed
 
-.PHONY: install web demo test test-fast test-slow lint docs bench clean
+.PHONY: install web demo test test-fast test-slow lint docs bench bench-peers bench-guide-224 bench-torch bench-model-maker clean
 
 install: $(STAMP)
 
@@ -63,6 +63,25 @@ test-fast: install
 
 bench: install
 	$(BIN)/python bench/bench_train.py
+
+# The peers' own environments, outside the repo: $(EDGETL_PEER_ENVS)/venv-torch (torch + torchvision +
+# the torchvision MobileNetV2 checkpoint) and venv-mm (MediaPipe Model Maker 0.2.1.4 and its pins).
+# Default: the folder beside this checkout. Made once; delete a folder to rebuild it.
+EDGETL_PEER_ENVS ?= $(abspath ..)
+export EDGETL_PEER_ENVS
+bench-peers:
+	bench/peers/setup_envs.sh
+
+# The races against those peers (MobileNetV2 1.0 @224 on torchvision's checkpoint, 3 seeds each;
+# docs/benchmarks.md); each writes its own bench/results file.
+bench-guide-224: install
+	$(BIN)/python bench/bench_train.py --alpha 1.0 --img-size 224 --epochs-head 10 --epochs-finetune 5
+bench-torch: install
+	bench/peers/setup_envs.sh torch
+	$(BIN)/python bench/bench_train.py --peer torch-fixed,torch-finetune --alpha 1.0 --img-size 224 --epochs-head 10 --epochs-finetune 5
+bench-model-maker: install
+	bench/peers/setup_envs.sh mm
+	$(BIN)/python bench/bench_train.py --peer model-maker --alpha 1.0 --img-size 224 --epochs-head 10 --epochs-finetune 5
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -53,6 +53,14 @@ def set_trainable(base, layers_to_train) -> int:
     return n
 
 
+def count_trainable(base, layers_to_train) -> int:
+    """How many layers :func:`set_trainable` would train (with weights, BatchNorm excluded),
+    without changing any flag."""
+    keep = set(id(l) for l in layers_to_train)
+    return sum(1 for layer in base.layers
+               if id(layer) in keep and not isinstance(layer, keras.layers.BatchNormalization) and layer.weights)
+
+
 def count_params(model) -> dict:
     tr = sum(int(w.numpy().size) for w in model.trainable_weights)
     total = sum(int(w.numpy().size) for w in model.weights)

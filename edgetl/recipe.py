@@ -5,10 +5,13 @@ each part of it learns.
   layers) at ``--lr-finetune`` (default 1e-5), for the epochs given.
 - ``auto`` (the default): each phase runs at least a minimum number of optimizer steps (small
   data sets otherwise stop underfitted: 100 images at batch 32 are 4 steps an epoch), and
-  phase 2 picks its depth and learning rate from a small grid, each candidate trained
-  briefly (PROBE_STEPS updates on the plain view of each image) on the cached activations
-  and scored on the validation split (never on test). A depth or learning rate the user
-  gave is kept: the grid searches only what was left open (explicit options win).
+  phase 2 picks its depth and learning rate from a small grid by successive halving on the
+  cached activations of the plain view of each image, scored on the validation split (never
+  on test): every candidate trains RUNG_STEPS updates from the phase-1 model and is compared
+  with that model image by image (:func:`pays`); when none beats it beyond the noise of the
+  val set, phase 2 is skipped (it could not pay: the time goes to nothing); otherwise the better
+  half continue to PROBE_STEPS and the best of them is fine-tuned. A depth or learning rate the
+  user gave is kept: the grid searches only what was left open (explicit options win).
 
 Both take ``--lr-decay`` (discriminative learning rates: each unit deeper from the top gets
 the rate times the decay) and ``--accumulate`` (gradients averaged over N batches before an
@@ -21,7 +24,10 @@ from typing import Any
 
 GRID_BLOCKS = (2, 5)              # units from the top (MobileNetV2: top conv + 1 or 4 inverted-residual blocks)
 GRID_LRS = (1e-5, 1e-4)
-PROBE_STEPS = 40                  # optimizer steps of each trial (on the plain views)
+RUNG_STEPS = 20                   # optimizer steps of every candidate in the search's first rung (plain views)
+PROBE_STEPS = 40                  # ... of the better half, in total, in its second rung
+PAYS_Z = 1.0                      # a candidate beats the phase-1 model when its val loss gain exceeds this many SEs
+ACC_Z = 1.645                     # ... or its val accuracy gain this many (sign test, one-sided ~5%)
 DEFAULT_UNFREEZE = 20             # fixed recipe, when neither --unfreeze nor --unfreeze-blocks is given
 DEFAULT_LR = 1e-5                 # fixed recipe, when --lr-finetune is not given
 
@@ -36,6 +42,7 @@ class Candidate:
     layers: list[Any]
     val_accuracy: float | None = None
     val_loss: float | None = None
+    rung: int = 1
 
     def record(self) -> dict[str, Any]:
         d = asdict(self)
@@ -94,6 +101,31 @@ def choose(cands: list[Candidate]) -> Candidate:
         return cands[0]
     return min(scored, key=lambda c: (-round(c.val_accuracy or 0.0, 6), c.val_loss if c.val_loss is not None
                                       else math.inf, c.blocks or 0, c.lr))
+
+
+def pays(base_loss: Any, base_ok: Any, scored: list[tuple[Candidate, Any, Any]], z: float = PAYS_Z) -> dict[str, Any]:
+    """Can phase 2 pay? Each candidate ``(candidate, per-image val loss, per-image correct)``
+    against the phase-1 model on the same val images (paired). It beats phase 1 when its mean
+    loss is lower by more than ``z`` standard errors of the per-image differences, or, at a loss
+    no worse, when the images it gains outnumber those it loses by more than ``ACC_Z`` times the
+    square root of the images they disagree on (a one-sided sign test near 5%: 3 gained and 0
+    lost passes, 2 and 0 does not). ``skip`` when none does: every candidate ties
+    with phase 1 within the noise of the val set, so a full phase 2 is not worth its time."""
+    import numpy as np
+
+    base_loss, base_ok = np.asarray(base_loss, np.float64), np.asarray(base_ok, bool)
+    n = len(base_loss)
+    rows = []
+    for c, loss, ok in scored:
+        d = np.asarray(loss, np.float64) - base_loss
+        se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else math.inf
+        ok = np.asarray(ok, bool)
+        gained, lost = int((ok & ~base_ok).sum()), int((~ok & base_ok).sum())
+        on_loss = bool(d.mean() < -z * se)
+        on_acc = bool(d.mean() <= 0 and gained - lost > ACC_Z * math.sqrt(gained + lost)) if gained + lost else False
+        rows.append({"name": c.name, "loss_diff": round(float(d.mean()), 6), "loss_se": round(se, 6),
+                     "gained": gained, "lost": lost, "beats": on_loss or on_acc})
+    return {"skip": n > 1 and not any(r["beats"] for r in rows), "z": z, "n_val": n, "candidates": rows}
 
 
 def lr_multipliers(base: Any, bb: Any, trained_layers: list[Any], decay: float) -> dict[str, float]:

@@ -86,6 +86,37 @@ def decode_batches(paths: Sequence[str], size: int, resize: str = "crop", batch:
             yield ImageBatch(lo, images, np.concatenate([p[1] for p in parts]), [e for p in parts for e in p[2]])
 
 
+class DecodeMemo:
+    """Decoded batches kept for the next pass over the same files, up to ``budget`` bytes.
+
+    The view cache decodes every training image once per view; the views differ only by the
+    augmentation applied after decoding, so later views replay the first view's batches
+    instead of decoding again (a JPEG decode costs more than the frozen pass of a small
+    backbone on 2 cores). Slices over the budget decode as before: memory stays bounded."""
+
+    def __init__(self, budget: int = 256 << 20):
+        self.budget, self.used = budget, 0
+        self.kept: dict[tuple, list[ImageBatch]] = {}
+        self.hits = 0
+
+    def batches(self, paths: Sequence[str], size: int, resize: str = "crop", batch: int = 64) -> Iterator[ImageBatch]:
+        key = (tuple(str(p) for p in paths), size, resize, batch)
+        if key in self.kept:
+            self.hits += 1
+            yield from self.kept[key]
+            return
+        need = len(paths) * size * size * 3
+        keep = self.used + need <= self.budget
+        out: list[ImageBatch] = []
+        for b in decode_batches(paths, size, resize, batch):
+            if keep:
+                out.append(b)
+            yield b
+        if keep:
+            self.kept[key] = out
+            self.used += need
+
+
 def augmenter(names, seed: int):
     """A Keras Sequential of random preprocessing layers (identity when empty)."""
     import keras

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -143,6 +144,7 @@ class Trainer:
         self.worker_index, self.num_workers, self.is_chief = 0, 1, True  # multi-worker: set by prepare()
         self.cache_stats: dict = {}
         self.chosen: recipe.Candidate | None = None
+        self._search_opt: Any = None  # the auto recipe search's switchable optimizer (see compile_search)
         self.recipe_log: dict = {"recipe": self.cfg.recipe, "lr_decay": self.cfg.lr_decay,
                                  "accumulate": self.cfg.accumulate, "min_steps": self.cfg.min_steps,
                                  "given": recipe.given(self.cfg)}  # explicit options: used by either recipe
@@ -509,10 +511,11 @@ class Trainer:
         import tensorflow as tf
 
         from edgetl.progress import Throughput, fmt_bytes
-        from edgetl.tfdata import augmenter, decode_batches
+        from edgetl.tfdata import DecodeMemo, augmenter, decode_batches
         from edgetl.viewcache import meta_rows
 
         cfg = self.cfg
+        memo = DecodeMemo()  # later views replay the first view's decoded batches (augmentation comes after)
         layout = cache.layout
         aug = augmenter(self._augment_names(), cfg.seed)
         size = self.view_size()
@@ -566,7 +569,7 @@ class Trainer:
             pstream = decode_batches([train_paths[i] for i in partner], size, cfg.resize, bs) if mixed else None
             cols: dict[str, list] = {"feats": [], "acts": [], "teacher": []}
             oks = []
-            for b in decode_batches(paths, size, cfg.resize, bs):
+            for b in memo.batches(paths, size, cfg.resize, bs):
                 for f, why in b.errors:
                     self.echo(f"warning: {f}: {why}; skipped")
                     self.ds.skipped.append((f, why))
@@ -719,7 +722,10 @@ class Trainer:
         self.recipe_log.setdefault("updates", {})[phase] = int(opt.iterations.numpy())
 
     # ---- phase 2 ---------------------------------------------------------
-    def phase2(self) -> list[dict]:
+    def phase2(self) -> list[dict] | None:
+        """Phase 2 on the cached activations at the cut. None when it does not run: no
+        fine-tuning epochs, nothing to train, or the auto recipe's search found that no
+        candidate beats the phase-1 model on val beyond its noise (phase 2 cannot pay)."""
         import keras
 
         from edgetl import model as M
@@ -727,12 +733,13 @@ class Trainer:
 
         cfg = self.cfg
         if cfg.epochs_finetune == 0 or not self.to_train:
-            return []
+            return None
         t0 = time.perf_counter()
         shape = tuple(self.cache.layout.act_shape or ())
         rows = int(self.cache.rows("train").ok.sum())
         if self.cut_tensor is not None:
-            self.echo(f"phase 2: training on the {rows:,} cached views at the cut {shape} (streamed from disk); "
+            where = "from memory" if self.cache.in_memory(self.cache.part("train"), "acts") else "streamed from disk"
+            self.echo(f"phase 2: training on the {rows:,} cached views at the cut {shape} ({where}); "
                       f"the frozen layers before it are not run again")
             with self.strategy.scope():
                 inp = keras.Input(shape, name="cached")
@@ -751,19 +758,34 @@ class Trainer:
             self.echo(f"phase 2: auto recipe: {kept} as given; it searches only what was left open "
                       f"({len(self.candidates)} candidate(s))")
         chosen = self.chosen = self.choose_candidate(model, tr, va)
-        n = M.set_trainable(self.base, chosen.layers)
+        if chosen is None:
+            self.timings["phase2_s"] = time.perf_counter() - t0
+            return None
         what = (chosen.name if cfg.recipe == "auto" else
                 f"last {cfg.unfreeze_blocks} block(s)" if cfg.unfreeze_blocks is not None
                 else f"last {cfg.unfreeze if cfg.unfreeze is not None else recipe.DEFAULT_UNFREEZE} layer(s)"
                 + (" widened to whole blocks" if self.bb.unit == "block" else ""))
         decay = f", lr x {cfg.lr_decay:g} per unit deeper" if cfg.lr_decay != 1.0 else ""
+        if self.searched():
+            # the search's compiled step serves the final fit too (no second tracing): the deepest
+            # candidate's layers stay trainable in the graph, those the chosen one leaves frozen at factor 0.
+            # A resumed run that chose in an earlier process compiles the same step, so its optimizer
+            # state has the same variables as the checkpoint's.
+            if self._search_opt is None or model.optimizer is not self._search_opt:
+                self._search_opt = self.compile_search(model)
+            n = M.count_trainable(self.base, chosen.layers)
+            self._search_opt.switch(chosen.lr, recipe.search_factors(self.base, self.bb, chosen, self.deepest.layers,
+                                                                     cfg.lr_decay))
+        else:
+            n = M.set_trainable(self.base, chosen.layers)
+            with self.strategy.scope():
+                model.compile(optimizer=self.finetune_optimizer(chosen), loss=self.loss(), metrics=self.metrics(),
+                              steps_per_execution=self.steps_per_execution())
         self.echo(f"phase 2: fine-tuning the {what}: {len(chosen.layers)} layers, {n} with trainable weights "
                   f"(BatchNorm frozen, inference mode), lr {chosen.lr:g}{decay}")
         epochs = self.phase_epochs("phase2", cfg.epochs_finetune, rows, cfg.min_steps // 2)
         self.recipe_log["phase2_unit_lrs"] = recipe.unit_rates(self.base, self.bb, chosen.layers, chosen.lr,
                                                                cfg.lr_decay)
-        with self.strategy.scope():
-            model.compile(optimizer=self.finetune_optimizer(chosen), loss=self.loss(), metrics=self.metrics())
         model.fit(tr[0], steps_per_epoch=tr[1], validation_data=va[0], validation_steps=va[1], epochs=epochs,
                   verbose=0, shuffle=False, callbacks=self.callbacks("phase 2", epochs, rows))  # tf.data shuffles
         self.record_updates("phase2", model.optimizer)
@@ -771,16 +793,43 @@ class Trainer:
         p = self.ckpt / "history_phase2.json"
         return json.loads(p.read_text()) if p.exists() else []
 
+    def searched(self) -> bool:
+        """Whether phase 2 trains through the search's switchable step (auto recipe, a grid, a cut)."""
+        return self.cfg.recipe == "auto" and len(self.candidates) > 1 and self.cut_tensor is not None
+
+    def compile_search(self, model):
+        """Compile ``model`` with the deepest candidate's layers trainable and a switchable
+        optimizer (:func:`edgetl.recipe.optimizer`): one traced step for every candidate."""
+        from edgetl import model as M
+
+        M.set_trainable(self.base, self.deepest.layers)
+        with self.strategy.scope():
+            opt = recipe.optimizer(self.candidates[0].lr, accumulate=self.cfg.accumulate, switchable=True)
+            model.compile(optimizer=opt, loss=self.loss(), metrics=self.metrics(),
+                          steps_per_execution=self.steps_per_execution())
+            opt.build(model.trainable_variables)
+        return opt
+
+    def steps_per_execution(self) -> int:
+        """Batches per call into the compiled step on cached rows: cuts Python's per-step cost (the
+        same steps in the same order, so the same result); one replica only."""
+        return 8 if self.replicas == 1 else 1
+
     def finetune_optimizer(self, cand):
 
         mult = recipe.lr_multipliers(self.base, self.bb, cand.layers, self.cfg.lr_decay)
         return recipe.optimizer(cand.lr, mult, self.cfg.accumulate)
 
     def choose_candidate(self, model, tr, va):
-        """The phase-2 setting: the only one (fixed recipe), or the grid's best on validation,
-        each candidate trained for a few epochs from the same starting weights. The choice is
-        kept in the checkpoints, so a resumed run does not search again."""
-        from edgetl import model as M
+        """The phase-2 setting: the only one (fixed recipe), or the grid's best on validation.
+        None: phase 2 cannot pay (see :func:`edgetl.recipe.pays`). The choice is kept in the
+        checkpoints, so a resumed run does not search again.
+
+        The search (one worker) is successive halving on the plain view of each image: every
+        candidate trains ``RUNG_STEPS`` updates from the phase-1 model and is scored on val
+        against that model, image by image; if none beats it beyond the noise of the val set,
+        phase 2 is skipped. Otherwise the better half continue to ``PROBE_STEPS`` and the best
+        of them is chosen. One compiled step serves the whole search and the final fit."""
 
         cands = self.candidates
         saved = self.ckpt / "recipe_choice.json"
@@ -788,7 +837,11 @@ class Trainer:
             self.recipe_log["phase2"] = {"chosen": cands[0].record(), "grid": []}
             return cands[0]
         earlier = json.loads(saved.read_text()) if saved.exists() else None
-        found = [c for c in cands if earlier and c.name == earlier.get("chosen", {}).get("name")]
+        if earlier and earlier.get("skipped"):
+            self.recipe_log["phase2"] = earlier
+            self.echo("phase 2: skipped in an earlier run (no candidate beat the phase-1 model on val)")
+            return None
+        found = [c for c in cands if earlier and c.name == (earlier.get("chosen") or {}).get("name")]
         if earlier and found:
             self.recipe_log["phase2"] = earlier
             self.echo(f"phase 2: recipe chosen in an earlier run: {found[0].name}")
@@ -799,44 +852,97 @@ class Trainer:
             return chosen
         t0 = time.perf_counter()
         start = model.get_weights()
-        # the trials train on the plain view of each image only (1/views of the rows): a cheap, unbiased probe
         r = self.cache.rows("train")
         n_plain = int((r.ok & (r.view == 0)).sum())
-        if self.num_workers > 1:  # each worker's own shards, a fixed number of synchronised steps
-            probe, probe_steps, probe_epochs = tr[0], recipe.PROBE_STEPS * max(1, self.cfg.accumulate), 1
-        else:
-            probe = self.cache.dataset("train", "acts", self.cfg.batch_size, self.row_targets, shuffle=True,
-                                       seed=self.cfg.seed, drop_remainder=self.replicas > 1, view=0)
-            probe_steps = None
-            probe_epochs = recipe.budget_epochs(1, n_plain, self.cfg.batch_size, recipe.PROBE_STEPS,
-                                                self.cfg.accumulate)
-        self.echo(f"phase 2: auto recipe: {len(cands)} candidates, {probe_epochs} epoch(s) each on the cached "
-                  f"activations of the {n_plain:,} plain views, scored on the validation split")
         # one compiled step for the whole grid: the deepest candidate's layers are trainable, and each
         # candidate sets its learning rate and per-variable factors (0 for the layers it leaves frozen)
-        M.set_trainable(self.base, self.deepest.layers)
-        with self.strategy.scope():
-            opt = recipe.optimizer(cands[0].lr, accumulate=self.cfg.accumulate, switchable=True)
-            model.compile(optimizer=opt, loss=self.loss(), metrics=self.metrics())
-            opt.build(model.trainable_variables)
-        for c in cands:
-            model.set_weights(start)
-            opt.switch(c.lr, recipe.search_factors(self.base, self.bb, c, self.deepest.layers, self.cfg.lr_decay))
-            h = model.fit(probe, steps_per_epoch=probe_steps, validation_data=va[0], validation_steps=va[1],
-                          epochs=probe_epochs, validation_freq=probe_epochs, verbose=0, shuffle=False)
-            c.val_accuracy = float(h.history["val_accuracy"][-1])
-            c.val_loss = float(h.history["val_loss"][-1])
-            self.echo(f"  {c.name:<28} val acc {c.val_accuracy:.4f}  val loss {c.val_loss:.4f}")
+        opt = self.compile_search(model)
+        if self.num_workers > 1:
+            chosen = self._search_in_step(model, opt, start, tr, va, n_plain)
+            skipped = None
+        else:
+            chosen, skipped = self._search_halving(model, opt, start, va, n_plain)
         model.set_weights(start)
-        chosen = recipe.choose(cands)
+        self._search_opt = opt
         self.timings["recipe_search_s"] = time.perf_counter() - t0
-        log = {"chosen": chosen.record(), "grid": [c.record() for c in cands], "scored_on": "val",
-               "probe_epochs": probe_epochs, "probe_rows": n_plain}
+        log = {"chosen": chosen.record() if chosen else None, "grid": [c.record() for c in cands],
+               "scored_on": "val", "probe_rows": n_plain, **(skipped or {})}
         self.recipe_log["phase2"] = log
         if self.is_chief:
             artifacts.write_json(saved, log)
-        self.echo(f"phase 2: auto recipe chose {chosen.name} ({self.timings['recipe_search_s']:.1f}s)")
+        if chosen is None:
+            self.echo(f"phase 2: skipped: no candidate beats the phase-1 model on val beyond its noise "
+                      f"({self.timings['recipe_search_s']:.1f}s; --recipe fixed always runs phase 2)")
+        else:
+            self.echo(f"phase 2: auto recipe chose {chosen.name} ({self.timings['recipe_search_s']:.1f}s)")
         return chosen
+
+    def _search_in_step(self, model, opt, start, tr, va, n_plain):
+        """Multi-worker: every candidate, a fixed number of synchronised steps on each worker's
+        own shards (the workers stay in step: no data-dependent early exit)."""
+        cands = self.candidates
+        self.echo(f"phase 2: auto recipe: {len(cands)} candidates, {recipe.PROBE_STEPS} steps each, scored on "
+                  f"the validation split")
+        for c in cands:
+            model.set_weights(start)
+            opt.switch(c.lr, recipe.search_factors(self.base, self.bb, c, self.deepest.layers, self.cfg.lr_decay))
+            h = model.fit(tr[0], steps_per_epoch=recipe.PROBE_STEPS * max(1, self.cfg.accumulate),
+                          validation_data=va[0], validation_steps=va[1], epochs=1, verbose=0, shuffle=False)
+            c.val_accuracy = float(h.history["val_accuracy"][-1])
+            c.val_loss = float(h.history["val_loss"][-1])
+            self.echo(f"  {c.name:<28} val acc {c.val_accuracy:.4f}  val loss {c.val_loss:.4f}")
+        return recipe.choose(cands)
+
+    def _search_halving(self, model, opt, start, va, n_plain):
+        """(chosen or None, what the log records about a skip); see :meth:`choose_candidate`."""
+        cands, cfg = self.candidates, self.cfg
+        probe = self.cache.dataset("train", "acts", cfg.batch_size, self.row_targets, shuffle=True,
+                                   seed=cfg.seed, drop_remainder=self.replicas > 1, view=0)
+        e1 = recipe.budget_epochs(1, n_plain, cfg.batch_size, recipe.RUNG_STEPS, cfg.accumulate)
+        e2 = recipe.budget_epochs(1, n_plain, cfg.batch_size, recipe.PROBE_STEPS, cfg.accumulate)
+        vr = self.cache.rows("val")
+        y = vr.y[vr.ok]
+
+        def score():
+            logits = model.predict(va[0], verbose=0)
+            z = logits - logits.max(-1, keepdims=True)
+            logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+            return -logp[np.arange(len(y)), y], (logits.argmax(-1) == y)
+
+        base_loss, base_ok = score()
+        self.echo(f"phase 2: auto recipe: {len(cands)} candidates, {e1} epoch(s) each on the cached activations "
+                  f"of the {n_plain:,} plain views, scored on the {len(y)} val images against the phase-1 model "
+                  f"(val acc {base_ok.mean():.4f}, loss {base_loss.mean():.4f})")
+        states, losses = {}, {}
+        for c in cands:
+            model.set_weights(start)
+            opt.switch(c.lr, recipe.search_factors(self.base, self.bb, c, self.deepest.layers, cfg.lr_decay))
+            model.fit(probe, epochs=e1, verbose=0, shuffle=False)
+            loss, ok = score()
+            c.val_accuracy, c.val_loss = float(ok.mean()), float(loss.mean())
+            losses[c.name] = (loss, ok)
+            states[c.name] = (model.get_weights(), [v.numpy() for v in opt.variables])
+            self.echo(f"  {c.name:<28} val acc {c.val_accuracy:.4f}  val loss {c.val_loss:.4f}")
+        verdict = recipe.pays(base_loss, base_ok, [(c, *losses[c.name]) for c in cands])
+        if verdict["skip"]:
+            return None, {"skipped": True, "rung_epochs": [e1], "phase1_val": {
+                "accuracy": float(base_ok.mean()), "loss": float(base_loss.mean())}, "verdict": verdict}
+        keep = sorted(cands, key=lambda c: (c.val_loss, -(c.val_accuracy or 0)))[:max(1, len(cands) // 2)]
+        if e2 > e1:
+            self.echo(f"phase 2: auto recipe: {len(keep)} continue to {e2} epoch(s)")
+            for c in keep:
+                weights, opt_vars = states[c.name]
+                model.set_weights(weights)
+                opt.switch(c.lr, recipe.search_factors(self.base, self.bb, c, self.deepest.layers, cfg.lr_decay))
+                for v, val in zip(opt.variables, opt_vars):
+                    v.assign(val)
+                model.fit(probe, epochs=e2, initial_epoch=e1, verbose=0, shuffle=False)
+                loss, ok = score()
+                c.val_accuracy, c.val_loss = float(ok.mean()), float(loss.mean())
+                self.echo(f"  {c.name:<28} val acc {c.val_accuracy:.4f}  val loss {c.val_loss:.4f}")
+        for c in cands:
+            c.rung = 2 if c in keep and e2 > e1 else 1
+        return recipe.choose(keep), {"rung_epochs": [e1, e2], "verdict": verdict}
 
     # ---- evaluation and outputs -----------------------------------------
     def predict_split(self, split) -> np.ndarray:
@@ -970,7 +1076,7 @@ class Trainer:
         self.echo(f"phase 1: val accuracy {m1['accuracy']:.4f}")
         w1 = self.model.get_weights()
         h2 = self.phase2()
-        m2 = self.evaluate() if self.cfg.epochs_finetune else None
+        m2 = self.evaluate() if h2 is not None else None
         if m2 is not None:
             self.echo(f"phase 2: val accuracy {m2['accuracy']:.4f}")
         selected = "phase2" if m2 is not None and m2["accuracy"] >= m1["accuracy"] else "phase1"
@@ -993,7 +1099,7 @@ class Trainer:
             "view_cache": self.cache_stats,
             "near_duplicates": dups,
         }
-        history = {"phase1": h1, "phase2": h2}
+        history = {"phase1": h1, "phase2": h2 or []}
         self.write_outputs(metrics, history)
         self.summary(metrics, history)
         return TrainResult(self.run_dir, metrics, self.model, history)
@@ -1036,7 +1142,8 @@ class Trainer:
             rows = history.get(key) or []
             m = metrics.get(key)
             if not rows or m is None:
-                self.echo(f"{name:<8}{'-':>8}")
+                skipped = key == "phase2" and ((metrics.get("recipe") or {}).get("phase2") or {}).get("skipped")
+                self.echo(f"{name:<8}{'-':>8}" + ("  skipped: no candidate beat phase 1 on val" if skipped else ""))
                 continue
             best = min(rows, key=lambda r: r.get("val_loss", np.inf))
             t = self.timings.get(tkey)

@@ -297,6 +297,8 @@ class ViewCache:
         shards = [s for s in self.part(part) if view is None or s.view == view][shard_index::num_shards]
         spec = self.layout.columns()
         cols = [x, "meta"] + (["teacher"] if self.layout.teacher_dim else [])
+        if self.in_memory(shards, x):
+            return self._dataset_in_memory(shards, cols, batch, targets, shuffle, seed, repeat, drop_remainder, take)
         files = {c: tf.constant([str(self.path(s, c)) for s in shards]) for c in cols}
         headers = {c: tf.constant([_npy_header(self.path(s, c)) for s in shards], tf.int64) for c in cols}
         rec = {c: int(np.prod(spec[c][0])) * np.dtype(spec[c][1]).itemsize for c in cols}
@@ -335,6 +337,58 @@ class ViewCache:
         opts.deterministic = True
         opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         return ds.map(plain(decode), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2).with_options(opts)
+
+
+    def in_memory(self, shards: list[Shard], x: str) -> bool:
+        """Whether :meth:`dataset` holds these shards' rows in memory (see :func:`in_memory_budget`)."""
+        spec = self.layout.columns()
+        cols = [x, "meta"] + (["teacher"] if self.layout.teacher_dim else [])
+        return sum(s.rows for s in shards) * sum(_row_bytes(spec[c]) for c in cols) <= in_memory_budget()
+
+    def _dataset_in_memory(self, shards, cols, batch, targets, shuffle, seed, repeat, drop_remainder, take):
+        """:meth:`dataset` for rows that fit in memory: the same rows, batches and targets, read
+        from the shards once instead of streamed from disk every epoch (the per-epoch cost of
+        opening, interleaving and filtering files dominates the step of a small head)."""
+        import tensorflow as tf
+
+        arrays = {c: np.concatenate([np.load(self.path(s, c)) for s in shards]) if shards
+                  else np.zeros((0, *self.layout.columns()[c][0]), self.layout.columns()[c][1]) for c in cols}
+        ok = Rows.from_meta(arrays["meta"]).ok
+        arrays = {c: a[ok] for c, a in arrays.items()}
+        n = len(arrays["meta"])
+        if take is not None:
+            arrays = {c: a[:take] for c, a in arrays.items()}
+            n = min(n, take)
+        ds = tf.data.Dataset.from_tensor_slices(tuple(arrays[c] for c in cols))
+        if shuffle:
+            ds = ds.shuffle(max(1, n), seed=seed + 1, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+        ds = ds.batch(batch, drop_remainder=drop_remainder)
+        plain = tf.autograph.experimental.do_not_convert
+
+        def decode(xb, meta, *t):
+            return (tf.cast(xb, tf.float32), *targets(meta, t[0] if t else None))
+
+        opts = tf.data.Options()
+        opts.deterministic = True
+        opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        return ds.map(plain(decode), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2).with_options(opts)
+
+
+def in_memory_budget() -> int:
+    """Bytes of cached rows a pipeline may hold in memory instead of streaming them from disk
+    (``EDGETL_CACHE_IN_MEMORY_MB``, default 64; 0 always streams): small data sets train
+    from memory, large ones stream, so peak memory stays bounded whatever the number of photos."""
+    try:
+        return int(float(os.environ.get("EDGETL_CACHE_IN_MEMORY_MB", "64")) * 2**20)
+    except ValueError:
+        return 64 << 20
+
+
+def _row_bytes(spec: tuple[tuple[int, ...], str]) -> int:
+    shape, dtype = spec
+    return int(np.prod(shape)) * np.dtype(dtype).itemsize
 
 
 def estimate_bytes(layout: Layout, shards: Iterable[Shard]) -> int:

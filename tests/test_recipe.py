@@ -72,17 +72,26 @@ def test_auto_recipe_searches_on_val_and_records_its_choice(tiny_data, imagenet_
     from edgetl.train import train
 
     assert recipe.GRID_BLOCKS == (2, 5) and recipe.GRID_LRS == (1e-5, 1e-4)  # the real grid
+    import keras
+
     monkeypatch.setattr(recipe, "GRID_LRS", (10.0, 1e-4))
+    compiled = []
+    real_compile = keras.Model.compile
+    monkeypatch.setattr(keras.Model, "compile", lambda self, *a, **k: (compiled.append(self.name),
+                                                                       real_compile(self, *a, **k))[1])
     cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), **{**TINY, "recipe": "auto", "min_steps": 40,
                                                                         "epochs_head": 2})
     lines = []
     res = train(cfg, echo=lines.append)
+    # the search's compiled step served the final fine-tuning too: no second compile (and tracing) of phase 2
+    assert compiled == ["head", "edgetl_classifier"], compiled
     m = json.loads((res.run_dir / "metrics.json").read_text())
     r = m["recipe"]
     assert r["recipe"] == "auto" and r["phase2"]["scored_on"] == "val"
     grid = r["phase2"]["grid"]
     assert [(g["blocks"], g["lr"]) for g in grid] == [(2, 10.0), (2, 1e-4), (5, 10.0), (5, 1e-4)]
     assert r["phase2"]["probe_rows"] == 39  # the plain view of each training image
+    assert r["phase2"]["verdict"]["skip"] is False  # the sane rate beats phase 1: phase 2 runs
     sane = [g["val_accuracy"] for g in grid if g["lr"] == 1e-4]
     wrecked = [g["val_accuracy"] for g in grid if g["lr"] == 10.0]
     print("planted grid", [(g["name"], g["val_accuracy"], g["val_loss"]) for g in grid])
@@ -212,3 +221,65 @@ def test_an_option_another_overrides_is_refused_in_one_line(tiny_data, tmp_path,
     assert r.exit_code == 2, r.output
     assert r.output.strip().splitlines() == [line]
     assert not out.exists()
+
+
+def test_pays_needs_a_gain_beyond_the_noise_of_val():
+    """The auto recipe's early exit: phase 2 is skipped when every candidate ties with the
+    phase-1 model on val (paired, image by image), and runs when one beats it on loss by more
+    than a standard error, or gains images at a loss no worse (3 gained, 0 lost: yes; 2: no)."""
+    rng = np.random.default_rng(0)
+    n = 150
+    base = rng.uniform(0.05, 1.0, n)
+    ok = rng.uniform(size=n) < 0.85
+    cand = recipe.Candidate("c", 2, 1e-4, [])
+
+    def verdict(loss, cok):
+        return recipe.pays(base, ok, [(cand, loss, cok)])
+
+    tie = base + rng.normal(0, 0.05, n)  # noise around phase 1: mean change far below its SE
+    tie -= tie.mean() - base.mean()
+    assert verdict(tie, ok)["skip"]
+    assert not verdict(base - 0.05, ok)["skip"]  # every image a little better: far beyond the SE
+    wrong = np.flatnonzero(~ok)
+    for gained, skip in ((2, True), (3, False)):
+        cok = ok.copy()
+        cok[wrong[:gained]] = True
+        v = verdict(base, cok)
+        assert v["skip"] is skip and v["candidates"][0]["gained"] == gained, v
+    cok = ok.copy()
+    cok[wrong[:5]] = True
+    assert verdict(base + 0.01, cok)["skip"]  # images gained at a worse loss: not a gain
+    # any one candidate that beats phase 1 is enough
+    v = recipe.pays(base, ok, [(cand, tie, ok), (recipe.Candidate("d", 5, 1e-4, []), base - 0.05, ok)])
+    assert not v["skip"] and [c["beats"] for c in v["candidates"]] == [False, True]
+
+
+def test_auto_recipe_skips_phase_2_that_cannot_pay_and_resume_keeps_the_verdict(tiny_data, imagenet_mnv2_100,
+                                                                                tmp_path, monkeypatch):
+    """A grid whose learning rates cannot move the model (1e-12): every candidate ties with phase 1, so
+    phase 2 is skipped (no fine-tuning fit, phase 1 kept, the verdict recorded), and the search compiled
+    one model for itself, nothing more."""
+    import keras
+
+    from edgetl.config import TrainConfig
+    from edgetl.train import train
+
+    monkeypatch.setattr(recipe, "GRID_LRS", (1e-12, 2e-12))
+    compiled = []
+    real_compile = keras.Model.compile
+    monkeypatch.setattr(keras.Model, "compile", lambda self, *a, **k: (compiled.append(self.name),
+                                                                       real_compile(self, *a, **k))[1])
+    cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), **{**TINY, "recipe": "auto", "min_steps": 20,
+                                                                        "epochs_head": 2})
+    lines = []
+    res = train(cfg, echo=lines.append)
+    m = json.loads((res.run_dir / "metrics.json").read_text())
+    p2 = m["recipe"]["phase2"]
+    assert p2["skipped"] is True and p2["chosen"] is None and p2["verdict"]["skip"] is True
+    assert all(not c["beats"] for c in p2["verdict"]["candidates"]) and len(p2["grid"]) == 4
+    assert m["selected_phase"] == "phase1" and m["phase2"] is None
+    assert json.loads((res.run_dir / "history.json").read_text())["phase2"] == []
+    assert any(line.startswith("phase 2: skipped: no candidate beats the phase-1 model on val") for line in lines)
+    assert not any("phase 2: fine-tuning" in line or line.startswith("phase 2 epoch") for line in lines)
+    assert any("skipped: no candidate beat phase 1 on val" in line for line in lines)  # the summary table
+    assert compiled == ["head", "edgetl_classifier"], compiled
