@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from edgetl import artifacts
-from edgetl.config import FORMATS
+from edgetl import formats as registry
+from edgetl.config import BUNDLE_FORMATS, BundleOptions, default
 from edgetl.errors import EdgetlError
 from edgetl.rundir import LABELS, list_artifacts, open_run, sidecar
 from edgetl.timing import CHECK_SCRIPT
@@ -36,22 +37,23 @@ def _key(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
-def bundle(run_dir: PathLike, out: PathLike, formats: str | tuple[str, ...] = ("tflite", "onnx"), samples: int = 16,
-           threads: int = 2, echo: Echo = print) -> Path:
+def bundle(run_dir: PathLike, out: PathLike, formats: str | tuple[str, ...] = default(BundleOptions, "formats"),
+           samples: int = default(BundleOptions, "samples"), threads: int = default(BundleOptions, "threads"),
+           echo: Echo = print) -> Path:
+    """The device bundle of the run's exported ``formats`` (defaults and checks: :class:`BundleOptions`)."""
     from edgetl.runners import KerasRunner, open_runner
     from edgetl.tfdata import load_array
 
     run = open_run(run_dir)
     if isinstance(formats, str):
         formats = tuple(f.strip() for f in formats.split(",") if f.strip())
-    bad = [f for f in formats if f not in FORMATS]
+    bad = [f for f in formats if f not in BUNDLE_FORMATS]
     if bad:
-        raise EdgetlError(f"--formats {','.join(formats)}: use a comma list of {','.join(FORMATS)}")
+        raise EdgetlError(f"--formats {','.join(formats)}: use a comma list of {','.join(BUNDLE_FORMATS)}")
     models = [a for a in list_artifacts(run.dir) if a["format"] in formats]
     if not models:
         raise EdgetlError(f"{run.dir}: no exported {'/'.join(formats)} models; run: edgetl export {run.dir}")
-    if samples < 1:
-        raise EdgetlError(f"--samples {samples}: must be >= 1")
+    BundleOptions(formats, samples, threads).validate()
     _, files, labels = run.held_out()
     x = load_array(files[:samples], run.img_size, run.resize)
     arrays = {"images": x, "labels": np.asarray(labels[:samples]),
@@ -62,7 +64,8 @@ def bundle(run_dir: PathLike, out: PathLike, formats: str | tuple[str, ...] = ("
     for m in models:
         arrays["ref_" + _key(m["name"])] = open_runner(m["path"], threads).predict(x)
         spec["models"].append({"file": m["name"], "format": m["format"], "quant": m["quant"], "key": _key(m["name"]),
-                               "sha256": artifacts.sha256_file(m["path"])})
+                               "sha256": artifacts.sha256_file(m["path"]),
+                               "runtime": registry.get(m["format"]).device_check})
     out = Path(out)
     if out.suffix != ".zip":
         raise EdgetlError(f"--out {out}: give a .zip path")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from edgetl import artifacts, rundir
+from edgetl import artifacts, formats, rundir
 from edgetl.escape import md
 from edgetl.evaluate import INLINE_MAX
 from edgetl.stats import fmt_acc
@@ -152,12 +152,14 @@ probs = it.get_tensor(out["index"])[0]
 
 def snippets(d: Path, fastest: dict, h: int, w: int, k: int, resize: str) -> str:
     """The card's code snippets, for the run's fastest passing artifact of each runtime."""
-    tfl = f"{rundir.EXPORT}/{fastest['litert']}" if fastest.get("litert") else rundir.artifact_file("tflite", "fp32")
+    tfl_f, onnx_f, ort_f = formats.TFLITE, formats.ONNX, formats.ORT  # the formats the snippets show
+    tfl = (f"{rundir.EXPORT}/{fastest[tfl_f.runtime]}" if fastest.get(tfl_f.runtime)
+           else rundir.artifact_file(tfl_f.name, "fp32"))
     mp = f"{rundir.EXPORT}/{fastest['mediapipe']}" if fastest.get("mediapipe") else tfl
-    onx = (f"{rundir.EXPORT}/{fastest['onnxruntime']}" if fastest.get("onnxruntime")
-           else rundir.artifact_file("onnx", "fp32"))
-    ios = Path(onx).with_suffix(".ort") if (d / Path(onx).with_suffix(".ort")).exists() else Path(onx)
-    src = Path(onx).with_suffix(".onnx")
+    onx = (f"{rundir.EXPORT}/{fastest[onnx_f.runtime]}" if fastest.get(onnx_f.runtime)
+           else rundir.artifact_file(onnx_f.name, "fp32"))
+    ios = Path(onx).with_suffix(ort_f.suffix) if (d / Path(onx).with_suffix(ort_f.suffix)).exists() else Path(onx)
+    src = Path(onx).with_suffix(onnx_f.suffix)
     i_name, o_name = _onnx_io(d / src) if (d / src).exists() else ("image", "probabilities")
     resize = resize if resize in PY_RESIZE else "crop"
     return SNIPPETS.format(onnx=onx, tflite=tfl, tflite_name=Path(tfl).name, mp_path=mp, mp_name=Path(mp).name,

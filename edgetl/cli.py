@@ -14,17 +14,22 @@ import click
 
 from edgetl.config import (
     ADAPT_METHODS,
+    BUNDLE_FORMATS,
     CACHE_DTYPES,
     CALIB_METHODS,
+    FORMATS_HELP,
     IO_TYPES,
     ONNX_FORMATS,
     RECIPES,
     RESIZES,
     STRATEGIES,
     AdaptOptions,
+    BundleOptions,
     CalibrateOptions,
     DistillConfig,
     ExportOptions,
+    PredictOptions,
+    QatOptions,
     SearchOptions,
     TrainConfig,
     VerifyOptions,
@@ -422,7 +427,7 @@ def calibrate(source, size, out, seed, val_split, test_split):
 @main.command()
 @click.argument("run", type=click.Path())
 @click.option("--formats", "formats", default=d(ExportOptions, "formats"), show_default=True,
-              help="Comma list: tflite,onnx,ort (ort: onnxruntime's mobile format).")
+              help=FORMATS_HELP[0].upper() + FORMATS_HELP[1:] + ".")
 @old_spelling("--format", "format_old")
 @click.option("--quants", "quants", default=d(ExportOptions, "quants"), show_default=True,
               help="Comma list: fp32,fp16,dynamic,int8.")
@@ -467,10 +472,10 @@ def export(ctx, run, formats, format_old, quants, quant_old, io_type, calibratio
 
 @main.command()
 @click.argument("run", type=click.Path())
-@click.option("--epochs", type=int, default=3, show_default=True, help="Quantization-aware fine-tuning epochs.")
-@click.option("--lr", type=float, default=1e-5, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--io-type", type=click.Choice(IO_TYPES), default=d(ExportOptions, "io_type"), show_default=True)
+@click.option("--epochs", type=int, default=d(QatOptions, "epochs"), show_default=True, help="Quantization-aware fine-tuning epochs.")
+@click.option("--lr", type=float, default=d(QatOptions, "lr"), show_default=True)
+@click.option("--batch-size", type=int, default=d(QatOptions, "batch_size"), show_default=True)
+@click.option("--io-type", type=click.Choice(IO_TYPES), default=d(QatOptions, "io_type"), show_default=True)
 @click.option("--calibration", type=click.Path(file_okay=False), default=None,
               help="Calibration folder for the float parts. [default: as for export]")
 def qat(run, epochs, lr, batch_size, io_type, calibration):
@@ -535,10 +540,10 @@ def card(run):
 
 @main.command()
 @click.argument("run", type=click.Path())
-@click.option("--formats", default="tflite,onnx", show_default=True, help="Which exported formats to include: tflite,onnx,ort.")
+@click.option("--formats", default=d(BundleOptions, "formats"), show_default=True, help=f"Exported formats to include: {','.join(BUNDLE_FORMATS)}.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="The .zip to write.")
-@click.option("--samples", type=int, default=16, show_default=True, help="Held-out sample images with references.")
-@click.option("--threads", type=int, default=2, show_default=True, help="Suggested threads in the bundle's README.")
+@click.option("--samples", type=int, default=d(BundleOptions, "samples"), show_default=True, help="Held-out sample images with references.")
+@click.option("--threads", type=int, default=d(BundleOptions, "threads"), show_default=True, help="Suggested threads in the bundle's README.")
 @click.option("--web", is_flag=True, help="The browser check instead, as static files to host anywhere "
               "(every .tflite/.onnx/.ort; --samples defaults to 100); see edgetl serve.")
 @click.pass_context
@@ -578,9 +583,9 @@ def serve(run, host, port, samples):
 @main.command()
 @click.argument("model", type=click.Path())
 @click.argument("images", type=click.Path(), nargs=-1, required=True)
-@click.option("--top-k", type=int, default=5, show_default=True)
+@click.option("--top-k", type=int, default=d(PredictOptions, "top_k"), show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--threads", type=int, default=None)
+@click.option("--threads", type=int, default=d(PredictOptions, "threads"))
 def predict(model, images, top_k, as_json, threads):
     """Top-k labels and probabilities of MODEL (.keras, .tflite or .onnx) for IMAGES."""
     import json as _json

@@ -14,11 +14,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from edgetl import formats
 from edgetl.errors import EdgetlError, OptionError
 
 AUGMENTATIONS = ("flip", "rotate", "zoom", "translate", "contrast")
-FORMATS = ("tflite", "onnx", "ort")           # ort: onnxruntime's mobile format, from the ONNX model
-DEFAULT_FORMATS = ("tflite", "onnx")
+FORMATS = formats.NAMES                      # the format registry (edgetl.formats)
+DEFAULT_FORMATS = formats.DEFAULT
+BUNDLE_FORMATS = tuple(f.name for f in formats.FORMATS.values() if f.device_check)  # what edgetl_check.py runs
+FORMATS_HELP = "comma list of " + ",".join(FORMATS) + " (" + formats.help_text() + ")"
 QUANTS = ("fp32", "fp16", "dynamic", "int8")
 IO_TYPES = ("float32", "int8", "uint8")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
@@ -269,7 +272,7 @@ class CalibrateOptions(Options):
 
 @dataclass
 class ExportOptions(Options):
-    formats: tuple[str, ...] = doc("comma list of " + ",".join(FORMATS), DEFAULT_FORMATS)
+    formats: tuple[str, ...] = doc(FORMATS_HELP, DEFAULT_FORMATS)
     quants: tuple[str, ...] = doc("comma list of " + ",".join(QUANTS), ("fp32", "int8"))
     io_type: str = doc("int8 TFLite input/output type: float32 | int8 | uint8", "float32")
     calibration: str | None = doc("folder of calibration images (null: the run's own calibration/ from "
@@ -320,6 +323,43 @@ class VerifyOptions(Options):
         c.non_negative("max_drop")
         if self.max_latency_ms is not None:
             c.require("max_latency_ms", self.max_latency_ms > 0, "must be positive")
+        return c.errors
+
+
+@dataclass
+class QatOptions(Options):
+    epochs: int = doc("quantization-aware fine-tuning epochs", 3)
+    lr: float = doc("learning rate of the fine-tuning", 1e-5)
+    batch_size: int = doc("batch size of the fine-tuning", 32)
+    io_type: str = doc("int8 TFLite input/output type: float32 | int8 | uint8", "float32")
+    calibration: str | None = doc("calibration folder for the float parts (null: as for export)", None)
+
+    def problems(self) -> list[OptionError]:
+        c = Checks(self)
+        c.non_negative("epochs")
+        return c.errors
+
+
+@dataclass
+class BundleOptions(Options):
+    formats: tuple[str, ...] = doc("comma list of the exported formats to include", DEFAULT_FORMATS)
+    samples: int = doc("held-out sample images with reference outputs", 16)
+    threads: int = doc("suggested threads in the bundle's README", 2)
+
+    def problems(self) -> list[OptionError]:
+        c = Checks(self)
+        c.require("samples", self.samples >= 1, "must be >= 1")
+        return c.errors
+
+
+@dataclass
+class PredictOptions(Options):
+    top_k: int = doc("labels shown per image", 5)
+    threads: int | None = doc("threads of the runtime (null: the runtime's default)", None)
+
+    def problems(self) -> list[OptionError]:
+        c = Checks(self)
+        c.require("top_k", self.top_k >= 1, "must be >= 1")
         return c.errors
 
 

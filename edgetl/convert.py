@@ -2,8 +2,8 @@
 0-255 input with preprocessing baked in) and returns bytes; nothing here writes
 files or decides policy.
 
-One table, ``CONVERTERS``, maps (format, quantization) to a converter, so a new
-mode is one entry; int8 converters take typed :class:`Int8Settings` (compare
+The format registry (:mod:`edgetl.formats`) names each format's converter per
+quantization mode, so a new mode or format is one entry there plus its converter here; int8 converters take typed :class:`Int8Settings` (compare
 onnxruntime.quantization's configs)."""
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from edgetl import formats
 from edgetl.errors import EdgetlError
 
 OPSET = 17
+_ONNX, _ORT = formats.ONNX.suffix, formats.ORT.suffix  # file names the onnx tools read and write
 
 
 class Serving:
@@ -146,7 +148,7 @@ def onnx_dynamic(fp32_model, metadata):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory() as d:
-        src, dst = Path(d) / "f.onnx", Path(d) / "q.onnx"
+        src, dst = Path(d) / ("f" + _ONNX), Path(d) / ("q" + _ONNX)
         onnx.save(fp32_model, src)
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8, per_channel=False)
         m = onnx.load(str(dst))
@@ -174,7 +176,7 @@ def onnx_int8(fp32_model, metadata, calib: np.ndarray, method: str = "minmax", f
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     with tempfile.TemporaryDirectory() as d:
-        src, pre, dst = Path(d) / "f.onnx", Path(d) / "p.onnx", Path(d) / "q.onnx"
+        src, pre, dst = Path(d) / ("f" + _ONNX), Path(d) / ("p" + _ONNX), Path(d) / ("q" + _ONNX)
         onnx.save(fp32_model, src)
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         name = fp32_model.graph.input[0].name
@@ -197,10 +199,10 @@ def onnx_to_ort(onnx_bytes: bytes) -> bytes:
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     with tempfile.TemporaryDirectory() as d, _quiet("ort_format_model"):
-        src, out = Path(d) / "model.onnx", Path(d) / "out"
+        src, out = Path(d) / ("model" + _ONNX), Path(d) / "out"
         src.write_bytes(onnx_bytes)
         convert_onnx_models_to_ort(src, output_dir=out, optimization_styles=[OptimizationStyle.Fixed])
-        return (out / "model.ort").read_bytes()
+        return (out / ("model" + _ORT)).read_bytes()
 
 
 def ort_required_operators(ort_bytes: bytes, name: str) -> str:
@@ -209,7 +211,7 @@ def ort_required_operators(ort_bytes: bytes, name: str) -> str:
     from onnxruntime.tools.ort_format_model import create_config_from_models
 
     with tempfile.TemporaryDirectory() as d, _quiet("ort_format_model"):
-        src, cfg = Path(d) / "model.ort", Path(d) / "model.config"
+        src, cfg = Path(d) / ("model" + _ORT), Path(d) / "model.config"
         src.write_bytes(ort_bytes)
         create_config_from_models([src], cfg, False)
         return cfg.read_text().replace(str(src), name)
@@ -249,7 +251,7 @@ def _entropy_ranges(model: Path, tmp: Path, reader) -> Path:
         raise EdgetlError("--calib-method entropy needs an onnxruntime whose quantize_static takes a calibration "
                           "cache (calibration_cache_path); upgrade onnxruntime, or use minmax or percentile")
     ops = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # quantize_static's default op types
-    cal = create_calibrator(model, ops, augmented_model_path=str(tmp / "augmented.onnx"),
+    cal = create_calibrator(model, ops, augmented_model_path=str(tmp / ("augmented" + _ONNX)),
                             calibrate_method=CalibrationMethod.Entropy,
                             extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": 128})
     cal.collect_data(reader)
@@ -380,7 +382,7 @@ def _onnx_int8(src: Source, calib: np.ndarray | None, s: Int8Settings, meta: Met
 def _ort(quant: str) -> Converter:
     """ORT format from the ONNX converter's bytes of the same mode (int8: the same settings)."""
     def conv(src: Source, calib: np.ndarray | None, s: Int8Settings, meta: Meta) -> bytes:
-        return onnx_to_ort(CONVERTERS[("onnx", quant)](src, calib, s, meta))
+        return onnx_to_ort(formats.ONNX.converter(quant)(src, calib, s, meta))
     return conv
 
 
@@ -390,24 +392,16 @@ def _need(calib: np.ndarray | None) -> np.ndarray:
     return calib
 
 
-CONVERTERS: dict[tuple[str, str], Converter] = {
-    ("tflite", "fp32"): _tflite("fp32"),
-    ("tflite", "fp16"): _tflite("fp16"),
-    ("tflite", "dynamic"): _tflite("dynamic"),
-    ("tflite", "int8"): _tflite_int8,
-    ("onnx", "fp32"): _onnx(None),
-    ("onnx", "fp16"): _onnx(onnx_fp16),
-    ("onnx", "dynamic"): _onnx(onnx_dynamic),
-    ("onnx", "int8"): _onnx_int8,
-    **{("ort", q): _ort(q) for q in ("fp32", "fp16", "dynamic", "int8")},
-}
+# the converters the format registry (edgetl.formats) names: to_<format>_<quant>
+to_tflite_fp32, to_tflite_fp16, to_tflite_dynamic = _tflite("fp32"), _tflite("fp16"), _tflite("dynamic")
+to_tflite_int8 = _tflite_int8
+to_onnx_fp32, to_onnx_fp16, to_onnx_dynamic, to_onnx_int8 = _onnx(None), _onnx(onnx_fp16), _onnx(onnx_dynamic), _onnx_int8
+to_ort_fp32, to_ort_fp16, to_ort_dynamic, to_ort_int8 = _ort("fp32"), _ort("fp16"), _ort("dynamic"), _ort("int8")
 
 
 def convert(src: Source, fmt: str, quant: str, calib: np.ndarray | None = None,
             settings: Int8Settings | None = None, metadata: Meta | None = None) -> bytes:
     """The model in ``fmt`` at ``quant``, as bytes (``metadata``: ONNX and ORT metadata_props)."""
-    try:
-        conv = CONVERTERS[(fmt, quant)]
-    except KeyError:
-        raise ValueError(f"no converter for {fmt} {quant}; known: {sorted(CONVERTERS)}") from None
-    return conv(src, calib, settings or Int8Settings(), metadata or {})
+    if fmt not in formats.FORMATS:
+        raise ValueError(f"no converter for {fmt} {quant}; known formats: {', '.join(formats.NAMES)}")
+    return formats.FORMATS[fmt].converter(quant)(src, calib, settings or Int8Settings(), metadata or {})

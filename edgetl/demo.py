@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from edgetl import artifacts, rundir
+from edgetl import artifacts, formats, rundir
 from edgetl.demo_data import demo_weights, write_digits_pools
 
 LABELS_PER_CLASS = 20    # the student's labels
@@ -30,7 +30,7 @@ def demo_config(data: str, out: str, teacher: str, unlabeled: str, weights: str,
                   "recipe": "fixed" if quick else "auto"},
         "distill": {"teacher": str(teacher), "kd_alpha": 0.5, "temperature": 4.0, "unlabeled": str(unlabeled)},
         "calibrate": {"size": 100},
-        "export": {"formats": ["tflite", "onnx"], "quants": ["fp32", "fp16", "dynamic", "int8"],
+        "export": {"formats": list(formats.DEFAULT), "quants": ["fp32", "fp16", "dynamic", "int8"],
                    "max_drop": 2.0},
         "verify": {"threads": 2, "max_drop": 2.0, "min_agreement": 0.95, "runs": 100},
     }

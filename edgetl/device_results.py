@@ -27,18 +27,16 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
-from edgetl import artifacts, rundir
+from edgetl import artifacts, formats, rundir
 from edgetl.errors import EdgetlError
+from edgetl.gates import Gates
 from edgetl.types import PathLike
-
-if TYPE_CHECKING:  # pragma: no cover
-    from edgetl.verify import Gates
 
 SCHEMA = 2
 MAX_BYTES = 10 * 1024 * 1024
-FORMATS = {suffix: suffix[1:] for suffix in rundir.MODEL_SUFFIXES}  # .tflite, .onnx, .ort: what export writes
+FORMATS = {f.suffix: f.name for f in formats.FORMATS.values()}  # suffix -> format: what export writes
 RERUN = "re-run edgetl_check.py on the device"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # what older check scripts wrote under "error" when the runtime was not installed (an ImportError)

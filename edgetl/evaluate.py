@@ -74,14 +74,16 @@ def score_probs(probs: np.ndarray, labels: np.ndarray, reference: np.ndarray) ->
 
 def score_model(data: bytes, fmt: str, images: np.ndarray, labels: np.ndarray, reference: np.ndarray,
                 threads: int = 2, batch: int = 32) -> Score:
-    """Score a serialised model (``fmt``: tflite or onnx) through its Runner, from bytes."""
+    """Score a serialised model (``fmt``: a registered format) through its Runner, from bytes."""
     import tempfile
     from pathlib import Path
 
     from edgetl.runners import open_runner
 
     with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / f"candidate.{fmt}"
+        from edgetl.formats import get
+
+        p = Path(d) / ("candidate" + get(fmt).suffix)
         p.write_bytes(data)
         r = open_runner(p, threads=threads)
         probs = np.concatenate([r.predict(images[i:i + batch]) for i in range(0, len(images), batch)])

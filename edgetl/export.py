@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from edgetl import __version__, artifacts, rundir
+from edgetl import __version__, artifacts, formats, rundir
 from edgetl.config import CALIB_METHODS, ExportOptions, VerifyOptions, default
 from edgetl.errors import EdgetlError
 from edgetl.rundir import Run, artifact_file, open_run
@@ -179,18 +179,19 @@ class Exporter:
     def inputs_hash(self, fmt: str, quant: str) -> str:
         parts: dict[str, Any] = {"model": self.model_sha, "format": fmt, "quant": quant, "edgetl": __version__,
                                  "max_drop": self.opts.max_drop, "scored": "every-mode-1"}
+        f = formats.get(fmt)
         if quant == "int8":
-            parts.update(io=self.opts.io_type if fmt == "tflite" else "float32", calib=self.calibration()[1])
-            if fmt in ("onnx", "ort"):
+            parts.update(io=self.opts.io_type if f.int8_io_type else "float32", calib=self.calibration()[1])
+            if f.int8 == formats.ORT_QUANTIZATION:
                 parts.update(method=self.opts.calib_method, onnx_format=self.opts.onnx_format,
                              per_channel=self.opts.per_channel)
-        if fmt == "tflite":
+        if f.metadata == formats.TFLITE_METADATA:
             parts["metadata"] = "tflite-metadata-1"  # app metadata and packed labels.txt
         return artifacts.sha256_text(json.dumps(parts, sort_keys=True))
 
     def export_one(self, fmt: str, quant: str, previous: dict) -> Artifact:
         a = Artifact(fmt, quant, artifact_file(fmt, quant))
-        a.io_type = self.opts.io_type if (fmt == "tflite" and quant == "int8") else "float32"
+        a.io_type = self.opts.io_type if (formats.get(fmt).int8_io_type and quant == "int8") else "float32"
         dest = self.run.dir / a.file
         t0 = time.perf_counter()
         try:
@@ -210,10 +211,8 @@ class Exporter:
             meta["settings"] = a.settings
             with_io_names(meta, dest)
             artifacts.write_json(rundir.sidecar(dest), meta)
-            if fmt == "ort":  # what a reduced onnxruntime build for this model must include
-                from edgetl.convert import ort_required_operators
-
-                artifacts.write_text(rundir.ort_config(dest), ort_required_operators(data, dest.name))
+            for suffix, path in rundir.format_sidecars(dest).items():  # e.g. .ort: its required operators
+                artifacts.write_text(path, formats.resolve(formats.get(fmt).sidecars[suffix])(data, dest.name))
             a.status = "written"
             a.size_bytes = dest.stat().st_size
             a.sha256 = artifacts.sha256_file(dest)
@@ -265,7 +264,7 @@ class Exporter:
     def with_metadata(self, a: Artifact, data: bytes) -> bytes:
         """TFLite: standard TFLite metadata with labels.txt packed in, which app runtimes
         (MediaPipe Tasks, the Task Library, Android Studio) require; other formats as they are."""
-        if a.format != "tflite":
+        if formats.get(a.format).metadata != formats.TFLITE_METADATA:
             return data
         from edgetl import backbones
         from edgetl.tflite_metadata import ModelInfo, add_metadata
@@ -304,7 +303,7 @@ class Exporter:
         bigger = self.larger_calibration()
         n_more = 0 if bigger is None else len(bigger)
         more: Callable[[], np.ndarray] | None = (lambda: bigger) if bigger is not None else None
-        if fmt == "tflite":
+        if formats.get(fmt).int8 == formats.TFLITE_CONVERTER:
             base = Int8Settings(io_type=o.io_type)
             out = [Attempt("post-training int8, per-channel", lambda: base, calib)]
             if more is not None:
@@ -436,7 +435,7 @@ def fixed(value: Any) -> Callable[[], Any]:
 
 def settings_record(fmt: str, s: Any) -> dict[str, Any]:
     """The int8 settings that matter for ``fmt``, as recorded in the sidecar and manifest."""
-    if fmt == "tflite":
+    if formats.get(fmt).int8 == formats.TFLITE_CONVERTER:
         return {"float_layers": list(s.float_layers)} if s.float_layers else {}
     return {"calib_method": s.calib_method, "onnx_format": s.onnx_format, "per_channel": s.per_channel,
             "excluded_nodes": list(s.exclude)}

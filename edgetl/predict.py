@@ -6,19 +6,20 @@ from typing import Any
 
 import numpy as np
 
+from edgetl.config import PredictOptions, default
 from edgetl.errors import EdgetlError
 from edgetl.images import BadImage, fit_size, open_rgb
 from edgetl.runners import open_runner
 from edgetl.types import PathLike
 
 
-def predict(model: PathLike, images: list[PathLike] | tuple[PathLike, ...], top_k: int = 5,
-            threads: int | None = None) -> list[dict[str, Any]]:
+def predict(model: PathLike, images: list[PathLike] | tuple[PathLike, ...],
+            top_k: int = default(PredictOptions, "top_k"),
+            threads: int | None = default(PredictOptions, "threads")) -> list[dict[str, Any]]:
     """One dict per image, in order: {"image", "model", "top": [{"label", "index",
     "probability"}]}, or for an image that cannot be read {"image", "model", "error"}
     (the others are still predicted; :func:`unreadable` picks those entries out)."""
-    if top_k < 1:
-        raise EdgetlError(f"--top-k {top_k}: must be >= 1")
+    PredictOptions(top_k, threads).validate()
     r = open_runner(model, threads)
     labels = r.labels
     resize = r.meta.get("input", {}).get("resize", "crop")

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl import artifacts, backbones, rundir
+from edgetl import artifacts, backbones, formats, rundir
+from edgetl.config import QatOptions, default
 from edgetl.errors import EdgetlError
 from edgetl.rundir import open_run
 from edgetl.types import Echo, PathLike
 
-QAT_FILE = rundir.artifact_file("tflite", "qat_int8")
+QAT_FILE = rundir.artifact_file(formats.TFLITE.name, "qat_int8")  # QAT exports int8 TFLite only
 
 
 @dataclass
@@ -153,11 +154,14 @@ def to_int8_tflite(qmodel, img_size: int, calib: np.ndarray, io_type: str = "flo
     return bytes(full_integer(c, calib, io_type).convert())
 
 
-def qat(run_dir: PathLike, epochs: int = 3, lr: float = 1e-5, batch_size: int = 32, io_type: str = "float32",
-        calibration: str | None = None, echo: Echo = print) -> QatResult:
-    """Quantization-aware fine-tuning of the run's model (its directory locked meanwhile)."""
+def qat(run_dir: PathLike, epochs: int = default(QatOptions, "epochs"), lr: float = default(QatOptions, "lr"),
+        batch_size: int = default(QatOptions, "batch_size"), io_type: str = default(QatOptions, "io_type"),
+        calibration: str | None = default(QatOptions, "calibration"), echo: Echo = print) -> QatResult:
+    """Quantization-aware fine-tuning of the run's model (its directory locked meanwhile);
+    defaults and checks: :class:`edgetl.config.QatOptions`."""
     from edgetl.rundir import writing
 
+    QatOptions(epochs, lr, batch_size, io_type, calibration).validate()
     with writing(run_dir, "edgetl qat", echo=echo, create=False):
         return _qat(run_dir, epochs, lr, batch_size, io_type, calibration, echo)
 
@@ -171,11 +175,9 @@ def _qat(run_dir: PathLike, epochs: int, lr: float, batch_size: int, io_type: st
     from edgetl.export import Exporter, ExportOptions
     from edgetl.tfdata import augmenter, image_dataset
 
-    if epochs < 0:
-        raise EdgetlError(f"--epochs {epochs}: must be >= 0")
     run = open_run(run_dir)
     t0 = time.perf_counter()
-    exp = Exporter(run_dir, ExportOptions(formats=("tflite",), quants=("int8",), io_type=io_type,
+    exp = Exporter(run_dir, ExportOptions(formats=(formats.TFLITE.name,), quants=("int8",), io_type=io_type,
                                           calibration=calibration), echo)
     keras3 = run.load_model()
     flat = flat_tf_keras_model(run, keras3)
@@ -205,9 +207,9 @@ def _qat(run_dir: PathLike, epochs: int, lr: float, batch_size: int, io_type: st
     data = to_int8_tflite(qmodel, run.img_size, calib, io_type)
     from edgetl.export import Artifact
 
-    a = Artifact("tflite", "int8", QAT_FILE, io_type=io_type)
+    a = Artifact(formats.TFLITE.name, "int8", QAT_FILE, io_type=io_type)
     exp.score(data, a)
-    ptq = Artifact("tflite", "int8", "ptq")
+    ptq = Artifact(formats.TFLITE.name, "int8", "ptq")
     from edgetl import convert as C
 
     exp.score(C.tflite_bytes(exp.serving, "int8", io_type, calib), ptq)

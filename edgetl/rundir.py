@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgetl import artifacts, escape, yaml_io
+from edgetl import artifacts, escape, formats, yaml_io
 from edgetl.errors import EdgetlError
 from edgetl.types import PathLike
 
@@ -63,8 +63,7 @@ ADAPT = "adapt.json"
 STUDENT_ALONE = "student_alone"
 DEVICE_RESULTS = "device-results"  # RUN/device-results/: results.json files posted by `edgetl serve`'s page
 SIDECAR_SUFFIX = ".json"  # export/model_int8.tflite -> export/model_int8.tflite.json
-MODEL_SUFFIXES = (".tflite", ".onnx", ".ort")
-ORT_CONFIG_SUFFIX = ".required_operators.config"  # export/model_int8.ort -> export/model_int8.required_operators.config
+MODEL_SUFFIXES = formats.SUFFIXES  # every registered format's (edgetl.formats)
 
 LOCK = ".edgetl.lock"
 
@@ -76,7 +75,7 @@ DERIVED = (CALIBRATION, EXPORT, REPORT_JSON, REPORT_MD, *VERIFY_PLOTS.values(), 
 
 def artifact_file(fmt: str, quant: str) -> str:
     """Path of an exported artifact relative to the run directory."""
-    return f"{EXPORT}/model_{quant}.{fmt}"
+    return f"{EXPORT}/model_{quant}{formats.get(fmt).suffix}"
 
 
 def sidecar(path: PathLike) -> Path:
@@ -85,10 +84,12 @@ def sidecar(path: PathLike) -> Path:
     return p.with_name(p.name + SIDECAR_SUFFIX)
 
 
-def ort_config(path: str | Path) -> Path:
-    """The required-operators config beside an ORT model (named as onnxruntime's converter names it)."""
+def format_sidecars(path: PathLike) -> dict[str, Path]:
+    """The files its format writes beside an exported model, by sidecar suffix (edgetl.formats):
+    export/model_int8.ort -> {".required_operators.config": export/model_int8.required_operators.config}."""
     p = Path(path)
-    return p.with_name(p.stem + ORT_CONFIG_SUFFIX)
+    f = formats.of_file(p)
+    return {s: p.with_name(p.stem + s) for s in (f.sidecars if f else ())}
 
 
 # ---------------------------------------------------------------- manifest ----
@@ -292,7 +293,7 @@ def list_artifacts(run_dir: PathLike) -> list[dict[str, Any]]:
                 except ValueError:
                     meta = {}
             quant = meta.get("quantization") if isinstance(meta, dict) else None
-            out.append({"name": p.name, "path": p, "format": p.suffix[1:],
+            out.append({"name": p.name, "path": p, "format": formats.BY_SUFFIX[p.suffix].name,
                         "quant": quant or p.stem.replace("model_", "")})
     return out
 

@@ -3,9 +3,9 @@
 A runner loads a model file, describes its input, and turns a batch of RGB
 0-255 images (uint8 or float32, NHWC, at the model's input size) into class
 probabilities. Verification, prediction and benchmarks use nothing else, so no
-format is special-cased anywhere: ``RUNNERS`` maps a file suffix to its runner,
-and ``EXTRA_RUNTIMES`` names the other runtimes that run files of a suffix
-(MediaPipe Tasks runs .tflite files as an app would), each a verify row of its own."""
+format is special-cased anywhere: the format registry (:mod:`edgetl.formats`) names each
+suffix's runner and the other runtimes that run files of a format (MediaPipe Tasks runs
+.tflite files as an app would), each a verify row of its own."""
 from __future__ import annotations
 
 import atexit
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl import native_stderr
+from edgetl import formats, native_stderr
 from edgetl.errors import EdgetlError
 
 
@@ -30,6 +30,11 @@ def softmax(z: np.ndarray) -> np.ndarray:
 class Runner(ABC):
     format: str = ""
     runtime: str = ""
+
+    @staticmethod
+    def io_names(path) -> tuple[str, str]:
+        """(input, output) tensor names of the file, as its runtime reports them."""
+        raise NotImplementedError
 
     def __init__(self, path, threads: int | None = None):
         self.path = Path(path)
@@ -82,15 +87,10 @@ def io_names(path) -> tuple[str, str]:
     """(input, output) tensor names of a .tflite, .onnx or .ort file, as its runtime reports
     them: what an app feeds and fetches by name (the sidecar states these)."""
     p = Path(path)
-    if p.suffix == ".tflite":
-        from ai_edge_litert.interpreter import Interpreter
-
-        it = Interpreter(model_path=str(p))
-        return str(it.get_input_details()[0]["name"]), str(it.get_output_details()[0]["name"])
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
-    return sess.get_inputs()[0].name, sess.get_outputs()[0].name
+    cls = _runners().get(p.suffix.lower())
+    if cls is None:
+        raise EdgetlError(f"{p}: unknown model format '{p.suffix}'; use {', '.join(formats.SUFFIXES)}")
+    return cls.io_names(p)
 
 
 def file_size(path) -> int:
@@ -115,7 +115,8 @@ def read_sidecar(path) -> dict:
             raise EdgetlError(f"{sc}: expected a JSON object; re-export the model")
         return {**check_meta(meta, sc), "labels_source": str(sc)}
     labels = labels_near(path)
-    if not labels and Path(path).suffix == ".tflite":
+    f = formats.of_file(path)
+    if not labels and f is not None and f.metadata == formats.TFLITE_METADATA:
         from edgetl.tflite_metadata import packed_labels
 
         labels = packed_labels(path)  # labels.txt packed into the model with its metadata
@@ -190,7 +191,14 @@ class LiteRTRunner(Runner):
     """ai_edge_litert interpreter (XNNPACK delegate by default); int8/uint8 I/O is fed
     and read through the tensors' scale and zero-point."""
 
-    format, runtime = "tflite", "litert"
+    format, runtime = formats.TFLITE.name, formats.TFLITE.runtime
+
+    @staticmethod
+    def io_names(path) -> tuple[str, str]:
+        from ai_edge_litert.interpreter import Interpreter
+
+        it = Interpreter(model_path=str(path))
+        return str(it.get_input_details()[0]["name"]), str(it.get_output_details()[0]["name"])
 
     def __init__(self, path, threads=None):
         super().__init__(path, threads)
@@ -241,7 +249,14 @@ class LiteRTRunner(Runner):
 
 
 class OnnxRunner(Runner):
-    format, runtime = "onnx", "onnxruntime"
+    format, runtime = formats.ONNX.name, formats.ONNX.runtime
+
+    @staticmethod
+    def io_names(path) -> tuple[str, str]:
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return sess.get_inputs()[0].name, sess.get_outputs()[0].name
 
     def __init__(self, path, threads=None):
         super().__init__(path, threads)
@@ -288,7 +303,7 @@ class OnnxRunner(Runner):
 class OrtRunner(OnnxRunner):
     """onnxruntime on an ORT-format model (its mobile format): the same session API."""
 
-    format = "ort"
+    format, runtime = formats.ORT.name, formats.ORT.runtime
 
 
 class MediaPipeRunner(Runner):
@@ -298,7 +313,7 @@ class MediaPipeRunner(Runner):
     as uint8 RGB at the model's size, so MediaPipe does not resize them. MediaPipe's Python
     API has no thread setting; it uses its own default."""
 
-    format, runtime = "tflite", "mediapipe"
+    format, runtime = formats.TFLITE.name, "mediapipe"
     INSTALL = "pip install --no-deps mediapipe==1.2.2 (make install does)"
 
     def __init__(self, path, threads=None):
@@ -374,11 +389,13 @@ class MediaPipeRunner(Runner):
 _OPEN_CLASSIFIERS: weakref.WeakSet = weakref.WeakSet()
 atexit.register(lambda: [r.close() for r in list(_OPEN_CLASSIFIERS)])
 
-RUNNERS: dict[str, type[Runner]] = {".keras": KerasRunner, ".tflite": LiteRTRunner, ".onnx": OnnxRunner,
-                                    ".ort": OrtRunner}
-RUNTIMES: dict[str, type[Runner]] = {"mediapipe": MediaPipeRunner}
-# runtimes that also run files of a suffix, each a row of its own in verify
-EXTRA_RUNTIMES: dict[str, tuple[str, ...]] = {".tflite": ("mediapipe",)}
+def _runners() -> dict[str, type[Runner]]:
+    """File suffix -> Runner: the Keras reference, then each registered format's (edgetl.formats)."""
+    return {".keras": KerasRunner, **{f.suffix: formats.resolve(f.runner) for f in formats.FORMATS.values()}}
+
+
+def _runtimes() -> dict[str, type[Runner]]:
+    return {rt: formats.resolve(ref) for rt, ref in formats.RUNTIMES.items()}
 
 
 def open_runner(path, threads: int | None = None, runtime: str | None = None) -> Runner:
@@ -386,14 +403,16 @@ def open_runner(path, threads: int | None = None, runtime: str | None = None) ->
     p = Path(path)
     if not p.exists():
         raise EdgetlError(f"{p}: no such model file")
-    cls = RUNTIMES.get(runtime) if runtime else RUNNERS.get(p.suffix.lower())
+    runners, runtimes = _runners(), _runtimes()
+    cls = runtimes.get(runtime) if runtime else runners.get(p.suffix.lower())
     if cls is None:
         if runtime:
-            raise EdgetlError(f"unknown runtime '{runtime}'; use one of {', '.join(RUNTIMES)}")
-        raise EdgetlError(f"{p}: unknown model format '{p.suffix}'; use {', '.join(RUNNERS)}")
+            raise EdgetlError(f"unknown runtime '{runtime}'; use one of {', '.join(runtimes)}")
+        raise EdgetlError(f"{p}: unknown model format '{p.suffix}'; use {', '.join(runners)}")
     return cls(p, threads)
 
 
 def extra_runtimes(path) -> list[tuple[str, str | None]]:
     """(runtime, why it cannot run here or None) for each extra runtime of the file's suffix."""
-    return [(rt, RUNTIMES[rt].unavailable(path)) for rt in EXTRA_RUNTIMES.get(Path(path).suffix.lower(), ())]
+    f = formats.of_file(path)
+    return [(rt, formats.resolve(ref).unavailable(path)) for rt, ref in (f.extra_runtimes if f else {}).items()]

@@ -3,7 +3,6 @@ on held-out data and timed through the same Runner interface, with pass/fail
 gates, one table, report.json, report.md and plots."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,44 +12,12 @@ from edgetl.config import VerifyOptions
 from edgetl.device_results import device_rows
 from edgetl.errors import EdgetlError
 from edgetl.escape import md
+from edgetl.gates import Gates
 from edgetl.recommend import RULE as NOISE_RULE
 from edgetl.recommend import per_runtime_text, recommend
 from edgetl.rundir import REPORT_JSON, REPORT_MD, ROBUSTNESS_PLOT, list_artifacts, open_run
 from edgetl.rundir import VERIFY_PLOTS as PLOTS
 from edgetl.types import Echo, PathLike
-
-
-@dataclass
-class Gates:
-    """Pass/fail rules of an artifact row (values and defaults: :class:`VerifyOptions`)."""
-
-    max_drop: float                 # points of top-1 below Keras
-    min_agreement: float            # top-1 agreement with Keras
-    max_latency_ms: float | None    # p50 at batch 1
-
-    @classmethod
-    def of(cls, o: VerifyOptions) -> Gates:
-        return cls(o.max_drop, o.min_agreement, o.max_latency_ms)
-
-    def check(self, row: dict) -> list[str]:
-        """The failed gates of a row. The accuracy gate is noise-aware (see :mod:`edgetl.stats`):
-        it fails only when the paired drop is above --max-drop with 95% confidence."""
-        from edgetl.stats import PairedDrop, drop_gate
-
-        fails = []
-        if row.get("paired") is not None:
-            v = drop_gate(PairedDrop(**{**row["paired"], "ci95_points": tuple(row["paired"]["ci95_points"])}),
-                          self.max_drop)
-            row["drop_resolvable"] = v.resolvable
-            if v.fails:
-                fails.append(v.reason)
-            elif not v.resolvable:
-                row["note"] = v.reason
-        if row.get("agreement") is not None and row["agreement"] + 1e-9 < self.min_agreement:
-            fails.append(f"min-agreement ({row['agreement']:.3f} < {self.min_agreement:g})")
-        if self.max_latency_ms is not None and row.get("p50_ms") is not None and row["p50_ms"] > self.max_latency_ms:
-            fails.append(f"max-latency-ms ({row['p50_ms']:.2f} > {self.max_latency_ms:g} ms)")
-        return fails
 
 
 def held_out_data(run, data=None):
@@ -100,7 +67,7 @@ def measure(entry: dict, x: np.ndarray, y: np.ndarray, ref: np.ndarray | None, t
            "input_dtype": r.input_dtype, "size_bytes": r.describe()["size_bytes"], "accuracy": m["accuracy"], "ci95": m["ci95"],
            "top5_accuracy": m.get("top5_accuracy"), "threads": threads}
     if entry.get("runtime"):
-        row["extra_runtime"] = True  # a second runtime on the same file (runners.EXTRA_RUNTIMES)
+        row["extra_runtime"] = True  # a second runtime on the same file (extra_runtimes of its format in edgetl.formats)
     if ref is not None:
         row["agreement"] = float((probs.argmax(1) == ref.argmax(1)).mean())
         d = np.abs(probs - ref)
@@ -206,7 +173,7 @@ def _verify(run_dir: PathLike, o: VerifyOptions, device_results, echo: Echo, iso
 
 
 def with_extra_runtimes(entries: list[dict]) -> tuple[list[dict], list[str]]:
-    """Each artifact, then one entry per extra runtime that runs it (runners.EXTRA_RUNTIMES),
+    """Each artifact, then one entry per extra runtime that runs it (its format's extra_runtimes, edgetl.formats),
     and a note for each extra runtime that cannot run it here."""
     from edgetl.runners import extra_runtimes
 

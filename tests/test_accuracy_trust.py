@@ -62,7 +62,7 @@ def test_gate_keeps_a_drop_inside_the_noise_and_refuses_a_clear_one():
 
 
 def test_verify_gate_uses_the_paired_rule():
-    from edgetl.verify import Gates
+    from edgetl.gates import Gates
 
     g = Gates(1.0, 0.0, None)
     row = {"paired": _paired(153, 2, 0).to_dict(), "agreement": 0.99}

@@ -14,7 +14,7 @@ from edgetl.cli import main
 from edgetl.config import VerifyOptions
 from edgetl.device_results import MAX_BYTES, device_rows
 from edgetl.errors import EdgetlError
-from edgetl.verify import Gates
+from edgetl.gates import Gates
 
 FILES = ("model_fp32.onnx", "model_int8.tflite")
 

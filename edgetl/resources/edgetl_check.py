@@ -174,12 +174,17 @@ class MediaPipeModel:
 
 
 RUNTIMES = {"onnxruntime": OnnxModel, "litert": TfliteModel, "mediapipe": MediaPipeModel}
+# file suffix -> the runtime that opens it. bundle.json names each model's runtime (written from
+# edgetl's format registry); this copy serves --time on a loose file and bundles made before that.
+# tests/test_formats.py checks it equals the registry.
+SUFFIX_RUNTIME = {".tflite": "litert", ".onnx": "onnxruntime", ".ort": "onnxruntime"}
 
 
 def model_class(path, runtime=None):
     if runtime:
         return RUNTIMES[runtime]
-    return OnnxModel if str(path).endswith((".onnx", ".ort")) else TfliteModel
+    suffix = os.path.splitext(str(path))[1].lower()
+    return RUNTIMES[SUFFIX_RUNTIME.get(suffix, "litert")]
 
 
 def open_model(path, threads, runtime=None):
@@ -282,7 +287,7 @@ def check_bundle(folder, threads, runs, warmup, only):
         if row["sha256"] != m.get("sha256"):
             print(f"  {m['file']:<26} WARNING: differs from the file bundled (sha256); copy the bundle again")
         try:
-            model = open_model(folder / m["file"], threads)
+            model = open_model(folder / m["file"], threads, m.get("runtime") if m.get("runtime") in RUNTIMES else None)
         except ImportError as e:  # the runtime is not installed here: not a failure of the model
             row["skipped"] = f"runtime not installed on this device ({e})"
             print(f"  {m['file']:<26} skipped: {row['skipped']}")

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgetl import __version__, artifacts
+from edgetl import formats as registry
 from edgetl.errors import EdgetlError
 from edgetl.rundir import list_artifacts, open_run
 from edgetl.types import Echo, PathLike
@@ -35,7 +36,7 @@ PAGE = Path(__file__).resolve().parent / "page"
 PAGE_FILES = ("index.html", "check.js", "style.css")
 SPEC = "check.json"
 TENSORS = "samples.bin"
-WEB_FORMATS = ("tflite", "onnx", "ort")
+WEB_FORMATS = tuple(f.name for f in registry.FORMATS.values() if f.web)  # edgetl.formats
 DEFAULT_SAMPLES = 100
 MAX_IMAGE_BYTES = 8 * 1024 * 1024  # an original larger than this is not copied (its tensor still is)
 
@@ -73,7 +74,8 @@ def build_site(run_dir: PathLike, folder: PathLike, samples: int = DEFAULT_SAMPL
         raise EdgetlError(f"--samples {samples}: must be >= 1")
     models = [a for a in list_artifacts(run.dir) if a["format"] in formats]
     if not models:
-        raise EdgetlError(f"{run.dir}: no exported .tflite/.onnx/.ort models; run: edgetl export {run.dir}")
+        raise EdgetlError(f"{run.dir}: no exported {'/'.join(registry.get(f).suffix for f in formats)} models; "
+                          f"run: edgetl export {run.dir}")
     vendor.require()
     split, files, labels = run.held_out()
     files, labels = files[:samples], labels[:samples]
