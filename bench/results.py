@@ -34,7 +34,8 @@ from edgetl.timing import cpu_model  # numpy only: no TensorFlow at import
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-NAMES = ("train", "train-guide-224", "train-torch", "train-model-maker", "train-peers", "recipe", "distill", "scale",
+NAMES = ("train", "train-guide-224", "train-torch", "train-model-maker", "train-peers", "profile-0.35-128",
+         "profile-1-224", "recipe", "distill", "scale",
          "runtimes", "entropy", "adapt")
 
 
