@@ -77,7 +77,9 @@ def run_task(name: str, data: Path, base: dict, seeds: list[int], tmp: Path, run
             r["acc"].append(test["accuracy"])
             r["secs"].append(secs)
             r["pred"].append(pred)
-            r["chosen"].append(out.metrics["recipe"].get("phase2", {}).get("chosen", {}).get("name"))
+            p2 = out.metrics["recipe"].get("phase2") or {}
+            r["chosen"].append("skipped (no candidate beat phase 1 on val)" if p2.get("skipped")
+                               else (p2.get("chosen") or {}).get("name"))
             runs.append({"task": name, "seed": s, "recipe": recipe, "test_accuracy": test["accuracy"],
                          "test_n": int(test["n"]), "val_accuracy": out.metrics["val_accuracy"],
                          "wall_s": round(secs, 2), "phase2_chosen": r["chosen"][-1],
