@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from bench_train import DATA, build_data, prepare_weights, timed
+from bench_train import DATA, build_data, edgetl_run, prepare_weights
 from results import Recorder
 
 IMPORTS = "import tensorflow, keras, edgetl.cli, edgetl.train, edgetl.tfdata, edgetl.weights"
@@ -59,24 +59,16 @@ FLOOR = (0, 1)  # the stages that make the floor
 
 
 def run_once(data: Path, a, seed: int, work: Path, env: dict, weights: Path, imports: float) -> dict:
-    exe = Path(sys.executable).with_name("edgetl")
+    """One default run as bench_train runs edgetl (:func:`bench_train.edgetl_run`), split into stages."""
     run = work / f"run-s{seed}"
     shutil.rmtree(run, ignore_errors=True)
-    cmd = [str(exe), "train", str(data), "--alpha", f"{a.alpha:g}", "--img-size", str(a.img_size), "--weights",
-           str(weights), "--epochs-head", str(a.epochs_head), "--epochs-finetune", str(a.epochs_finetune),
-           "--seed", str(seed), "--out", str(run)]
-    log = work / f"run-s{seed}.log"
-    r = timed(cmd, log, env)
-    if r["returncode"]:
-        sys.exit(f"edgetl train failed (exit {r['returncode']}), see {log}:\n{log.read_text()[-2000:]}")
+    r = edgetl_run(data, a, seed, run, work / f"run-s{seed}.log", env, None, weights)
     m = json.loads((run / "metrics.json").read_text())
-    t = m["timings"]
+    t = r["timings"]
     stages = {label: round(float(f(t, r["wall_s"], imports)), 2) for label, f in STAGES}
     floor = sum(stages[STAGES[i][0]] for i in FLOOR)
-    r.update(seed=seed, timings=t, stages=stages, floor_s=round(floor, 2), over_floor=round(r["wall_s"] / floor, 2),
-             selected_phase=m.get("selected_phase"), phase2_skipped=bool(((m.get("recipe") or {}).get("phase2")
-                                                                          or {}).get("skipped")),
-             test_accuracy=m["test"]["accuracy"], val_accuracy=m["val_accuracy"])
+    r.update(seed=seed, stages=stages, floor_s=round(floor, 2), over_floor=round(r["wall_s"] / floor, 2),
+             phase2_skipped=bool(((m.get("recipe") or {}).get("phase2") or {}).get("skipped")))
     return r
 
 

@@ -64,7 +64,20 @@ def test_accumulate_4_at_batch_8_matches_batch_32():
     assert not all(np.allclose(a, b, atol=1e-3) for a, b in zip(small, big))  # the toy tells them apart
 
 
-def test_auto_recipe_searches_on_val_and_records_its_choice(tiny_data, imagenet_mnv2_100, tmp_path, monkeypatch):
+@pytest.fixture
+def compiled(monkeypatch):
+    """The names of the Keras models compiled while the test runs (each compile traces anew)."""
+    import keras
+
+    names: list[str] = []
+    real_compile = keras.Model.compile
+    monkeypatch.setattr(keras.Model, "compile", lambda self, *a, **k: (names.append(self.name),
+                                                                       real_compile(self, *a, **k))[1])
+    return names
+
+
+def test_auto_recipe_searches_on_val_and_records_its_choice(tiny_data, imagenet_mnv2_100, tmp_path, monkeypatch,
+                                                            compiled):
     """A planted grid: the learning rates 1e-4 (sane) and 10 (wrecks the model within its trial),
     the wrecking one first in each depth. The search must score them apart on val and pick a
     sane one, and phase 2 must then train with the setting it picked."""
@@ -72,13 +85,8 @@ def test_auto_recipe_searches_on_val_and_records_its_choice(tiny_data, imagenet_
     from edgetl.train import train
 
     assert recipe.GRID_BLOCKS == (2, 5) and recipe.GRID_LRS == (1e-5, 1e-4)  # the real grid
-    import keras
 
     monkeypatch.setattr(recipe, "GRID_LRS", (10.0, 1e-4))
-    compiled = []
-    real_compile = keras.Model.compile
-    monkeypatch.setattr(keras.Model, "compile", lambda self, *a, **k: (compiled.append(self.name),
-                                                                       real_compile(self, *a, **k))[1])
     cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), **{**TINY, "recipe": "auto", "min_steps": 40,
                                                                         "epochs_head": 2})
     lines = []
@@ -256,20 +264,15 @@ def test_pays_needs_a_gain_beyond_the_noise_of_val():
 
 
 def test_auto_recipe_skips_phase_2_that_cannot_pay_and_resume_keeps_the_verdict(tiny_data, imagenet_mnv2_100,
-                                                                                tmp_path, monkeypatch):
+                                                                                tmp_path, monkeypatch, compiled):
     """A grid whose learning rates cannot move the model (1e-12): every candidate ties with phase 1, so
     phase 2 is skipped (no fine-tuning fit, phase 1 kept, the verdict recorded), and the search compiled
     one model for itself, nothing more."""
-    import keras
 
     from edgetl.config import TrainConfig
     from edgetl.train import train
 
     monkeypatch.setattr(recipe, "GRID_LRS", (1e-12, 2e-12))
-    compiled = []
-    real_compile = keras.Model.compile
-    monkeypatch.setattr(keras.Model, "compile", lambda self, *a, **k: (compiled.append(self.name),
-                                                                       real_compile(self, *a, **k))[1])
     cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), **{**TINY, "recipe": "auto", "min_steps": 20,
                                                                         "epochs_head": 2})
     lines = []
