@@ -8,7 +8,7 @@ import numpy as np
 
 from edgetl.config import PredictOptions, default
 from edgetl.errors import EdgetlError
-from edgetl.images import BadImage, fit_size, open_rgb
+from edgetl.images import BadImage, load_rgb
 from edgetl.runners import open_runner
 from edgetl.types import PathLike
 
@@ -28,7 +28,7 @@ def predict(model: PathLike, images: list[PathLike] | tuple[PathLike, ...],
     out: list[dict[str, Any]] = []
     for img in images:
         try:
-            x = np.asarray(fit_size(open_rgb(img), r.input_size, resize), np.uint8)[None]
+            x = load_rgb(img, r.input_size, resize)[None]  # training's decoder: EXIF, JPEG draft scale, resize
         except BadImage as e:
             out.append({"image": str(Path(img)), "model": str(model), "error": str(e)})
             continue
