@@ -125,28 +125,78 @@ def _nothing_half_written(folder):
     return [p.name for p in folder.rglob("*") if ".tmp" in p.name or p.name.startswith(".")]
 
 
-@pytest.mark.parametrize("command", ["export", "verify", "adapt"])
-def test_export_verify_adapt_end_on_sigterm(command, exported_copy, tiny_holdout_dir, keras_home, tmp_path):
+def _manifest_matches_the_files(run):
+    """Every artifact the manifest records is on disk with its recorded size and sha256, and every model file in
+    export/ is recorded: the manifest and the files tell one story."""
+    import json
+
+    from edgetl.artifacts import sha256_file
+
+    recorded = {a["file"]: a for a in json.loads((run / "manifest.json").read_text())["export"]["artifacts"]}
+    on_disk = {str(p.relative_to(run)) for p in (run / "export").iterdir() if not p.name.endswith(".json")}
+    assert on_disk == set(recorded), (sorted(on_disk), sorted(recorded))
+    for f, a in recorded.items():
+        assert (run / f).stat().st_size == a["size_bytes"] and sha256_file(run / f) == a["sha256"], f
+    return set(recorded)
+
+
+# command: (its arguments, a line printed once its long work is under way, the same command made quick)
+SIG_COMMANDS = {
+    # the signal arrives while tflite fp16 converts, after tflite fp32 was written and recorded
+    "export": (lambda run, tmp: ["export", run, "--formats", "tflite,onnx", "--quants", "fp32,fp16,dynamic",
+                                 "--max-drop", "100"],
+               "export tflite fp16 ...",
+               lambda run, tmp: ["export", run, "--formats", "tflite", "--quants", "fp32", "--max-drop", "100"]),
+    # while the Keras reference is scored and timed over 100,000 runs (its first line comes after that)
+    "verify": (lambda run, tmp: ["verify", run, "--threads", "1", "--runs", "100000", "--max-drop", "100",
+                                 "--min-agreement", "0", "--out", tmp / "rep"],
+               "batch-1 latency over 100000 runs",
+               lambda run, tmp: ["verify", run, "--threads", "1", "--runs", "100", "--max-drop", "100",
+                                 "--min-agreement", "0", "--out", tmp / "rep"]),
+    # while round 1 of pseudo-labelling trains (200 epochs), after the view cache was built
+    "adapt": (lambda run, tmp: ["adapt", run, "--target", tmp / "target", "--method", "pseudo", "--epochs", "200",
+                                "--rounds", "3", "--out", tmp / "adapted"],
+              "pseudo: round 1/3",
+              lambda run, tmp: ["adapt", run, "--target", tmp / "target", "--method", "pseudo", "--epochs", "1",
+                                "--rounds", "1", "--out", tmp / "adapted"]),
+}
+
+
+@pytest.mark.parametrize("command,sig", [
+    pytest.param(c, s, id=f"{c}-{NAMES[s].split()[0]}", marks=[pytest.mark.slow] if s == signal.SIGINT else [])
+    for c in SIG_COMMANDS for s in (signal.SIGTERM, signal.SIGINT)])
+def test_export_verify_adapt_end_on_a_signal(command, sig, exported_copy, tiny_holdout_dir, keras_home, tmp_path):
+    """A real signal to a real `edgetl export/verify/adapt` once its output says the long work is under way: exit
+    130/143 within seconds, one line, no traceback, no temporary file (beside the run, in TMPDIR), the manifest
+    still matching the files, no report or adapted run; then the command the line asks for (run it again, here
+    made quick) works and keeps what was finished. adapt has no --resume: it writes nothing into --out until its
+    end, so running it again starts over."""
     run = exported_copy
-    env = {"KERAS_HOME": str(keras_home)}
-    args, began = {
-        "export": (["export", run, "--format", "tflite,onnx", "--quant", "fp32,fp16,dynamic", "--max-drop", "100"],
-                   "export tflite fp32 ..."),
-        "verify": (["verify", run, "--threads", "1", "--runs", "100000", "--max-drop", "100", "--min-agreement", "0",
-                    "--out", tmp_path / "rep"], "verify: "),
-        "adapt": (["adapt", run, "--target", tiny_holdout_dir, "--method", "pseudo", "--epochs", "200",
-                   "--rounds", "3", "--out", tmp_path / "adapted"], "adapt: "),
-    }[command]
-    p = Proc(args, env=env)
+    shutil.copytree(tiny_holdout_dir, tmp_path / "target")
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    env = {"KERAS_HOME": str(keras_home), "TMPDIR": str(tmpdir)}
+    args, began, again = SIG_COMMANDS[command]
+    before = _manifest_matches_the_files(run)
+    p = Proc(args(run, tmp_path), env=env)
     p.wait_for(began)
-    time.sleep(1)  # into the work, past the line that announced it
-    rc, dt = p.stop(signal.SIGTERM)
-    assert rc == 143, "\n".join(p.lines[-20:])
-    assert p.lines[-1] == ("error: interrupted by SIGTERM; every file is written atomically, so nothing is "
+    rc, dt = p.stop(sig)
+    assert rc == CODES[sig] and dt < SECONDS, "\n".join(p.lines[-20:])
+    assert p.lines[-1] == (f"error: interrupted by {NAMES[sig]}; every file is written atomically, so nothing is "
                            "half-written: run the same command again"), p.lines[-5:]
+    assert sum(line.startswith("error:") for line in p.lines) == 1
     assert "Traceback" not in "\n".join(p.lines)
-    assert _nothing_half_written(run) == []
-    assert not (tmp_path / "rep" / "report.json").exists() and not (tmp_path / "adapted" / "manifest.json").exists()
+    assert _nothing_half_written(run) == [] and list(tmpdir.iterdir()) == []  # .edgetl.lock too
+    after = _manifest_matches_the_files(run)
+    assert not (tmp_path / "rep").exists() and not (tmp_path / "adapted").exists()
+    if command == "export":  # the artifact finished before the signal is kept and recorded; the one under way is not
+        assert after == before | {"export/model_fp32.tflite"}, sorted(after)
+    else:
+        assert after == before
+    r = Proc(again(run, tmp_path), env=env)
+    r.wait_for({"export": "up to date: export/model_fp32.tflite", "verify": "report: ",
+                "adapt": "adapted run: "}[command], timeout=600)
+    assert r.p.wait(timeout=120) == 0, "\n".join(r.lines[-20:])
 
 
 def test_ctrl_c_at_a_phase_2_epoch_then_resume_gives_the_uninterrupted_weights(tiny_data, imagenet_mnv2_100,
