@@ -122,17 +122,25 @@ def describe_cluster() -> str:
     return f"{task.get('type', '?')} {task.get('index', '?')} of {n}"
 
 
-def wait_for(done, what: str, echo, timeout_s: float, poll_s: float = 1.0, every_s: float = 30.0) -> None:
+def wait_for(done, what: str, echo, timeout_s: float, poll_s: float = 1.0, every_s: float = 30.0,
+             gone=None) -> None:
     """Poll ``done()`` (a count of what is still missing) until it is 0; a line when the wait
     begins and every ``every_s`` seconds; a one-line error once ``timeout_s`` pass without
     progress (the count not falling): peers that work, however slowly, are waited for. A signal
-    (Ctrl-C, SIGTERM) ends the wait at once: the sleep is where Python handles it."""
+    (Ctrl-C, SIGTERM) ends the wait at once: the sleep is where Python handles it.
+    ``gone()`` (see :func:`peer_health`) names a worker that is gone, or returns None: the wait
+    then ends at once with a one-line error naming it."""
     t0 = last = progress = time.perf_counter()
     best = None
     while True:
         left = done()
         if not left:
             return
+        dead = gone() if gone is not None else None
+        if dead:
+            raise EdgetlError(f"{what}: still {left} missing, and {dead} is gone (TensorFlow's collectives cannot "
+                              f"reach it). Stop every worker and start them all again with --resume: finished shards "
+                              f"are kept", exit_code=1)
         now = time.perf_counter()
         if best is None or left < best:
             if best is None:
@@ -146,6 +154,48 @@ def wait_for(done, what: str, echo, timeout_s: float, poll_s: float = 1.0, every
             echo(f"{what}: waiting for {left} from the other workers ({now - t0:.0f}s)")
             last = now
         time.sleep(poll_s)
+
+
+def peer_health(strategy, timeout_s: float = 5.0, every_s: float = 5.0, misses: int = 3):
+    """A ``gone`` check for :func:`wait_for` under a multi-worker strategy (None otherwise): at
+    most every ``every_s`` seconds it asks TensorFlow's collectives whether each other worker is
+    alive, with the call tf.distribute's own health check makes
+    (``context.check_collective_ops_peer_health``, collective_all_reduce_strategy.py
+    ``_check_health``). A peer whose server refuses the connection or has restarted (Unavailable,
+    FailedPrecondition: its process is gone) is gone at once; one that does not answer within
+    ``timeout_s`` (DeadlineExceeded: stopped, or a loaded machine) only after ``misses`` checks in a
+    row. Returns "worker I (ADDRESS)" for the first gone, else None."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not _is_multi_worker(strategy):
+        return None
+    from tensorflow.python.eager import context
+    from tensorflow.python.framework import errors
+
+    spec = resolver.cluster_spec()
+    me = (resolver.task_type, int(resolver.task_id))
+    peers = [(job, i) for job in spec.jobs for i in range(spec.num_tasks(job)) if (job, i) != me]
+    late = {p: 0 for p in peers}
+    last = [float("-inf")]
+
+    def gone() -> str | None:
+        now = time.perf_counter()
+        if now - last[0] < every_s:
+            return None
+        last[0] = now
+        for job, i in peers:
+            try:
+                context.context().check_collective_ops_peer_health(f"/job:{job}/replica:0/task:{i}",
+                                                                   timeout_in_ms=int(timeout_s * 1000))
+                late[(job, i)] = 0
+            except errors.DeadlineExceededError:
+                late[(job, i)] += 1
+                if late[(job, i)] >= misses:
+                    return f"{job} {i} ({spec.task_address(job, i)}, no answer in {misses} checks)"
+            except (errors.UnavailableError, errors.FailedPreconditionError):
+                return f"{job} {i} ({spec.task_address(job, i)})"
+        return None
+
+    return gone
 
 
 def shard_timeout() -> float:

@@ -504,7 +504,7 @@ class Trainer:
             from edgetl import distributed
 
             distributed.wait_for(lambda: len(cache.missing()), f"{self.cache_dir}: view cache shards", self.echo,
-                                 distributed.shard_timeout())
+                                 distributed.shard_timeout(), gone=distributed.peer_health(self.strategy))
 
     def extract(self, cache, todo, done_rows: int = 0, total_rows: int | None = None) -> None:
         """Run the frozen layers over the views of the shards in ``todo`` and write each shard."""

@@ -163,3 +163,35 @@ def test_sigterm_while_connecting_to_the_cluster(tiny_data, imagenet_mnv2_100, k
     w0.wait_for("multiworker: connecting to the other workers")
     time.sleep(5)  # inside TensorFlow, waiting for the cluster
     _sigterm_ends(w0, "error: interrupted by SIGTERM while connecting to the other workers (TF_CONFIG); nothing was written")
+
+
+def test_the_shard_wait_ends_when_a_peer_is_killed(tiny_data, imagenet_mnv2_100, keras_home, tmp_path):
+    """Two real workers on one shared --out; worker 1 is frozen before it extracts (SIGSTOP), then killed
+    (SIGKILL) while worker 0 waits for its shards. TensorFlow's collectives then report worker 1 gone and worker 0
+    stops well before EDGETL_SHARD_TIMEOUT (10 minutes; it waited that long before) with one line naming it and
+    --resume."""
+    import signal
+
+    cluster = {"worker": [f"localhost:{p}" for p in free_ports(2)]}
+    w0, w1 = (_sig_worker(i, cluster, tmp_path / "shared", tiny_data, keras_home) for i in range(2))
+    try:
+        w1.wait_for("all 2 workers share")
+        w1.p.send_signal(signal.SIGSTOP)
+        w0.wait_for("view cache shards: waiting for")
+        t0 = time.monotonic()
+        w1.p.kill()
+        w1.p.wait()
+        rc = w0.p.wait(timeout=120)
+        dt = time.monotonic() - t0
+        while (line := w0.q.get(timeout=10)) is not None:
+            w0.lines.append(line)
+    finally:
+        w1.p.kill()
+        w0.p.kill()
+    assert rc == 1 and dt < 60, (rc, dt, "\n".join(w0.lines[-20:]))
+    last = w0.lines[-1]
+    assert re.fullmatch(rf"error: {re.escape(str(tmp_path / 'shared'))}\S*: view cache shards: still \d+ missing, and "
+                        rf"worker 1 \(localhost:{cluster['worker'][1].split(':')[1]}\) is gone \(TensorFlow's "
+                        rf"collectives cannot reach it\)\. Stop every worker and start them all again with --resume: "
+                        rf"finished shards are kept", last), w0.lines[-5:]
+    assert sum(line.startswith("error:") for line in w0.lines) == 1 and "Traceback" not in "\n".join(w0.lines)
