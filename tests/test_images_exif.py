@@ -103,8 +103,9 @@ def test_draft_decode_and_card_snippet_agree_on_large_real_photos(tmp_path, size
 # a real photo as a phone stores it. Quality 100 with 4:4:4 chroma and sides cut to whole 16-px blocks: the JPEG
 # of the stored (flipped/rotated) pixels then holds the upright photo's own coefficients, so what differs between
 # a decoder's input on it and on the upright JPEG is the orientation handling, not the encoder. Measured over the
-# 6 photos and 8 orientations below: mean |difference| at most 0.4 of 255 (0 for orientation 1); the same decoder
-# without exif_transpose differs by a mean of 20-60 on every orientation but 1.
+# 6 photos and 8 orientations below (training's decoder and the snippet, 32 and 224 px): mean |difference| at most
+# 0.10 of 255 (0 for orientation 1); the same decoder without exif_transpose differs by a mean of 19.7-80.8 on
+# every orientation but 1.
 REAL_MEAN_TOL = 1.0  # mean |difference| (0-255) between a decoder's input on the rotated and the upright file
 PROB_TOL = 0.01  # largest difference of a class probability between the two
 
@@ -171,7 +172,7 @@ def test_a_real_rotated_phone_photo_gives_the_upright_input_through_every_decode
     for s in (size, 224):
         for n in names:
             assert _gap(load_rgb(rot_dir / n, s, mode), load_rgb(up_dir / n, s, mode)) < REAL_MEAN_TOL, (s, n)
-    if orientation in (5, 6, 7, 8):  # the test can tell: the stored pixels are far from the upright input
+    if orientation != 1:  # the test can tell: the stored pixels are far from the upright input
         with Image.open(rot_dir / names[0]) as f:
             raw = np.asarray(fit_size(f.convert("RGB"), 224, mode))
         assert _gap(raw, load_rgb(up_dir / names[0], 224, mode)) > 10 * REAL_MEAN_TOL
