@@ -763,7 +763,7 @@ def init(out):
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a config key, e.g. --set train.alpha=0.5 --set verify.threads=4.")
 def run_cmd(config, from_stage, force, overrides):
-    """Run the pipeline in CONFIG: train (or distill) -> calibrate -> export -> verify -> model card.
+    """Run the pipeline in CONFIG: train (or distill, or search) -> calibrate -> export -> verify -> model card.
 
     Stages whose inputs did not change are skipped; an interrupted stage resumes."""
     from edgetl.pipeline import run
