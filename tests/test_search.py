@@ -54,7 +54,7 @@ class Fakes:
             self.events.append("train")
             return {"val_accuracy": FAKE_VAL[c.key], "run_dir": str(d), "resumed": False, "seconds": 1.0}
 
-        def test_accuracy(run_dir):
+        def test_accuracy(run_dir, echo=None):
             self.tested.append(str(run_dir))
             self.events.append("test")
             return {"accuracy": 0.5, "ci95": [0.3, 0.7], "n": 20, "split": "test"}
@@ -127,6 +127,44 @@ def test_no_architecture_fits(data, tmp_path, monkeypatch):
     line = one_error_line(r, 1)
     assert "no architecture fits the budget (fastest: 2.00 ms" in line
     assert f.trained == []
+
+
+HOLD = """
+import sys
+from edgetl import rundir
+with rundir.writing(sys.argv[1], "edgetl search", echo=print):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+def test_a_second_search_into_the_same_folder_is_refused_naming_the_holder(data, tmp_path, monkeypatch):
+    """Two searches into one folder at once: the second gets one line naming the first (pid,
+    command, start) and measures, trains and writes nothing; once the first is done, it runs."""
+    import os
+    import subprocess
+    import sys
+
+    f = Fakes(monkeypatch, tmp_path)
+    out = tmp_path / "s"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = CliRunner().invoke(main, ["search", str(data), "--max-latency-ms", "5", "--weights", "none",
+                                      "--backbones", "mobilenetv2", "--alphas", "0.35", "--sizes", "32",
+                                      "--quants", "fp32", "--out", str(out)])
+        line = one_error_line(r, 1)
+        assert f"{out} is being written by pid {holder.pid} (edgetl search, started " in line
+        assert line.endswith("wait for it or stop it")
+        assert f.measured == [] and f.trained == [] and sorted(p.name for p in out.iterdir()) == [rundir.LOCK]
+    finally:
+        holder.communicate("")
+    assert holder.returncode == 0 and not out.exists()
+    rep = driver.search(opts(data, tmp_path), echo=quiet)  # the folder is free again
+    assert rep["pick"] and not (out / rundir.LOCK).exists()
 
 
 @pytest.mark.parametrize("args, expected", [

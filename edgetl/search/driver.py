@@ -105,7 +105,14 @@ def test_accuracy(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def search(o: SearchOptions, echo: Echo = print) -> dict[str, Any]:
+    """Search into ``o.out``, holding its lock (the run directory's, see :func:`rundir.writing`):
+    a second search into the same folder is refused in one line naming the holder."""
     o.validate()
+    with rundir.writing(o.out, "edgetl search", echo=echo):
+        return _search(o, echo)
+
+
+def _search(o: SearchOptions, echo: Echo) -> dict[str, Any]:
     import logging
 
     from edgetl.data import scan
