@@ -274,6 +274,10 @@ def test_search_section_then_the_later_stages_on_the_pick(tmp_path, tiny_data):
     assert sorted(f.name for f in (d / "export").glob("model_*.tflite")) == ["model_fp32.tflite"]
     assert (d / "MODEL_CARD.md").is_file() and (d / "calibration" / "manifest.json").is_file()
     assert res["report"]["gates"]["max_latency_ms"] == 1000.0
+    # the pick's test score, read once by the search after its choice, is in the pick's own metrics
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["test"]["accuracy"] == rep["pick"]["test"]["accuracy"] and m["test"]["n"] == rep["pick"]["test"]["n"]
+    assert m["headline"]["split"] == "test" and m["test"]["scored_by"] == "edgetl search"
     man = json.loads((d / "manifest.json").read_text())
     assert set(man["pipeline"]["stages"]) == {"search", "calibrate", "export", "verify", "card"}
     assert "search" in man["pipeline"]["config"] and "train" not in man["pipeline"]["config"]

@@ -235,21 +235,43 @@ def test_real_search_resumes_and_keeps_test_unread(data, tmp_path, monkeypatch):
     o = opts(data, tmp_path, max_latency_ms=1000, alphas="0.35", sizes="32,48", depths="0,1", runs=10,
              epochs_head=2, epochs_finetune=1, views=1, batch_size=16, test_split=0.25)
     rep = driver.search(o, echo=quiet)
+    splits = set()
     for r in rep["rows"]:
-        m = json.loads((tmp_path / "s" / "candidates" / r["candidate"] / rundir.METRICS).read_text())
-        assert m["test"] is None and m["headline"]["split"] == "val"
-        assert rundir.is_finished(tmp_path / "s" / "candidates" / r["candidate"])
+        d = tmp_path / "s" / "candidates" / r["candidate"]
+        m = json.loads((d / rundir.METRICS).read_text())
+        if r["candidate"] != rep["pick"]["candidate"]:
+            assert m["test"] is None and m["headline"]["split"] == "val"  # no candidate's training read test
+        assert rundir.is_finished(d)
+        splits.add((d / rundir.SPLIT).read_text())
+    # every candidate has the one seeded split: the pick's test images were in no candidate's train or val
+    assert len(splits) == 1
+    split = json.loads(splits.pop())
+    files = {k: {r["file"] for r in split.get(k) or []} for k in ("train", "val", "test")}
+    assert len(files["test"]) == 15 and not files["test"] & (files["train"] | files["val"])
     te = rep["pick"]["test"]
     assert te["n"] == 15 and te["split"] == "test"
+    # the pick's own run holds its test score (once, after the choice), as train writes it
+    pick = Path(rep["pick"]["run_dir"])
+    m = json.loads((pick / rundir.METRICS).read_text())
+    assert m["test"]["accuracy"] == te["accuracy"] and m["test"]["ci95"] == te["ci95"] and m["test"]["n"] == 15
+    assert m["headline"]["split"] == "test" and m["test"]["scored_by"] == "edgetl search"
+    man = json.loads((pick / rundir.MANIFEST).read_text())
+    from edgetl import artifacts
+
+    assert man["train"]["files"][rundir.METRICS] == artifacts.sha256_file(pick / rundir.METRICS)
 
     def fail(*a, **k):
         raise AssertionError("retrained or re-measured")
     monkeypatch.setattr(driver, "_trainer_class", fail)
     monkeypatch.setattr(measure, "measure_local", fail)
+    import edgetl.tfdata
+
+    monkeypatch.setattr(edgetl.tfdata, "load_array", fail)  # the pick's test score is read back, not scored again
     again = driver.search(o, echo=quiet)
     assert again["pick"]["key"] == rep["pick"]["key"]
     assert all(r["resumed"] for r in again["rows"])
 
+    monkeypatch.undo()
     # as a user types it, continuing with the pick: its run is exported and verified like any run
     r = CliRunner().invoke(main, ["search", str(data), "--max-latency-ms", "1000", "--weights", "none",
                                   "--backbones", "mobilenetv2", "--alphas", "0.35", "--sizes", "32,48",
