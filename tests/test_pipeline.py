@@ -225,7 +225,7 @@ def test_resume_after_an_interrupted_stage(tiny_data, imagenet_mnv2_100, tmp_pat
 # ------------------------------------------------------------- search: section ----
 SEARCH = {"max_latency_ms": 1000.0, "weights": "none", "backbones": "mobilenetv2", "alphas": "0.35",
           "sizes": "32", "depths": "0", "quants": "fp32", "formats": "tflite", "runs": 10, "threads": 1,
-          "epochs_head": 1, "views": 1, "batch_size": 16, "seed": 1, "test_split": 0.25}
+          "epochs_head": 1, "views": 1, "batch_size": 16, "seed": 1, "test_split": 0.25, "recipe": "fixed"}
 
 
 @pytest.mark.parametrize("change,msgs", [

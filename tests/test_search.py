@@ -66,7 +66,8 @@ class Fakes:
 
 def opts(data, tmp_path, **kw):
     base = dict(data=str(data), max_latency_ms=5.0, weights="none", backbones="mobilenetv2", alphas="0.35,0.5,1.0",
-                sizes="32", depths="0,1", quants="fp32", formats="tflite", eta=2, out=str(tmp_path / "s"))
+                sizes="32", depths="0,1", quants="fp32", formats="tflite", eta=2, recipe="fixed",
+                out=str(tmp_path / "s"))
     return SearchOptions(**{**base, **kw})
 
 
@@ -275,7 +276,7 @@ def test_real_search_resumes_and_keeps_test_unread(data, tmp_path, monkeypatch):
     # as a user types it, continuing with the pick: its run is exported and verified like any run
     r = CliRunner().invoke(main, ["search", str(data), "--max-latency-ms", "1000", "--weights", "none",
                                   "--backbones", "mobilenetv2", "--alphas", "0.35", "--sizes", "32,48",
-                                  "--depths", "0,1", "--quants", "fp32", "--eta", "2", "--runs", "10",
+                                  "--depths", "0,1", "--quants", "fp32", "--eta", "2", "--runs", "10", "--recipe", "fixed",
                                   "--epochs-head", "2", "--epochs-finetune", "1", "--views", "1", "--batch-size", "16",
                                   "--test-split", "0.25", "--out", str(tmp_path / "s"), "--then", "export,verify"])
     assert r.exit_code in (0, 1), r.output  # 1: a verify gate of a random-init model may fail

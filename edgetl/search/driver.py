@@ -23,7 +23,7 @@ def candidate_config(o: SearchOptions, c: Candidate, out: Path) -> TrainConfig:
     return TrainConfig(data=o.data, backbone=c.arch.backbone, alpha=c.arch.alpha, img_size=c.arch.size,
                        weights=o.weights, val_split=o.val_split, test_split=o.test_split, seed=o.seed,
                        batch_size=o.batch_size, epochs_head=o.epochs_head,
-                       epochs_finetune=o.epochs_finetune if c.depth else 0, recipe="fixed",
+                       epochs_finetune=o.epochs_finetune if c.depth else 0, recipe=o.recipe,
                        unfreeze_blocks=c.depth if c.depth else None, views=o.views,
                        out=str(rundir.search_candidate_dir(out, c.key)))
 
