@@ -64,7 +64,7 @@ from results import Recorder, loadavg  # noqa: E402
 SMOKE = {"alphas": "0.35", "sizes": "96,128", "depths": "0,1", "epochs_head": 2, "epochs_finetune": 1, "views": 1,
          "runs": 20, "budget_minutes": 3.0, "default": ["--alpha", "0.35", "--img-size", "160", "--epochs-head", "2",
                                                           "--epochs-finetune", "1", "--views", "1"],
-         "default_arch": (0.35, 160), "digits_per_class": 20, "check_runs": 20}
+         "digits_per_class": 20, "check_runs": 20}
 
 
 def edgetl(args: list[str], env: dict[str, str], check: bool = True) -> tuple[float, int]:
@@ -160,7 +160,10 @@ def run_task(task: str, data: Path, a: argparse.Namespace, env: dict[str, str], 
                                "--out", str(default_run),
                                *(smoke["default"] if smoke else [])], env)[0]
     n_classes = len(json.loads((default_run / "metrics.json").read_text())["final"]["per_class"])
-    alpha, size = smoke["default_arch"] if smoke else (1.0, 224)
+    from edgetl import rundir
+
+    cfg = rundir.load_run_config(default_run).resolved()  # the default run's own architecture
+    alpha, size = float(cfg.alpha or 1.0), int(cfg.img_size or 224)
     d_ms = measure_fp32(alpha, size, n_classes, a.threads, a.runs, out / "default-measure")
     res["default"] = {"arch": f"mobilenetv2 {alpha:g} @{size}", "test": test_of(default_run), "latency_ms": d_ms,
                       "wall_s": wall_default, "load": [load, loadavg()], "test_files": len(test_files(default_run))}
