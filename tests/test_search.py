@@ -312,3 +312,18 @@ def test_device_scaling_applies_the_budget_on_the_device(data, tmp_path, monkeyp
     assert not [k for k in f.trained if "-a0.5-" in k or "-a1-" in k]
     assert rep["pick"]["candidate"] == "mobilenetv2-a0.35-s32-d1"
     assert rep["pick"]["latency_ms"] == pytest.approx(6.0)
+
+
+def test_candidates_train_with_the_default_runs_recipe_unless_told(tmp_path):
+    """A candidate is trained as the default `edgetl train` run it is compared with (its recipe),
+    and --recipe fixed reaches every candidate."""
+    from edgetl.config import TrainConfig
+    from edgetl.search.space import Arch, Candidate
+
+    c = Candidate(Arch("mobilenetv2", 0.35, 96), 2)
+    o = SearchOptions(data="x", max_latency_ms=5)
+    assert o.recipe == TrainConfig(data="x").recipe == "auto"
+    cfg = driver.candidate_config(o, c, tmp_path)
+    assert cfg.recipe == "auto" and cfg.unfreeze_blocks == 2 and cfg.epochs_finetune == o.epochs_finetune
+    assert driver.candidate_config(SearchOptions(data="x", max_latency_ms=5, recipe="fixed"), c, tmp_path).recipe == "fixed"
+    assert "--recipe slow: use one of auto, fixed" in str(SearchOptions(data="x", max_latency_ms=5, recipe="slow").problems()[0])
