@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 NAMES = ("train", "train-guide-224", "train-torch", "train-model-maker", "train-peers", "profile-0.35-128",
          "profile-1-224", "recipe", "distill", "scale",
-         "runtimes", "entropy", "adapt")
+         "runtimes", "entropy", "adapt", "search")
 
 
 def _git(*args: str) -> str:

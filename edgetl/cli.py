@@ -689,11 +689,9 @@ def adapt(run, **kw):
 # --------------------------------------------------------------- search ----
 @main.command()
 @click.argument("data", type=click.Path())
-@click.option("--max-latency-ms", type=float, default=None,
-              help="Budget (required): p50 latency at batch 1 in ms, on this machine (or the device, with --device).")
+@click.option("--max-latency-ms", type=float, default=None, help="Budget (required): p50 latency at batch 1 in ms, here (or the device's).")
 @click.option("--max-size-kb", type=float, default=None, help="Budget: size of the exported model file in KiB.")
-@click.option("--max-ram-kb", type=float, default=None,
-              help="Budget: memory the model takes to load and run in its runtime, in KiB (as the bundle measures it).")
+@click.option("--max-ram-kb", type=float, default=None, help="Budget: memory the model takes to load and run, KiB (as the bundle measures it).")
 @click.option("--device", type=click.Path(), default=None,
               help="Device results (the results.json of a bundle check, or RUN/device-results/*.json of the "
                    "browser check): latencies are scaled to that device, with the scale's error stated.")
@@ -709,6 +707,8 @@ def adapt(run, **kw):
               show_default=True, help="none: random init (tests and smoke runs only).")
 @click.option("--eta", type=int, default=d(SearchOptions, "eta"), show_default=True,
               help="Successive halving: the best 1/eta head-only candidates get phase 2.")
+@click.option("--recipe", type=click.Choice(["auto", "fixed"]), default=d(SearchOptions, "recipe"), show_default=True,
+              help="Every candidate's recipe, as train --recipe (auto: phase 1 >= train's --min-steps updates; phase 2 picks its lr on val).")
 @click.option("--epochs-head", type=int, default=d(SearchOptions, "epochs_head"), show_default=True)
 @click.option("--epochs-finetune", type=int, default=d(SearchOptions, "epochs_finetune"), show_default=True)
 @click.option("--views", type=int, default=d(SearchOptions, "views"), show_default=True)
@@ -763,7 +763,7 @@ def init(out):
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a config key, e.g. --set train.alpha=0.5 --set verify.threads=4.")
 def run_cmd(config, from_stage, force, overrides):
-    """Run the pipeline in CONFIG: train (or distill) -> calibrate -> export -> verify -> model card.
+    """Run the pipeline in CONFIG: train (or distill, or search) -> calibrate -> export -> verify -> model card.
 
     Stages whose inputs did not change are skipped; an interrupted stage resumes."""
     from edgetl.pipeline import run

@@ -419,8 +419,7 @@ def parse_numbers(v: str | list | tuple, name: str, kind: type = float) -> tuple
 @dataclass
 class SearchOptions(Options):
     data: str = doc("DATA/<class>/<images>, or DATA/train|val[|test]/<class>/", "")
-    max_latency_ms: float | None = doc("budget: p50 latency at batch 1 in ms (this machine, or the device with "
-                                       "--device)", None)
+    max_latency_ms: float | None = doc("budget: p50 latency at batch 1 in ms (this machine, or the device with --device)", None)
     max_size_kb: float | None = doc("budget: size of the exported model file in KiB (null: none)", None)
     max_ram_kb: float | None = doc("budget: memory the model takes to load and run, in KiB (null: none)", None)
     device: str | None = doc("device results JSON (bundle or browser check) to scale latencies to that device", None)
@@ -433,14 +432,14 @@ class SearchOptions(Options):
     formats: str = doc("formats to try: comma list of " + ",".join(FORMATS), "tflite")
     weights: str = doc("imagenet | none (random init, for tests)", "imagenet")
     eta: int = doc("successive halving: keep the best 1/eta of the head-only candidates", 3)
+    recipe: str = doc("every candidate's recipe (train --recipe): auto (phase 1 >= min_steps updates; phase 2 picks its lr on val) | fixed", "auto")
     epochs_head: int = doc("phase-1 epochs of every candidate", 20)
     epochs_finetune: int = doc("phase-2 epochs of candidates with depth > 0", 10)
     views: int = doc("cached views per image (as train --views)", 4)
     batch_size: int = doc("training batch size", 32)
     seed: int = doc("seed of the split and of every candidate", 42)
     val_split: float = doc("validation fraction when DATA has no train/ and val/", 0.2)
-    test_split: float | None = doc("test fraction (null: train's auto rule); test is read once, after the pick",
-                                   None)
+    test_split: float | None = doc("test fraction (null: train's auto rule); test is read once, after the pick", None)
     threads: int = doc("threads of every runtime when timing", 2)
     runs: int = doc("timed runs per model", 50)
     out: str = doc("the search's folder: candidates, measurements, report", "search")
@@ -473,6 +472,7 @@ class SearchOptions(Options):
         c.run("formats", lambda: parse_list(self.formats, FORMATS, "formats"))
         c.require("weights", self.weights in ("imagenet", "none"), "use imagenet or none")
         c.require("eta", self.eta >= 2, "must be >= 2")
+        c.one_of("recipe", RECIPES)
         c.positive("epochs_head", "views", "batch_size")
         c.non_negative("epochs_finetune")
         c.require("val_split", 0.0 < self.val_split < 1.0, "must be between 0 and 1 (exclusive)")

@@ -1,12 +1,15 @@
 """`edgetl run CONFIG`: the whole workflow from one validated YAML file.
 
-Stages: train (or distill) -> calibrate -> export -> verify -> card. Each stage
+Stages: train (or distill) -> calibrate -> export -> verify -> card. With a ``search:``
+section, search replaces train: ``out`` is the search's folder and every later stage works on
+the pick's run directory (OUT/candidates/<pick>/). Each stage
 records its inputs' hash in the run's manifest when it finishes; a re-run skips
 stages whose inputs did not change, ``from_stage`` reruns from there, and an
 interrupted stage resumes (training from its checkpoints, export artifact by
 artifact) without redoing the finished ones."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -21,26 +24,31 @@ from edgetl.config import (
     DistillConfig,
     ExportOptions,
     Options,
+    SearchOptions,
     TrainConfig,
     VerifyOptions,
     field_doc,
     field_types,
 )
 from edgetl.errors import EdgetlError, OptionError
+from edgetl.search import stage as search_stage
 from edgetl.types import Echo, PathLike
 
-STAGES = ("train", "calibrate", "export", "verify", "card")
+STAGES = ("search", "train", "calibrate", "export", "verify", "card")  # search or train, not both
 
 # section -> (options class, fields the pipeline sets itself and the file may not)
 SECTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
     "train": (TrainConfig, ("data", "out")),
     "distill": (DistillConfig, ("sweep", "compare")),
+    "search": (SearchOptions, ("data", "out")),
     "calibrate": (CalibrateOptions, ("seed", "val_split", "test_split")),
     "export": (ExportOptions, ("calibration", "calib_size", "force", "seed")),
     "verify": (VerifyOptions, ("data", "out")),
 }
 # keys holding paths: relative ones are taken from the pipeline file's folder
-PATH_KEYS = {("", "data"), ("", "out"), ("distill", "teacher"), ("distill", "unlabeled"), ("train", "weights")}
+PATH_KEYS = {("", "data"), ("", "out"), ("distill", "teacher"), ("distill", "unlabeled"), ("train", "weights"),
+             ("search", "device")}
+OPTIONAL = ("distill", "search")  # sections that are off unless the file has them
 
 
 def section_spec(name: str) -> dict[str, tuple[str, Any]]:
@@ -83,10 +91,17 @@ class Pipeline:
     export: ExportOptions
     verify: VerifyOptions
     distill: DistillConfig | None = None
+    search: SearchOptions | None = None
+    given: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)  # keys the file (or --set) set
 
     @property
     def run_dir(self) -> Path:
+        """The run directory, or with a search: the search's folder (the run is its pick's)."""
         return Path(self.out)
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return tuple(s for s in STAGES if s != ("train" if self.search else "search"))
 
     def section(self, name: str) -> dict[str, Any]:
         """The section as the file states it (the keys the file may set)."""
@@ -99,7 +114,7 @@ class Pipeline:
     def resolved(self) -> dict[str, Any]:
         d: dict[str, Any] = {"data": self.data, "out": self.out}
         for name in SECTIONS:
-            if getattr(self, name) is not None:
+            if getattr(self, name) is not None and not (name == "train" and self.search):
                 d[name] = self.section(name)
         return d
 
@@ -172,9 +187,13 @@ def load(path: PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Pipelin
     except EdgetlError as e:
         problems.append(e.message)
 
+    if raw.get("search"):
+        problems += [f"{k}: and search: exclude each other; the search trains its candidates itself (set their "
+                     f"training in search:, e.g. search.epochs_head)" for k in ("train", "distill") if raw.get(k)]
     objs: dict[str, Options | None] = {}
+    set_keys: dict[str, frozenset[str]] = {}
     for name, (cls, _) in SECTIONS.items():
-        if name == "distill" and not raw.get("distill"):
+        if name in OPTIONAL and not raw.get(name):
             objs[name] = None
             continue
         given = raw.get(name) or {}
@@ -191,7 +210,8 @@ def load(path: PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Pipelin
                 kw[k] = _resolve(base, name, k, _check_type(f"{name}.{k}", v, spec[k][0]))
             except EdgetlError as e:
                 problems.append(e.message)
-        if name == "train":
+        set_keys[name] = frozenset(kw)
+        if name in ("train", "search"):
             kw.update(data=data, out=out)
         obj = cls(**kw)
         errs: list[OptionError] = obj.problems()
@@ -205,8 +225,10 @@ def load(path: PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Pipelin
     assert isinstance(train, TrainConfig)
     cal = objs["calibrate"]
     assert isinstance(cal, CalibrateOptions)
-    cal.seed, cal.val_split, cal.test_split = train.seed, train.val_split, train.test_split
-    return Pipeline(where, data, out, train, cal, objs["export"], objs["verify"], objs["distill"])  # type: ignore[arg-type]
+    src: TrainConfig | SearchOptions = objs["search"] or train  # type: ignore[assignment]
+    cal.seed, cal.val_split, cal.test_split = src.seed, src.val_split, src.test_split
+    return Pipeline(where, data, out, train, cal, objs["export"], objs["verify"], objs["distill"],  # type: ignore[arg-type]
+                    objs["search"], set_keys)  # type: ignore[arg-type]
 
 
 def starter_text() -> str:
@@ -214,13 +236,17 @@ def starter_text() -> str:
     lines = ["# edgetl pipeline: `edgetl run pipeline.yaml` runs train -> calibrate -> export -> verify -> model card.",
              "# Re-running skips stages whose inputs did not change; `--from export` redoes export and what follows;",
              "# `--set train.alpha=0.5` overrides any key from the command line. Relative paths are taken from",
-             "# this file's folder.", "",
+             "# this file's folder. With a search: section (instead of train:), out: is the search's folder and",
+             "# calibrate, export, verify and the card work on the pick's run directory.", "",
              "data: photos/                 # DATA/<class>/<images>, or DATA/train|val[|test]/<class>/",
              "out: models/my-classifier     # the run directory (model, exports, reports, model card)", ""]
     for name, (cls, _) in SECTIONS.items():
-        off = name == "distill"
-        if off:
+        off = name in OPTIONAL
+        if name == "distill":
             lines.append("# distill:                    # optional: train the student above from a larger teacher")
+        elif name == "search":
+            lines.append("# search:                     # optional, instead of train: the most accurate model "
+                         "within a budget")
         else:
             lines.append(f"{name}:")
         for k, (_, d) in section_spec(name).items():
@@ -229,6 +255,8 @@ def starter_text() -> str:
             val = yaml.safe_dump({k: d}, default_flow_style=True, width=200).strip()[1:-1]
             if name == "distill" and k == "teacher":
                 val = "teacher: models/teacher"
+            if name == "search" and k == "max_latency_ms":
+                val = "max_latency_ms: 5"
             entry = ("#  " if off else "  ") + val
             lines.append(f"{entry:<30}# {field_doc(cls, k)}")
         lines.append("")
@@ -242,13 +270,18 @@ def _h(obj) -> str:
 
 class PipelineRunner:
     def __init__(self, pipe: Pipeline, from_stage: str | None = None, force: bool = False, echo=print):
-        if from_stage is not None and from_stage not in STAGES:
-            raise EdgetlError(f"--from {from_stage}: use one of {', '.join(STAGES)}")
+        if from_stage is not None and from_stage not in pipe.stages:
+            why = "" if from_stage not in STAGES else \
+                (" (this pipeline has a search: section)" if pipe.search else " (this pipeline has no search: section)")
+            raise EdgetlError(f"--from {from_stage}: use one of {', '.join(pipe.stages)}{why}")
         self.p, self.echo, self.force = pipe, echo, force
-        self.from_idx = STAGES.index(from_stage) if from_stage else None
-        self.run_dir = pipe.run_dir
+        self.from_idx = pipe.stages.index(from_stage) if from_stage else None
+        # the run the stages after train work on; with a search, its pick's (known once the search ran)
+        self.run_dir = pipe.run_dir if pipe.search is None else search_stage.pick_run(pipe.run_dir)
 
     def state(self) -> dict:
+        if self.run_dir == self.p.run_dir and self.p.search is not None:
+            return {}  # no pick yet: the search has not run
         return rundir.read_manifest(self.run_dir).get("pipeline", {}).get("stages", {})
 
     def record(self, stage: str, inputs: str, seconds: float) -> None:
@@ -260,6 +293,8 @@ class PipelineRunner:
 
     def inputs(self, stage: str) -> str:
         p, d = self.p, self.run_dir
+        if stage == "search" and p.search:
+            return _h(search_stage.inputs(p.search, p.section("search")))
         if stage == "train":
             from edgetl.data import scan
 
@@ -282,14 +317,24 @@ class PipelineRunner:
                    .get("edgetl")})
 
     def run(self) -> dict:
-        with rundir.writing(self.run_dir, "edgetl run", echo=self.echo):
+        with rundir.writing(self.p.run_dir, "edgetl run", echo=self.echo), contextlib.ExitStack() as held:
+            self._held = held
             return self._run()
+
+    def hold_run(self) -> None:
+        """With a search: hold the pick's run too, while the stages after the search write it."""
+        if self.run_dir != self.p.run_dir and self.run_dir not in self._holding:
+            self._held.enter_context(rundir.writing(self.run_dir, "edgetl run", echo=self.echo))
+            self._holding.append(self.run_dir)
 
     def _run(self) -> dict:
         t_all = time.perf_counter()
         timings = {}
         report = None
-        for i, stage in enumerate(STAGES):
+        self._holding: list[Path] = []
+        for i, stage in enumerate(self.p.stages):
+            if stage != "search":
+                self.hold_run()
             t0 = time.perf_counter()
             redo = self.force or (self.from_idx is not None and i >= self.from_idx)
             done = self.state().get(stage)
@@ -325,12 +370,19 @@ class PipelineRunner:
 
     def outputs_exist(self, stage: str) -> bool:
         d = self.run_dir
+        if stage == "search":
+            return (self.p.run_dir / rundir.SEARCH_JSON).exists() and rundir.is_finished(d)
         need = {"train": [rundir.MODEL, rundir.METRICS, rundir.MANIFEST],
                 "calibrate": [f"{rundir.CALIBRATION}/{rundir.MANIFEST}"],
                 "export": [], "verify": [rundir.REPORT_JSON], "card": [rundir.CARD]}[stage]
         return all((d / n).exists() for n in need)
 
     # ---- stages ----
+    def stage_search(self, redo: bool) -> Any:
+        assert self.p.search is not None
+        self.run_dir = search_stage.run_search(self.p.search, self.p.source, self.echo)
+        self.hold_run()
+
     def stage_train(self, redo: bool) -> Any:
         from edgetl.train import Trainer
 
@@ -356,6 +408,7 @@ class PipelineRunner:
 
         # a stage that is redone (--from, --force) redoes its artifacts too
         opts = dataclasses.replace(self.p.export, force=redo)  # calibrates on the run's own calibration/
+        opts = search_stage.stage_options(opts, self.p.given.get("export", frozenset()), self.p.search, self.p.run_dir)
         res = export(self.run_dir, opts, echo=self.echo)
         failed = [a for a in res if a.status == "failed"]
         if failed:
@@ -365,7 +418,9 @@ class PipelineRunner:
     def stage_verify(self, redo: bool) -> Any:
         from edgetl.verify import verify
 
-        return verify(self.run_dir, dataclasses.replace(self.p.verify), echo=self.echo)
+        opts = search_stage.stage_options(dataclasses.replace(self.p.verify), self.p.given.get("verify", frozenset()),
+                                          self.p.search, self.p.run_dir)
+        return verify(self.run_dir, opts, echo=self.echo)
 
     def stage_card(self, redo: bool) -> Any:
         from edgetl.card import write_card

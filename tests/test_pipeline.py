@@ -6,6 +6,7 @@ import yaml
 from click.testing import CliRunner
 
 from edgetl.cli import main
+from edgetl.errors import EdgetlError
 from edgetl.pipeline import load, run
 
 from common import TINY, quiet
@@ -72,11 +73,26 @@ def test_init_writes_a_valid_commented_starter(tmp_path, tiny_data):
     assert p.train == TrainConfig(data=p.data, out=p.out)
     assert p.export == ExportOptions() and p.verify == VerifyOptions() and p.distill is None
     assert p.calibrate == CalibrateOptions(seed=p.train.seed, val_split=p.train.val_split)
-    text = out.read_text().replace("# distill:", "distill:").replace("#  ", "  ")
-    out.write_text(text.replace("models/teacher", str(tiny_data)))
-    from edgetl.config import DistillConfig
+    assert p.search is None
+    start = out.read_text()
+
+    def uncomment(text: str, section: str) -> str:
+        """The commented section ``section`` of the starter, switched on."""
+        head, rest = text.split(f"# {section}:", 1)
+        block, tail = rest.split("\n\n", 1)
+        return head + f"{section}:" + block.replace("\n#  ", "\n  ") + "\n\n" + tail
+
+    out.write_text(uncomment(start, "distill").replace("models/teacher", str(tiny_data)))
+    from edgetl.config import DistillConfig, SearchOptions
 
     assert load(out).distill == DistillConfig(teacher=str(tiny_data))
+    # the search block, switched on instead of train:, states the search's defaults and an example budget
+    text = uncomment(start, "search")
+    before, after = text.split("\ntrain:\n", 1)
+    out.write_text(before + "\n" + after.split("\n\n", 1)[1])
+    p = load(out)
+    assert p.search == SearchOptions(data=p.data, out=p.out, max_latency_ms=5.0)
+    assert p.stages == ("search", "calibrate", "export", "verify", "card")
     r = CliRunner().invoke(main, ["init", "--out", str(out)])
     assert r.exit_code == 2 and "already exists" in r.output
 
@@ -204,3 +220,69 @@ def test_resume_after_an_interrupted_stage(tiny_data, imagenet_mnv2_100, tmp_pat
     t = res["timings"]
     assert t["train"]["skipped"] and t["calibrate"]["skipped"] and not t["export"]["skipped"]
     assert (tmp_path / "run" / "MODEL_CARD.md").exists()
+
+
+# ------------------------------------------------------------- search: section ----
+SEARCH = {"max_latency_ms": 1000.0, "weights": "none", "backbones": "mobilenetv2", "alphas": "0.35",
+          "sizes": "32", "depths": "0", "quants": "fp32", "formats": "tflite", "runs": 10, "threads": 1,
+          "epochs_head": 1, "views": 1, "batch_size": 16, "seed": 1, "test_split": 0.25, "recipe": "fixed"}
+
+
+@pytest.mark.parametrize("change,msgs", [
+    ({"search": {"max_latency_ms": 0, "alphas": "x"}},
+     ["train: and search: exclude each other", "search.max_latency_ms = 0.0: must be a positive number",
+      "search.alphas = 'x': use a comma list of numbers"]),
+    ({"train": None, "search": {"sizes": "32", "epochs_head": 1.5, "nope": 1}},
+     ["search.max_latency_ms = '(missing)': a latency budget is required",
+      "search.epochs_head = 1.5 has the wrong type", "unknown key 'search.nope'"]),
+])
+def test_search_section_problems_are_reported_at_once(tmp_path, tiny_data, change, msgs):
+    p = _write(tmp_path, tiny_data, **change)
+    r = CliRunner().invoke(main, ["run", str(p)])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert f"{p}: {len(msgs)} problems:" in r.output, r.output
+    for m in msgs:
+        assert m in r.output, (m, r.output)
+    assert not (tmp_path / "run").exists()
+
+
+def test_from_names_a_stage_of_this_pipeline(tmp_path, tiny_data):
+    from edgetl.pipeline import PipelineRunner
+
+    with pytest.raises(EdgetlError, match="--from train: use one of search, calibrate, export, verify, card "
+                                          r"\(this pipeline has a search: section\)"):
+        PipelineRunner(load(_write(tmp_path, tiny_data, train=None, search=SEARCH)), "train")
+    with pytest.raises(EdgetlError, match=r"--from search: .*\(this pipeline has no search: section\)"):
+        PipelineRunner(load(_write(tmp_path, tiny_data)), "search")
+
+
+def test_search_section_then_the_later_stages_on_the_pick(tmp_path, tiny_data):
+    """A pipeline with search: (no train:) searches into out:, then calibrate, export (the pick's
+    format and quantization), verify (the search's budget as its latency gate) and the card run
+    on the pick's run directory; an unchanged re-run skips every stage, the search included."""
+    p = _write(tmp_path, tiny_data, train=None, search=SEARCH)
+    cfg = yaml.safe_load(p.read_text())
+    cfg["export"] = {"max_drop": 100.0}  # formats/quants not named: the pick's
+    p.write_text(yaml.safe_dump(cfg))
+    lines: list[str] = []
+    res = run(p, echo=lines.append)
+    assert [s for s, t in res["timings"].items() if not t["skipped"]] == ["search", "calibrate", "export", "verify",
+                                                                          "card"]
+    rep = json.loads((tmp_path / "run" / "search.json").read_text())
+    d = tmp_path / "run" / "candidates" / rep["pick"]["candidate"]
+    assert rep["pick"]["run_dir"] == str(d)
+    assert sorted(f.name for f in (d / "export").glob("model_*.tflite")) == ["model_fp32.tflite"]
+    assert (d / "MODEL_CARD.md").is_file() and (d / "calibration" / "manifest.json").is_file()
+    assert res["report"]["gates"]["max_latency_ms"] == 1000.0
+    # the pick's test score, read once by the search after its choice, is in the pick's own metrics
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["test"]["accuracy"] == rep["pick"]["test"]["accuracy"] and m["test"]["n"] == rep["pick"]["test"]["n"]
+    assert m["headline"]["split"] == "test" and m["test"]["scored_by"] == "edgetl search"
+    man = json.loads((d / "manifest.json").read_text())
+    assert set(man["pipeline"]["stages"]) == {"search", "calibrate", "export", "verify", "card"}
+    assert "search" in man["pipeline"]["config"] and "train" not in man["pipeline"]["config"]
+    assert not (tmp_path / "run" / "manifest.json").exists()  # the search's folder is not a run
+    assert any(f"the pick's run directory, for the stages that follow: {d}" in line for line in lines)
+
+    again = run(p, echo=quiet)
+    assert all(t["skipped"] for t in again["timings"].values()), again["timings"]

@@ -54,7 +54,7 @@ class Fakes:
             self.events.append("train")
             return {"val_accuracy": FAKE_VAL[c.key], "run_dir": str(d), "resumed": False, "seconds": 1.0}
 
-        def test_accuracy(run_dir):
+        def test_accuracy(run_dir, echo=None):
             self.tested.append(str(run_dir))
             self.events.append("test")
             return {"accuracy": 0.5, "ci95": [0.3, 0.7], "n": 20, "split": "test"}
@@ -66,7 +66,8 @@ class Fakes:
 
 def opts(data, tmp_path, **kw):
     base = dict(data=str(data), max_latency_ms=5.0, weights="none", backbones="mobilenetv2", alphas="0.35,0.5,1.0",
-                sizes="32", depths="0,1", quants="fp32", formats="tflite", eta=2, out=str(tmp_path / "s"))
+                sizes="32", depths="0,1", quants="fp32", formats="tflite", eta=2, recipe="fixed",
+                out=str(tmp_path / "s"))
     return SearchOptions(**{**base, **kw})
 
 
@@ -127,6 +128,44 @@ def test_no_architecture_fits(data, tmp_path, monkeypatch):
     line = one_error_line(r, 1)
     assert "no architecture fits the budget (fastest: 2.00 ms" in line
     assert f.trained == []
+
+
+HOLD = """
+import sys
+from edgetl import rundir
+with rundir.writing(sys.argv[1], "edgetl search", echo=print):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+def test_a_second_search_into_the_same_folder_is_refused_naming_the_holder(data, tmp_path, monkeypatch):
+    """Two searches into one folder at once: the second gets one line naming the first (pid,
+    command, start) and measures, trains and writes nothing; once the first is done, it runs."""
+    import os
+    import subprocess
+    import sys
+
+    f = Fakes(monkeypatch, tmp_path)
+    out = tmp_path / "s"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = CliRunner().invoke(main, ["search", str(data), "--max-latency-ms", "5", "--weights", "none",
+                                      "--backbones", "mobilenetv2", "--alphas", "0.35", "--sizes", "32",
+                                      "--quants", "fp32", "--out", str(out)])
+        line = one_error_line(r, 1)
+        assert f"{out} is being written by pid {holder.pid} (edgetl search, started " in line
+        assert line.endswith("wait for it or stop it")
+        assert f.measured == [] and f.trained == [] and sorted(p.name for p in out.iterdir()) == [rundir.LOCK]
+    finally:
+        holder.communicate("")
+    assert holder.returncode == 0 and not out.exists()
+    rep = driver.search(opts(data, tmp_path), echo=quiet)  # the folder is free again
+    assert rep["pick"] and not (out / rundir.LOCK).exists()
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -197,25 +236,47 @@ def test_real_search_resumes_and_keeps_test_unread(data, tmp_path, monkeypatch):
     o = opts(data, tmp_path, max_latency_ms=1000, alphas="0.35", sizes="32,48", depths="0,1", runs=10,
              epochs_head=2, epochs_finetune=1, views=1, batch_size=16, test_split=0.25)
     rep = driver.search(o, echo=quiet)
+    splits = set()
     for r in rep["rows"]:
-        m = json.loads((tmp_path / "s" / "candidates" / r["candidate"] / rundir.METRICS).read_text())
-        assert m["test"] is None and m["headline"]["split"] == "val"
-        assert rundir.is_finished(tmp_path / "s" / "candidates" / r["candidate"])
+        d = tmp_path / "s" / "candidates" / r["candidate"]
+        m = json.loads((d / rundir.METRICS).read_text())
+        if r["candidate"] != rep["pick"]["candidate"]:
+            assert m["test"] is None and m["headline"]["split"] == "val"  # no candidate's training read test
+        assert rundir.is_finished(d)
+        splits.add((d / rundir.SPLIT).read_text())
+    # every candidate has the one seeded split: the pick's test images were in no candidate's train or val
+    assert len(splits) == 1
+    split = json.loads(splits.pop())
+    files = {k: {r["file"] for r in split.get(k) or []} for k in ("train", "val", "test")}
+    assert len(files["test"]) == 15 and not files["test"] & (files["train"] | files["val"])
     te = rep["pick"]["test"]
     assert te["n"] == 15 and te["split"] == "test"
+    # the pick's own run holds its test score (once, after the choice), as train writes it
+    pick = Path(rep["pick"]["run_dir"])
+    m = json.loads((pick / rundir.METRICS).read_text())
+    assert m["test"]["accuracy"] == te["accuracy"] and m["test"]["ci95"] == te["ci95"] and m["test"]["n"] == 15
+    assert m["headline"]["split"] == "test" and m["test"]["scored_by"] == "edgetl search"
+    man = json.loads((pick / rundir.MANIFEST).read_text())
+    from edgetl import artifacts
+
+    assert man["train"]["files"][rundir.METRICS] == artifacts.sha256_file(pick / rundir.METRICS)
 
     def fail(*a, **k):
         raise AssertionError("retrained or re-measured")
     monkeypatch.setattr(driver, "_trainer_class", fail)
     monkeypatch.setattr(measure, "measure_local", fail)
+    import edgetl.tfdata
+
+    monkeypatch.setattr(edgetl.tfdata, "load_array", fail)  # the pick's test score is read back, not scored again
     again = driver.search(o, echo=quiet)
     assert again["pick"]["key"] == rep["pick"]["key"]
     assert all(r["resumed"] for r in again["rows"])
 
+    monkeypatch.undo()
     # as a user types it, continuing with the pick: its run is exported and verified like any run
     r = CliRunner().invoke(main, ["search", str(data), "--max-latency-ms", "1000", "--weights", "none",
                                   "--backbones", "mobilenetv2", "--alphas", "0.35", "--sizes", "32,48",
-                                  "--depths", "0,1", "--quants", "fp32", "--eta", "2", "--runs", "10",
+                                  "--depths", "0,1", "--quants", "fp32", "--eta", "2", "--runs", "10", "--recipe", "fixed",
                                   "--epochs-head", "2", "--epochs-finetune", "1", "--views", "1", "--batch-size", "16",
                                   "--test-split", "0.25", "--out", str(tmp_path / "s"), "--then", "export,verify"])
     assert r.exit_code in (0, 1), r.output  # 1: a verify gate of a random-init model may fail
@@ -251,3 +312,18 @@ def test_device_scaling_applies_the_budget_on_the_device(data, tmp_path, monkeyp
     assert not [k for k in f.trained if "-a0.5-" in k or "-a1-" in k]
     assert rep["pick"]["candidate"] == "mobilenetv2-a0.35-s32-d1"
     assert rep["pick"]["latency_ms"] == pytest.approx(6.0)
+
+
+def test_candidates_train_with_the_default_runs_recipe_unless_told(tmp_path):
+    """A candidate is trained as the default `edgetl train` run it is compared with (its recipe),
+    and --recipe fixed reaches every candidate."""
+    from edgetl.config import TrainConfig
+    from edgetl.search.space import Arch, Candidate
+
+    c = Candidate(Arch("mobilenetv2", 0.35, 96), 2)
+    o = SearchOptions(data="x", max_latency_ms=5)
+    assert o.recipe == TrainConfig(data="x").recipe == "auto"
+    cfg = driver.candidate_config(o, c, tmp_path)
+    assert cfg.recipe == "auto" and cfg.unfreeze_blocks == 2 and cfg.epochs_finetune == o.epochs_finetune
+    assert driver.candidate_config(SearchOptions(data="x", max_latency_ms=5, recipe="fixed"), c, tmp_path).recipe == "fixed"
+    assert "--recipe slow: use one of auto, fixed" in str(SearchOptions(data="x", max_latency_ms=5, recipe="slow").problems()[0])

@@ -7,8 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgetl import artifacts, rundir
 from edgetl.config import SearchOptions, TrainConfig
 from edgetl.errors import EdgetlError
@@ -25,7 +23,7 @@ def candidate_config(o: SearchOptions, c: Candidate, out: Path) -> TrainConfig:
     return TrainConfig(data=o.data, backbone=c.arch.backbone, alpha=c.arch.alpha, img_size=c.arch.size,
                        weights=o.weights, val_split=o.val_split, test_split=o.test_split, seed=o.seed,
                        batch_size=o.batch_size, epochs_head=o.epochs_head,
-                       epochs_finetune=o.epochs_finetune if c.depth else 0, recipe="fixed",
+                       epochs_finetune=o.epochs_finetune if c.depth else 0, recipe=o.recipe,
                        unfreeze_blocks=c.depth if c.depth else None, views=o.views,
                        out=str(rundir.search_candidate_dir(out, c.key)))
 
@@ -87,25 +85,53 @@ def train_candidate(o: SearchOptions, c: Candidate, out: Path, echo: Echo) -> di
             "seconds": secs}
 
 
-def test_accuracy(run_dir: str | Path) -> dict[str, Any] | None:
-    """The run's model on its test split (None without one). The search calls it once, for the pick."""
+TEST_NOTE = "read once, after the pick; never used for any choice"
+
+
+def test_accuracy(run_dir: str | Path, echo: Echo = print) -> dict[str, Any] | None:
+    """The run's model on its test split (None without one). The search calls it once, for the
+    pick, after the choice, and writes it into the pick's metrics.json as train would (``test``
+    and the headline), so export, verify, card and bundle see the pick's held-out score. A
+    re-run of the search reads that score back instead of scoring test again."""
+    from edgetl.evaluate import classification_metrics
     from edgetl.runners import KerasRunner
-    from edgetl.stats import accuracy_interval
     from edgetl.tfdata import load_array
 
     run = rundir.open_run(run_dir)
+    m = rundir.read_json(run.dir / rundir.METRICS)
+    if isinstance(m.get("test"), dict) and m["test"].get("scored_by") == "edgetl search":
+        return _summary(m["test"])
     files, labels = run.split_files("test")
     if not files:
         return None
     x = load_array(files, run.img_size, run.resize)
-    pred = KerasRunner(run.model_path).predict(x).argmax(1)
-    k = int((pred == np.asarray(labels)).sum())
-    return {"accuracy": k / len(labels), "ci95": accuracy_interval(k, len(labels)), "n": len(labels),
-            "split": "test", "note": "read once, after the pick; never used for any choice"}
+    te = {**classification_metrics(labels, KerasRunner(run.model_path).predict(x), rundir.read_labels(run.dir)),
+          "split": "test", "scored_by": "edgetl search", "note": TEST_NOTE}
+    with rundir.writing(run.dir, "edgetl search", echo=echo):
+        m["test"] = te
+        m["headline"] = {"split": "test", "accuracy": te["accuracy"], "ci95": te["ci95"], "n": te["n"],
+                         "note": "test split: held out, scored once by edgetl search after its pick; never used "
+                                 "for any choice"}
+        artifacts.write_json(run.dir / rundir.METRICS, m, note=True)
+        man = rundir.read_manifest(run.dir)
+        files_ = {**man.get("train", {}).get("files", {}), **artifacts.file_hashes(run.dir, (rundir.METRICS,))}
+        rundir.update_manifest(run.dir, "train", {**man.get("train", {}), "files": files_})
+    return _summary(te)
+
+
+def _summary(te: dict[str, Any]) -> dict[str, Any]:
+    return {"accuracy": te["accuracy"], "ci95": te["ci95"], "n": te["n"], "split": "test", "note": TEST_NOTE}
 
 
 def search(o: SearchOptions, echo: Echo = print) -> dict[str, Any]:
+    """Search into ``o.out``, holding its lock (the run directory's, see :func:`rundir.writing`):
+    a second search into the same folder is refused in one line naming the holder."""
     o.validate()
+    with rundir.writing(o.out, "edgetl search", echo=echo):
+        return _search(o, echo)
+
+
+def _search(o: SearchOptions, echo: Echo) -> dict[str, Any]:
     import logging
 
     from edgetl.data import scan
@@ -184,7 +210,7 @@ def search(o: SearchOptions, echo: Echo = print) -> dict[str, Any]:
         chosen["picked"] = True
         pick_rec = {k: chosen[k] for k in ("key", "candidate", "fmt", "quant", "val_accuracy", "latency_ms",
                                            "size_kb", "ram_kb", "run_dir", "depth", "backbone", "alpha", "size")}
-        pick_rec["test"] = test_accuracy(chosen["run_dir"])  # once, after the choice
+        pick_rec["test"] = test_accuracy(chosen["run_dir"], echo)  # once, after the choice
     search_s = time.monotonic() - t_start
     rep: dict[str, Any] = {
         "data": str(Path(o.data).resolve()), "options": dataclasses.asdict(o),
