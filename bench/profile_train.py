@@ -31,7 +31,7 @@ import numpy; t.append(time.perf_counter())
 import tensorflow; t.append(time.perf_counter())
 import keras; t.append(time.perf_counter())
 import edgetl.cli; t.append(time.perf_counter())
-import edgetl.train, edgetl.tfdata, edgetl.weights; t.append(time.perf_counter())
+import edgetl.training.train, edgetl.tfdata, edgetl.weights; t.append(time.perf_counter())
 print(json.dumps([b - a for a, b in zip(t, t[1:])]))
 """
 
@@ -51,7 +51,7 @@ def import_times(repeats: int = 3) -> dict:
     med = np.median(np.array(parts), 0)
     return {"interpreter start": float(np.median(bare)), "import numpy": med[0], "import tensorflow": med[1],
             "import keras (after tensorflow)": med[2], "import edgetl.cli": med[3],
-            "import edgetl.train/tfdata/weights": med[4], "process total (start + imports + exit)": float(np.median(whole))}
+            "import edgetl.training.train/tfdata/weights": med[4], "process total (start + imports + exit)": float(np.median(whole))}
 
 
 def profile_run(img: int, seed: int, e1: int, e2: int, out: Path, cprofile: str | None) -> tuple[dict, dict]:
@@ -59,7 +59,7 @@ def profile_run(img: int, seed: int, e1: int, e2: int, out: Path, cprofile: str 
 
     import edgetl.tfdata as T
     from edgetl.config import TrainConfig
-    from edgetl.train import Trainer
+    from edgetl.training.train import Trainer
 
     t: dict[str, float] = {}
     hooks: list[tuple[int, float]] = []

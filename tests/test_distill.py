@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from edgetl.config import TrainConfig
-from edgetl.distill import DistillConfig, Distiller, Teacher, distill, kd_loss_value, make_loss
 from edgetl.errors import EdgetlError
+from edgetl.training.distill import DistillConfig, Distiller, Teacher, distill, kd_loss_value, make_loss
 
 from common import HOLDOUT_FLOOR, TINY, holdout_accuracy, quiet
 
@@ -193,7 +193,7 @@ def test_distilled_student_beats_alone_by_more_than_seed_spread(imagenet_mnv2_03
 
     from edgetl.data import scan
     from edgetl.demo_data import write_digits_pools
-    from edgetl.train import train
+    from edgetl.training.train import train
 
     pools = write_digits_pools(tmp_path / "digits", labels_per_class=10, teacher_per_class=40)
     transfer = tmp_path / "transfer"

@@ -176,7 +176,7 @@ def test_unfreeze_blocks_trains_exactly_the_last_blocks(tiny_data, imagenet_mnv2
 
     from edgetl import backbones
     from edgetl.config import TrainConfig
-    from edgetl.train import Trainer
+    from edgetl.training.train import Trainer
 
     t = Trainer(TrainConfig(data=str(tiny_data), out=str(tmp_path / "r"), unfreeze_blocks=2,
                             **{**TINY, "epochs_finetune": 2, "lr_finetune": 1e-3}), echo=lambda *a: None)

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from edgetl.cli import main
 from edgetl.config import TrainConfig
 from edgetl.errors import EdgetlError, TrainingDiverged, TrainingInterrupted
-from edgetl.train import Trainer, train
+from edgetl.training.train import Trainer, train
 
 from common import HOLDOUT_FLOOR, TINY, holdout_accuracy, quiet
 
@@ -129,7 +129,7 @@ def test_interrupt_then_resume(tiny_data, imagenet_mnv2_100, tmp_path):
 
 
 def test_ctrl_c_message_from_cli(tiny_data, tmp_path, monkeypatch):
-    import edgetl.train as T
+    import edgetl.training.train as T
 
     def boom(self):
         raise KeyboardInterrupt
@@ -252,12 +252,12 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_data, tiny_holdout, imagenet
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from edgetl.config import TrainConfig
-        from edgetl.train import train
+        from edgetl.training.train import train
         r = train(TrainConfig(data={str(tiny_data)!r}, out={str(tmp_path / 'm')!r}, strategy="mirrored",
                   alpha=1.0, img_size=32, epochs_head=10, epochs_finetune=1, views=2, batch_size=16,
                   seed=1, recipe="fixed"),
                   echo=lambda *a: None)
-        import edgetl.train as T
+        import edgetl.training.train as T
         print("replicas", T.get_strategy("mirrored").num_replicas_in_sync, "acc", r.metrics["val_accuracy"])
     """)
     env = {**os.environ, "KERAS_HOME": str(keras_home)}

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from edgetl import viewcache as V
 from edgetl.cli import main
 from edgetl.config import TrainConfig
-from edgetl.train import Trainer
+from edgetl.training.train import Trainer
 
 from common import TINY, quiet
 
@@ -90,7 +90,7 @@ KILL = textwrap.dedent("""
         return n
     V.ViewCache.write = write
     from edgetl.config import TrainConfig
-    from edgetl.train import Trainer
+    from edgetl.training.train import Trainer
     Trainer(TrainConfig(**{cfg!r}), echo=print).run()
 """)
 
@@ -172,7 +172,7 @@ def test_distillation_with_mixup_streams_from_several_shards(tiny_run, tiny_data
     """Distillation and mixup on the streamed cache, spread over several shards: every row
     carries the teacher's logits of the exact (blended) image it was made from, in row
     order, and the student learns."""
-    from edgetl.distill import DistillConfig, Distiller, Teacher
+    from edgetl.training.distill import DistillConfig, Distiller, Teacher
 
     monkeypatch.setattr(V, "shard_rows_for", lambda layout, target_bytes=0, batch=64: 16)
     teacher = Teacher(tiny_run.run_dir, quiet)
@@ -209,7 +209,7 @@ def test_float16_cache_within_half_a_point_of_float32(imagenet_mnv2_100, tmp_pat
     import shutil
 
     from edgetl.demo_data import write_digits
-    from edgetl.train import train
+    from edgetl.training.train import train
 
     src, full = write_digits(tmp_path / "all", size=32), tmp_path / "digits"
     rng = np.random.default_rng(0)

@@ -26,7 +26,7 @@ import numpy as np
 from edgetl import artifacts, rundir
 from edgetl.config import DistillConfig, TrainConfig
 from edgetl.errors import EdgetlError
-from edgetl.train import Trainer
+from edgetl.training.train import Trainer
 from edgetl.types import Echo
 
 __all__ = ["DistillConfig", "Distiller", "Teacher", "distill", "kd_loss_value", "make_loss"]

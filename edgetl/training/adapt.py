@@ -32,7 +32,7 @@ import numpy as np
 from edgetl import artifacts, rundir
 from edgetl.config import AdaptOptions
 from edgetl.errors import EdgetlError
-from edgetl.train import Trainer
+from edgetl.training.train import Trainer
 
 __all__ = ["AdaptOptions", "Adapter", "adabn", "adapt", "gradient_reversal", "label_free", "select_pseudo", "wilson"]
 
@@ -238,7 +238,7 @@ class Adapter(Trainer):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def prepare(self) -> None:
-        from edgetl.train import get_strategy, set_seed
+        from edgetl.training.train import get_strategy, set_seed
 
         self.ds = dataset_from_split(self.source)
         self.class_weight = None

@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from edgetl import artifacts, backbones, recipe, rundir
+from edgetl import artifacts, backbones, rundir
 from edgetl.config import TrainConfig, parse_augment
 from edgetl.data import Dataset, class_weights, scan
 from edgetl.errors import EdgetlError, TrainingInterrupted
 from edgetl.rundir import load_run_config, read_labels  # noqa: F401  (part of this module's API)
+from edgetl.training import recipe
 from edgetl.types import Echo, PathLike
 
 CLASS_LINES = 20  # above this many classes the per-class counts print as a summary and the extremes
@@ -136,7 +137,7 @@ class Trainer:
         self.bb = backbones.get(self.cfg.backbone)
         self.run_dir = Path(self.cfg.out) if self.cfg.out else default_run_dir(self.cfg, root)
         self.cfg.out = str(self.run_dir)
-        from edgetl.distributed import tf_config_is_chief
+        from edgetl.training.distributed import tf_config_is_chief
 
         self.chief = self.cfg.strategy != "multiworker" or tf_config_is_chief()
         self.ckpt = self.run_dir / rundir.CHECKPOINTS
@@ -154,7 +155,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.strategy == "multiworker":
             # collective ops are configured when TensorFlow starts: before anything else runs
-            from edgetl import distributed
+            from edgetl.training import distributed
 
             self.echo(f"multiworker: connecting to the other workers ({distributed.describe_cluster()}, TF_CONFIG); "
                       f"this waits until every worker has started")
@@ -460,7 +461,7 @@ class Trainer:
 
         layout, shards, key = getattr(self, "view_plan", None) or self.plan_views()
         if self.num_workers > 1:  # before any work: every worker must see the others on the shared storage
-            from edgetl import distributed
+            from edgetl.training import distributed
 
             distributed.announce(self.ckpt / rundir.WORKERS, self.worker_index, self.num_workers, "--out", self.echo,
                                  distributed.peer_timeout())
@@ -468,7 +469,7 @@ class Trainer:
                 distributed.announce(self.cache_dir.parent / f"{self.run_dir.name}.{rundir.WORKERS}", self.worker_index,
                                      self.num_workers, "--cache-dir", self.echo, distributed.peer_timeout())
         if not self.is_chief:  # the chief creates (or clears) the shared cache folder
-            from edgetl import distributed
+            from edgetl.training import distributed
 
             distributed.wait_for(lambda: 0 if distributed.key_ready(self.cache_dir, key) else 1,
                                  f"{self.cache_dir}: the chief's view cache", self.echo, distributed.shard_timeout())
@@ -501,7 +502,7 @@ class Trainer:
     def wait_for_shards(self, cache) -> None:
         """Multi-worker: wait until every worker's shards are on the shared storage."""
         if self.num_workers > 1:
-            from edgetl import distributed
+            from edgetl.training import distributed
 
             distributed.wait_for(lambda: len(cache.missing()), f"{self.cache_dir}: view cache shards", self.echo,
                                  distributed.shard_timeout())
@@ -649,7 +650,7 @@ class Trainer:
     def callbacks(self, phase: str, epochs: int, rows: int | None = None):
         import keras
 
-        from edgetl.callbacks import AtomicBackup, EpochKey, HistoryFile, NanGuard, Progress
+        from edgetl.training.callbacks import AtomicBackup, EpochKey, HistoryFile, NanGuard, Progress
 
         key = "lr_head" if phase == "phase 1" else "lr_finetune"
         tag = phase.replace(" ", "")
@@ -737,7 +738,7 @@ class Trainer:
         import keras
 
         from edgetl import model as M
-        from edgetl import recipe
+        from edgetl.training import recipe
 
         cfg = self.cfg
         if cfg.epochs_finetune == 0 or not self.to_train:
@@ -810,7 +811,7 @@ class Trainer:
 
     def compile_search(self, model):
         """Compile ``model`` with the deepest candidate's layers trainable and a switchable
-        optimizer (:func:`edgetl.recipe.optimizer`): one traced step for every candidate."""
+        optimizer (:func:`edgetl.training.recipe.optimizer`): one traced step for every candidate."""
         from edgetl import model as M
 
         M.set_trainable(self.base, self.deepest.layers)
@@ -833,7 +834,7 @@ class Trainer:
 
     def choose_candidate(self, model, tr, va):
         """The phase-2 setting: the only one (fixed recipe), or the grid's best on validation.
-        None: phase 2 cannot pay (see :func:`edgetl.recipe.pays`). The choice is kept in the
+        None: phase 2 cannot pay (see :func:`edgetl.training.recipe.pays`). The choice is kept in the
         checkpoints, so a resumed run does not search again.
 
         The search (one worker) is successive halving on the plain view of each image: every
