@@ -102,17 +102,28 @@ def profile_run(img: int, seed: int, e1: int, e2: int, out: Path, cprofile: str 
         def on_epoch_end(self, epoch, logs=None):
             epochs[self.phase].append(time.perf_counter() - self.t0)
 
-    class Timed(Trainer):
-        def view_hook(self, view, images):
-            hooks.append((view, time.perf_counter()))
+    from edgetl.training import train as TT
+    from edgetl.training.methods import TrainMethod
+    from edgetl.training.search import RecipeSearch
 
-    for name in ("prepare", "build", "start", "plan_cut", "phase1", "phase2", "choose_candidate", "evaluate",
-                 "evaluate_test", "write_outputs"):
+    class Hooked(TrainMethod):  # each batch of each training view, as the view cache extracts it
+        def sources(self, part, view, images):
+            if part == "train":
+                hooks.append((view, time.perf_counter()))
+            return None
+
+    class Timed(Trainer):
+        pass
+
+    for name in ("prepare", "build", "start", "cached_views", "phase1", "phase2", "evaluate", "evaluate_test",
+                 "write_outputs"):
         setattr(Timed, name, timed(name, getattr(Trainer, name)))
-    Timed.cached_views = timed("cached_views", Trainer.cached_views)
+    real_plan_cut, real_choose = TT.plan_cut, RecipeSearch.choose
+    TT.plan_cut = timed("plan_cut", real_plan_cut)
+    RecipeSearch.choose = timed("choose_candidate", real_choose)
     cfg = TrainConfig(data=str(DATA), alpha=0.35, img_size=img, weights=str(WEIGHTS), epochs_head=e1,
                       epochs_finetune=e2, seed=seed, out=str(out))
-    tr = Timed(cfg, callbacks=[EpochClock()], echo=lambda *a: None)
+    tr = Timed(cfg, callbacks=[EpochClock()], echo=lambda *a: None, method=Hooked())
     prof = None
     if cprofile:
         import cProfile
@@ -126,6 +137,7 @@ def profile_run(img: int, seed: int, e1: int, e2: int, out: Path, cprofile: str 
         prof.disable()
         prof.dump_stats(cprofile)
     T.decode_batches = real_decode
+    TT.plan_cut, RecipeSearch.choose = real_plan_cut, real_choose
     detail = {"timings": r.metrics["timings"], "epochs": epochs, "hooks": hooks,
               "train_rows": tr.cache_stats["rows"], "batch": cfg.batch_size, "n_train": len(tr.ds.train)}
     return t, detail

@@ -115,7 +115,7 @@ def test_transfer_set_gets_teacher_targets_only(tiny_run, tiny_data, tiny_holdou
 
     class Snapshot(Distiller):
         def write_outputs(self, *a):  # the view cache is scratch, removed with the checkpoints
-            self.snap = (self.cache.rows("train"), self.head_targets(), self.t_logits)
+            self.snap = (self.cache.rows("train"), self.head_targets(), np.asarray(self.cache.column("train", "teacher")))
             super().write_outputs(*a)
 
     d = Snapshot(cfg, DistillConfig(str(tiny_run.run_dir), unlabeled=str(unl)), echo=quiet, teacher=teacher)

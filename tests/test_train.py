@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from edgetl.cli import main
 from edgetl.config import TrainConfig
 from edgetl.errors import EdgetlError, TrainingDiverged, TrainingInterrupted
+from edgetl.training.methods import TrainMethod
 from edgetl.training.train import Trainer, train
 
 from common import HOLDOUT_FLOOR, TINY, holdout_accuracy, quiet
@@ -61,13 +62,13 @@ def test_batchnorm_frozen_and_in_inference_mode_in_phase2(tiny_data, imagenet_mn
     t.prepare()
     t.build()
     t.phase1()
-    bns = [l for l in t.base.layers if isinstance(l, keras.layers.BatchNormalization)]
+    bns = [l for l in t.b.base.layers if isinstance(l, keras.layers.BatchNormalization)]
     before = [np.array(w) for l in bns for w in l.weights]
     t.phase2()
     after = [np.array(w) for l in bns for w in l.weights]
     assert all(np.array_equal(a, b) for a, b in zip(before, after)), "BatchNorm statistics moved"
     assert not any(l.trainable for l in bns)
-    trainable = [l.name for l in t.base.layers if l.trainable and l.weights]
+    trainable = [l.name for l in t.b.base.layers if l.trainable and l.weights]
     assert trainable and all(n.startswith(("block_16", "block_15", "Conv_1")) for n in trainable)
 
 
@@ -76,9 +77,10 @@ def test_frozen_base_runs_once_per_image_and_view(tiny_data, imagenet_mnv2_100, 
     features, phase 2 on cached activations at the cut, one row per image and view."""
     seen, fits = [], []
 
-    class Counting(Trainer):
-        def view_hook(self, view, images):
-            seen.append((view, int(images.shape[0])))
+    class Counting(TrainMethod):  # the training method sees every batch of every view once
+        def sources(self, part, view, images):
+            if part == "train":
+                seen.append((view, int(images.shape[0])))
 
     real_fit = keras.Model.fit
 
@@ -89,7 +91,7 @@ def test_frozen_base_runs_once_per_image_and_view(tiny_data, imagenet_mnv2_100, 
 
     monkeypatch.setattr(keras.Model, "fit", fit)
     cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "r"), **{**TINY, "epochs_head": 6, "epochs_finetune": 3})
-    t = Counting(cfg, echo=quiet)
+    t = Trainer(cfg, echo=quiet, method=Counting())
     t.run()
     n_train = len(t.ds.train)
     assert n_train == 39
@@ -97,7 +99,7 @@ def test_frozen_base_runs_once_per_image_and_view(tiny_data, imagenet_mnv2_100, 
     (h_name, h_shape, h_rows), (t_name, t_shape, t_rows) = fits
     assert h_name == "head" and h_shape == (1280,) and h_rows == TINY["views"] * n_train
     assert t_shape != (32, 32, 3) and len(t_shape) == 3 and t_rows == TINY["views"] * n_train
-    assert t.cut_tensor is not None
+    assert t.cut is not None and t.cut.cut_tensor is not None
 
 
 def test_interrupt_then_resume(tiny_data, imagenet_mnv2_100, tmp_path):
@@ -275,20 +277,21 @@ def test_mixup_views_blend_images_and_labels(tiny_data, tiny_holdout, imagenet_m
     Beta(a, a); the view's label blends the same way; the plain view is left alone."""
     blended = []
 
-    class Seeing(Trainer):
-        def view_hook(self, view, images):
-            blended.append((view, np.asarray(images)))
+    class Seeing(TrainMethod):
+        def sources(self, part, view, images):
+            if part == "train":
+                blended.append((view, np.asarray(images)))
 
     cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "m"), mixup=0.4,
                       **{**TINY, "views": 3, "epochs_finetune": 1})
-    t = Seeing(cfg, echo=quiet)
+    t = Trainer(cfg, echo=quiet, method=Seeing())
     r = t.run()
     n = len(t.ds.train)
     rows = t.cache.rows("train")  # the typed rows of the view cache
     y, y2, lam, view = rows.y, rows.y2, rows.lam, rows.view
     assert lam.shape == (3 * n,) and np.all(lam[view == 0] == 1.0) and np.all(y2[view == 0] == y[view == 0])
     assert np.all((lam >= 0.5) & (lam <= 1.0)) and np.mean(lam[view > 0] < 0.99) > 0.3
-    soft = t.view_labels()
+    soft = t.targets.view_labels(rows)
     np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-6)
     mixed = (view > 0) & (y2 != y)
     assert mixed.any()
