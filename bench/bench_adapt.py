@@ -136,9 +136,9 @@ def main() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from results import Recorder
 
-    from edgetl.adapt import AdaptOptions, adapt
     from edgetl.config import TrainConfig
-    from edgetl.train import train
+    from edgetl.training.adapt import AdaptOptions, adapt
+    from edgetl.training.train import train
     from edgetl.weights import install
 
     rec = Recorder("adapt")

@@ -65,14 +65,14 @@ def student_cfg(data, out, seed, **kw):
 
 
 def test_preds(model_path, split, resize="crop") -> np.ndarray:
-    from edgetl.distill import _student_probs
+    from edgetl.training.distill import _student_probs
 
     return _student_probs(model_path, split.paths, resize).argmax(-1)
 
 
 def trained(cfg) -> tuple[np.ndarray, dict]:
     """Train a student alone; (test predictions, metrics)."""
-    from edgetl.train import train
+    from edgetl.training.train import train
 
     r = train(cfg, echo=quiet)
     from edgetl.data import scan
@@ -83,7 +83,7 @@ def trained(cfg) -> tuple[np.ndarray, dict]:
 
 def distilled(cfg, teacher: Path, unlabeled: str | None) -> tuple[np.ndarray, dict]:
     from edgetl.data import scan
-    from edgetl.distill import DistillConfig, distill
+    from edgetl.training.distill import DistillConfig, distill
 
     rep = distill(cfg, DistillConfig(str(teacher), kd_alpha=0.5, temperature=4.0, compare=False, unlabeled=unlabeled),
                   echo=quiet)
@@ -92,9 +92,9 @@ def distilled(cfg, teacher: Path, unlabeled: str | None) -> tuple[np.ndarray, di
 
 
 def teacher_acc(teacher: Path, split, resize="crop") -> tuple[float, tuple[float, float]]:
-    from edgetl.distill import Teacher
     from edgetl.stats import wilson
     from edgetl.tfdata import load_array
+    from edgetl.training.distill import Teacher
 
     t = Teacher(teacher, quiet)
     x = load_array(split.paths, t.size[0], resize).astype(np.float32)
@@ -158,7 +158,7 @@ def table_row(label: str, r: dict) -> list[str]:
 def bench_digits(seeds, tmp: Path, labels: int, teacher_labels: int) -> dict:
     from edgetl.data import scan
     from edgetl.demo_data import write_digits_pools
-    from edgetl.train import train
+    from edgetl.training.train import train
 
     pools = write_digits_pools(tmp / "digits", labels, teacher_labels)
     test = scan(pools.student).held_out
@@ -192,7 +192,7 @@ def bench_digits(seeds, tmp: Path, labels: int, teacher_labels: int) -> dict:
 def bench_hymenoptera(seeds, tmp: Path) -> dict | None:
     from edgetl.config import TrainConfig
     from edgetl.data import scan
-    from edgetl.train import train
+    from edgetl.training.train import train
 
     hym = SHARED / "datasets" / "hymenoptera"
     if not hym.is_dir():

@@ -56,7 +56,7 @@ def pool_hymenoptera(dest: Path) -> Path:
 def run_task(name: str, data: Path, base: dict, seeds: list[int], tmp: Path, runs: list) -> dict:
     from edgetl.config import TrainConfig
     from edgetl.stats import compare_over_seeds
-    from edgetl.train import Trainer
+    from edgetl.training.train import Trainer
 
     res: dict = {r: {"acc": [], "secs": [], "pred": [], "chosen": []} for r in ("fixed", "auto")}
     labels = []

@@ -53,7 +53,7 @@ def build_models(tmp: Path, img: int) -> tuple[dict[str, Path], Path]:
     from edgetl.calibrate import calibrate
     from edgetl.config import TrainConfig
     from edgetl.export import ExportOptions, export
-    from edgetl.train import train
+    from edgetl.training.train import train
 
     run = train(TrainConfig(data=str(DATA), alpha=0.35, img_size=img, weights=str(WEIGHTS), epochs_head=1,
                             epochs_finetune=0, views=1, augment="none", test_split=0, out=str(tmp / "run")),

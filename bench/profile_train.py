@@ -31,7 +31,7 @@ import numpy; t.append(time.perf_counter())
 import tensorflow; t.append(time.perf_counter())
 import keras; t.append(time.perf_counter())
 import edgetl.cli; t.append(time.perf_counter())
-import edgetl.train, edgetl.tfdata, edgetl.weights; t.append(time.perf_counter())
+import edgetl.training.train, edgetl.tfdata, edgetl.weights; t.append(time.perf_counter())
 print(json.dumps([b - a for a, b in zip(t, t[1:])]))
 """
 
@@ -51,7 +51,7 @@ def import_times(repeats: int = 3) -> dict:
     med = np.median(np.array(parts), 0)
     return {"interpreter start": float(np.median(bare)), "import numpy": med[0], "import tensorflow": med[1],
             "import keras (after tensorflow)": med[2], "import edgetl.cli": med[3],
-            "import edgetl.train/tfdata/weights": med[4], "process total (start + imports + exit)": float(np.median(whole))}
+            "import edgetl.training.train/tfdata/weights": med[4], "process total (start + imports + exit)": float(np.median(whole))}
 
 
 def profile_run(img: int, seed: int, e1: int, e2: int, out: Path, cprofile: str | None) -> tuple[dict, dict]:
@@ -59,7 +59,7 @@ def profile_run(img: int, seed: int, e1: int, e2: int, out: Path, cprofile: str 
 
     import edgetl.tfdata as T
     from edgetl.config import TrainConfig
-    from edgetl.train import Trainer
+    from edgetl.training.train import Trainer
 
     t: dict[str, float] = {}
     hooks: list[tuple[int, float]] = []
@@ -102,17 +102,28 @@ def profile_run(img: int, seed: int, e1: int, e2: int, out: Path, cprofile: str 
         def on_epoch_end(self, epoch, logs=None):
             epochs[self.phase].append(time.perf_counter() - self.t0)
 
-    class Timed(Trainer):
-        def view_hook(self, view, images):
-            hooks.append((view, time.perf_counter()))
+    from edgetl.training import train as TT
+    from edgetl.training.methods import TrainMethod
+    from edgetl.training.search import RecipeSearch
 
-    for name in ("prepare", "build", "start", "plan_cut", "phase1", "phase2", "choose_candidate", "evaluate",
-                 "evaluate_test", "write_outputs"):
+    class Hooked(TrainMethod):  # each batch of each training view, as the view cache extracts it
+        def sources(self, part, view, images):
+            if part == "train":
+                hooks.append((view, time.perf_counter()))
+            return None
+
+    class Timed(Trainer):
+        pass
+
+    for name in ("prepare", "build", "start", "cached_views", "phase1", "phase2", "evaluate", "evaluate_test",
+                 "write_outputs"):
         setattr(Timed, name, timed(name, getattr(Trainer, name)))
-    Timed.cached_views = timed("cached_views", Trainer.cached_views)
+    real_plan_cut, real_choose = TT.plan_cut, RecipeSearch.choose
+    TT.plan_cut = timed("plan_cut", real_plan_cut)
+    RecipeSearch.choose = timed("choose_candidate", real_choose)
     cfg = TrainConfig(data=str(DATA), alpha=0.35, img_size=img, weights=str(WEIGHTS), epochs_head=e1,
                       epochs_finetune=e2, seed=seed, out=str(out))
-    tr = Timed(cfg, callbacks=[EpochClock()], echo=lambda *a: None)
+    tr = Timed(cfg, callbacks=[EpochClock()], echo=lambda *a: None, method=Hooked())
     prof = None
     if cprofile:
         import cProfile
@@ -126,6 +137,7 @@ def profile_run(img: int, seed: int, e1: int, e2: int, out: Path, cprofile: str 
         prof.disable()
         prof.dump_stats(cprofile)
     T.decode_batches = real_decode
+    TT.plan_cut, RecipeSearch.choose = real_plan_cut, real_choose
     detail = {"timings": r.metrics["timings"], "epochs": epochs, "hooks": hooks,
               "train_rows": tr.cache_stats["rows"], "batch": cfg.batch_size, "n_train": len(tr.ds.train)}
     return t, detail

@@ -17,7 +17,7 @@ from edgetl.errors import EdgetlError  # noqa: E402
 
 def __getattr__(name):  # lazy: importing edgetl must not import TensorFlow
     if name in ("TrainConfig", "train"):
-        from edgetl import train as _train
+        from edgetl.training import train as _train
 
         return getattr(_train, name)
     raise AttributeError(name)

@@ -233,7 +233,7 @@ def write_card(run_dir: PathLike, pipeline: object = None, echo: Echo = print) -
     L += ["", f"![training curves]({rundir.CURVES})", ""]
     # adaptation
     if (d / rundir.ADAPT).exists():
-        from edgetl.adapt import table as adapt_table
+        from edgetl.training.adapt import table as adapt_table
 
         ad = rundir.read_json(d / rundir.ADAPT)
         L += ["## Domain adaptation", "",

@@ -304,7 +304,7 @@ def train(data, **kw):
     rate with BatchNorm in inference mode. Writes a run directory with the
     model, labels, metrics, curves and a manifest.
     """
-    from edgetl.train import train as run_train
+    from edgetl.training.train import train as run_train
 
     cfg = _train_config(data, kw)
     run_train(cfg, resume=kw["resume"], echo=echo, force=kw["force"])
@@ -633,7 +633,7 @@ def distill(ctx, data, teacher, student, kd_alpha, temperature, sweep, no_compar
     runs once per image and cached view. Writes an ordinary run plus distill.json with
     teacher / student alone / distilled student side by side. --unlabeled adds a
     transfer set the teacher labels: where distillation pays most (few labels)."""
-    from edgetl.distill import distill as run_distill
+    from edgetl.training.distill import distill as run_distill
 
     # the student's backbone: --student, or --backbone as in `train` and the pipeline file (train.backbone)
     backbone = kw.pop("backbone", None)
@@ -681,7 +681,7 @@ def adapt(run, **kw):
     --target-labels is given, else label-free signals: prediction entropy, class shares
     and agreement between methods. export, verify, bundle and the model card work on the
     adapted run unchanged."""
-    from edgetl.adapt import adapt as run_adapt
+    from edgetl.training.adapt import adapt as run_adapt
 
     run_adapt(run, AdaptOptions(**kw).validate(), echo=echo)
 

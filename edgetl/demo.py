@@ -39,7 +39,7 @@ def demo_config(data: str, out: str, teacher: str, unlabeled: str, weights: str,
 def run_demo(out="models/demo", quick: bool = False, echo=print) -> dict:
     from edgetl.config import TrainConfig
     from edgetl.pipeline import run
-    from edgetl.train import train
+    from edgetl.training.train import train
 
     t0 = time.perf_counter()
     out = Path(out)

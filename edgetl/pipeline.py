@@ -384,14 +384,14 @@ class PipelineRunner:
         self.hold_run()
 
     def stage_train(self, redo: bool) -> Any:
-        from edgetl.train import Trainer
+        from edgetl.training.train import Trainer
 
         cfg = dataclasses.replace(self.p.train)
         resume = (self.run_dir / rundir.CHECKPOINTS).exists()
         if resume:
             self.echo(f"resuming the interrupted training in {self.run_dir}")
         if self.p.distill:
-            from edgetl.distill import distill
+            from edgetl.training.distill import distill
 
             return distill(cfg, dataclasses.replace(self.p.distill), resume=resume, echo=self.echo, force=True)
         # the pipeline owns its run: when the training's inputs changed it retrains in place

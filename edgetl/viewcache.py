@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.epochs import epoch_keys, epoch_order, epoch_rows
 from edgetl.errors import EdgetlError
+from edgetl.training.epochs import epoch_keys, epoch_order, epoch_rows
 
 DTYPES = ("float16", "float32")
 META = ("image", "view", "y", "y2", "lam", "labeled", "ok")  # float32 columns of ``meta``
@@ -293,7 +293,7 @@ class ViewCache:
         in an order of their own, four read interleaved, rows through a ``buffer``-row shuffle
         buffer (memory holds the buffer, not the part), all drawn from ``(seed, epoch)`` alone.
         ``epoch``: a ``tf.Variable`` holding the epoch that the next iterator reads (training
-        sets it at each epoch's start: :class:`edgetl.callbacks.EpochKey`), so that a resumed
+        sets it at each epoch's start: :class:`edgetl.training.callbacks.EpochKey`), so that a resumed
         run reads epoch k as the uninterrupted run did; None: each new iterator reads another
         order, the same sequence of orders in every run. ``repeat``: one endless stream of epochs 0, 1, 2, ...
         ``per_epoch`` (with ``shuffle``): an epoch reads only the first that many rows of its order

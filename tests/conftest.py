@@ -80,7 +80,7 @@ def tiny_data(tmp_path_factory):
 
 def _train_tiny(dest: Path, data: Path, request) -> None:
     from edgetl.config import TrainConfig
-    from edgetl.train import train
+    from edgetl.training.train import train
 
     request.getfixturevalue("imagenet_mnv2_100")
     train(TrainConfig(data=str(data), out=str(dest / "tiny"), **TINY), echo=quiet)
@@ -92,7 +92,7 @@ def tiny_run(tiny_data, tmp_path_factory, request):
 
     Trained once per session (:func:`build_once`); each test process gets its own copy, so a
     test that re-exports or verifies into it never races another process."""
-    from edgetl.train import TrainResult
+    from edgetl.training.train import TrainResult
 
     shared = build_once(tmp_path_factory, "tiny-run", lambda d: _train_tiny(d, tiny_data, request)) / "tiny"
     run = tmp_path_factory.mktemp("runs") / "tiny"

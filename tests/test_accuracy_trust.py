@@ -101,7 +101,7 @@ def split_run(imagenet_mnv2_100, tmp_path_factory):
     """A tiny run whose data has a test/ folder, with every image load recorded."""
     import edgetl.tfdata as T
     from edgetl.config import TrainConfig
-    from edgetl.train import Trainer
+    from edgetl.training.train import Trainer
 
     root = tmp_path_factory.mktemp("split") / "data"
     for split, n, seed in (("train", 16, 0), ("val", 6, 1), ("test", 6, 2)):
@@ -169,7 +169,7 @@ def test_train_cli_carves_and_says_so(tmp_path, imagenet_mnv2_100):
 def test_teacher_leak_is_found_by_content_not_by_path(tiny_run, tmp_path):
     import shutil
 
-    from edgetl.distill import Teacher
+    from edgetl.training.distill import Teacher
 
     split = json.loads((tiny_run.run_dir / "split.json").read_text())
     seen = [r["file"] for r in split["train"]][:3]

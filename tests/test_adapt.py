@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgetl import corruptions
-from edgetl.adapt import AdaptOptions, adabn, adapt, gradient_reversal, select_pseudo, wilson
 from edgetl.cli import main
+from edgetl.training.adapt import AdaptOptions, adabn, adapt, gradient_reversal, select_pseudo, wilson
 
 from common import quiet
 
@@ -46,8 +46,8 @@ def target(tmp_path_factory):
 def adapted(tiny_run, target, tmp_path_factory):
     """`edgetl adapt --method auto` with labelled target images, reads of the image loader
     recorded: (report, run dir, paths read before evaluation, paths read in all)."""
-    import edgetl.adapt as A
     import edgetl.tfdata as T
+    import edgetl.training.adapt as A
 
     reads: list[str] = []
     mark: list[int] = []
@@ -112,7 +112,7 @@ def test_pseudo_labels_threshold_and_class_balance():
 
 
 def test_auto_choice_uses_label_free_signals_only():
-    from edgetl.adapt import choose
+    from edgetl.training.adapt import choose
 
     def cand(entropy, gap, src_acc):
         return {"target": {"entropy": entropy, "balance_gap": gap}, "source_train_accuracy": src_acc}
@@ -154,10 +154,10 @@ def test_corruptions_are_pure_seeded_and_grow_with_severity():
 def test_adabn_changes_only_batchnorm_moving_statistics(tiny_run, target):
     import keras
 
-    from edgetl.adapt import bn_layers, classifier_parts
     from edgetl.data import readable_images
     from edgetl.model import load_keras
     from edgetl.tfdata import load_array
+    from edgetl.training.adapt import bn_layers, classifier_parts
 
     model = load_keras(tiny_run.run_dir / "model.keras")
     pre, base, _ = classifier_parts(model)
@@ -244,8 +244,8 @@ def test_one_method_from_the_cli(adapted, tiny_run, target, tmp_path, method):
     `--method auto` (same seed, same options)."""
     import keras
 
-    from edgetl.adapt import bn_layers, classifier_parts
     from edgetl.model import load_keras
+    from edgetl.training.adapt import bn_layers, classifier_parts
 
     auto, _, _, _ = adapted
     out = tmp_path / "run"

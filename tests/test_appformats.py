@@ -315,7 +315,7 @@ def test_lite0_missing_weights_name_the_offline_command(keras_home, monkeypatch,
 @pytest.mark.slow
 def test_lite0_trains_exports_int8_within_budget_and_runs_in_mediapipe(imagenet_lite0, tiny_data, tiny_calibration,
                                                                          tmp_path):
-    from edgetl.train import train
+    from edgetl.training.train import train
 
     cfg = {**TINY, "alpha": None, "epochs_head": 10, "epochs_finetune": 1, "unfreeze_blocks": 1}
     run = train(TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), backbone="efficientnet_lite0", **cfg),

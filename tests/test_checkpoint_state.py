@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from edgetl.callbacks import AtomicBackup
+from edgetl.training.callbacks import AtomicBackup
 
 
 def model():

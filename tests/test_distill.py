@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from edgetl.config import TrainConfig
-from edgetl.distill import DistillConfig, Distiller, Teacher, distill, kd_loss_value, make_loss
 from edgetl.errors import EdgetlError
+from edgetl.training.distill import DistillConfig, Distiller, Teacher, distill, kd_loss_value, make_loss
 
 from common import HOLDOUT_FLOOR, TINY, holdout_accuracy, quiet
 
@@ -115,7 +115,7 @@ def test_transfer_set_gets_teacher_targets_only(tiny_run, tiny_data, tiny_holdou
 
     class Snapshot(Distiller):
         def write_outputs(self, *a):  # the view cache is scratch, removed with the checkpoints
-            self.snap = (self.cache.rows("train"), self.head_targets(), self.t_logits)
+            self.snap = (self.cache.rows("train"), self.head_targets(), np.asarray(self.cache.column("train", "teacher")))
             super().write_outputs(*a)
 
     d = Snapshot(cfg, DistillConfig(str(tiny_run.run_dir), unlabeled=str(unl)), echo=quiet, teacher=teacher)
@@ -193,7 +193,7 @@ def test_distilled_student_beats_alone_by_more_than_seed_spread(imagenet_mnv2_03
 
     from edgetl.data import scan
     from edgetl.demo_data import write_digits_pools
-    from edgetl.train import train
+    from edgetl.training.train import train
 
     pools = write_digits_pools(tmp_path / "digits", labels_per_class=10, teacher_per_class=40)
     transfer = tmp_path / "transfer"

@@ -28,7 +28,7 @@ TRAIN_ARGS = ["--alpha", "1.0", "--img-size", "32", "--views", "1", "--batch-siz
 # ---------------------------------------------------------------- disk full ----
 def test_disk_full_while_training_keeps_the_last_checkpoint_and_resume_finishes(
         tiny_data, imagenet_mnv2_100, tmp_path, monkeypatch):
-    from edgetl.callbacks import AtomicBackup
+    from edgetl.training.callbacks import AtomicBackup
 
     out = tmp_path / "run"
     real = AtomicBackup.write_weights

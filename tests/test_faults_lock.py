@@ -123,7 +123,7 @@ def test_an_unreadable_or_foreign_host_lock(tmp_path):
 FIRST = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    import edgetl.train as T
+    import edgetl.training.train as T
     go = Path(sys.argv[1])
     prepare = T.Trainer.prepare
     def waiting(self):

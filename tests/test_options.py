@@ -176,19 +176,19 @@ def test_unfreeze_blocks_trains_exactly_the_last_blocks(tiny_data, imagenet_mnv2
 
     from edgetl import backbones
     from edgetl.config import TrainConfig
-    from edgetl.train import Trainer
+    from edgetl.training.train import Trainer
 
     t = Trainer(TrainConfig(data=str(tiny_data), out=str(tmp_path / "r"), unfreeze_blocks=2,
                             **{**TINY, "epochs_finetune": 2, "lr_finetune": 1e-3}), echo=lambda *a: None)
     t.prepare()
     t.build()
     t.phase1()
-    before = {l.name: [np.array(w) for w in l.weights] for l in t.base.layers if l.weights}
+    before = {l.name: [np.array(w) for w in l.weights] for l in t.b.base.layers if l.weights}
     t.phase2()
-    changed = {l.name for l in t.base.layers if l.weights
+    changed = {l.name for l in t.b.base.layers if l.weights
                and not all(np.array_equal(a, np.array(b)) for a, b in zip(before[l.name], l.weights))}
     bb = backbones.get("mobilenetv2")
-    expected = {l.name for l in backbones.layers_to_unfreeze(t.base, bb, n_blocks=2)
+    expected = {l.name for l in backbones.layers_to_unfreeze(t.b.base, bb, n_blocks=2)
                 if l.weights and not isinstance(l, keras.layers.BatchNormalization)}
     assert {bb.block_of(n) for n in expected} == {"block_16", "top"}
     assert changed == expected, (sorted(changed ^ expected))[:5]

@@ -126,7 +126,7 @@ def test_bundle_and_weights_import_spellings(tmp_path):
 def test_distill_backbone_is_the_students_not_ignored(tmp_path, monkeypatch):
     """`distill --backbone X` (train's and the pipeline file's spelling) names the student, as
     --student does; both with different values is refused."""
-    import edgetl.distill as D
+    import edgetl.training.distill as D
 
     seen = []
     monkeypatch.setattr(D, "distill", lambda cfg, dcfg, resume=False, echo=print, **kw: seen.append(cfg.backbone))

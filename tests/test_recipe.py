@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from edgetl import recipe
+from edgetl.training import recipe
 
 from common import TINY
 
@@ -82,7 +82,7 @@ def test_auto_recipe_searches_on_val_and_records_its_choice(tiny_data, imagenet_
     the wrecking one first in each depth. The search must score them apart on val and pick a
     sane one, and phase 2 must then train with the setting it picked."""
     from edgetl.config import TrainConfig
-    from edgetl.train import train
+    from edgetl.training.train import train
 
     assert recipe.GRID_BLOCKS == (2, 5) and recipe.GRID_LRS == (1e-5, 1e-4)  # the real grid
 
@@ -270,7 +270,7 @@ def test_auto_recipe_skips_phase_2_that_cannot_pay_and_resume_keeps_the_verdict(
     one model for itself, nothing more."""
 
     from edgetl.config import TrainConfig
-    from edgetl.train import train
+    from edgetl.training.train import train
 
     monkeypatch.setattr(recipe, "GRID_LRS", (1e-12, 2e-12))
     cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), **{**TINY, "recipe": "auto", "min_steps": 20,

@@ -189,7 +189,7 @@ def _split_dataset(root, seed, plant: bool):
 @pytest.mark.parametrize("plant", [True, False], ids=["planted", "none"])
 def test_near_duplicates_between_train_and_held_out_are_found_and_warned(plant, imagenet_mnv2_100, tmp_path):
     from edgetl.config import TrainConfig
-    from edgetl.train import train
+    from edgetl.training.train import train
 
     from common import TINY
 

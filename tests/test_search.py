@@ -214,7 +214,7 @@ def test_a_candidate_trained_with_other_options_is_not_read_back(data, tmp_path)
     line, instead of reading back candidates trained otherwise."""
     from edgetl import artifacts
     from edgetl.search.space import Arch, Candidate
-    from edgetl.train import absolute_paths
+    from edgetl.training.train import absolute_paths
 
     o = opts(data, tmp_path, epochs_head=7)
     c = Candidate(Arch("mobilenetv2", 0.35, 32), 0)

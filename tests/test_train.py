@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from edgetl.cli import main
 from edgetl.config import TrainConfig
 from edgetl.errors import EdgetlError, TrainingDiverged, TrainingInterrupted
-from edgetl.train import Trainer, train
+from edgetl.training.methods import TrainMethod
+from edgetl.training.train import Trainer, train
 
 from common import HOLDOUT_FLOOR, TINY, holdout_accuracy, quiet
 
@@ -61,13 +62,13 @@ def test_batchnorm_frozen_and_in_inference_mode_in_phase2(tiny_data, imagenet_mn
     t.prepare()
     t.build()
     t.phase1()
-    bns = [l for l in t.base.layers if isinstance(l, keras.layers.BatchNormalization)]
+    bns = [l for l in t.b.base.layers if isinstance(l, keras.layers.BatchNormalization)]
     before = [np.array(w) for l in bns for w in l.weights]
     t.phase2()
     after = [np.array(w) for l in bns for w in l.weights]
     assert all(np.array_equal(a, b) for a, b in zip(before, after)), "BatchNorm statistics moved"
     assert not any(l.trainable for l in bns)
-    trainable = [l.name for l in t.base.layers if l.trainable and l.weights]
+    trainable = [l.name for l in t.b.base.layers if l.trainable and l.weights]
     assert trainable and all(n.startswith(("block_16", "block_15", "Conv_1")) for n in trainable)
 
 
@@ -76,9 +77,10 @@ def test_frozen_base_runs_once_per_image_and_view(tiny_data, imagenet_mnv2_100, 
     features, phase 2 on cached activations at the cut, one row per image and view."""
     seen, fits = [], []
 
-    class Counting(Trainer):
-        def view_hook(self, view, images):
-            seen.append((view, int(images.shape[0])))
+    class Counting(TrainMethod):  # the training method sees every batch of every view once
+        def sources(self, part, view, images):
+            if part == "train":
+                seen.append((view, int(images.shape[0])))
 
     real_fit = keras.Model.fit
 
@@ -89,7 +91,7 @@ def test_frozen_base_runs_once_per_image_and_view(tiny_data, imagenet_mnv2_100, 
 
     monkeypatch.setattr(keras.Model, "fit", fit)
     cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "r"), **{**TINY, "epochs_head": 6, "epochs_finetune": 3})
-    t = Counting(cfg, echo=quiet)
+    t = Trainer(cfg, echo=quiet, method=Counting())
     t.run()
     n_train = len(t.ds.train)
     assert n_train == 39
@@ -97,7 +99,7 @@ def test_frozen_base_runs_once_per_image_and_view(tiny_data, imagenet_mnv2_100, 
     (h_name, h_shape, h_rows), (t_name, t_shape, t_rows) = fits
     assert h_name == "head" and h_shape == (1280,) and h_rows == TINY["views"] * n_train
     assert t_shape != (32, 32, 3) and len(t_shape) == 3 and t_rows == TINY["views"] * n_train
-    assert t.cut_tensor is not None
+    assert t.cut is not None and t.cut.cut_tensor is not None
 
 
 def test_interrupt_then_resume(tiny_data, imagenet_mnv2_100, tmp_path):
@@ -129,7 +131,7 @@ def test_interrupt_then_resume(tiny_data, imagenet_mnv2_100, tmp_path):
 
 
 def test_ctrl_c_message_from_cli(tiny_data, tmp_path, monkeypatch):
-    import edgetl.train as T
+    import edgetl.training.train as T
 
     def boom(self):
         raise KeyboardInterrupt
@@ -252,12 +254,12 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_data, tiny_holdout, imagenet
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from edgetl.config import TrainConfig
-        from edgetl.train import train
+        from edgetl.training.train import train
         r = train(TrainConfig(data={str(tiny_data)!r}, out={str(tmp_path / 'm')!r}, strategy="mirrored",
                   alpha=1.0, img_size=32, epochs_head=10, epochs_finetune=1, views=2, batch_size=16,
                   seed=1, recipe="fixed"),
                   echo=lambda *a: None)
-        import edgetl.train as T
+        import edgetl.training.train as T
         print("replicas", T.get_strategy("mirrored").num_replicas_in_sync, "acc", r.metrics["val_accuracy"])
     """)
     env = {**os.environ, "KERAS_HOME": str(keras_home)}
@@ -275,20 +277,21 @@ def test_mixup_views_blend_images_and_labels(tiny_data, tiny_holdout, imagenet_m
     Beta(a, a); the view's label blends the same way; the plain view is left alone."""
     blended = []
 
-    class Seeing(Trainer):
-        def view_hook(self, view, images):
-            blended.append((view, np.asarray(images)))
+    class Seeing(TrainMethod):
+        def sources(self, part, view, images):
+            if part == "train":
+                blended.append((view, np.asarray(images)))
 
     cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "m"), mixup=0.4,
                       **{**TINY, "views": 3, "epochs_finetune": 1})
-    t = Seeing(cfg, echo=quiet)
+    t = Trainer(cfg, echo=quiet, method=Seeing())
     r = t.run()
     n = len(t.ds.train)
     rows = t.cache.rows("train")  # the typed rows of the view cache
     y, y2, lam, view = rows.y, rows.y2, rows.lam, rows.view
     assert lam.shape == (3 * n,) and np.all(lam[view == 0] == 1.0) and np.all(y2[view == 0] == y[view == 0])
     assert np.all((lam >= 0.5) & (lam <= 1.0)) and np.mean(lam[view > 0] < 0.99) > 0.3
-    soft = t.view_labels()
+    soft = t.targets.view_labels(rows)
     np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-6)
     mixed = (view > 0) & (y2 != y)
     assert mixed.any()

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from edgetl import viewcache as V
 from edgetl.cli import main
 from edgetl.config import TrainConfig
-from edgetl.train import Trainer
+from edgetl.training.methods import TrainMethod
+from edgetl.training.train import Trainer
 
 from common import TINY, quiet
 
@@ -90,7 +91,7 @@ KILL = textwrap.dedent("""
         return n
     V.ViewCache.write = write
     from edgetl.config import TrainConfig
-    from edgetl.train import Trainer
+    from edgetl.training.train import Trainer
     Trainer(TrainConfig(**{cfg!r}), echo=print).run()
 """)
 
@@ -113,12 +114,13 @@ def test_killed_extraction_resumes_at_the_first_missing_shard(tiny_data, imagene
     monkeypatch.setattr(V, "shard_rows_for", lambda layout, target_bytes=0, batch=64: 16)
     seen = []
 
-    class Counting(Trainer):
-        def view_hook(self, view, images):
-            seen.append(int(images.shape[0]))
+    class Counting(TrainMethod):
+        def sources(self, part, view, images):
+            if part == "train":
+                seen.append(int(images.shape[0]))
 
     lines = []
-    t = Counting(TrainConfig(out=str(out)), resume=True, echo=lines.append)
+    t = Trainer(TrainConfig(out=str(out)), resume=True, echo=lines.append, method=Counting())
     r = t.run()
     n = len(t.ds.train)  # 39 training images, 2 views, shards of 16: 3 + 3 shards, + 1 val shard
     st = r.metrics["view_cache"]
@@ -150,8 +152,9 @@ def test_cache_dir_holds_the_shards_while_training_and_is_cleared_after(tiny_dat
 
     class Peek(Trainer):
         def phase2(self):
-            seen["dir"] = self.cache_dir
-            seen["npy"] = sorted(p.name for p in self.cache_dir.rglob("*.npy"))
+            cache_dir = self.view_plan.cache_dir
+            seen["dir"] = cache_dir
+            seen["npy"] = sorted(p.name for p in cache_dir.rglob("*.npy"))
             return super().phase2()
 
     cache_root, out = tmp_path / "fast-disk", tmp_path / "run"
@@ -172,24 +175,27 @@ def test_distillation_with_mixup_streams_from_several_shards(tiny_run, tiny_data
     """Distillation and mixup on the streamed cache, spread over several shards: every row
     carries the teacher's logits of the exact (blended) image it was made from, in row
     order, and the student learns."""
-    from edgetl.distill import DistillConfig, Distiller, Teacher
+    from edgetl.training.distill import DistillConfig, DistillMethod, Teacher
 
     monkeypatch.setattr(V, "shard_rows_for", lambda layout, target_bytes=0, batch=64: 16)
     teacher = Teacher(tiny_run.run_dir, quiet)
     hooked = []
 
-    class Snapshot(Distiller):
-        def view_hook(self, view, images):
-            out = super().view_hook(view, images)
-            hooked.append(out["teacher"])
+    class Hooked(DistillMethod):
+        def sources(self, part, view, images):
+            out = super().sources(part, view, images)
+            if part == "train":
+                hooked.append(out["teacher"])
             return out
 
+    class Snapshot(Trainer):
         def write_outputs(self, *a):
-            self.snap = (self.cache.rows("train"), self.head_targets(), self.t_logits, self.cache_stats)
+            self.snap = (self.cache.rows("train"), self.head_targets(), np.asarray(self.cache.column("train", "teacher")),
+                         self.cache_stats)
             super().write_outputs(*a)
 
     cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "d"), mixup=0.4, **{**TINY, "epochs_finetune": 2})
-    d = Snapshot(cfg, DistillConfig(str(tiny_run.run_dir), kd_alpha=0.5), echo=quiet, teacher=teacher)
+    d = Snapshot(cfg, echo=quiet, method=Hooked(DistillConfig(str(tiny_run.run_dir), kd_alpha=0.5), teacher))
     r = d.run()
     rows, targets, t_logits, stats = d.snap
     n, k = len(d.ds.train), 3
@@ -209,7 +215,7 @@ def test_float16_cache_within_half_a_point_of_float32(imagenet_mnv2_100, tmp_pat
     import shutil
 
     from edgetl.demo_data import write_digits
-    from edgetl.train import train
+    from edgetl.training.train import train
 
     src, full = write_digits(tmp_path / "all", size=32), tmp_path / "digits"
     rng = np.random.default_rng(0)
@@ -280,12 +286,13 @@ def test_resumed_run_re_extracts_a_cache_of_another_version(tiny_data, tmp_path)
     (counted) with one line saying why; with the current version it extracts nothing."""
     seen: list[int] = []
 
-    class Counting(Trainer):
-        def view_hook(self, view, images):
-            seen.append(int(images.shape[0]))
+    class Counting(TrainMethod):
+        def sources(self, part, view, images):
+            if part == "train":
+                seen.append(int(images.shape[0]))
 
     def open_cache(lines, **kw):
-        t = Counting(TrainConfig(**kw), resume=not kw.get("data"), echo=lines.append)
+        t = Trainer(TrainConfig(**kw), resume=not kw.get("data"), echo=lines.append, method=Counting())
         t.prepare(), t.build(), t.start()
         return t, t.cached_views()
 

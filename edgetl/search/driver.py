@@ -29,7 +29,7 @@ def candidate_config(o: SearchOptions, c: Candidate, out: Path) -> TrainConfig:
 
 
 def _trainer_class() -> Any:
-    from edgetl.train import Trainer
+    from edgetl.training.train import Trainer
 
     class SearchTrainer(Trainer):
         """A candidate's training, with the test split left unread: the search scores only its
@@ -51,7 +51,7 @@ def _trainer_class() -> Any:
 def check_same_options(o: SearchOptions, c: Candidate, out: Path, d: Path) -> None:
     """A candidate already in the search folder is read back (or resumed) only when it was trained
     with the options this search would train it with."""
-    from edgetl.train import absolute_paths
+    from edgetl.training.train import absolute_paths
 
     want = absolute_paths(candidate_config(o, c, out).validate().resolved()).to_dict()
     have = rundir.load_run_config(d).to_dict()

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,13 @@ import numpy as np
 
 from edgetl import artifacts, rundir
 from edgetl.config import DistillConfig, TrainConfig
+from edgetl.data import Dataset
 from edgetl.errors import EdgetlError
-from edgetl.train import Trainer
+from edgetl.training.methods import TrainMethod
+from edgetl.training.train import Trainer
 from edgetl.types import Echo
 
-__all__ = ["DistillConfig", "Distiller", "Teacher", "distill", "kd_loss_value", "make_loss"]
+__all__ = ["DistillConfig", "DistillMethod", "Distiller", "Teacher", "distill", "kd_loss_value", "make_loss"]
 
 SWEEP_GRID = [(0.1, 2.0), (0.1, 4.0), (0.5, 2.0), (0.5, 4.0)]
 
@@ -136,34 +139,31 @@ class Teacher:
         return out
 
 
-class Distiller(Trainer):
+class DistillMethod(TrainMethod):
+    """Knowledge distillation : targets are [labels | teacher
+    logits], the teacher runs once per image and cached view, a transfer set joins as extra paths."""
     kind = "distill"
 
-    def __init__(self, config: TrainConfig, dcfg: DistillConfig, resume=False, callbacks=(), echo=print,
-                 root="models", teacher: Teacher | None = None, force: bool = False):
-        super().__init__(config, resume=resume, callbacks=callbacks, echo=echo, root=root, force=force)
-        self.dcfg = dcfg.validate()
+    def __init__(self, dcfg: DistillConfig, teacher=None, echo: Echo = print):
+        self.dcfg = dcfg
         self._teacher = teacher
+        self.echo = echo
         self.unlabeled: list[str] = []
 
     @property
-    def teacher(self) -> Teacher:
+    def teacher(self):
         if self._teacher is None:
             self._teacher = Teacher(self.dcfg.teacher, self.echo)
         return self._teacher
 
-    def check_inputs(self) -> None:
-        self.teacher.check_classes(self.ds.classes)
-        self.teacher.check_leak(self.ds.val.paths + (self.ds.test.paths if self.ds.test is not None else []),
-                                self.echo)
-        self.unlabeled = self._transfer_set()
+    def check_inputs(self, ds: Dataset, echo: Echo) -> None:
+        self.teacher.check_classes(ds.classes)
+        self.teacher.check_leak(ds.val.paths + (ds.test.paths if ds.test is not None else []), echo)
+        self.unlabeled = self._transfer_set(ds, echo)
 
-    def start(self) -> None:
-        super().start()
-        if self.is_chief:
-            artifacts.write_json(self.run_dir / rundir.DISTILL_CONFIG, dataclasses.asdict(self.dcfg))
+    def _transfer_set(self, ds: Dataset, echo: Echo) -> list[str]:
+        from edgetl.errors import EdgetlError
 
-    def _transfer_set(self) -> list[str]:
         if self.dcfg.unlabeled is None:
             return []
         from edgetl.data import readable_images, same_images
@@ -171,14 +171,14 @@ class Distiller(Trainer):
         files = [str(p) for p in readable_images(self.dcfg.unlabeled)]
         if not files:
             raise EdgetlError(f"--unlabeled {self.dcfg.unlabeled}: no readable images in it")
-        test = self.ds.test.paths if self.ds.test is not None else []
-        clash = same_images(files, self.ds.val.paths + test)
+        test = ds.test.paths if ds.test is not None else []
+        clash = same_images(files, ds.val.paths + test)
         if clash:
             f, v = clash[0]
             raise EdgetlError(f"--unlabeled {self.dcfg.unlabeled}: {len(clash)} image(s) are validation or test images "
                               f"(e.g. {f} = {v}); the student would be scored on images it learned from; "
                               f"remove them from the transfer set")
-        self.echo(f"transfer set: {len(files)} unlabelled images from {self.dcfg.unlabeled}, labelled by the teacher")
+        echo(f"transfer set: {len(files)} unlabelled images from {self.dcfg.unlabeled}, labelled by the teacher")
         return files
 
     def extra_paths(self) -> list[str]:
@@ -192,20 +192,28 @@ class Distiller(Trainer):
 
         return f"{self.teacher.path}:{sha256_file(self.teacher.path)}"
 
-    hard_labels_only = False
+    def view_size(self, size: int) -> int:
+        return max(size, *self.teacher.size)
 
-    def loss(self):
-        if self.hard_labels_only:
-            return super().loss()
-        return make_loss(len(self.ds.classes), self.dcfg.kd_alpha, self.dcfg.temperature)
+    def sources(self, part: str, view: int, images) -> dict | None:
+        return {"teacher": self.teacher.logits(images)}
 
-    def metrics(self):
+    def extend_targets(self, y, teacher):
+        import tensorflow as tf
+
+        return tf.concat([y, teacher], 1)
+
+    def head_targets(self, soft: np.ndarray, teacher: Callable[[], np.ndarray]) -> np.ndarray:
+        return np.concatenate([soft, teacher()], 1)
+
+    def loss(self, cfg: TrainConfig, n_classes: int) -> Any:
+        return make_loss(n_classes, self.dcfg.kd_alpha, self.dcfg.temperature)
+
+    def metrics(self, n_classes: int) -> list:
         import keras
         from keras import ops
 
-        if self.hard_labels_only:
-            return super().metrics()
-        k = len(self.ds.classes)
+        k = n_classes
 
         def accuracy(y_true, y_pred):
             # against the label; for transfer-set rows (no label), against the teacher's top class
@@ -215,36 +223,26 @@ class Distiller(Trainer):
 
         return [keras.metrics.MeanMetricWrapper(accuracy, name="accuracy")]
 
-    def view_size(self) -> int:
-        return max(self.cfg.size, *self.teacher.size)
+    def write_extra(self, run_dir: Path) -> None:
+        artifacts.write_json(run_dir / rundir.DISTILL_CONFIG, dataclasses.asdict(self.dcfg))
 
-    def view_hook(self, view: int, images) -> dict:
-        return {"teacher": self.teacher.logits(images)}
 
-    def val_hook(self, images) -> dict:
-        return {"teacher": self.teacher.logits(images)}
+
+class Distiller(Trainer):
+    """The two-phase schedule with the distillation method (:class:`DistillMethod`): the same
+    Trainer, no hooks overridden."""
+
+    def __init__(self, config: TrainConfig, dcfg: DistillConfig, resume=False, callbacks=(), echo=print,
+                 root="models", teacher: Teacher | None = None, force: bool = False):
+        self.distill_method = DistillMethod(dcfg, teacher, echo)
+        super().__init__(config, resume=resume, callbacks=callbacks, echo=echo, root=root, force=force,
+                         method=self.distill_method)
+        dcfg.validate()
 
     @property
-    def t_logits(self) -> np.ndarray:
-        """The teacher's logits of every cached training view (row order of the cache)."""
-        return np.asarray(self.cache.column("train", "teacher"))
-
-    @property
-    def t_val(self) -> np.ndarray:
-        return np.asarray(self.cache.column("val", "teacher"))
-
-    def extend_targets(self, y, teacher):
-        if self.hard_labels_only:
-            return y
-        import tensorflow as tf
-
-        return tf.concat([y, teacher], 1)
-
-    def head_targets(self):
-        return np.concatenate([self.view_labels(), self.t_logits], 1)
-
-    def val_targets(self, labels):
-        return np.concatenate([np.eye(len(self.ds.classes), dtype=np.float32)[labels], self.t_val], 1)
+    def unlabeled(self) -> list[str]:
+        """The transfer set's images (once the inputs were checked)."""
+        return self.distill_method.unlabeled
 
 
 def _latency_ms(model_path) -> float:

@@ -22,6 +22,7 @@ class Progress(keras.callbacks.Callback):
         super().__init__()
         self.phase, self.epochs, self.echo = phase, epochs, echo
         self.rows, self.batch_size, self.every = rows, batch_size, every
+        self._t, self._epoch, self._meter = 0.0, 0, None  # the running epoch's (set at its start)
 
     def on_epoch_begin(self, epoch, logs=None):
         from edgetl.progress import Throughput
@@ -159,6 +160,7 @@ class AtomicBackup(keras.callbacks.BackupAndRestore):
         self.stateful = list(stateful)
         self.seed, self.tag = int(seed), tag
         self.elapsed = 0.0  # seconds of this phase in earlier runs
+        self._t0 = 0.0  # when this run's fit began
         for stale in Path(backup_dir).glob(".*tmp*"):  # left by a process killed mid-write
             stale.unlink(missing_ok=True)
 
