@@ -1,4 +1,4 @@
-"""An epoch's checkpoint holds everything the next epoch depends on (edgetl/callbacks.py AtomicBackup):
+"""An epoch's checkpoint holds everything the next epoch depends on (edgetl/training/callbacks.py AtomicBackup):
 the weights with the optimizer's state, EarlyStopping's counters and best weights, ReduceLROnPlateau's
 counters, the dropout generators; restored exactly on resume. Small Keras model, no data on disk."""
 import json

@@ -138,12 +138,16 @@ def test_sigterm_ends_every_wait_of_a_worker(tiny_data, imagenet_mnv2_100, keras
     for w in ws:
         w.wait_for("to announce themselves in")
     for w in ws:
-        _sigterm_ends(w, "error: interrupted by SIGTERM; every finished epoch is checkpointed in")
+        _sigterm_ends(w, "error: interrupted by SIGTERM while waiting for the other workers to announce themselves; "
+                         "nothing was kept")
+    for i in range(2):  # each took its announcement back: nothing of a run is left (a re-run needs no --resume)
+        assert not any((tmp_path / f"local{i}" / "run").rglob("*")), list((tmp_path / f"local{i}").rglob("*"))
     # the shards: both announce on one shared --out, then worker 1 is frozen
     cluster = {"worker": [f"localhost:{p}" for p in free_ports(2)]}
     w0, w1 = (worker(i, cluster, tmp_path / "shared") for i in range(2))
     try:
-        w1.wait_for("all 2 workers share")
+        w1.wait_for("all 2 workers share")  # before TensorFlow connects
+        w1.wait_for("all 2 workers share")  # again, at the view cache: connected
         w1.p.send_signal(signal.SIGSTOP)
         w0.wait_for("view cache shards: waiting for")
         _sigterm_ends(w0, "error: interrupted by SIGTERM; every finished epoch is checkpointed in")
@@ -152,29 +156,21 @@ def test_sigterm_ends_every_wait_of_a_worker(tiny_data, imagenet_mnv2_100, keras
         w1.p.wait()
 
 
-@pytest.mark.xfail(strict=False, reason="TensorFlow's connect (MultiWorkerMirroredStrategy()) blocks in C++ holding "
-                   "the GIL and installs its own SIGTERM handler (its preemption notifier): no Python code, thread or "
-                   "default action sees the signal until the connect returns. Passes only when the signal lands before "
-                   "it (during `import tensorflow`, slow under load); sent 15 s after the 'connecting' line it stays "
-                   "30 s every time (issue 25)")
-def test_sigterm_while_connecting_to_the_cluster(tiny_data, imagenet_mnv2_100, keras_home, tmp_path):
-    """SIGTERM while TensorFlow connects to a cluster whose other worker never started (it waits in C++):
-    whichever thread takes the signal, Python's C handler writes it to the wakeup fd that signals.HardStop's
-    watchdog reads (the sigwait thread it replaced missed it in 3 of 3 runs here). Found for the xfail: a thread that
-    beats every 2 s stops beating from MultiWorkerMirroredStrategy()'s start until it returns, so the connect holds
-    the GIL and the watchdog, woken by the fd, waits for it; /proc shows SIGTERM caught and not pending. Tried: SIGINT
-    and SIGTERM at their default action during the connect (a watcher process printing the line): the process still
-    ran 30 s after SIGTERM, /proc showing SIGTERM caught again, so the connect installs its own SIGTERM handler
-    (most likely TensorFlow's "sigterm" tsl::PreemptionNotifier, in libtensorflow_cc, which only records the
-    notice). This test's 5 s sleep ends during
-    `import tensorflow` (passes) or inside the connect (fails) depending on the load. A fix: wait for every worker's
-    announcement (files on the shared --out, a Python wait that signals end) before TensorFlow connects, so that the
-    connect no longer waits for workers that have not started."""
+def test_a_lone_worker_waits_where_sigterm_ends_it_not_inside_tensorflows_connect(tiny_data, imagenet_mnv2_100,
+                                                                                   keras_home, tmp_path):
+    """A worker whose peer never started: it waits for the announcements (a Python wait), not inside TensorFlow's
+    connect (MultiWorkerMirroredStrategy()), which blocks in C++ holding the GIL, with TensorFlow's own SIGTERM
+    handler installed: no Python code, thread or default action saw a signal there until the connect returned (an
+    earlier version of this test sent SIGTERM 5 s into the connect and passed only when the signal landed before
+    it). The connect now starts only once every worker has announced itself, so SIGTERM ends the lone worker
+    within seconds, exit 143, one line, nothing left of the run."""
     cluster = {"worker": [f"localhost:{p}" for p in free_ports(2)]}
     w0 = _sig_worker(0, cluster, tmp_path / "alone", tiny_data, keras_home)
-    w0.wait_for("multiworker: connecting to the other workers")
-    time.sleep(5)  # inside TensorFlow, waiting for the cluster
-    _sigterm_ends(w0, "error: interrupted by SIGTERM while connecting to the other workers (TF_CONFIG); nothing was written")
+    w0.wait_for("to announce themselves in")
+    time.sleep(5)  # the moment the old test's signal landed inside TensorFlow's connect
+    _sigterm_ends(w0, "error: interrupted by SIGTERM while waiting for the other workers to announce themselves")
+    assert not any("connecting to the other workers" in line for line in w0.lines), w0.lines
+    assert not any((tmp_path / "alone").rglob("*")), list((tmp_path / "alone").rglob("*"))
 
 
 def test_the_shard_wait_ends_when_a_peer_is_killed(tiny_data, imagenet_mnv2_100, keras_home, tmp_path):
@@ -187,7 +183,8 @@ def test_the_shard_wait_ends_when_a_peer_is_killed(tiny_data, imagenet_mnv2_100,
     cluster = {"worker": [f"localhost:{p}" for p in free_ports(2)]}
     w0, w1 = (_sig_worker(i, cluster, tmp_path / "shared", tiny_data, keras_home) for i in range(2))
     try:
-        w1.wait_for("all 2 workers share")
+        w1.wait_for("all 2 workers share")  # before TensorFlow connects
+        w1.wait_for("all 2 workers share")  # again, at the view cache: connected
         w1.p.send_signal(signal.SIGSTOP)
         w0.wait_for("view cache shards: waiting for")
         t0 = time.monotonic()

@@ -206,7 +206,7 @@ class CacheBuilder:
             from edgetl.training import distributed
 
             distributed.wait_for(lambda: len(cache.missing()), f"{self.plan.cache_dir}: view cache shards",
-                                 self.echo, distributed.shard_timeout())
+                                 self.echo, distributed.shard_timeout(), gone=distributed.peer_health(self.p.strategy))
 
     def encoder(self, size: int):
         """The traced function from a batch of views (0-255, ``size`` px) to (cached activations

@@ -21,6 +21,7 @@ a multi-worker strategy: every other path runs Keras' own code). Everything else
 gradient all-reduce, variable mirroring, checkpoints — is tf.distribute's own."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -112,6 +113,42 @@ def tf_config_is_chief() -> bool:
     if task.get("type") == "chief":
         return True
     return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and not tf_config.get("cluster", {}).get("chief")
+
+
+def tf_config_rank() -> tuple[int, int]:
+    """(this worker's rank, number of workers) from TF_CONFIG, read without starting TensorFlow;
+    the same numbering as :func:`worker_of` (the chief task, if any, is rank 0, then the workers)."""
+    try:
+        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    except ValueError:
+        raise EdgetlError("TF_CONFIG: not valid JSON; see docs/train.md, 'Several machines'") from None
+    cluster, task = tf_config.get("cluster", {}), tf_config.get("task", {})
+    n_chief, n_workers = len(cluster.get("chief", [])), len(cluster.get("worker", []))
+    if not task:
+        return 0, max(1, n_chief + n_workers)
+    rank = 0 if task.get("type") == "chief" else n_chief + int(task.get("index", 0))
+    return rank, n_chief + n_workers
+
+
+def announce_before_connect(folder: Path, option: str, echo) -> None:
+    """Announce this worker in ``folder`` and wait for every worker's announcement *before*
+    TensorFlow connects to the cluster: that connect waits for absent workers in C++, holding the
+    GIL, where SIGTERM and Ctrl-C cannot end it; this wait is Python's, so a signal ends it within
+    a second. Interrupted, the worker takes its announcement back (and the folders it made, when
+    empty), so nothing is left of the run."""
+    index, num = tf_config_rank()
+    if num < 2:
+        return
+    folder = Path(folder)
+    made = [d for d in (folder.parent, folder) if not d.exists()]
+    try:
+        announce(folder, index, num, option, echo, peer_timeout())
+    except BaseException:
+        (folder / f"worker-{index}.json").unlink(missing_ok=True)
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
 
 
 def describe_cluster() -> str:

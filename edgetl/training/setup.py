@@ -202,7 +202,9 @@ def claim(run_dir: Path, resume: bool, chief: bool, force: bool) -> None:
     --resume) or finished (without --force)."""
     if resume or not chief:
         return
-    if (run_dir / rundir.CHECKPOINTS).exists():
+    ckpt = run_dir / rundir.CHECKPOINTS
+    # the other workers' announcements (made before TensorFlow connects) are not a run
+    if ckpt.exists() and any(c.name != rundir.WORKERS for c in ckpt.iterdir()):
         raise EdgetlError(f"{run_dir}: holds an unfinished run; add --resume to continue it, "
                           f"or choose another --out")
     if rundir.is_finished(run_dir) and not force:

@@ -222,6 +222,14 @@ class Trainer:
         from edgetl import signals
 
         t_start = time.perf_counter()
+        if self.cfg.strategy == "multiworker":  # every worker is up before TensorFlow connects (see the function)
+            from edgetl.training import distributed
+
+            try:
+                distributed.announce_before_connect(self.ckpt / rundir.WORKERS, "--out", self.echo)
+            except KeyboardInterrupt:
+                raise TrainingInterrupted(f"interrupted by {signals.name()} while waiting for the other workers to "
+                                          f"announce themselves; nothing was kept: start every worker again") from None
         # multiworker: connecting and building wait for every worker inside TensorFlow's C++ code, where no
         # Python signal handler runs; HardStop ends the process there on SIGINT/SIGTERM (nothing is written yet)
         guard = signals.HardStop("while connecting to the other workers (TF_CONFIG); nothing was written: start "
