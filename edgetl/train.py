@@ -25,7 +25,7 @@ import numpy as np
 
 from edgetl import artifacts, backbones, recipe, rundir
 from edgetl.config import TrainConfig, parse_augment
-from edgetl.data import Dataset, class_weights, scan
+from edgetl.data.dataset import Dataset, class_weights, scan
 from edgetl.errors import EdgetlError, TrainingInterrupted
 from edgetl.rundir import load_run_config, read_labels  # noqa: F401  (part of this module's API)
 from edgetl.types import Echo, PathLike
@@ -232,8 +232,8 @@ class Trainer:
         })
 
     def build(self) -> None:
-        from edgetl import model as M
-        from edgetl.weights import build_base
+        from edgetl.nets import model as M
+        from edgetl.nets.weights import build_base
 
         cfg = self.cfg
         with self.strategy.scope():
@@ -289,7 +289,7 @@ class Trainer:
         distillation's [labels | teacher logits] targets)."""
         import tensorflow as tf
 
-        from edgetl.viewcache import META
+        from edgetl.data.viewcache import META
 
         k = len(self.ds.classes)
         col = {name: meta[:, i] for i, name in enumerate(META)}
@@ -306,7 +306,7 @@ class Trainer:
     def row_val_targets(self, meta, teacher):
         import tensorflow as tf
 
-        from edgetl.viewcache import META
+        from edgetl.data.viewcache import META
 
         y = tf.one_hot(tf.cast(meta[:, META.index("y")], tf.int32), len(self.ds.classes))
         return (self.extend_targets(y, teacher),)
@@ -357,7 +357,7 @@ class Trainer:
     def cache_layout(self):
         """What each cached row holds: pooled features; for phase 2 the activations at the cut
         (or, where the graph cannot be cut, the view's image itself, uint8)."""
-        from edgetl.viewcache import Layout
+        from edgetl.data.viewcache import Layout
 
         cfg = self.cfg
         if not cfg.epochs_finetune or not self.to_train:
@@ -404,7 +404,7 @@ class Trainer:
     def plan_views(self):
         """The view cache's layout, shards, folder and key; refuses a cache over the disk
         budget before anything is written."""
-        from edgetl import viewcache as V
+        from edgetl.data import viewcache as V
 
         cfg = self.cfg
         self.plan_cut()
@@ -455,8 +455,8 @@ class Trainer:
     def cached_views(self):
         """The view cache: frozen-prefix outputs of every training view and of the validation
         images, computed once, on disk (a resumed run reuses every finished shard)."""
+        from edgetl.data.viewcache import ViewCache
         from edgetl.progress import fmt_bytes
-        from edgetl.viewcache import ViewCache
 
         layout, shards, key = getattr(self, "view_plan", None) or self.plan_views()
         if self.num_workers > 1:  # before any work: every worker must see the others on the shared storage
@@ -510,9 +510,9 @@ class Trainer:
         """Run the frozen layers over the views of the shards in ``todo`` and write each shard."""
         import tensorflow as tf
 
+        from edgetl.data.tfdata import DecodeMemo, augmenter, decode_batches
+        from edgetl.data.viewcache import meta_rows
         from edgetl.progress import Throughput, fmt_bytes
-        from edgetl.tfdata import DecodeMemo, augmenter, decode_batches
-        from edgetl.viewcache import meta_rows
 
         cfg = self.cfg
         memo = DecodeMemo()  # later views replay the first view's decoded batches (augmentation comes after)
@@ -526,7 +526,7 @@ class Trainer:
             return tf.image.resize(x, (cfg.size, cfg.size), antialias=True) if size != cfg.size else x
 
         if cut:
-            from edgetl.layers import Preprocess
+            from edgetl.nets.layers import Preprocess
 
             pre = Preprocess(self.bb.preprocess)
 
@@ -736,8 +736,8 @@ class Trainer:
         candidate beats the phase-1 model on val beyond its noise (phase 2 cannot pay)."""
         import keras
 
-        from edgetl import model as M
         from edgetl import recipe
+        from edgetl.nets import model as M
 
         cfg = self.cfg
         if cfg.epochs_finetune == 0 or not self.to_train:
@@ -811,7 +811,7 @@ class Trainer:
     def compile_search(self, model):
         """Compile ``model`` with the deepest candidate's layers trainable and a switchable
         optimizer (:func:`edgetl.recipe.optimizer`): one traced step for every candidate."""
-        from edgetl import model as M
+        from edgetl.nets import model as M
 
         M.set_trainable(self.base, self.deepest.layers)
         with self.strategy.scope():
@@ -961,7 +961,7 @@ class Trainer:
         decodes is named, skipped and removed from the split (its label with it)."""
         import tensorflow as tf
 
-        from edgetl.tfdata import decode_batches
+        from edgetl.data.tfdata import decode_batches
 
         size = self.cfg.size
         if getattr(self, "_predict_fn", None) is None:
@@ -985,10 +985,10 @@ class Trainer:
     def near_duplicates(self) -> dict | None:
         """Held-out images (val, test) with a near-duplicate in train, on the frozen backbone's
         features: the view cache's plain view of the training images and of val, and the same
-        features of the test images (one pass of the frozen extractor). See :mod:`edgetl.duplicates`."""
-        from edgetl import duplicates
-        from edgetl.tfdata import decode_batches
-        from edgetl.viewcache import Rows
+        features of the test images (one pass of the frozen extractor). See :mod:`edgetl.data.duplicates`."""
+        from edgetl.data import duplicates
+        from edgetl.data.tfdata import decode_batches
+        from edgetl.data.viewcache import Rows
 
         cache = getattr(self, "cache", None)
         if cache is None:
@@ -1022,13 +1022,13 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """Scores on the validation split: what model selection uses."""
-        from edgetl.evaluate import classification_metrics
+        from edgetl.runtime.evaluate import classification_metrics
 
         return {**classification_metrics(self.ds.val.labels, self.predict_val(), self.ds.classes), "split": "val"}
 
     def evaluate_test(self) -> dict | None:
         """Scores of the selected model on the test split, once every choice is made."""
-        from edgetl.evaluate import classification_metrics
+        from edgetl.runtime.evaluate import classification_metrics
 
         if self.ds.test is None or not len(self.ds.test):
             return None
@@ -1116,9 +1116,9 @@ class Trainer:
         return TrainResult(self.run_dir, metrics, self.model, history)
 
     def write_outputs(self, metrics: dict, history: dict) -> None:
-        from edgetl import plots
-        from edgetl.evaluate import confusion_of, move_confusions
-        from edgetl.model import count_params
+        from edgetl.nets.model import count_params
+        from edgetl.report import plots
+        from edgetl.runtime.evaluate import confusion_of, move_confusions
 
         run = self.run_dir
         metrics["params"] = count_params(self.model)

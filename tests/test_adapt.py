@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from edgetl import corruptions
 from edgetl.adapt import AdaptOptions, adabn, adapt, gradient_reversal, select_pseudo, wilson
 from edgetl.cli import main
+from edgetl.data import corruptions
 
 from common import quiet
 
@@ -47,7 +47,7 @@ def adapted(tiny_run, target, tmp_path_factory):
     """`edgetl adapt --method auto` with labelled target images, reads of the image loader
     recorded: (report, run dir, paths read before evaluation, paths read in all)."""
     import edgetl.adapt as A
-    import edgetl.tfdata as T
+    import edgetl.data.tfdata as T
 
     reads: list[str] = []
     mark: list[int] = []
@@ -155,9 +155,9 @@ def test_adabn_changes_only_batchnorm_moving_statistics(tiny_run, target):
     import keras
 
     from edgetl.adapt import bn_layers, classifier_parts
-    from edgetl.data import readable_images
-    from edgetl.model import load_keras
-    from edgetl.tfdata import load_array
+    from edgetl.data.dataset import readable_images
+    from edgetl.data.tfdata import load_array
+    from edgetl.nets.model import load_keras
 
     model = load_keras(tiny_run.run_dir / "model.keras")
     pre, base, _ = classifier_parts(model)
@@ -215,8 +215,8 @@ def test_adapt_report_has_before_after_with_intervals(adapted):
 def test_adapted_run_exports_verifies_and_has_a_card(adapted, tiny_calibration):
     from edgetl.card import write_card
     from edgetl.config import VerifyOptions
-    from edgetl.export import ExportOptions, export
-    from edgetl.verify import verify
+    from edgetl.export.exporter import ExportOptions, export
+    from edgetl.verify.verifier import verify
 
     _, out, _, _ = adapted
     res = export(out, ExportOptions(formats="tflite", quants="fp32", calibration=str(tiny_calibration)), echo=quiet)
@@ -245,7 +245,7 @@ def test_one_method_from_the_cli(adapted, tiny_run, target, tmp_path, method):
     import keras
 
     from edgetl.adapt import bn_layers, classifier_parts
-    from edgetl.model import load_keras
+    from edgetl.nets.model import load_keras
 
     auto, _, _, _ = adapted
     out = tmp_path / "run"

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgetl import backbones, device_results, formats, rundir
+from edgetl import backbones, formats, rundir
 from edgetl.cli import main
-from edgetl.timing import CHECK_SCRIPT
+from edgetl.runtime.timing import CHECK_SCRIPT
+from edgetl.verify import device_results
 
 from common import quiet
 
@@ -36,7 +37,7 @@ def _check_module():
 
 # ------------------------------------------------------------ the registry itself ----
 def test_every_record_names_code_that_exists_and_agrees_with_it():
-    from edgetl.runners import Runner
+    from edgetl.runtime.runners import Runner
 
     assert len(set(formats.SUFFIXES)) == len(FORMATS) and formats.DEFAULT
     for f in formats.FORMATS.values():
@@ -80,7 +81,7 @@ def test_every_format_is_in_the_cli_help():
 @pytest.fixture(scope="module")
 def every_format(tiny_run, tiny_calibration, tmp_path_factory):
     """The tiny run exported to every registered format in every mode (one export)."""
-    from edgetl.export import ExportOptions, export
+    from edgetl.export.exporter import ExportOptions, export
 
     run = tmp_path_factory.mktemp("formats") / "tiny"
     shutil.copytree(tiny_run.run_dir, run, ignore=shutil.ignore_patterns("export"))
@@ -91,7 +92,7 @@ def every_format(tiny_run, tiny_calibration, tmp_path_factory):
 
 @pytest.mark.parametrize("fmt,quant,runtime", CASES, ids=["-".join(c) for c in CASES])
 def test_every_format_and_mode_exports_and_runs_in_every_runtime(every_format, tiny_holdout, fmt, quant, runtime):
-    from edgetl.runners import KerasRunner, open_runner
+    from edgetl.runtime.runners import KerasRunner, open_runner
 
     run, arts = every_format
     a = arts[(fmt, quant)]
@@ -159,7 +160,7 @@ def test_every_backbone_builds_and_trains_one_step(name):
     """No ImageNet weights needed (weights=None): 32 px, 3 classes, one step on 4 images."""
     import keras
 
-    from edgetl.model import assemble, build_head
+    from edgetl.nets.model import assemble, build_head
 
     bb = backbones.get(name)
     keras.utils.set_random_seed(0)

@@ -1,5 +1,5 @@
 """One image decoder everywhere a photo becomes an input: training, predict and verify decode through
-edgetl/images.py (EXIF orientation applied), the bundle's check script gets images edgetl decoded, and the model
+edgetl/data/images.py (EXIF orientation applied), the bundle's check script gets images edgetl decoded, and the model
 card's Python snippet decodes as training does: upright on EXIF-rotated phone photos (all eight orientations),
 and within a stated tolerance of the JPEG draft decode on large photos."""
 import os
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from edgetl.card import PY_RESIZE
-from edgetl.images import load_rgb, open_rgb
+from edgetl.data.images import load_rgb, open_rgb
 
 from common import HYMENOPTERA
 

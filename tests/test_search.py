@@ -230,8 +230,10 @@ def test_device_scaling_applies_the_budget_on_the_device(data, tmp_path, monkeyp
     """--device: the device timed two files of a run at 3x this machine's time; every local latency
     is scaled x3 before the budget applies, so alpha 0.5 (4 ms here, 12 ms there) is not trained
     under a 10 ms budget, and the pick's latency is the device's (6 ms)."""
-    from edgetl import artifacts, device_results, timing
+    from edgetl import artifacts
+    from edgetl.runtime import timing
     from edgetl.search.space import Arch, Candidate
+    from edgetl.verify import device_results
 
     f = Fakes(monkeypatch, tmp_path)
     run = tmp_path / "phone-run"

@@ -89,9 +89,9 @@ def train_candidate(o: SearchOptions, c: Candidate, out: Path, echo: Echo) -> di
 
 def test_accuracy(run_dir: str | Path) -> dict[str, Any] | None:
     """The run's model on its test split (None without one). The search calls it once, for the pick."""
-    from edgetl.runners import KerasRunner
+    from edgetl.data.tfdata import load_array
+    from edgetl.runtime.runners import KerasRunner
     from edgetl.stats import accuracy_interval
-    from edgetl.tfdata import load_array
 
     run = rundir.open_run(run_dir)
     files, labels = run.split_files("test")
@@ -108,7 +108,7 @@ def search(o: SearchOptions, echo: Echo = print) -> dict[str, Any]:
     o.validate()
     import logging
 
-    from edgetl.data import scan
+    from edgetl.data.dataset import scan
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing warnings: one model after another
 
@@ -245,7 +245,7 @@ def continue_with_pick(rep: dict[str, Any], steps: tuple[str, ...], o: SearchOpt
         raise EdgetlError("--then: no candidate fits the budget, so there is nothing to continue with", exit_code=1)
     run = p["run_dir"]
     if "export" in steps:
-        from edgetl.export import export as run_export
+        from edgetl.export.exporter import export as run_export
 
         echo(f"export: {run} as {p['quant']} {p['fmt']}")
         arts = run_export(run, ExportOptions(formats=(p["fmt"],), quants=(p["quant"],)).validate(), echo=echo)
@@ -255,7 +255,7 @@ def continue_with_pick(rep: dict[str, Any], steps: tuple[str, ...], o: SearchOpt
         out["export"] = [a.name for a in arts]
     if "verify" in steps:
         from edgetl.card import write_card
-        from edgetl.verify import verify as run_verify
+        from edgetl.verify.verifier import verify as run_verify
 
         gate = None if rep.get("device_scale") else float(o.max_latency_ms or 0)
         v = run_verify(run, VerifyOptions(threads=o.threads, max_latency_ms=gate).validate(), echo=echo)

@@ -2,7 +2,7 @@
 // images shipped with the page (uint8 tensors decoded by edgetl's own decoder), with LiteRT.js
 // (.tflite) and onnxruntime-web (.onnx, .ort), on WASM and on WebGPU where the browser offers it.
 // It writes one results.json per backend in the schema `edgetl verify --device-results` reads
-// (schema 2, see edgetl/device_results.py), posts it to the edgetl server that served the page
+// (schema 2, see edgetl/verify/device_results.py), posts it to the edgetl server that served the page
 // (when there is one) and offers it as a download.
 const $ = (id) => document.getElementById(id);
 const SCHEMA = 2;
