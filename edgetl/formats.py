@@ -48,7 +48,8 @@ class Format:
     sidecars: Mapping[str, str] = field(default_factory=dict)  # file suffix -> "module:function"(bytes, name) -> text
     default: bool = False          # exported (and bundled) when --formats is not given
     device_check: str = ""         # runtime edgetl_check.py opens it with on a device ("" = not handled)
-    web: bool = True               # the browser check (edgetl serve, bundle --web) runs it
+    web: str = ""                  # the browser check's runtime for it (edgetl serve, bundle --web; "" = not handled)
+    card: str = ""                 # "module:function"(App) -> the model card's app snippets for it ("" = none)
 
     def converter(self, quant: str) -> Any:
         try:
@@ -69,15 +70,17 @@ TFLITE = Format(
     name="tflite", suffix=".tflite", summary="LiteRT (TensorFlow Lite), with TFLite metadata and labels packed in",
     converters=_modes("tflite"), runner="edgetl.runtime.runners:LiteRTRunner", runtime="litert",
     extra_runtimes={"mediapipe": "edgetl.runtime.runners:MediaPipeRunner"},
-    int8=TFLITE_CONVERTER, int8_io_type=True, metadata=TFLITE_METADATA, default=True, device_check="litert")
+    int8=TFLITE_CONVERTER, int8_io_type=True, metadata=TFLITE_METADATA, default=True, device_check="litert",
+    web="litert.js", card="edgetl.report.snippets:tflite")
 ONNX = Format(
     name="onnx", suffix=".onnx", summary="ONNX (tf2onnx), for onnxruntime",
     converters=_modes("onnx"), runner="edgetl.runtime.runners:OnnxRunner", runtime="onnxruntime",
-    int8=ORT_QUANTIZATION, metadata=ONNX_PROPS, default=True, device_check="onnxruntime")
+    int8=ORT_QUANTIZATION, metadata=ONNX_PROPS, default=True, device_check="onnxruntime",
+    web="onnxruntime-web", card="edgetl.report.snippets:onnx")
 ORT = Format(
     name="ort", suffix=".ort", summary="onnxruntime's mobile format, from the ONNX model of the same mode",
     converters=_modes("ort"), runner="edgetl.runtime.runners:OrtRunner", runtime="onnxruntime",
-    int8=ORT_QUANTIZATION, metadata=ONNX_PROPS, device_check="onnxruntime",
+    int8=ORT_QUANTIZATION, metadata=ONNX_PROPS, device_check="onnxruntime", web="onnxruntime-web",
     sidecars={".required_operators.config": "edgetl.export.convert:ort_required_operators"})
 
 FORMATS: dict[str, Format] = {f.name: f for f in (TFLITE, ONNX, ORT)}

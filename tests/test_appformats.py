@@ -357,8 +357,8 @@ def test_lite0_features_separate_hymenoptera(shared, imagenet_lite0):
 def test_card_python_snippet_crops_like_training(tmp_path):
     from PIL import Image, ImageOps
 
-    from edgetl.card import PY_RESIZE
     from edgetl.data.images import load_rgb
+    from edgetl.report.snippets import PY_RESIZE
 
     rng = np.random.default_rng(0)
     for w, h in ((90, 50), (40, 70)):

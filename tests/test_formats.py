@@ -19,7 +19,7 @@ from edgetl.cli import main
 from edgetl.runtime.timing import CHECK_SCRIPT
 from edgetl.verify import device_results
 
-from common import quiet
+from common import ROOT, quiet
 
 FORMATS = list(formats.FORMATS)
 CASES = [(f, q, rt) for f in FORMATS for q in formats.FORMATS[f].converters
@@ -68,6 +68,36 @@ def test_the_device_checks_own_table_equals_the_registry():
     named = {f.device_check for f in formats.FORMATS.values() if f.device_check}
     named |= {rt for f in formats.FORMATS.values() for rt in f.extra_runtimes}
     assert named <= set(chk.RUNTIMES)
+
+
+def test_the_browser_page_opens_every_web_format_by_the_runtime_the_registry_names():
+    """check.json names each model's runtime (Format.web); the page looks it up in its OPENERS table
+    and never branches on a format name."""
+    import re
+
+    js = (ROOT / "edgetl" / "web" / "page" / "check.js").read_text()
+    openers = set(re.findall(r'"([\w.-]+)":\s*open\w+', js.split("const OPENERS = {")[1].split("}")[0]))
+    assert {f.web for f in formats.FORMATS.values() if f.web} == openers
+    assert [n for n in formats.NAMES if f'"{n}"' in js] == []
+
+
+def test_every_format_with_card_snippets_has_them_in_the_card():
+    """The card's app snippets come from the registry: each Format.card function fills its format's
+    snippets with the run's fastest file of its runtime."""
+    from pathlib import Path
+
+    from edgetl.card import snippets
+    from edgetl.report.snippets import App
+
+    fastest = {"litert": "model_int8.tflite", "mediapipe": "model_fp16.tflite", "onnxruntime": "model_int8.onnx"}
+    text = snippets(Path("/nonexistent"), fastest, 96, 96, 2, "crop")
+    app = App(Path("/nonexistent"), fastest, 96, 96, 2, "crop")
+    carded = [f for f in formats.FORMATS.values() if f.card]
+    assert carded and all(f.default for f in carded)
+    for f in carded:
+        own = formats.resolve(f.card)(app)
+        assert own.strip() in text and "### " in own, f.name
+    assert "model_int8.tflite" in text and "model_fp16.tflite" in text and "model_int8.onnx" in text
 
 
 def test_every_format_is_in_the_cli_help():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from edgetl.card import PY_RESIZE
 from edgetl.data.images import load_rgb, open_rgb
+from edgetl.report.snippets import PY_RESIZE
 
 from common import HYMENOPTERA
 

@@ -114,6 +114,7 @@ def build_site(run_dir: PathLike, folder: PathLike, samples: int = DEFAULT_SAMPL
             runner.close()
         shutil.copyfile(m["path"], out / "models" / m["name"])
         specs.append({"file": m["name"], "url": f"models/{m['name']}", "format": m["format"], "quant": m["quant"],
+                      "runtime": registry.get(m["format"]).web,  # which of the page's runtimes opens it
                       "sha256": artifacts.sha256_file(m["path"]), "size_bytes": m["path"].stat().st_size,
                       "io": io, "reference_runtime": runtime, "reference_probs": _round(ref)})
     spec: dict[str, Any] = {
