@@ -1,7 +1,7 @@
 """Benchmark: does `edgetl adapt` win back what a "phone camera at night" costs?
 
 Data: hymenoptera (../shared, 245 train / 153 val photos, ants vs bees) and a
-deterministic, seeded night copy of it (`edgetl.corruptions.night`: about a third of
+deterministic, seeded night copy of it (`edgetl.data.corruptions.night`: about a third of
 the light with a cool cast, sensor noise, a slight blur, a JPEG at quality 15):
 
 * train-target: night copies of the TRAIN photos, in one flat folder under hashed
@@ -46,8 +46,8 @@ def make_night(dest: Path) -> tuple[Path, Path]:
     file list is seeded with i, so the copies are identical on every run."""
     from PIL import Image
 
-    from edgetl.corruptions import night
-    from edgetl.images import BadImage, open_rgb
+    from edgetl.data.corruptions import night
+    from edgetl.data.images import BadImage, open_rgb
 
     unl, lab = dest / "train-target", dest / "val-target"
     files = sorted(p for p in DATA.rglob("*") if p.is_file())
@@ -109,9 +109,9 @@ def summary_table(results: list[dict]) -> tuple[list[str], list[list[str]], list
 
 def robustness(run: Path, echo=print) -> str:
     from edgetl.config import VerifyOptions
-    from edgetl.export import ExportOptions, export
-    from edgetl.robustness import table
-    from edgetl.verify import verify
+    from edgetl.export.exporter import ExportOptions, export
+    from edgetl.verify.robustness import table
+    from edgetl.verify.verifier import verify
 
     # int8 is kept whatever it loses (max_drop 100): the table is there to show what it loses
     export(run, ExportOptions(formats="tflite", quants="fp32,int8", max_drop=100.0), echo=quiet)
@@ -137,9 +137,9 @@ def main() -> int:
     from results import Recorder
 
     from edgetl.config import TrainConfig
+    from edgetl.nets.weights import install
     from edgetl.training.adapt import AdaptOptions, adapt
     from edgetl.training.train import train
-    from edgetl.weights import install
 
     rec = Recorder("adapt")
     install(WEIGHTS, "mobilenetv2", 0.35)

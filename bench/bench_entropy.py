@@ -36,7 +36,7 @@ def main() -> None:
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from edgetl.convert import ENTROPY_BINS, entropy_threshold
+    from edgetl.export.convert import ENTROPY_BINS, entropy_threshold
 
     m = keras.applications.MobileNetV2(weights=None, alpha=0.35, input_shape=(img, img, 3), classes=2)
     proto, _ = tf2onnx.convert.from_keras(m, input_signature=(tf.TensorSpec((None, img, img, 3), tf.float32, name="image"),),

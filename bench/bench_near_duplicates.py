@@ -1,5 +1,5 @@
 """How similar are a photo and its edited copy, and two distinct photos, in the features the
-near-duplicate check compares (edgetl/duplicates.py)? The figures behind its threshold.
+near-duplicate check compares (edgetl/data/duplicates.py)? The figures behind its threshold.
 
     python bench/bench_near_duplicates.py [--sizes 128,224] [--out bench/results/near_duplicates.json]
 
@@ -65,10 +65,10 @@ def main() -> int:
     from PIL import Image
 
     from edgetl import backbones
-    from edgetl.duplicates import MIN_SIMILARITY, RATIO, K, _unit, flag, nearest
-    from edgetl.model import assemble
-    from edgetl.tfdata import load_array
-    from edgetl.weights import build_base, install
+    from edgetl.data.duplicates import MIN_SIMILARITY, RATIO, K, _unit, flag, nearest
+    from edgetl.data.tfdata import load_array
+    from edgetl.nets.model import assemble
+    from edgetl.nets.weights import build_base, install
 
     install(WEIGHTS, "mobilenetv2", 0.35)
     exts = {".jpg", ".jpeg", ".png"}

@@ -30,7 +30,7 @@ import numpy as np
 from bench_train import DATA, build_data, edgetl_run, prepare_weights
 from results import Recorder
 
-IMPORTS = "import tensorflow, keras, edgetl.cli, edgetl.training.train, edgetl.tfdata, edgetl.weights"
+IMPORTS = "import tensorflow, keras, edgetl.cli, edgetl.training.train, edgetl.data.tfdata, edgetl.nets.weights"
 
 
 def import_seconds(env: dict, repeats: int = 3) -> float:

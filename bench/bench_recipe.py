@@ -1,7 +1,7 @@
 """Ablation: `--recipe fixed` against `--recipe auto`, on real tasks, over repeated seeded
 splits, scored on an untouched test split.
 
-Protocol (per task and seed s): the task's images are pooled; `edgetl.data.scan` carves a
+Protocol (per task and seed s): the task's images are pooled; `edgetl.data.dataset.scan` carves a
 seeded, stratified test split (--test-split) and a validation split from the rest, both
 from seed s; both recipes train on the same splits with the same seed; every choice (early
 stopping, the phase kept, auto's phase-2 grid) is made on validation; test is read once, at
@@ -136,7 +136,7 @@ def main() -> int:
     rec = Recorder("recipe")
     os.environ.setdefault("KERAS_HOME", tempfile.mkdtemp(prefix="bench-keras-"))
     from edgetl.demo_data import write_digits
-    from edgetl.weights import install
+    from edgetl.nets.weights import install
 
     install(W035, "mobilenetv2", 0.35)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "

@@ -5,7 +5,7 @@ One edgetl run on hymenoptera (MobileNetV2 0.35 ImageNet at 224 px; a head train
 one epoch: latency does not depend on the weights' values), exported by edgetl itself:
 TFLite fp32 and int8 with --io-type float32, int8 and uint8; ONNX fp32 and int8 as
 QOperator and as QDQ (minmax, per-channel, 100 training images for calibration). Each
-model is timed by `edgetl.timing.isolated_timing`: a fresh process that imports only
+model is timed by `edgetl.runtime.timing.isolated_timing`: a fresh process that imports only
 numpy and the runtime (LiteRT with its default XNNPACK delegate, onnxruntime CPU), warm-up,
 then --runs timed runs. The models are timed round-robin --rounds times, so that a change
 of machine load hits all of them; printed: the median p50 over rounds, the range of the
@@ -50,9 +50,9 @@ def cpu_flags() -> str:
 
 def build_models(tmp: Path, img: int) -> tuple[dict[str, Path], Path]:
     """{label: model file} exported by edgetl from one run; and the run directory."""
-    from edgetl.calibrate import calibrate
     from edgetl.config import TrainConfig
-    from edgetl.export import ExportOptions, export
+    from edgetl.data.calibrate import calibrate
+    from edgetl.export.exporter import ExportOptions, export
     from edgetl.training.train import train
 
     run = train(TrainConfig(data=str(DATA), alpha=0.35, img_size=img, weights=str(WEIGHTS), epochs_head=1,
@@ -91,9 +91,9 @@ def build_models(tmp: Path, img: int) -> tuple[dict[str, Path], Path]:
 
 
 def agreements(models: dict[str, Path], run: Path, threads: int) -> dict[str, float]:
-    from edgetl.data import scan
-    from edgetl.runners import KerasRunner, open_runner
-    from edgetl.tfdata import load_array
+    from edgetl.data.dataset import scan
+    from edgetl.data.tfdata import load_array
+    from edgetl.runtime.runners import KerasRunner, open_runner
 
     ds = scan(DATA, test_split=0)
     size = KerasRunner(run / "model.keras").input_size[0]
@@ -119,7 +119,7 @@ def main():
         sys.exit(f"needs ../shared (hymenoptera and MobileNetV2 0.35 weights) at {SHARED}")
     from results import Recorder
 
-    from edgetl.timing import isolated_timing, machine_info
+    from edgetl.runtime.timing import isolated_timing, machine_info
 
     rec = Recorder("runtimes")
 

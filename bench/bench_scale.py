@@ -108,8 +108,8 @@ PREDICT = r"""
 import sys, time, json, numpy as np, os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
-from edgetl.data import scan
-from edgetl.tfdata import load_array
+from edgetl.data.dataset import scan
+from edgetl.data.tfdata import load_array
 data, weights, img, m = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 ds = scan(data, test_split=0)
 x = load_array(ds.train.paths[:m], img).astype("float32")  # preloaded, as one array

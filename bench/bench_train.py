@@ -121,7 +121,7 @@ def results_name(peers: list[str], alpha: float, img_size: int) -> str:
 def build_data(dest: Path, seed: int, test_split: float, train_limit: int | None = None) -> dict[str, int]:
     """DATA_s: train/ (hymenoptera's train/ minus the carved test), val/, test/ (carved, seeded).
     ``train_limit`` (smoke tests only) keeps the first N images of each class in every split."""
-    from edgetl.data import scan
+    from edgetl.data.dataset import scan
 
     ds = scan(DATA, seed=seed, test_split=test_split)
     counts = {}

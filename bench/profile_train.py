@@ -31,7 +31,7 @@ import numpy; t.append(time.perf_counter())
 import tensorflow; t.append(time.perf_counter())
 import keras; t.append(time.perf_counter())
 import edgetl.cli; t.append(time.perf_counter())
-import edgetl.training.train, edgetl.tfdata, edgetl.weights; t.append(time.perf_counter())
+import edgetl.training.train, edgetl.data.tfdata, edgetl.nets.weights; t.append(time.perf_counter())
 print(json.dumps([b - a for a, b in zip(t, t[1:])]))
 """
 
@@ -57,7 +57,7 @@ def import_times(repeats: int = 3) -> dict:
 def profile_run(img: int, seed: int, e1: int, e2: int, out: Path, cprofile: str | None) -> tuple[dict, dict]:
     import keras
 
-    import edgetl.tfdata as T
+    import edgetl.data.tfdata as T
     from edgetl.config import TrainConfig
     from edgetl.training.train import Trainer
 

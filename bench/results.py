@@ -30,7 +30,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from edgetl.timing import cpu_model  # numpy only: no TensorFlow at import
+from edgetl.runtime.timing import cpu_model  # numpy only: no TensorFlow at import
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

@@ -20,7 +20,7 @@ MOBILENET_ROWS = (96, 128, 160, 192, 224)
 class Backbone:
     name: str
     builder: str                    # attribute of keras.applications, or "module:function" for edgetl's own
-    preprocess: str                 # mode of edgetl.layers.Preprocess: tf | torch | caffe | none
+    preprocess: str                 # mode of edgetl.nets.layers.Preprocess: tf | torch | caffe | none
     default_size: int
     min_size: int
     unit: str                       # unit of --unfreeze: "layer" or "block"
@@ -114,7 +114,7 @@ register(Backbone("mobilenetv2", "MobileNetV2", "tf", 224, 32, "layer", _mnv2_bl
 for _i, (_size) in enumerate((224, 240, 260, 300, 380, 456, 528, 600)):
     register(Backbone(f"efficientnetb{_i}", f"EfficientNetB{_i}", "none", _size, 32, "block",
                       _effnet_block, _fixed(f"efficientnetb{_i}_notop.h5")))
-register(Backbone("efficientnet_lite0", "edgetl.efficientnet_lite:EfficientNetLite0", "tf", 224, 32, "block",
+register(Backbone("efficientnet_lite0", "edgetl.nets.efficientnet_lite:EfficientNetLite0", "tf", 224, 32, "block",
                   _effnet_block, _fixed("efficientnet_lite0_notop.h5"), params_hint="3.4M; int8-friendly (ReLU6, no SE)",
                   offline="edgetl weights import-torchvision --arch efficientnet_lite0"))
 register(Backbone("resnet50", "ResNet50", "caffe", 224, 32, "block", _resnet_block,

@@ -8,179 +8,16 @@ from pathlib import Path
 
 import yaml
 
-from edgetl import artifacts, formats, rundir
+from edgetl import artifacts, rundir
 from edgetl.escape import md
-from edgetl.evaluate import INLINE_MAX
+from edgetl.report.snippets import snippets
+from edgetl.runtime.evaluate import INLINE_MAX
 from edgetl.stats import fmt_acc
 from edgetl.types import Echo, PathLike
 
-# How a photo becomes the model's input, per resize mode of the run (the card states it).
-PY_RESIZE = {
-    "crop": ("img = ImageOps.exif_transpose(Image.open(\"photo.jpg\")).convert(\"RGB\")  # upright, as trained\n"
-             "s = min(img.size)                                           # central square crop, then resize\n"
-             "img = img.resize(({w}, {h}), Image.BILINEAR, box=((img.width - s) / 2, (img.height - s) / 2,\n"
-             "                                                 (img.width + s) / 2, (img.height + s) / 2))"),
-    "squash": ("img = ImageOps.exif_transpose(Image.open(\"photo.jpg\")).convert(\"RGB\")  # upright, as trained\n"
-               "img = img.resize(({w}, {h}), Image.BILINEAR)                  # squash: the whole photo, stretched"),
-}
-KOTLIN_ROI = {
-    "crop": ("// the model was trained on the central square of each photo: classify that region\n"
-             "val side = minOf(bitmap.width, bitmap.height).toFloat()\n"
-             "val roi = RectF((bitmap.width - side) / 2 / bitmap.width, (bitmap.height - side) / 2 / bitmap.height,\n"
-             "                (bitmap.width + side) / 2 / bitmap.width, (bitmap.height + side) / 2 / bitmap.height)\n"
-             "val result = classifier.classify(image, ImageProcessingOptions.builder().setRegionOfInterest(roi).build())"),
-    "squash": "val result = classifier.classify(image)                       // the whole photo, stretched (squash)",
-}
-SWIFT_ROI = {
-    "crop": ("// the model was trained on the central square of each photo: classify that region\n"
-             "let w = uiImage.size.width, h = uiImage.size.height, s = min(w, h)\n"
-             "let roi = CGRect(x: (w - s) / 2 / w, y: (h - s) / 2 / h, width: s / w, height: s / h)\n"
-             "let result = try classifier.classify(image: image, regionOfInterest: roi)"),
-    "squash": "let result = try classifier.classify(image: image)            // the whole photo, stretched (squash)",
-}
-
-SNIPPETS = """Every snippet feeds RGB pixels 0-255 at {w}x{h} ({resize} resize); the backbone's
-preprocessing is inside the model. The `.tflite` files carry standard TFLite metadata (input
-size, normalisation, labels.txt packed in), which MediaPipe Tasks reads: no labels file or
-pixel code is needed there.
-
-### Android (Kotlin, MediaPipe Tasks)
-
-```kotlin
-// build.gradle: implementation("com.google.mediapipe:tasks-vision:0.10.+"); {mp_name} in src/main/assets/
-val options = ImageClassifier.ImageClassifierOptions.builder()
-    .setBaseOptions(BaseOptions.builder().setModelAssetPath("{mp_name}").build())
-    .setMaxResults(3)
-    .build()
-val classifier = ImageClassifier.createFromOptions(context, options)
-// MediaPipe does not read EXIF: a Bitmap from BitmapFactory holds the stored pixels, so rotate a camera photo
-// upright first (androidx ExifInterface's orientation; rotations only: ImageProcessingOptions.setRotationDegrees)
-val image = BitmapImageBuilder(bitmap).build()
-{kotlin_roi}
-val top = result.classificationResult().classifications()[0].categories()[0]  // top.categoryName(), top.score()
-classifier.close()
-```
-
-### iOS (Swift, MediaPipe Tasks)
-
-```swift
-import MediaPipeTasksVision  // pod 'MediaPipeTasksVision'; {mp_name} in the app bundle
-let options = ImageClassifierOptions()
-options.baseOptions.modelAssetPath = Bundle.main.path(forResource: "{mp_stem}", ofType: "tflite")!
-options.maxResults = 3
-let classifier = try ImageClassifier(options: options)
-let image = try MPImage(uiImage: uiImage)  // MediaPipe takes uiImage.imageOrientation (EXIF) and rotates to upright
-{swift_roi}
-let top = result.classificationResult.classifications[0].categories[0]  // top.categoryName, top.score
-```
-
-### iOS (Swift, ONNX Runtime)
-
-```swift
-import onnxruntime_objc  // pod 'onnxruntime-objc' (or onnxruntime-mobile-objc for .ort files)
-let env = try ORTEnv(loggingLevel: .warning)
-let session = try ORTSession(env: env, modelPath: Bundle.main.path(forResource: "{ios_stem}", ofType: "{ios_ext}")!,
-                             sessionOptions: nil)
-// pixels: [Float] of {h}*{w}*3 RGB values 0-255, row-major NHWC, from the {resize}-resized photo
-let data = NSMutableData(bytes: pixels, length: pixels.count * MemoryLayout<Float>.size)
-let input = try ORTValue(tensorData: data, elementType: .float, shape: [1, {h}, {w}, 3])
-let outputs = try session.run(withInputs: ["{input_name}": input], outputNames: ["{output_name}"], runOptions: nil)
-let probs = try outputs["{output_name}"]!.tensorData() as Data   // {k} Float32 probabilities, labels.txt order
-```
-
-### Android (Kotlin, LiteRT)
-
-```kotlin
-val model = FileUtil.loadMappedFile(context, "{tflite_name}")
-val interpreter = Interpreter(model, Interpreter.Options().setNumThreads(4))
-val input = ByteBuffer.allocateDirect(4 * {h} * {w} * 3).order(ByteOrder.nativeOrder())
-for (y in 0 until {h}) for (x in 0 until {w}) {{            // bitmap: the photo, {resize}-resized to {w}x{h}
-    val p = bitmap.getPixel(x, y)
-    input.putFloat(((p shr 16) and 0xFF).toFloat())          // R, G, B as 0-255 floats
-    input.putFloat(((p shr 8) and 0xFF).toFloat())
-    input.putFloat((p and 0xFF).toFloat())
-}}
-val probs = Array(1) {{ FloatArray({k}) }}
-interpreter.run(input, probs)
-val label = labels[probs[0].indices.maxBy {{ probs[0][it] }}]
-```
-
-### Python (MediaPipe Tasks)
-
-```python
-import numpy as np, mediapipe as mp
-from PIL import Image, ImageOps
-from mediapipe.tasks.python import BaseOptions, vision
-{py_resize}
-clf = vision.ImageClassifier.create_from_options(vision.ImageClassifierOptions(
-    base_options=BaseOptions(model_asset_path="{mp_path}"), max_results=3))
-res = clf.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.asarray(img)))
-print([(c.category_name, round(c.score, 3)) for c in res.classifications[0].categories])
-clf.close()
-```
-
-### Python (onnxruntime)
-
-```python
-import numpy as np, onnxruntime as ort
-from PIL import Image, ImageOps
-labels = [l.strip() for l in open("labels.txt")]
-sess = ort.InferenceSession("{onnx}")                        # a .ort file loads the same way
-{py_resize}
-x = np.asarray(img, np.float32)[None]                       # RGB 0-255, NHWC; no normalisation
-probs = sess.run(None, {{sess.get_inputs()[0].name: x}})[0][0]
-print(labels[int(probs.argmax())], float(probs.max()))
-```
-
-### Python (LiteRT)
-
-```python
-import numpy as np
-from ai_edge_litert.interpreter import Interpreter
-it = Interpreter(model_path="{tflite}", num_threads=4)
-it.allocate_tensors()
-inp, out = it.get_input_details()[0], it.get_output_details()[0]
-x = np.asarray(img, np.float32)[None]                # img: cropped and resized as above
-if inp["dtype"] != np.float32:                       # int8/uint8 I/O: quantize with the tensor's scale/zero-point
-    s, z = inp["quantization"]; x = np.clip(np.round(x / s + z), -128 if inp["dtype"] == np.int8 else 0,
-                                             127 if inp["dtype"] == np.int8 else 255).astype(inp["dtype"])
-it.set_tensor(inp["index"], x); it.invoke()
-probs = it.get_tensor(out["index"])[0]
-```
-"""
-
-
-def snippets(d: Path, fastest: dict, h: int, w: int, k: int, resize: str) -> str:
-    """The card's code snippets, for the run's fastest passing artifact of each runtime."""
-    tfl_f, onnx_f, ort_f = formats.TFLITE, formats.ONNX, formats.ORT  # the formats the snippets show
-    tfl = (f"{rundir.EXPORT}/{fastest[tfl_f.runtime]}" if fastest.get(tfl_f.runtime)
-           else rundir.artifact_file(tfl_f.name, "fp32"))
-    mp = f"{rundir.EXPORT}/{fastest['mediapipe']}" if fastest.get("mediapipe") else tfl
-    onx = (f"{rundir.EXPORT}/{fastest[onnx_f.runtime]}" if fastest.get(onnx_f.runtime)
-           else rundir.artifact_file(onnx_f.name, "fp32"))
-    ios = Path(onx).with_suffix(ort_f.suffix) if (d / Path(onx).with_suffix(ort_f.suffix)).exists() else Path(onx)
-    src = Path(onx).with_suffix(onnx_f.suffix)
-    i_name, o_name = _onnx_io(d / src) if (d / src).exists() else ("image", "probabilities")
-    resize = resize if resize in PY_RESIZE else "crop"
-    return SNIPPETS.format(onnx=onx, tflite=tfl, tflite_name=Path(tfl).name, mp_path=mp, mp_name=Path(mp).name,
-                           mp_stem=Path(mp).stem, ios_stem=ios.stem, ios_ext=ios.suffix[1:], h=h, w=w, k=k,
-                           resize=resize, input_name=i_name, output_name=o_name,
-                           py_resize=PY_RESIZE[resize].format(w=w, h=h), kotlin_roi=KOTLIN_ROI[resize],
-                           swift_roi=SWIFT_ROI[resize])
-
-
-def _onnx_io(path: Path) -> tuple[str, str]:
-    try:
-        import onnx
-
-        m = onnx.load(str(path), load_external_data=False)
-        return m.graph.input[0].name, m.graph.output[0].name
-    except Exception:
-        return "image", "probabilities"
-
 
 def write_card(run_dir: PathLike, pipeline: object = None, echo: Echo = print) -> Path:
-    from edgetl.verify import table
+    from edgetl.verify.verifier import table
 
     run = rundir.open_run(run_dir)
     d = run.dir
@@ -251,7 +88,7 @@ def write_card(run_dir: PathLike, pipeline: object = None, echo: Echo = print) -
               f"![accuracy vs latency]({rundir.VERIFY_PLOTS['accuracy_latency']}) "
               f"![sizes]({rundir.VERIFY_PLOTS['sizes']})", ""]
         if report.get("robustness"):
-            from edgetl.robustness import table as rob_table
+            from edgetl.verify.robustness import table as rob_table
 
             L += ["Accuracy under common corruptions (`edgetl verify --robustness`):", "",
                   rob_table(report["robustness"], markdown=True), "", f"![robustness]({rundir.ROBUSTNESS_PLOT})", ""]

@@ -429,7 +429,7 @@ class SearchOptions(Options):
     sizes: str = doc("input sizes in px to try", "96,128,160,224")
     depths: str = doc("phase-2 depths in blocks to try on the survivors (0: head only)", "0,2")
     quants: str = doc("quantization modes to try: comma list of " + ",".join(QUANTS), "fp32,int8")
-    formats: str = doc("formats to try: comma list of " + ",".join(FORMATS), "tflite")
+    formats: str = doc("formats to try: comma list of " + ",".join(FORMATS), formats.TFLITE.name)
     weights: str = doc("imagenet | none (random init, for tests)", "imagenet")
     eta: int = doc("successive halving: keep the best 1/eta of the head-only candidates", 3)
     recipe: str = doc("every candidate's recipe (train --recipe): auto (phase 1 >= min_steps updates; phase 2 picks its lr on val) | fixed", "auto")

@@ -57,7 +57,7 @@ def run_demo(out="models/demo", quick: bool = False, echo=print) -> dict:
         echo(f"== teacher: MobileNetV2 alpha 1.0 at 96 px with a dense head, on its own labels -> {teacher}")
         t_w, t_a = ("imagenet", 1.0) if weights == "imagenet" else ("none", 1.0)
         from edgetl import backbones
-        from edgetl.weights import cached_weight_file
+        from edgetl.nets.weights import cached_weight_file
 
         if t_w == "imagenet" and cached_weight_file(backbones.get("mobilenetv2"), 1.0, 96) is None:
             t_w, t_a = weights, alpha

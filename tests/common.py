@@ -20,7 +20,7 @@ def holdout_accuracy(model_path, holdout) -> tuple[float, int, int]:
     """(accuracy, correct, n) of a model file on held-out (images, labels)."""
     import numpy as np
 
-    from edgetl.runners import open_runner
+    from edgetl.runtime.runners import open_runner
 
     x, y = holdout
     p = open_runner(model_path).predict(x).argmax(1)

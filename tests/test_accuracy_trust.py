@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from edgetl import stats
 from edgetl.cli import main
-from edgetl.data import auto_test_split, scan
+from edgetl.data.dataset import auto_test_split, scan
 
 from common import TINY, quiet
 from synth import make_dataset
@@ -62,7 +62,7 @@ def test_gate_keeps_a_drop_inside_the_noise_and_refuses_a_clear_one():
 
 
 def test_verify_gate_uses_the_paired_rule():
-    from edgetl.gates import Gates
+    from edgetl.verify.gates import Gates
 
     g = Gates(1.0, 0.0, None)
     row = {"paired": _paired(153, 2, 0).to_dict(), "agreement": 0.99}
@@ -99,7 +99,7 @@ def test_a_test_folder_is_honoured_and_never_carved(tmp_path):
 @pytest.fixture(scope="module")
 def split_run(imagenet_mnv2_100, tmp_path_factory):
     """A tiny run whose data has a test/ folder, with every image load recorded."""
-    import edgetl.tfdata as T
+    import edgetl.data.tfdata as T
     from edgetl.config import TrainConfig
     from edgetl.training.train import Trainer
 

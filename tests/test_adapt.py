@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from edgetl import corruptions
 from edgetl.cli import main
+from edgetl.data import corruptions
 from edgetl.training.adapt import AdaptOptions, adabn, adapt, gradient_reversal, select_pseudo, wilson
 
 from common import quiet
@@ -46,7 +46,7 @@ def target(tmp_path_factory):
 def adapted(tiny_run, target, tmp_path_factory):
     """`edgetl adapt --method auto` with labelled target images, reads of the image loader
     recorded: (report, run dir, paths read before evaluation, paths read in all)."""
-    import edgetl.tfdata as T
+    import edgetl.data.tfdata as T
     import edgetl.training.adapt as A
 
     reads: list[str] = []
@@ -154,9 +154,9 @@ def test_corruptions_are_pure_seeded_and_grow_with_severity():
 def test_adabn_changes_only_batchnorm_moving_statistics(tiny_run, target):
     import keras
 
-    from edgetl.data import readable_images
-    from edgetl.model import load_keras
-    from edgetl.tfdata import load_array
+    from edgetl.data.dataset import readable_images
+    from edgetl.data.tfdata import load_array
+    from edgetl.nets.model import load_keras
     from edgetl.training.adapt import bn_layers, classifier_parts
 
     model = load_keras(tiny_run.run_dir / "model.keras")
@@ -215,8 +215,8 @@ def test_adapt_report_has_before_after_with_intervals(adapted):
 def test_adapted_run_exports_verifies_and_has_a_card(adapted, tiny_calibration):
     from edgetl.card import write_card
     from edgetl.config import VerifyOptions
-    from edgetl.export import ExportOptions, export
-    from edgetl.verify import verify
+    from edgetl.export.exporter import ExportOptions, export
+    from edgetl.verify.verifier import verify
 
     _, out, _, _ = adapted
     res = export(out, ExportOptions(formats="tflite", quants="fp32", calibration=str(tiny_calibration)), echo=quiet)
@@ -244,7 +244,7 @@ def test_one_method_from_the_cli(adapted, tiny_run, target, tmp_path, method):
     `--method auto` (same seed, same options)."""
     import keras
 
-    from edgetl.model import load_keras
+    from edgetl.nets.model import load_keras
     from edgetl.training.adapt import bn_layers, classifier_parts
 
     auto, _, _, _ = adapted

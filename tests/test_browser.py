@@ -81,9 +81,9 @@ def run_page(driver, url: str) -> dict:
 def test_browser_check_matches_python_runtimes_and_joins_the_report(browser, tiny_exported, tiny_run, tmp_path):
     from edgetl.card import write_card
     from edgetl.cli import main
+    from edgetl.data.tfdata import load_array
     from edgetl.rundir import DEVICE_RESULTS, open_run
-    from edgetl.runners import open_runner
-    from edgetl.tfdata import load_array
+    from edgetl.runtime.runners import open_runner
     from edgetl.web.server import WebCheckServer
 
     run_dir = Path(tiny_run.run_dir)

@@ -69,7 +69,7 @@ def test_lr_decay_and_accumulate_from_the_cli(tiny_data, imagenet_mnv2_100, tmp_
 def test_distill_student_from_the_cli(tiny_run, tiny_data, tmp_path):
     """`edgetl distill --student efficientnet_lite0`: the student is that backbone (config, saved
     model, parameter count in the report), trained against the MobileNetV2 teacher."""
-    import edgetl.layers  # noqa: F401  (registers the Preprocess layer for loading)
+    import edgetl.nets.layers  # noqa: F401  (registers the Preprocess layer for loading)
 
     out = tmp_path / "student"
     r = CliRunner().invoke(main, ["distill", str(tiny_data), "--teacher", str(tiny_run.run_dir), "--student",

@@ -7,9 +7,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgetl.cli import main
-from edgetl.data import class_weights, scan
+from edgetl.data.dataset import class_weights, scan
+from edgetl.data.images import BadImage, load_rgb, open_rgb
 from edgetl.errors import EdgetlError
-from edgetl.images import BadImage, load_rgb, open_rgb
 
 from synth import make_dataset
 
@@ -172,7 +172,7 @@ def test_imbalance_and_auto_class_weights(tmp_path):
 def test_hidden_files_and_folders_are_not_images_of_the_class(tmp_path):
     """Jupyter's .ipynb_checkpoints (copies of the class's photos), thumbnails and dot-files
     inside a class folder are passed over, in training data and in unlabelled folders alike."""
-    from edgetl.data import readable_images
+    from edgetl.data.dataset import readable_images
 
     root = make_dataset(tmp_path / "data", per_class=3, classes=("red", "green"))
     make_dataset(root / "red" / ".ipynb_checkpoints", per_class=2, classes=("green",))

@@ -1,5 +1,5 @@
 """A device's results.json is untrusted input: validated against its schema and the
-run's current exports before any row reaches a report (edgetl/device_results.py)."""
+run's current exports before any row reaches a report (edgetl/verify/device_results.py)."""
 import copy
 import json
 import subprocess
@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from edgetl.artifacts import sha256_file
 from edgetl.cli import main
 from edgetl.config import VerifyOptions
-from edgetl.device_results import MAX_BYTES, device_rows
 from edgetl.errors import EdgetlError
-from edgetl.gates import Gates
+from edgetl.verify.device_results import MAX_BYTES, device_rows
+from edgetl.verify.gates import Gates
 
 FILES = ("model_fp32.onnx", "model_int8.tflite")
 
@@ -246,7 +246,7 @@ def test_ort_bundle_round_trip(tiny_run, tmp_path):
     (they were refused with exit 2: device_results knew only .tflite and .onnx)."""
     import shutil
 
-    from edgetl.export import ExportOptions, export
+    from edgetl.export.exporter import ExportOptions, export
 
     run = tmp_path / tiny_run.run_dir.name  # a copy: the shared run keeps its exports
     shutil.copytree(tiny_run.run_dir, run, ignore=shutil.ignore_patterns("export"))

@@ -134,7 +134,7 @@ def test_transfer_set_gets_teacher_targets_only(tiny_run, tiny_data, tiny_holdou
     assert teacher.calls == TINY["views"] * (-(-n // 64) + -(-m // 64)) + -(-len(d.ds.val) // 64)
 
     # a transfer set that holds a validation image is refused, naming the clash
-    from edgetl.data import scan
+    from edgetl.data.dataset import scan
 
     leak = tmp_path / "leak"
     shutil.copytree(unl, leak)
@@ -191,7 +191,7 @@ def test_distilled_student_beats_alone_by_more_than_seed_spread(imagenet_mnv2_03
     untouched test images; same seed and epochs for alone and distilled, 3 seeds."""
     import shutil
 
-    from edgetl.data import scan
+    from edgetl.data.dataset import scan
     from edgetl.demo_data import write_digits_pools
     from edgetl.training.train import train
 

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from edgetl.cli import main
-from edgetl.export import ExportOptions, export
-from edgetl.runners import KerasRunner, open_runner
+from edgetl.export.exporter import ExportOptions, export
+from edgetl.runtime.runners import KerasRunner, open_runner
 
 from common import quiet
 
@@ -142,7 +142,7 @@ def test_calibration_overlap_is_refused(tiny_run, tmp_path):
 def test_one_failing_format_leaves_the_others(tiny_run, tiny_calibration, tmp_path, monkeypatch):
     import shutil
 
-    import edgetl.convert as C
+    import edgetl.export.convert as C
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run.run_dir, run)
@@ -162,7 +162,7 @@ def test_one_failing_format_leaves_the_others(tiny_run, tiny_calibration, tmp_pa
 def test_int8_missing_the_budget_is_not_written(tiny_run, tiny_calibration, tmp_path, monkeypatch):
     import shutil
 
-    from edgetl import export as E
+    from edgetl.export import exporter as E
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run.run_dir, run)
@@ -202,7 +202,7 @@ def test_entropy_threshold_is_onnxruntimes_result_for_result():
     whose range grows, ReLU-like (a spike at 0, one-sided), sparse, and at 2,048 bins."""
     from onnxruntime.quantization.calibrate import HistogramCollector
 
-    from edgetl.convert import entropy_threshold
+    from edgetl.export.convert import entropy_threshold
 
     rng = np.random.default_rng(0)
     batches = {
@@ -243,7 +243,7 @@ def test_every_mode_is_scored_and_a_broken_one_is_refused(tiny_run, tmp_path, mo
     wrong outputs gets the artifact refused (not written) and the reason recorded."""
     import shutil
 
-    import edgetl.convert as C
+    import edgetl.export.convert as C
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run.run_dir, run, ignore=shutil.ignore_patterns("export"))

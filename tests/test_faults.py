@@ -124,8 +124,8 @@ def test_unfinished_runs_are_refused_downstream_with_the_resume_command(unfinish
 
 # ------------------------------------------------------------- killed export ----
 def test_a_killed_export_resumes_without_redoing_finished_artifacts(tiny_run, tmp_path, monkeypatch):
-    import edgetl.convert as C
-    from edgetl.export import Exporter, ExportOptions, export
+    import edgetl.export.convert as C
+    from edgetl.export.exporter import Exporter, ExportOptions, export
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run.run_dir, run, ignore=shutil.ignore_patterns("export"))

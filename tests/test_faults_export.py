@@ -15,7 +15,7 @@ from edgetl.cli import main
 
 def test_disk_full_during_export_keeps_the_finished_artifacts_and_the_next_export_completes(
         tiny_run, tmp_path, monkeypatch):
-    import edgetl.convert as C
+    import edgetl.export.convert as C
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run.run_dir, run, ignore=shutil.ignore_patterns("export"))

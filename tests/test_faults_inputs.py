@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from edgetl import artifacts, rundir
 from edgetl.cli import main
 from edgetl.config import TrainConfig
-from edgetl.data import scan
-from edgetl.images import BadImage, open_rgb
+from edgetl.data.dataset import scan
+from edgetl.data.images import BadImage, open_rgb
 
 from synth import make_dataset
 

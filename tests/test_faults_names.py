@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from edgetl import escape, rundir
 from edgetl.cli import main
 from edgetl.config import TrainConfig
-from edgetl.data import scan
-from edgetl.evaluate import classification_metrics
+from edgetl.data.dataset import scan
+from edgetl.runtime.evaluate import classification_metrics
 
 from synth import make_dataset
 
@@ -136,7 +136,7 @@ def test_class_names_reach_the_model_card_escaped(tmp_path):
 
 
 def test_device_names_reach_report_md_escaped():
-    from edgetl.verify import markdown_report
+    from edgetl.verify.verifier import markdown_report
 
     row = {"artifact": "model_fp32.tflite", "device": "Pixel | <img src=x onerror=alert(1)> *7*", "runtime": "litert",
            "quant": "fp32", "status": "pass", "p50_ms": 1.0}
@@ -153,7 +153,7 @@ def test_device_names_reach_report_md_escaped():
 
 
 def test_a_class_name_with_dollars_is_plotted_as_text(tmp_path):
-    from edgetl import plots
+    from edgetl.report import plots
 
     names = ["a$x^$b", "c_{1}$", "plain"]
     dest = plots.confusion([[2, 0, 0], [1, 1, 0], [0, 0, 2]], names, tmp_path / "c.png",

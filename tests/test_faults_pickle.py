@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from edgetl.cli import main
 from edgetl.errors import EdgetlError
-from edgetl.torchvision_import import LEGACY_MAGIC, read_state_dict
+from edgetl.nets.torchvision_import import LEGACY_MAGIC, read_state_dict
 
 SYS_INFO = {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}
 STORAGE_NAMES = {np.dtype(np.float32): "FloatStorage", np.dtype(np.int64): "LongStorage"}

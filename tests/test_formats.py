@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgetl import backbones, device_results, formats, rundir
+from edgetl import backbones, formats, rundir
 from edgetl.cli import main
-from edgetl.timing import CHECK_SCRIPT
+from edgetl.runtime.timing import CHECK_SCRIPT
+from edgetl.verify import device_results
 
-from common import quiet
+from common import ROOT, quiet
 
 FORMATS = list(formats.FORMATS)
 CASES = [(f, q, rt) for f in FORMATS for q in formats.FORMATS[f].converters
@@ -36,7 +37,7 @@ def _check_module():
 
 # ------------------------------------------------------------ the registry itself ----
 def test_every_record_names_code_that_exists_and_agrees_with_it():
-    from edgetl.runners import Runner
+    from edgetl.runtime.runners import Runner
 
     assert len(set(formats.SUFFIXES)) == len(FORMATS) and formats.DEFAULT
     for f in formats.FORMATS.values():
@@ -69,6 +70,36 @@ def test_the_device_checks_own_table_equals_the_registry():
     assert named <= set(chk.RUNTIMES)
 
 
+def test_the_browser_page_opens_every_web_format_by_the_runtime_the_registry_names():
+    """check.json names each model's runtime (Format.web); the page looks it up in its OPENERS table
+    and never branches on a format name."""
+    import re
+
+    js = (ROOT / "edgetl" / "web" / "page" / "check.js").read_text()
+    openers = set(re.findall(r'"([\w.-]+)":\s*open\w+', js.split("const OPENERS = {")[1].split("}")[0]))
+    assert {f.web for f in formats.FORMATS.values() if f.web} == openers
+    assert [n for n in formats.NAMES if f'"{n}"' in js] == []
+
+
+def test_every_format_with_card_snippets_has_them_in_the_card():
+    """The card's app snippets come from the registry: each Format.card function fills its format's
+    snippets with the run's fastest file of its runtime."""
+    from pathlib import Path
+
+    from edgetl.card import snippets
+    from edgetl.report.snippets import App
+
+    fastest = {"litert": "model_int8.tflite", "mediapipe": "model_fp16.tflite", "onnxruntime": "model_int8.onnx"}
+    text = snippets(Path("/nonexistent"), fastest, 96, 96, 2, "crop")
+    app = App(Path("/nonexistent"), fastest, 96, 96, 2, "crop")
+    carded = [f for f in formats.FORMATS.values() if f.card]
+    assert carded and all(f.default for f in carded)
+    for f in carded:
+        own = formats.resolve(f.card)(app)
+        assert own.strip() in text and "### " in own, f.name
+    assert "model_int8.tflite" in text and "model_fp16.tflite" in text and "model_int8.onnx" in text
+
+
 def test_every_format_is_in_the_cli_help():
     r = CliRunner().invoke(main, ["export", "--help"])
     flat = " ".join(r.output.split())
@@ -80,7 +111,7 @@ def test_every_format_is_in_the_cli_help():
 @pytest.fixture(scope="module")
 def every_format(tiny_run, tiny_calibration, tmp_path_factory):
     """The tiny run exported to every registered format in every mode (one export)."""
-    from edgetl.export import ExportOptions, export
+    from edgetl.export.exporter import ExportOptions, export
 
     run = tmp_path_factory.mktemp("formats") / "tiny"
     shutil.copytree(tiny_run.run_dir, run, ignore=shutil.ignore_patterns("export"))
@@ -91,7 +122,7 @@ def every_format(tiny_run, tiny_calibration, tmp_path_factory):
 
 @pytest.mark.parametrize("fmt,quant,runtime", CASES, ids=["-".join(c) for c in CASES])
 def test_every_format_and_mode_exports_and_runs_in_every_runtime(every_format, tiny_holdout, fmt, quant, runtime):
-    from edgetl.runners import KerasRunner, open_runner
+    from edgetl.runtime.runners import KerasRunner, open_runner
 
     run, arts = every_format
     a = arts[(fmt, quant)]
@@ -159,7 +190,7 @@ def test_every_backbone_builds_and_trains_one_step(name):
     """No ImageNet weights needed (weights=None): 32 px, 3 classes, one step on 4 images."""
     import keras
 
-    from edgetl.model import assemble, build_head
+    from edgetl.nets.model import assemble, build_head
 
     bb = backbones.get(name)
     keras.utils.set_random_seed(0)

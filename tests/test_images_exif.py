@@ -1,5 +1,5 @@
 """One image decoder everywhere a photo becomes an input: training, predict and verify decode through
-edgetl/images.py (EXIF orientation applied), the bundle's check script gets images edgetl decoded, and the model
+edgetl/data/images.py (EXIF orientation applied), the bundle's check script gets images edgetl decoded, and the model
 card's Python snippet decodes as training does: upright on EXIF-rotated phone photos (all eight orientations),
 and within a stated tolerance of the JPEG draft decode on large photos."""
 import io
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from edgetl.card import PY_RESIZE
-from edgetl.images import fit_size, load_rgb, open_rgb
+from edgetl.data.images import fit_size, load_rgb, open_rgb
+from edgetl.report.snippets import PY_RESIZE
 
 from common import HYMENOPTERA
 
@@ -135,7 +135,7 @@ def _gap(a, b) -> float:
 @pytest.fixture(scope="module")
 def onnx_run(tiny_run, tmp_path_factory):
     """The tiny run with an fp32 ONNX export (what the bundle ships)."""
-    from edgetl.export import ExportOptions, export
+    from edgetl.export.exporter import ExportOptions, export
 
     run = tmp_path_factory.mktemp("exif") / "run"
     shutil.copytree(tiny_run.run_dir, run, ignore=shutil.ignore_patterns("export"))
@@ -150,10 +150,10 @@ def test_a_real_rotated_phone_photo_gives_the_upright_input_through_every_decode
     decoder, `predict`, `verify --data`, the bundle's samples (what edgetl_check.py feeds the device models) and
     the model card's Python snippet each give the same input (and predict and the bundle the same probabilities)
     as on the upright JPEG."""
-    from edgetl import bundle as bundle_mod
-    from edgetl import predict as predict_mod
+    from edgetl.export import bundle as bundle_mod
     from edgetl.rundir import open_run
-    from edgetl.verify import held_out_data
+    from edgetl.verify import predict as predict_mod
+    from edgetl.verify.verifier import held_out_data
 
     run = open_run(onnx_run)
     size, mode = run.img_size, run.resize

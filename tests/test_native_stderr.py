@@ -37,14 +37,14 @@ def test_verbose_keeps_every_line():
 def test_a_litert_runner_prints_no_xnnpack_line(tiny_run, tmp_path):
     """A real .tflite through the runner verify and predict use, in a fresh process (the delegate is
     created once per interpreter)."""
-    from edgetl.export import ExportOptions, export
+    from edgetl.export.exporter import ExportOptions, export
 
     run_dir = tiny_run.run_dir
     tfl = next(run_dir.glob("export/**/*.tflite"), None)
     if tfl is None:
         export(run_dir, ExportOptions(formats="tflite", quants="fp32", max_drop=100.0), echo=lambda *a, **k: None)
         tfl = next(run_dir.glob("export/**/*.tflite"))
-    code = ("import numpy as np\nfrom edgetl.runners import LiteRTRunner\n"
+    code = ("import numpy as np\nfrom edgetl.runtime.runners import LiteRTRunner\n"
             f"r = LiteRTRunner({str(tfl)!r}, threads=1)\n"
             "print(r.predict(np.zeros((2, *r.input_size, 3), np.float32)).shape)\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -97,7 +97,7 @@ def test_calib_method_is_used_and_scored_against_fp32(onnx_run, minmax_int8, tin
     """Each calibration method reaches onnxruntime's quantizer (other activation ranges than
     minmax, recorded in the sidecar) and is scored: top-1 agreement with the fp32 ONNX model
     and accuracy on 60 held-out images."""
-    from edgetl.runners import open_runner
+    from edgetl.runtime.runners import open_runner
 
     if method == "minmax":
         model = onnx_run.parent / "minmax_int8.onnx"
@@ -121,8 +121,8 @@ def test_per_tensor_weights(onnx_run, minmax_int8, tiny_calibration, tiny_holdou
     """--per-tensor: one scale per weight tensor (the default has one per output channel). The ladder's
     agreement target is set to 0 here, so the first attempt (the settings asked for) is what is written:
     with verify's 0.95 it may move on to per-channel weights when per-tensor agrees less."""
-    import edgetl.export as E
-    from edgetl.runners import open_runner
+    import edgetl.export.exporter as E
+    from edgetl.runtime.runners import open_runner
 
     real = E.default
     monkeypatch.setattr(E, "default", lambda cls, name: 0.0 if name == "min_agreement" else real(cls, name))
@@ -144,7 +144,7 @@ def test_per_tensor_weights(onnx_run, minmax_int8, tiny_calibration, tiny_holdou
 def test_onnx_format_qdq(onnx_run, minmax_int8, tiny_calibration, tiny_holdout):
     """--onnx-format qdq: QuantizeLinear/DequantizeLinear pairs around float operators instead
     of QOperator's QLinearConv; same accuracy."""
-    from edgetl.runners import open_runner
+    from edgetl.runtime.runners import open_runner
 
     m = _onnx_int8(onnx_run, tiny_calibration, "--onnx-format", "qdq")
     ops = {n.op_type for n in m.graph.node}
@@ -214,9 +214,9 @@ def _wide_task(root, n, seed):
 
 @pytest.mark.slow
 def test_resize_squash_keeps_what_a_crop_cuts_off(imagenet_mnv2_100, tmp_path):
-    from edgetl.data import scan
-    from edgetl.runners import KerasRunner
-    from edgetl.tfdata import load_array
+    from edgetl.data.dataset import scan
+    from edgetl.data.tfdata import load_array
+    from edgetl.runtime.runners import KerasRunner
 
     data = _wide_task(tmp_path / "d", 24, seed=0)
     hold = _wide_task(tmp_path / "h", 20, seed=1)
@@ -253,7 +253,7 @@ def test_backbones_lists_the_registry():
 
 
 def test_calibrate_cli_samples_training_images_stratified_and_seeded(tmp_path):
-    from edgetl.data import scan
+    from edgetl.data.dataset import scan
 
     from synth import make_dataset
 
@@ -284,7 +284,7 @@ def test_weights_install_cli_puts_the_file_where_keras_looks(imagenet_mnv2_100, 
     import hashlib
 
     from edgetl import backbones
-    from edgetl.weights import build_base, keras_models_dir
+    from edgetl.nets.weights import build_base, keras_models_dir
 
     name = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
     cached = keras_models_dir() / name
@@ -314,7 +314,7 @@ def test_weights_install_cli_puts_the_file_where_keras_looks(imagenet_mnv2_100, 
 
 @pytest.mark.slow  # quantization-aware fine-tuning end to end: 805 s of 5,791 in a loaded full run
 def test_qat_cli_writes_a_working_int8_model(tiny_run, tiny_calibration, tiny_holdout, tmp_path):
-    from edgetl.runners import KerasRunner, open_runner
+    from edgetl.runtime.runners import KerasRunner, open_runner
 
     run = _run_copy(tiny_run, tmp_path / "run")
     r = CliRunner().invoke(main, ["qat", str(run), "--epochs", "1", "--calibration", str(tiny_calibration),

@@ -70,7 +70,7 @@ def _names_in(path):
 
 @pytest.fixture(scope="module")
 def ort_exported(tiny_run, tmp_path_factory):
-    from edgetl.export import ExportOptions, export
+    from edgetl.export.exporter import ExportOptions, export
 
     d = tmp_path_factory.mktemp("ortnames") / "run"
     shutil.copytree(tiny_run.run_dir, d, ignore=shutil.ignore_patterns("export", "report*", "verify_*"))

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetl.duplicates import THRESHOLD
-from edgetl.recommend import choose, clearly_faster, recommend
-from edgetl.timing import summarize
+from edgetl.data.duplicates import THRESHOLD
+from edgetl.report.recommend import choose, clearly_faster, recommend
+from edgetl.runtime.timing import summarize
 
 
 def _row(name, times, size_kib, runtime="litert", accuracy=0.95):
@@ -84,7 +84,7 @@ def test_accuracy_latency_plot_has_a_legend_the_gates_intervals_and_no_overlappi
     import matplotlib.pyplot as plt
     from matplotlib.text import Annotation
 
-    from edgetl.plots import accuracy_latency_figure
+    from edgetl.report.plots import accuracy_latency_figure
 
     rows = _crowded_rows()
     fig = accuracy_latency_figure(rows, "t", max_latency_ms=2.0, accuracy_floor=0.99, floor_label="gate: floor")
@@ -150,7 +150,7 @@ def test_memory_excludes_the_runtimes_import(tmp_path, monkeypatch):
     64 MB: the model's memory reads 64 MB, the import's 300 MB is reported apart."""
     import os
 
-    from edgetl.timing import isolated_timing
+    from edgetl.runtime.timing import isolated_timing
 
     (tmp_path / "fake" / "onnxruntime").mkdir(parents=True)
     (tmp_path / "fake" / "onnxruntime" / "__init__.py").write_text(FAKE_ORT)
@@ -215,7 +215,7 @@ def test_near_duplicates_between_train_and_held_out_are_found_and_warned(plant, 
 
 def test_nearest_is_exact_and_chunked():
     """The k most similar training rows, most similar first, whatever the chunking."""
-    from edgetl.duplicates import flag, nearest
+    from edgetl.data.duplicates import flag, nearest
 
     rng = np.random.default_rng(0)
     train, other = rng.normal(size=(50, 8)), rng.normal(size=(7, 8))

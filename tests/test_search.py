@@ -265,9 +265,9 @@ def test_real_search_resumes_and_keeps_test_unread(data, tmp_path, monkeypatch):
         raise AssertionError("retrained or re-measured")
     monkeypatch.setattr(driver, "_trainer_class", fail)
     monkeypatch.setattr(measure, "measure_local", fail)
-    import edgetl.tfdata
+    import edgetl.data.tfdata
 
-    monkeypatch.setattr(edgetl.tfdata, "load_array", fail)  # the pick's test score is read back, not scored again
+    monkeypatch.setattr(edgetl.data.tfdata, "load_array", fail)  # the pick's test score is read back, not scored again
     again = driver.search(o, echo=quiet)
     assert again["pick"]["key"] == rep["pick"]["key"]
     assert all(r["resumed"] for r in again["rows"])
@@ -291,8 +291,10 @@ def test_device_scaling_applies_the_budget_on_the_device(data, tmp_path, monkeyp
     """--device: the device timed two files of a run at 3x this machine's time; every local latency
     is scaled x3 before the budget applies, so alpha 0.5 (4 ms here, 12 ms there) is not trained
     under a 10 ms budget, and the pick's latency is the device's (6 ms)."""
-    from edgetl import artifacts, device_results, timing
+    from edgetl import artifacts
+    from edgetl.runtime import timing
     from edgetl.search.space import Arch, Candidate
+    from edgetl.verify import device_results
 
     f = Fakes(monkeypatch, tmp_path)
     run = tmp_path / "phone-run"

@@ -36,9 +36,9 @@ def test_imported_torchvision_features_separate_hymenoptera(shared, imagenet_mnv
     from sklearn.linear_model import LogisticRegression
 
     from edgetl import backbones
-    from edgetl.data import scan
-    from edgetl.tfdata import load_array
-    from edgetl.weights import build_base
+    from edgetl.data.dataset import scan
+    from edgetl.data.tfdata import load_array
+    from edgetl.nets.weights import build_base
 
     ds = scan(HYMENOPTERA)
     base = build_base(backbones.get("mobilenetv2"), 128, 1.0, "imagenet")
@@ -85,10 +85,10 @@ def test_int8_on_real_photos_within_one_point(hym_heldout_run, tmp_path):
     that chose nothing (not the validation split the budget ladder picked its attempt on)."""
     import numpy as np
 
-    from edgetl.calibrate import calibrate
-    from edgetl.export import ExportOptions, export
-    from edgetl.runners import open_runner
-    from edgetl.tfdata import load_array
+    from edgetl.data.calibrate import calibrate
+    from edgetl.data.tfdata import load_array
+    from edgetl.export.exporter import ExportOptions, export
+    from edgetl.runtime.runners import open_runner
 
     data, run = hym_heldout_run
     calib = calibrate(data, size=200, out=tmp_path / "calibration", echo=lambda *a: None)

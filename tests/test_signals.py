@@ -113,7 +113,7 @@ def test_train_ends_on_a_signal_at_each_stage_and_resumes(tiny_data, tmp_path, s
 
 @pytest.fixture
 def exported_copy(tiny_run, tmp_path):
-    from edgetl.export import ExportOptions, export
+    from edgetl.export.exporter import ExportOptions, export
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run.run_dir, run, ignore=shutil.ignore_patterns("export"))
@@ -211,7 +211,7 @@ def test_ctrl_c_at_a_phase_2_epoch_then_resume_gives_the_uninterrupted_weights(t
 
     import numpy as np
 
-    from edgetl.model import load_keras
+    from edgetl.nets.model import load_keras
 
     opts = dict(epochs_head=3, epochs_finetune=6, patience=2, lr_finetune=3e-4)
     env = {"KERAS_HOME": str(keras_home)}

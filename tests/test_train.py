@@ -48,7 +48,7 @@ def test_accuracy_well_above_chance(tiny_run, tiny_holdout):
 
 
 def test_saved_model_reloads_and_takes_0_255_rgb(tiny_run, tiny_data):
-    from edgetl.images import load_batch
+    from edgetl.data.images import load_batch
 
     model = keras.models.load_model(tiny_run.run_dir / "model.keras")
     x = load_batch(sorted((tiny_data / "red").iterdir())[:4], 32).astype("float32")
@@ -211,7 +211,7 @@ def test_class_weights_auto_raises_minority_recall(imagenet_mnv2_100, tmp_path):
     bases = {"major": (180, 70, 60), "minor": (110, 70, 140)}
     data = make_jittered(tmp_path / "d", {"major": 60, "minor": 12}, bases, jitter=30, seed=0)
     hold = make_jittered(tmp_path / "h", {"major": 50, "minor": 50}, bases, jitter=30, seed=1)
-    from edgetl.tfdata import load_array
+    from edgetl.data.tfdata import load_array
 
     paths = sorted(str(p) for p in hold.rglob("*.png"))
     y = np.array([int("/minor/" in p) for p in paths])
@@ -224,7 +224,7 @@ def test_class_weights_auto_raises_minority_recall(imagenet_mnv2_100, tmp_path):
                                       "--test-split", "0", "--class-weights", cw, "--out", str(out)])
         assert r.exit_code == 0, r.output
         assert ("--class-weights auto balances the loss" in r.output) == (cw == "none")  # the imbalance warning
-        from edgetl.runners import KerasRunner
+        from edgetl.runtime.runners import KerasRunner
 
         p = KerasRunner(out / "model.keras").predict(x).argmax(1)
         recall[cw] = float((p[y == 1] == 1).mean())
@@ -300,7 +300,7 @@ def test_mixup_views_blend_images_and_labels(tiny_data, tiny_holdout, imagenet_m
     np.testing.assert_allclose(soft[idx, y2[idx]], 1 - lam[idx], rtol=1e-6)
     # the plain view's images are the decoded images; mixed views are not
     plain = np.concatenate([im for v, im in blended if v == 0])
-    from edgetl.tfdata import load_array
+    from edgetl.data.tfdata import load_array
 
     np.testing.assert_array_equal(plain, load_array(t.ds.train.paths, 32).astype(np.float32))
     acc, k, n = holdout_accuracy(r.run_dir / "model.keras", tiny_holdout)

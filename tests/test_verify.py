@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from edgetl.cli import main
 from edgetl.config import VerifyOptions
-from edgetl.verify import verify
+from edgetl.verify.verifier import verify
 
 from common import quiet
 
@@ -105,7 +105,7 @@ def test_outputs_written(report):
 
 def test_recommends_the_fastest_passing_per_runtime_beyond_the_timing_noise(report):
     """The fastest when its lead is beyond the timing noise, else the smallest of those tied with it."""
-    from edgetl.recommend import clearly_faster
+    from edgetl.report.recommend import clearly_faster
 
     rep, out = report
     rec = rep["recommended"]

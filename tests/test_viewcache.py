@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgetl import viewcache as V
 from edgetl.cli import main
 from edgetl.config import TrainConfig
+from edgetl.data import viewcache as V
 from edgetl.training.methods import TrainMethod
 from edgetl.training.train import Trainer
 
@@ -81,7 +81,7 @@ def test_shards_round_trip_and_stream(tmp_path, monkeypatch, memory_mb):
 
 KILL = textwrap.dedent("""
     import os, signal, sys
-    import edgetl.viewcache as V
+    import edgetl.data.viewcache as V
     V.shard_rows_for = lambda layout, target_bytes=0, batch=64: 16
     real = V.ViewCache.write
     def write(self, shard, cols):

@@ -82,9 +82,9 @@ def _results(srv, name="phone"):
 
 def test_the_page_gets_edgetls_own_preprocessing_and_the_python_references(server, tiny_run):
     """samples.bin holds exactly the tensors edgetl's decoder makes of the shipped originals
-    (EXIF, crop, resize: edgetl.images), and each model's reference is its Python runtime's output."""
-    from edgetl.images import load_rgb
-    from edgetl.runners import open_runner
+    (EXIF, crop, resize: edgetl.data.images), and each model's reference is its Python runtime's output."""
+    from edgetl.data.images import load_rgb
+    from edgetl.runtime.runners import open_runner
 
     spec = json.loads(_get(server.urls()[0] + "check.json")[1])
     n, h, w, c = spec["tensors"]["shape"]

@@ -8,9 +8,9 @@ from click.testing import CliRunner
 from edgetl import backbones
 from edgetl.cli import main
 from edgetl.errors import EdgetlError
-from edgetl.layers import Preprocess
-from edgetl.torchvision_import import pypi_checkpoint, read_state_dict
-from edgetl.weights import build_base, keras_models_dir
+from edgetl.nets.layers import Preprocess
+from edgetl.nets.torchvision_import import pypi_checkpoint, read_state_dict
+from edgetl.nets.weights import build_base, keras_models_dir
 
 
 def test_registry_entries_know_their_defaults():
@@ -109,7 +109,7 @@ def test_imported_model_classifies_a_real_photo(imagenet_mnv2_100):
     from PIL import Image
     from sklearn.datasets import load_sample_image
 
-    from edgetl.images import fit_size
+    from edgetl.data.images import fit_size
 
     assert {p.name for p in imagenet_mnv2_100.values()} == {
         "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5",

@@ -93,9 +93,9 @@ def test_accuracy(run_dir: str | Path, echo: Echo = print) -> dict[str, Any] | N
     pick, after the choice, and writes it into the pick's metrics.json as train would (``test``
     and the headline), so export, verify, card and bundle see the pick's held-out score. A
     re-run of the search reads that score back instead of scoring test again."""
-    from edgetl.evaluate import classification_metrics
-    from edgetl.runners import KerasRunner
-    from edgetl.tfdata import load_array
+    from edgetl.data.tfdata import load_array
+    from edgetl.runtime.evaluate import classification_metrics
+    from edgetl.runtime.runners import KerasRunner
 
     run = rundir.open_run(run_dir)
     m = rundir.read_json(run.dir / rundir.METRICS)
@@ -134,7 +134,7 @@ def search(o: SearchOptions, echo: Echo = print) -> dict[str, Any]:
 def _search(o: SearchOptions, echo: Echo) -> dict[str, Any]:
     import logging
 
-    from edgetl.data import scan
+    from edgetl.data.dataset import scan
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing warnings: one model after another
 
@@ -271,7 +271,7 @@ def continue_with_pick(rep: dict[str, Any], steps: tuple[str, ...], o: SearchOpt
         raise EdgetlError("--then: no candidate fits the budget, so there is nothing to continue with", exit_code=1)
     run = p["run_dir"]
     if "export" in steps:
-        from edgetl.export import export as run_export
+        from edgetl.export.exporter import export as run_export
 
         echo(f"export: {run} as {p['quant']} {p['fmt']}")
         arts = run_export(run, ExportOptions(formats=(p["fmt"],), quants=(p["quant"],)).validate(), echo=echo)
@@ -281,7 +281,7 @@ def continue_with_pick(rep: dict[str, Any], steps: tuple[str, ...], o: SearchOpt
         out["export"] = [a.name for a in arts]
     if "verify" in steps:
         from edgetl.card import write_card
-        from edgetl.verify import verify as run_verify
+        from edgetl.verify.verifier import verify as run_verify
 
         gate = None if rep.get("device_scale") else float(o.max_latency_ms or 0)
         v = run_verify(run, VerifyOptions(threads=o.threads, max_latency_ms=gate).validate(), echo=echo)

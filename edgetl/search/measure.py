@@ -2,8 +2,8 @@
 
 An architecture's latency and size do not depend on its weights: each variant is exported
 from a randomly initialised model of the same shape (backbone + the head for the task's
-classes), with the same converters as ``edgetl export`` (:func:`edgetl.convert.convert`), and
-timed in a fresh process with only its runtime (:func:`edgetl.timing.isolated_timing`, the
+classes), with the same converters as ``edgetl export`` (:func:`edgetl.export.convert.convert`), and
+timed in a fresh process with only its runtime (:func:`edgetl.runtime.timing.isolated_timing`, the
 bundle's timing). Results are kept in the search folder and read back on a re-run.
 
 With a device's results (``--device``), latency is predicted for that device: the device
@@ -34,8 +34,8 @@ def export_bytes(v: Variant, n_classes: int, seed: int = 0) -> bytes:
     import keras
 
     from edgetl import backbones
-    from edgetl import model as M
-    from edgetl.convert import Serving, Source, convert
+    from edgetl.export.convert import Serving, Source, convert
+    from edgetl.nets import model as M
 
     keras.utils.set_random_seed(seed)
     bb = backbones.get(v.arch.backbone)
@@ -49,7 +49,7 @@ def export_bytes(v: Variant, n_classes: int, seed: int = 0) -> bytes:
 
 
 def measure_local(v: Variant, n_classes: int, folder: Path, threads: int, runs: int) -> dict[str, Any]:
-    from edgetl.timing import isolated_timing
+    from edgetl.runtime.timing import isolated_timing
 
     path = folder / f"{v.key}.{v.fmt}"
     if not path.exists():
@@ -129,8 +129,8 @@ def find_device_run(results: Path, doc: dict[str, Any], search_dirs: list[Path])
 
 
 def device_scale(results: str | Path, search_dirs: list[Path], threads: int, runs: int, echo: Echo) -> DeviceScale:
-    from edgetl import device_results
-    from edgetl.timing import isolated_timing
+    from edgetl.runtime.timing import isolated_timing
+    from edgetl.verify import device_results
 
     p = Path(results)
     try:

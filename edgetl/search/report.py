@@ -32,8 +32,8 @@ def plot(rows: list[dict[str, Any]], dest: Path, max_latency_ms: float, latency_
     choice's own split), hollow markers over budget."""
     import matplotlib.pyplot as plt
 
-    from edgetl import plots
     from edgetl.artifacts import atomic_path
+    from edgetl.report import plots
 
     shown = rows if len(rows) <= PLOT_ROWS else [r for r in rows if r["on_front"] or r.get("picked")]
     pts = [{"label": ("PICK " if r.get("picked") else "") + f"{r['candidate']} {r['quant']} {r['fmt']}",

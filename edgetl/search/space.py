@@ -57,7 +57,7 @@ def weights_note(bb: backbones.Backbone, alpha: float | None, size: int, weights
     """Why this backbone and width can't be trained here, or None."""
     if weights != "imagenet":
         return None
-    from edgetl.weights import cached_weight_file, install_hint
+    from edgetl.nets.weights import cached_weight_file, install_hint
 
     if cached_weight_file(bb, alpha, size) is None:
         return install_hint(bb, alpha).split(" (or")[0]

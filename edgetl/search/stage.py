@@ -45,7 +45,7 @@ def pick_run(search_dir: Path) -> Path:
 
 def inputs(o: SearchOptions, section: dict[str, Any]) -> dict[str, Any]:
     """What the search stage depends on: its section and the data (the pipeline hashes it)."""
-    from edgetl.data import scan
+    from edgetl.data.dataset import scan
 
     return {"search": section, "data": scan(o.data, o.val_split, o.seed, test_split=o.test_split).fingerprint()}
 

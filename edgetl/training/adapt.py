@@ -50,7 +50,7 @@ TRAINED = ("pseudo", "dann")
 
 # --------------------------------------------------------------- the command ----
 def _target_files(opts: AdaptOptions, run) -> list[str]:
-    from edgetl.data import readable_images, same_images
+    from edgetl.data.dataset import readable_images, same_images
 
     files = [str(p) for p in readable_images(Path(opts.target).expanduser())]
     if not files:
@@ -66,7 +66,7 @@ def _target_files(opts: AdaptOptions, run) -> list[str]:
 
 
 def _target_labelled(opts: AdaptOptions, run, target: list[str]) -> tuple[list[str], np.ndarray] | None:
-    from edgetl.data import same_images, scan
+    from edgetl.data.dataset import same_images, scan
 
     if opts.target_labels is None:
         return None
@@ -125,7 +125,7 @@ def choose(cands: dict[str, dict], source: dict) -> tuple[str, str]:
 def adapt(run_dir, opts: AdaptOptions, echo=print) -> dict:
     """Adapt the finished run ``run_dir`` to the images of ``opts.target``; writes a new run
     directory and returns the report (also in its adapt.json)."""
-    from edgetl.tfdata import load_array
+    from edgetl.data.tfdata import load_array
 
     t0 = time.perf_counter()
     opts = opts.validate()
@@ -217,7 +217,7 @@ def adapt(run_dir, opts: AdaptOptions, echo=print) -> dict:
 def _evaluate(ad, run, opts, weights, sig, chosen, labelled, probs_of) -> dict:
     """Scores of the source model and every candidate: source held-out accuracy, target
     accuracy when labels were given (read only now), and the label-free signals."""
-    from edgetl.tfdata import load_array
+    from edgetl.data.tfdata import load_array
 
     split, files, labels = run.held_out()
     x_held = load_array(files, ad.cfg.size, ad.cfg.resize)
@@ -274,8 +274,8 @@ def table(report: dict, markdown: bool = False) -> str:
 def _write_run(ad: Adapter, run, out: Path, report: dict, history: dict, target: list[str], labelled) -> None:
     """An ordinary run directory: model, labels, config, split, history, metrics, plots,
     adapt.json, then the manifest last."""
-    from edgetl import plots
-    from edgetl.model import count_params
+    from edgetl.nets.model import count_params
+    from edgetl.report import plots
 
     out.mkdir(parents=True, exist_ok=True)
     with artifacts.atomic_path(out / rundir.MODEL, suffix=".keras") as tmp:

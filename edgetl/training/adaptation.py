@@ -25,7 +25,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def accuracy_row(probs: np.ndarray, labels, classes: list[str]) -> dict:
     """Accuracy with its 95% Wilson interval and the image count, plus per-class recall."""
-    from edgetl.evaluate import classification_metrics
+    from edgetl.runtime.evaluate import classification_metrics
 
     y = np.asarray(labels)
     m = classification_metrics(y, probs, classes)

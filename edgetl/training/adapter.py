@@ -25,7 +25,7 @@ from edgetl.training.setup import Built, Prepared, absolute_paths, default_run_d
 # ------------------------------------------------------------------ trainer ----
 def dataset_from_split(run) -> Any:
     """The source run's own split, as a Dataset (same files, same labels; nothing rescanned)."""
-    from edgetl.data import Dataset, Split
+    from edgetl.data.dataset import Dataset, Split
 
     def split(name):
         files, labels = run.split_files(name)
@@ -128,7 +128,7 @@ class Adapter:
     def build(self) -> None:
         import keras
 
-        from edgetl import model as M
+        from edgetl.nets import model as M
 
         model = self.source.load_model()
         pre, base, head_layers = classifier_parts(model)
@@ -143,8 +143,8 @@ class Adapter:
     def load_views(self) -> None:
         """The view cache (:class:`edgetl.training.cache.CacheBuilder`, in a temporary folder),
         loaded into memory: adaptation's own training loop draws rows at random from source and target."""
-        from edgetl import model as M
-        from edgetl.viewcache import estimate_bytes
+        from edgetl.data.viewcache import estimate_bytes
+        from edgetl.nets import model as M
 
         assert self.prepared is not None
         b, cfg = self.b, self.cfg

@@ -91,7 +91,7 @@ def extract_batch(cfg: TrainConfig) -> int:
 def cache_layout(cfg: TrainConfig, cut: CutPlan, n_features: int, teacher_dim: int):
     """What each cached row holds: pooled features; for phase 2 the activations at the cut
     (or, where the graph cannot be cut, the view's image itself, uint8)."""
-    from edgetl.viewcache import Layout
+    from edgetl.data.viewcache import Layout
 
     if not cfg.epochs_finetune or not cut.to_train:
         act_shape, act_dtype = None, cfg.cache_dtype
@@ -106,7 +106,7 @@ def plan_views(cfg: TrainConfig, method: Method, ds, cut: CutPlan, n_features: i
                ckpt: Path) -> ViewPlan:
     """The view cache's layout, shards, folder and key; refuses a cache over the disk
     budget before anything is written."""
-    from edgetl import viewcache as V
+    from edgetl.data import viewcache as V
 
     layout = cache_layout(cfg, cut, n_features, method.teacher_dim())
     views = n_views(cfg)
@@ -156,8 +156,8 @@ class CacheBuilder:
     def cached_views(self) -> CachedViews:
         """The view cache: frozen-prefix outputs of every training view and of the validation
         images, computed once, on disk (a resumed run reuses every finished shard)."""
+        from edgetl.data.viewcache import ViewCache
         from edgetl.progress import fmt_bytes
-        from edgetl.viewcache import ViewCache
 
         p, ds, echo = self.p, self.p.ds, self.echo
         layout, shards, key, cache_dir = self.plan.layout, self.plan.shards, self.plan.key, self.plan.cache_dir
@@ -220,7 +220,7 @@ class CacheBuilder:
             return tf.image.resize(x, (cfg.size, cfg.size), antialias=True) if size != cfg.size else x
 
         if cut.cut_tensor is not None:
-            from edgetl.layers import Preprocess
+            from edgetl.nets.layers import Preprocess
 
             pre = Preprocess(self.bb.preprocess)
 
@@ -245,9 +245,9 @@ class CacheBuilder:
         """Run the frozen layers over the views of the shards in ``todo`` and write each shard."""
         import tensorflow as tf
 
+        from edgetl.data.tfdata import DecodeMemo, augmenter, decode_batches
+        from edgetl.data.viewcache import meta_rows
         from edgetl.progress import Throughput, fmt_bytes
-        from edgetl.tfdata import DecodeMemo, augmenter, decode_batches
-        from edgetl.viewcache import meta_rows
 
         cfg, ds, method, echo = self.cfg, self.p.ds, self.method, self.echo
         memo = DecodeMemo()  # later views replay the first view's decoded batches (augmentation comes after)

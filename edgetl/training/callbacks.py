@@ -102,7 +102,7 @@ METADATA = "training_metadata.json"
 
 class EpochKey(keras.callbacks.Callback):
     """Sets ``variable`` to the epoch about to run, before its batches are read: the training
-    stream's order is a function of it (:meth:`edgetl.viewcache.ViewCache.dataset`), so epoch
+    stream's order is a function of it (:meth:`edgetl.data.viewcache.ViewCache.dataset`), so epoch
     k reads the same rows in the same order whether or not the run was resumed."""
 
     def __init__(self, variable):

@@ -26,7 +26,7 @@ import numpy as np
 
 from edgetl import artifacts, rundir
 from edgetl.config import DistillConfig, TrainConfig
-from edgetl.data import Dataset
+from edgetl.data.dataset import Dataset
 from edgetl.errors import EdgetlError
 from edgetl.training.methods import TrainMethod
 from edgetl.training.train import Trainer
@@ -78,10 +78,10 @@ class Teacher:
 
     def __init__(self, source, echo=print):
 
-        import edgetl.layers  # noqa: F401
+        import edgetl.nets.layers  # noqa: F401
 
         p = Path(source)
-        from edgetl.model import load_keras
+        from edgetl.nets.model import load_keras
 
         p = Path(source)
         if p.is_dir():
@@ -118,7 +118,7 @@ class Teacher:
     def check_leak(self, held_paths, echo) -> int:
         """Warn when the teacher (an edgetl run) trained on images the student is scored on
         (its validation or test split), compared by content: a copy under another name counts."""
-        from edgetl.data import same_images
+        from edgetl.data.dataset import same_images
 
         split = self.path.parent / rundir.SPLIT
         if not split.exists():
@@ -166,7 +166,7 @@ class DistillMethod(TrainMethod):
 
         if self.dcfg.unlabeled is None:
             return []
-        from edgetl.data import readable_images, same_images
+        from edgetl.data.dataset import readable_images, same_images
 
         files = [str(p) for p in readable_images(self.dcfg.unlabeled)]
         if not files:
@@ -246,8 +246,8 @@ class Distiller(Trainer):
 
 
 def _latency_ms(model_path) -> float:
-    from edgetl.runners import KerasRunner
-    from edgetl.timing import latency
+    from edgetl.runtime.runners import KerasRunner
+    from edgetl.runtime.timing import latency
 
     r = KerasRunner(model_path)
     x = np.zeros((1, *r.input_size, 3), np.float32)
@@ -265,8 +265,8 @@ def _row(name, path, probs, labels, params, split) -> dict:
 
 
 def _student_probs(model_path, paths, resize: str) -> np.ndarray:
-    from edgetl.runners import KerasRunner
-    from edgetl.tfdata import decode_batches
+    from edgetl.data.tfdata import decode_batches
+    from edgetl.runtime.runners import KerasRunner
 
     r = KerasRunner(model_path)
     return np.concatenate([r.predict(b.images) for b in decode_batches(paths, r.input_size[0], resize, 64)])
@@ -277,7 +277,7 @@ def distill(config: TrainConfig, dcfg: DistillConfig, resume: bool = False, echo
     """Distil ``dcfg.teacher`` into the student of ``config``; returns the side-by-side report.
     The run directory is locked from training to the last report; ``force`` retrains a
     finished run in place (as ``train --force``)."""
-    from edgetl.tfdata import decode_batches
+    from edgetl.data.tfdata import decode_batches
 
     dcfg.validate()
     results: list[dict] = []

@@ -293,7 +293,7 @@ def announce(folder: Path, index: int, num: int, option: str, echo, timeout_s: f
 
 
 def key_ready(root: Path, key: str) -> bool:
-    from edgetl.viewcache import KEY_FILE
+    from edgetl.data.viewcache import KEY_FILE
 
     try:
         return json.loads((Path(root) / KEY_FILE).read_text()).get("key") == key

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgetl.config import TrainConfig
-from edgetl.data import Dataset
+from edgetl.data.dataset import Dataset
 from edgetl.training.cache import extract_batch
 from edgetl.types import Echo
 
@@ -28,7 +28,7 @@ class Evaluator:
         decodes is named, skipped and removed from the split (its label with it)."""
         import tensorflow as tf
 
-        from edgetl.tfdata import decode_batches
+        from edgetl.data.tfdata import decode_batches
 
         out, bad = [], []
         for b in decode_batches(split.paths, self.cfg.size, self.cfg.resize, extract_batch(self.cfg)):
@@ -47,14 +47,14 @@ class Evaluator:
 
     def evaluate(self) -> dict:
         """Scores on the validation split: what model selection uses."""
-        from edgetl.evaluate import classification_metrics
+        from edgetl.runtime.evaluate import classification_metrics
 
         ds = self.ds
         return {**classification_metrics(ds.val.labels, self.predict_split(ds.val), ds.classes), "split": "val"}
 
     def evaluate_test(self) -> dict | None:
         """Scores of the selected model on the test split, once every choice is made."""
-        from edgetl.evaluate import classification_metrics
+        from edgetl.runtime.evaluate import classification_metrics
 
         ds = self.ds
         if ds.test is None or not len(ds.test):
@@ -65,10 +65,10 @@ class Evaluator:
     def near_duplicates(self, cache) -> dict | None:
         """Held-out images (val, test) with a near-duplicate in train, on the frozen backbone's
         features: the view cache's plain view of the training images and of val, and the same
-        features of the test images (one pass of the frozen extractor). See :mod:`edgetl.duplicates`."""
-        from edgetl import duplicates
-        from edgetl.tfdata import decode_batches
-        from edgetl.viewcache import Rows
+        features of the test images (one pass of the frozen extractor). See :mod:`edgetl.data.duplicates`."""
+        from edgetl.data import duplicates
+        from edgetl.data.tfdata import decode_batches
+        from edgetl.data.viewcache import Rows
 
         if cache is None:
             return None

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgetl.config import TrainConfig
-from edgetl.data import Dataset
+from edgetl.data.dataset import Dataset
 from edgetl.types import Echo
 
 

@@ -9,16 +9,16 @@ import numpy as np
 
 from edgetl import artifacts, rundir
 from edgetl.config import TrainConfig
-from edgetl.data import Dataset
+from edgetl.data.dataset import Dataset
 from edgetl.types import Echo
 
 
 def write_outputs(cfg: TrainConfig, kind: str, ds: Dataset, model, metrics: dict, history: dict, run: Path,
                   ckpt: Path, cache_dir: Path, num_workers: int) -> None:
     """Write the run's files atomically, ``manifest.json`` last; adds params and data to ``metrics``."""
-    from edgetl import plots
-    from edgetl.evaluate import confusion_of, move_confusions
-    from edgetl.model import count_params
+    from edgetl.nets.model import count_params
+    from edgetl.report import plots
+    from edgetl.runtime.evaluate import confusion_of, move_confusions
 
     metrics["params"] = count_params(model)
     metrics["data"] = ds.summary()

@@ -40,7 +40,7 @@ class RecipeSearch:
     def compile_search(self, model):
         """Compile ``model`` with the deepest candidate's layers trainable and a switchable
         optimizer (:func:`edgetl.training.recipe.optimizer`): one traced step for every candidate."""
-        from edgetl import model as M
+        from edgetl.nets import model as M
 
         M.set_trainable(self.base, self.cut.deepest.layers)
         with self.p.strategy.scope():
@@ -55,7 +55,7 @@ class RecipeSearch:
 
     def compile_chosen(self, model, chosen) -> int:
         """Compile ``model`` to train ``chosen``; returns how many of its layers have trainable weights."""
-        from edgetl import model as M
+        from edgetl.nets import model as M
 
         cfg = self.cfg
         if self.searched():

@@ -12,7 +12,7 @@ import numpy as np
 
 from edgetl import artifacts, rundir
 from edgetl.config import TrainConfig
-from edgetl.data import Dataset, class_weights, scan
+from edgetl.data.dataset import Dataset, class_weights, scan
 from edgetl.errors import EdgetlError
 from edgetl.types import Echo
 
@@ -184,8 +184,8 @@ def prepare(cfg: TrainConfig, check_inputs, echo: Echo) -> Prepared:
 
 def build(cfg: TrainConfig, bb, p: Prepared) -> Built:
     """The classifier: the base (frozen) with its weights loaded, and a new head."""
-    from edgetl import model as M
-    from edgetl.weights import build_base
+    from edgetl.nets import model as M
+    from edgetl.nets.weights import build_base
 
     with p.strategy.scope():
         base = build_base(bb, cfg.size, cfg.alpha, cfg.weights)

@@ -38,7 +38,7 @@ class Targets:
         distillation's [labels | teacher logits] targets)."""
         import tensorflow as tf
 
-        from edgetl.viewcache import META
+        from edgetl.data.viewcache import META
 
         k = self.k
         col = {name: meta[:, i] for i, name in enumerate(META)}
@@ -55,7 +55,7 @@ class Targets:
     def row_val_targets(self, meta, teacher):
         import tensorflow as tf
 
-        from edgetl.viewcache import META
+        from edgetl.data.viewcache import META
 
         y = tf.one_hot(tf.cast(meta[:, META.index("y")], tf.int32), self.k)
         return (self.method.extend_targets(y, teacher),)

@@ -3,7 +3,7 @@
 The server serves exactly the files of the page it built for RUN (a fixed list, nothing
 else on disk is reachable) and accepts one kind of upload: a results document posted by that
 page, with the page's token, at most MAX_POST bytes, validated by the same schema checks as
-`edgetl verify --device-results` (edgetl/device_results.py) and written atomically as
+`edgetl verify --device-results` (edgetl/verify/device_results.py) and written atomically as
 RUN/device-results/browser-<device>.json. It binds to the --host the user gave, and says so.
 """
 from __future__ import annotations
@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from edgetl import artifacts, device_results, signals
+from edgetl import artifacts, signals
 from edgetl.errors import EdgetlError
 from edgetl.rundir import DEVICE_RESULTS, open_run
 from edgetl.types import Echo, PathLike
+from edgetl.verify import device_results
 from edgetl.web.site import DEFAULT_SAMPLES, build_site
 
 MAX_POST = 1024 * 1024  # a results document of 20 models x 1,000 images is ~150 KB

@@ -11,7 +11,7 @@
                                               reference's and each model's Python-runtime probabilities
 
 Preprocessing is the model's own by construction: the input tensors are decoded in Python by
-edgetl's own decoder (edgetl.images: EXIF orientation, central crop to the aspect ratio, bilinear
+edgetl's own decoder (edgetl.data.images: EXIF orientation, central crop to the aspect ratio, bilinear
 resize), exactly as training and `edgetl verify` decode them, and the page feeds those bytes to
 the models. The page therefore never decodes an image itself; the originals are shipped only to
 be looked at.
@@ -66,8 +66,8 @@ def build_site(run_dir: PathLike, folder: PathLike, samples: int = DEFAULT_SAMPL
                post_url: str | None = None, token: str | None = None, echo: Echo = print) -> dict[str, Any]:
     """Write the page for ``run_dir`` into ``folder`` (created; must be empty or absent).
     Returns the spec (check.json) it wrote."""
-    from edgetl.runners import KerasRunner, open_runner
-    from edgetl.tfdata import load_array
+    from edgetl.data.tfdata import load_array
+    from edgetl.runtime.runners import KerasRunner, open_runner
 
     run = open_run(run_dir)
     if samples < 1:
@@ -114,6 +114,7 @@ def build_site(run_dir: PathLike, folder: PathLike, samples: int = DEFAULT_SAMPL
             runner.close()
         shutil.copyfile(m["path"], out / "models" / m["name"])
         specs.append({"file": m["name"], "url": f"models/{m['name']}", "format": m["format"], "quant": m["quant"],
+                      "runtime": registry.get(m["format"]).web,  # which of the page's runtimes opens it
                       "sha256": artifacts.sha256_file(m["path"]), "size_bytes": m["path"].stat().st_size,
                       "io": io, "reference_runtime": runtime, "reference_probs": _round(ref)})
     spec: dict[str, Any] = {

@@ -2,7 +2,7 @@
 // images shipped with the page (uint8 tensors decoded by edgetl's own decoder), with LiteRT.js
 // (.tflite) and onnxruntime-web (.onnx, .ort), on WASM and on WebGPU where the browser offers it.
 // It writes one results.json per backend in the schema `edgetl verify --device-results` reads
-// (schema 2, see edgetl/device_results.py), posts it to the edgetl server that served the page
+// (schema 2, see edgetl/verify/device_results.py), posts it to the edgetl server that served the page
 // (when there is one) and offers it as a download.
 const $ = (id) => document.getElementById(id);
 const SCHEMA = 2;
@@ -232,6 +232,9 @@ async function timeModel(h, warmup, runs, res) {
            mean_ms: t.reduce((a, b) => a + b, 0) / t.length, runs, warmup, runs_per_sample: group };
 }
 
+// the page's runtimes by the name check.json gives each model
+const OPENERS = { "litert.js": openLitert, "onnxruntime-web": openOrt };
+
 async function checkModel(m, backend, warmup, runs, res) {
   const resp = await fetch(m.url);
   if (!resp.ok) throw new Error(`${m.url}: HTTP ${resp.status}`);
@@ -240,7 +243,9 @@ async function checkModel(m, backend, warmup, runs, res) {
                 backend };
   let h = null;
   try {
-    h = await (m.format === "tflite" ? openLitert : openOrt)(m, bytes, backend);
+    const opener = OPENERS[m.runtime];  // check.json names each model's runtime (edgetl/formats.py: Format.web)
+    if (!opener) throw new Error(`${m.file}: no browser runtime "${m.runtime}" on this page`);
+    h = await opener(m, bytes, backend);
     const n = state.spec.samples, keras = state.spec.keras_probs, ref = m.reference_probs, labels = state.spec.images;
     let agreeK = 0, agreeR = 0, correct = 0, correctRef = 0, dK = 0, dR = 0;
     const predictions = [];
@@ -268,10 +273,10 @@ async function checkModel(m, backend, warmup, runs, res) {
 
 // ---------------------------------------------------------------- the page ----
 const fmt = (v, d = 3) => (v === undefined || v === null ? "–" : v.toFixed(d));
-function addRow(r) {
+function addRow(r, m) {
   const tr = document.createElement("tr");
   const cells = r.error
-    ? [r.file, r.format === "tflite" ? "litert.js" : "onnxruntime-web", r.backend]
+    ? [r.file, m.runtime, r.backend]
     : [r.file, `${r.runtime} ${r.runtime_version.split(" ")[0]}`, r.backend, fmt(r.accuracy), fmt(r.accuracy_python),
        fmt(r.agreement_keras), fmt(r.agreement_reference), fmt(r.p50_ms, 2), fmt(r.p90_ms, 2)];
   for (const c of cells) { const td = document.createElement("td"); td.textContent = c; tr.appendChild(td); }
@@ -334,7 +339,7 @@ async function runCheck() {
       const row = await withTimeout(checkModel(m, backend, warmup, runs, state.resolution), MODEL_TIMEOUT_S * 1000,
         { file: m.file, sha256: m.sha256, format: m.format, quant: m.quant, size_bytes: m.size_bytes, backend,
           error: `${backend}: no answer within ${MODEL_TIMEOUT_S} s` });
-      rows.push(row); addRow(row);
+      rows.push(row); addRow(row, m);
     }
     const doc = resultsDoc(rows, backend, info, deviceName);
     state.results.push(doc);

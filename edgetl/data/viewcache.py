@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetl.data.epochs import epoch_keys, epoch_order, epoch_rows
 from edgetl.errors import EdgetlError
-from edgetl.training.epochs import epoch_keys, epoch_order, epoch_rows
 
 DTYPES = ("float16", "float32")
 META = ("image", "view", "y", "y2", "lam", "labeled", "ok")  # float32 columns of ``meta``

@@ -1,6 +1,6 @@
 """What each training epoch reads, as a function of ``(seed, epoch)`` alone: a resumed run
 reads epoch k exactly as the uninterrupted run did (:class:`edgetl.training.callbacks.EpochKey` sets
-the epoch; :meth:`edgetl.viewcache.ViewCache.dataset` builds its pipelines from these)."""
+the epoch; :meth:`edgetl.data.viewcache.ViewCache.dataset` builds its pipelines from these)."""
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -51,7 +51,7 @@ def calibrate(data: PathLike, size: int = 200, out: PathLike | None = None, seed
     sub-folders): the same seeded train/val/test split as training, so that no val or test
     image is used. ``out`` must not exist, or be a calibration folder this function wrote;
     it may not lie inside ``data``."""
-    from edgetl.data import scan
+    from edgetl.data.dataset import scan
 
     if size < 1:
         raise EdgetlError(f"--size {size}: must be at least 1")
@@ -79,7 +79,7 @@ def calibrate_run(run_dir: PathLike, size: int = 200, seed: int | None = None, e
     RUN/calibration/, seeded with the run's seed unless ``seed`` is given, and record it
     in the run's manifest. Training images whose bytes equal a held-out image's are left
     out (export would refuse them as a leak)."""
-    from edgetl.data import same_images
+    from edgetl.data.dataset import same_images
 
     if size < 1:
         raise EdgetlError(f"--size {size}: must be at least 1")
@@ -249,7 +249,7 @@ def _few(names: list[str], k: int = 5) -> str:
 
 def check_overlap(calib_files, held_out_files, where: str, fix: str) -> None:
     """Refuse a calibration set that shares an image (by content) with the held-out split."""
-    from edgetl.data import same_images
+    from edgetl.data.dataset import same_images
 
     clash = same_images(calib_files, held_out_files)
     if clash:

@@ -117,7 +117,7 @@ def read_sidecar(path) -> dict:
     labels = labels_near(path)
     f = formats.of_file(path)
     if not labels and f is not None and f.metadata == formats.TFLITE_METADATA:
-        from edgetl.tflite_metadata import packed_labels
+        from edgetl.runtime.tflite_metadata import packed_labels
 
         labels = packed_labels(path)  # labels.txt packed into the model with its metadata
     if not labels:
@@ -155,7 +155,7 @@ class KerasRunner(Runner):
         super().__init__(path, threads)
         if threads:
             _tf_threads(threads)
-        from edgetl.model import load_keras
+        from edgetl.nets.model import load_keras
 
         self.model = load_keras(self.path)
         last = self.model.layers[-1]
@@ -323,7 +323,7 @@ class MediaPipeRunner(Runner):
             raise EdgetlError(f"{self.path}: MediaPipe cannot run it: {why}")
         from mediapipe.tasks.python import BaseOptions, vision
 
-        from edgetl.tflite_metadata import io_contract
+        from edgetl.runtime.tflite_metadata import io_contract
 
         data = self.path.read_bytes()
         c = io_contract(data)
@@ -344,7 +344,7 @@ class MediaPipeRunner(Runner):
 
         if importlib.util.find_spec("mediapipe") is None:
             return f"mediapipe is not installed ({cls.INSTALL})"
-        from edgetl.tflite_metadata import io_contract
+        from edgetl.runtime.tflite_metadata import io_contract
 
         try:
             c = io_contract(Path(path).read_bytes())
@@ -352,7 +352,7 @@ class MediaPipeRunner(Runner):
             return str(e)
         if c["input_type"] == "int8":
             return "int8 input; MediaPipe Tasks takes uint8 or float32 images (export with --io-type uint8 or float32)"
-        from edgetl.tflite_metadata import metadata_buffer
+        from edgetl.runtime.tflite_metadata import metadata_buffer
 
         if metadata_buffer(Path(path).read_bytes()) is None:
             return "no TFLite metadata, so an app's ImageClassifier would refuse it; re-export: edgetl export RUN"

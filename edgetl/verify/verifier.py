@@ -9,23 +9,23 @@ import numpy as np
 
 from edgetl import artifacts
 from edgetl.config import VerifyOptions
-from edgetl.device_results import device_rows
 from edgetl.errors import EdgetlError
 from edgetl.escape import md
-from edgetl.gates import Gates
-from edgetl.recommend import RULE as NOISE_RULE
-from edgetl.recommend import per_runtime_text, recommend
+from edgetl.report.recommend import RULE as NOISE_RULE
+from edgetl.report.recommend import per_runtime_text, recommend
 from edgetl.rundir import REPORT_JSON, REPORT_MD, ROBUSTNESS_PLOT, list_artifacts, open_run
 from edgetl.rundir import VERIFY_PLOTS as PLOTS
 from edgetl.types import Echo, PathLike
+from edgetl.verify.device_results import device_rows
+from edgetl.verify.gates import Gates
 
 
 def held_out_data(run, data=None):
     """(images uint8, labels, source) from --data or the run's held-out split."""
-    from edgetl.tfdata import load_array
+    from edgetl.data.tfdata import load_array
 
     if data:
-        from edgetl.data import scan
+        from edgetl.data.dataset import scan
 
         ds = scan(data, val_split=0.5, test_split=0)
         split = ds.test if ds.test is not None and len(ds.test) else ds.val
@@ -47,9 +47,9 @@ def held_out_data(run, data=None):
 
 def measure(entry: dict, x: np.ndarray, y: np.ndarray, ref: np.ndarray | None, threads: int, runs: int,
             batch: int, classes: list[str], isolated: bool = True) -> tuple[dict, np.ndarray]:
-    from edgetl.evaluate import classification_metrics
-    from edgetl.runners import open_runner
-    from edgetl.timing import isolated_timing, latency, rss_mb, throughput
+    from edgetl.runtime.evaluate import classification_metrics
+    from edgetl.runtime.runners import open_runner
+    from edgetl.runtime.timing import isolated_timing, latency, rss_mb, throughput
 
     before = rss_mb()
     r = open_runner(entry["path"], threads=threads, runtime=entry.get("runtime"))
@@ -98,7 +98,7 @@ def verify(run_dir: PathLike, opts: VerifyOptions | None = None, device_results:
 
 
 def _verify(run_dir: PathLike, o: VerifyOptions, device_results, echo: Echo, isolated: bool) -> dict:
-    from edgetl.timing import machine_info
+    from edgetl.runtime.timing import machine_info
 
     gates = Gates.of(o)
     threads, runs, batch = o.threads, o.runs, o.batch
@@ -154,7 +154,7 @@ def _verify(run_dir: PathLike, o: VerifyOptions, device_results, echo: Echo, iso
     # a model the device skipped (its runtime is not installed there) is neither a pass nor a failure
     report["passed"] = all(r["status"] in ("pass", "reference", "skipped") for r in rows)
     if o.robustness:
-        from edgetl import robustness
+        from edgetl.verify import robustness
 
         report["robustness"] = robustness.robustness([e for e in entries if not e.get("runtime")], x, y, threads, out / ROBUSTNESS_PLOT, echo=echo)
     write_report(report, out)
@@ -165,7 +165,7 @@ def _verify(run_dir: PathLike, o: VerifyOptions, device_results, echo: Echo, iso
              f"{100 / max(len(x), 1):.2f} points); a drop fails only when it is above the budget with 95% "
              f"confidence. About {report['gates']['images_to_resolve_max_drop']} images would resolve it.")
     if report.get("robustness"):
-        from edgetl.robustness import table as rob_table
+        from edgetl.verify.robustness import table as rob_table
 
         echo("\naccuracy under corruptions (severity 1-3):\n" + rob_table(report["robustness"]))
     echo(f"\nreport: {out / REPORT_MD}, {out / REPORT_JSON}")
@@ -175,7 +175,7 @@ def _verify(run_dir: PathLike, o: VerifyOptions, device_results, echo: Echo, iso
 def with_extra_runtimes(entries: list[dict]) -> tuple[list[dict], list[str]]:
     """Each artifact, then one entry per extra runtime that runs it (its format's extra_runtimes, edgetl.formats),
     and a note for each extra runtime that cannot run it here."""
-    from edgetl.runners import extra_runtimes
+    from edgetl.runtime.runners import extra_runtimes
 
     out, skipped = [], []
     for e in entries:
@@ -249,8 +249,8 @@ def table(report: dict, markdown: bool = False) -> str:
 
 
 def write_report(report: dict, out: Path) -> None:
-    from edgetl import plots
-    from edgetl.evaluate import json_row
+    from edgetl.report import plots
+    from edgetl.runtime.evaluate import json_row
 
     out.mkdir(parents=True, exist_ok=True)
     rows = [r for r in report["rows"] if r.get("p50_ms") is not None]
@@ -303,7 +303,7 @@ def markdown_report(report: dict) -> str:
         f"![confusion]({PLOTS['confusion']})", "",
     ]
     if report.get("robustness"):
-        from edgetl.robustness import table as rob_table
+        from edgetl.verify.robustness import table as rob_table
 
         lines += ["## Accuracy under corruptions", "", rob_table(report["robustness"], markdown=True), "",
                   f"![robustness]({ROBUSTNESS_PLOT})", ""]

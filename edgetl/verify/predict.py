@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 
 from edgetl.config import PredictOptions, default
+from edgetl.data.images import BadImage, load_rgb
 from edgetl.errors import EdgetlError
-from edgetl.images import BadImage, load_rgb
-from edgetl.runners import open_runner
+from edgetl.runtime.runners import open_runner
 from edgetl.types import PathLike
 
 

@@ -78,7 +78,7 @@ def score_model(data: bytes, fmt: str, images: np.ndarray, labels: np.ndarray, r
     import tempfile
     from pathlib import Path
 
-    from edgetl.runners import open_runner
+    from edgetl.runtime.runners import open_runner
 
     with tempfile.TemporaryDirectory() as d:
         from edgetl.formats import get

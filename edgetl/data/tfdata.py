@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from edgetl.images import BadImage, load_rgb
+from edgetl.data.images import BadImage, load_rgb
 
 DECODE_THREADS = max(2, min(4, os.cpu_count() or 1))  # PIL releases the GIL while it decodes and resizes
 DECODE_AHEAD = 3  # batches decoded ahead of the consumer: memory is bounded by (AHEAD + THREADS) batches

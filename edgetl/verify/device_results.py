@@ -31,8 +31,8 @@ from typing import Any, NoReturn
 
 from edgetl import artifacts, formats, rundir
 from edgetl.errors import EdgetlError
-from edgetl.gates import Gates
 from edgetl.types import PathLike
+from edgetl.verify.gates import Gates
 
 SCHEMA = 2
 MAX_BYTES = 10 * 1024 * 1024

@@ -1,5 +1,5 @@
 """Pass/fail gates of a verify row: `edgetl verify` applies them to the rows it measures,
-:mod:`edgetl.device_results` to the rows a device measured (its own module so that neither
+:mod:`edgetl.verify.device_results` to the rows a device measured (its own module so that neither
 imports the other)."""
 from __future__ import annotations
 

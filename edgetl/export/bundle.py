@@ -17,7 +17,7 @@ from edgetl import formats as registry
 from edgetl.config import BUNDLE_FORMATS, BundleOptions, default
 from edgetl.errors import EdgetlError
 from edgetl.rundir import LABELS, list_artifacts, open_run, sidecar
-from edgetl.timing import CHECK_SCRIPT
+from edgetl.runtime.timing import CHECK_SCRIPT
 from edgetl.types import Echo, PathLike
 
 README = """edgetl device bundle for {run}
@@ -41,8 +41,8 @@ def bundle(run_dir: PathLike, out: PathLike, formats: str | tuple[str, ...] = de
            samples: int = default(BundleOptions, "samples"), threads: int = default(BundleOptions, "threads"),
            echo: Echo = print) -> Path:
     """The device bundle of the run's exported ``formats`` (defaults and checks: :class:`BundleOptions`)."""
-    from edgetl.runners import KerasRunner, open_runner
-    from edgetl.tfdata import load_array
+    from edgetl.data.tfdata import load_array
+    from edgetl.runtime.runners import KerasRunner, open_runner
 
     run = open_run(run_dir)
     if isinstance(formats, str):

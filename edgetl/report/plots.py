@@ -88,7 +88,7 @@ def _large_confusion(cm, classes, dest, title, top) -> Path:
     import numpy as np
     from matplotlib.colors import LogNorm, Normalize
 
-    from edgetl.evaluate import top_confusions
+    from edgetl.runtime.evaluate import top_confusions
 
     n = len(classes)
     top = top_confusions(cm, classes) if top is None else top

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from edgetl.backbones import Backbone
-from edgetl.layers import Preprocess
+from edgetl.nets.layers import Preprocess
 
 
 def build_head(n_features: int, n_classes: int, dropout: float, dense: int, l2: float):

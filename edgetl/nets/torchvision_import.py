@@ -447,7 +447,7 @@ def save_legacy_h5(model, dest) -> Path:
 def import_mobilenet_v2(checkpoint: PathLike, out_dir: PathLike | None = None) -> dict[str, Path]:
     """Convert the checkpoint and write both Keras files (with and without top)
     under their official names into ``out_dir`` (default: Keras' cache)."""
-    from edgetl.weights import keras_models_dir
+    from edgetl.nets.weights import keras_models_dir
 
     out_dir = Path(out_dir) if out_dir else keras_models_dir()
     sd = read_state_dict(checkpoint)

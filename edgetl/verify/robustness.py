@@ -1,7 +1,7 @@
 """Accuracy under common corruptions (`edgetl verify --robustness`).
 
 Every artifact scores the same held-out images, clean and under each corruption of
-:mod:`edgetl.corruptions` at three severities (applied at the model's input size,
+:mod:`edgetl.data.corruptions` at three severities (applied at the model's input size,
 seeded, so every artifact sees identical pixels). Rows: one per (corruption,
 severity), plus the clean accuracy and the mean over corruptions; one column per
 artifact."""
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.corruptions import CORRUPTIONS, SEVERITIES, corrupt_batch
+from edgetl.data.corruptions import CORRUPTIONS, SEVERITIES, corrupt_batch
 
 
 def corrupted_sets(x: np.ndarray, seed: int = 0) -> dict[tuple[str, int], np.ndarray]:
@@ -24,7 +24,7 @@ def robustness(entries: list[dict], x: np.ndarray, y: np.ndarray, threads: int, 
                seed: int = 0, echo=print) -> dict:
     """Accuracy of each artifact (``entries``: list_artifacts rows) on ``x`` clean and
     corrupted. Returns {"artifacts", "rows", "mean", "clean", "n_images"} and writes a plot."""
-    from edgetl.runners import open_runner
+    from edgetl.runtime.runners import open_runner
 
     sets = corrupted_sets(x, seed)
     y = np.asarray(y)
@@ -54,7 +54,7 @@ def robustness(entries: list[dict], x: np.ndarray, y: np.ndarray, threads: int, 
            "clean": {n: acc[n]["clean"] for n in names}, "rows": rows,
            "mean": {n: float(np.mean([r["accuracy"][n] for r in rows])) for n in names}}
     if plot_path is not None and names:
-        from edgetl import plots
+        from edgetl.report import plots
 
         plots.robustness(out, plot_path)
     return out

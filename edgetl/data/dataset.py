@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from edgetl import escape
+from edgetl.data.images import BadImage, open_rgb
 from edgetl.errors import EdgetlError
-from edgetl.images import BadImage, open_rgb
 from edgetl.types import PathLike
 
 SPLIT_DIRS = ("train", "val", "test")

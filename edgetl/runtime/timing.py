@@ -11,7 +11,7 @@ import numpy as np
 
 # The standalone checker (numpy + one runtime): it times models in a fresh process here,
 # and travels in the device bundle to do the same on the device.
-CHECK_SCRIPT = Path(__file__).parent / "resources" / "edgetl_check.py"
+CHECK_SCRIPT = Path(__file__).parent.parent / "resources" / "edgetl_check.py"
 
 
 def rss_mb() -> float:

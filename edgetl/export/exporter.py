@@ -81,7 +81,7 @@ class Exporter:
     # -- lazily built inputs ------------------------------------------------
     @functools.cached_property
     def source(self) -> Any:
-        from edgetl.convert import Serving, Source
+        from edgetl.export.convert import Serving, Source
 
         return Source(Serving(self.run.load_model()))
 
@@ -94,9 +94,9 @@ class Exporter:
         run's own RUN/calibration/ (``edgetl calibrate RUN``), else a sample of the run's training
         split. Never a folder of the working directory: another run's set is not picked up."""
         if self._calib is None:
-            from edgetl.calibrate import check_classes, check_overlap, set_hash
-            from edgetl.data import readable_images
-            from edgetl.tfdata import load_array
+            from edgetl.data.calibrate import check_classes, check_overlap, set_hash
+            from edgetl.data.dataset import readable_images
+            from edgetl.data.tfdata import load_array
 
             explicit = bool(self.opts.calibration)
             folder = Path(self.opts.calibration) if explicit else self.run.dir / rundir.CALIBRATION  # type: ignore[arg-type]
@@ -117,7 +117,7 @@ class Exporter:
                 if not tr:
                     raise EdgetlError(f"{self.run.dir}: no calibration set and no training split in "
                                       f"{rundir.SPLIT}; give --calibration DIR (a folder of training images)")
-                from edgetl.calibrate import stratified_sample
+                from edgetl.data.calibrate import stratified_sample
 
                 idx = stratified_sample(tr, lab, self.opts.calib_size, self.opts.seed)
                 files = [tr[i] for i in idx]
@@ -130,8 +130,8 @@ class Exporter:
 
     def larger_calibration(self, factor: int = 2) -> np.ndarray | None:
         """More training images than the current set, for the budget ladder."""
-        from edgetl.calibrate import stratified_sample
-        from edgetl.tfdata import load_array
+        from edgetl.data.calibrate import stratified_sample
+        from edgetl.data.tfdata import load_array
 
         x, _, files = self.calibration()
         tr, lab = self.run.split_files("train")
@@ -144,8 +144,8 @@ class Exporter:
         """(images, labels, keras probabilities, split name) of the split the budget ladder chooses
         on: validation, the selection split, so that verify's test numbers stay untouched."""
         if self._held is None:
-            from edgetl.runners import KerasRunner
-            from edgetl.tfdata import load_array
+            from edgetl.data.tfdata import load_array
+            from edgetl.runtime.runners import KerasRunner
 
             files, labels = self.run.split_files("val")
             name = "val"
@@ -158,7 +158,7 @@ class Exporter:
 
     def metadata(self, quant: str, io_type: str) -> dict:
         from edgetl import backbones
-        from edgetl.layers import Preprocess
+        from edgetl.nets.layers import Preprocess
 
         bb = backbones.get(self.run.config.backbone)
         h, w = self.run.img_size, self.run.img_size
@@ -232,7 +232,7 @@ class Exporter:
         return {"labels": json.dumps(self.run.labels), "edgetl": json.dumps(meta)}
 
     def convert(self, a: Artifact) -> bytes:
-        from edgetl import convert as C
+        from edgetl.export import convert as C
 
         if a.quant == "int8":
             return self.with_metadata(a, self.int8_with_budget(a))
@@ -267,7 +267,7 @@ class Exporter:
         if formats.get(a.format).metadata != formats.TFLITE_METADATA:
             return data
         from edgetl import backbones
-        from edgetl.tflite_metadata import ModelInfo, add_metadata
+        from edgetl.runtime.tflite_metadata import ModelInfo, add_metadata
 
         labels = self.run.labels
         shown = ", ".join(labels[:10]) + (f" and {len(labels) - 10} more" if len(labels) > 10 else "")
@@ -285,7 +285,7 @@ class Exporter:
     # -- int8 and the accuracy budget ---------------------------------------------
     def score(self, data: bytes, a: Artifact) -> Any:
         """Score candidate bytes on the selection split; record it on ``a``; return its paired drop."""
-        from edgetl.evaluate import score_model
+        from edgetl.runtime.evaluate import score_model
 
         x, y, ref, _ = self.held_out()
         s = score_model(data, a.format, x, y, ref)
@@ -296,7 +296,7 @@ class Exporter:
 
     def ladder(self, fmt: str) -> list[Attempt]:
         """The int8 attempts in order: the requested settings first, then remedies."""
-        from edgetl.convert import Int8Settings, onnx_sensitive_nodes, tflite_sensitive_layers
+        from edgetl.export.convert import Int8Settings, onnx_sensitive_nodes, tflite_sensitive_layers
 
         o = self.opts
         calib = lambda: self.calibration()[0]  # noqa: E731
@@ -334,7 +334,7 @@ class Exporter:
         return out
 
     def int8_with_budget(self, a: Artifact) -> bytes:
-        from edgetl import convert as C
+        from edgetl.export import convert as C
         from edgetl.stats import drop_gate
 
         attempts = self.ladder(a.format)
@@ -423,7 +423,7 @@ class Exporter:
 
 def with_io_names(meta: dict[str, Any], model: Path) -> dict[str, Any]:
     """Put the tensor names the model file really has into its sidecar's input and output."""
-    from edgetl.runners import io_names
+    from edgetl.runtime.runners import io_names
 
     meta["input"]["name"], meta["output"]["name"] = io_names(model)
     return meta
