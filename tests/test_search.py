@@ -59,7 +59,16 @@ class Fakes:
             self.events.append("test")
             return {"accuracy": 0.5, "ci95": [0.3, 0.7], "n": 20, "split": "test"}
 
+        self.refuse: dict[str, str] = {}  # row key -> why its quantized file misses export's budget
+        self.checked: list[str] = []
+
+        def quantized_file_ok(row, echo):
+            self.checked.append(row["key"])
+            self.events.append("check")
+            return self.refuse.get(row["key"]) if row["quant"] != "fp32" else None
+
         monkeypatch.setattr(measure, "measure_local", measure_local)
+        monkeypatch.setattr(driver, "quantized_file_ok", quantized_file_ok)
         monkeypatch.setattr(driver, "train_candidate", train_candidate)
         monkeypatch.setattr(driver, "test_accuracy", test_accuracy)
 
@@ -102,6 +111,22 @@ def test_size_budget_and_quantization(data, tmp_path, monkeypatch):
         assert bool(r.get("picked")) == (r["key"] == "mobilenetv2-a1-s32-d1-int8-tflite")
         if r["size_kb"] > 3000:
             assert r["over_budget"] and not r["eligible"] and r["why"].startswith("over budget: size")
+
+
+def test_a_pick_whose_int8_file_misses_the_accuracy_budget_is_refused_for_the_next(data, tmp_path, monkeypatch):
+    """The bench's digits search picked an int8 model whose file then lost 20 points on val in export: the
+    float model's val accuracy had chosen it. The pick's quantized file is now exported (export's budget,
+    on val) before the pick is final; a file that misses it is refused, with the reason, and the next row
+    is tried; test is still read once, after the final pick."""
+    f = Fakes(monkeypatch, tmp_path)
+    f.refuse["mobilenetv2-a1-s32-d1-int8-tflite"] = "drop 20.00 points > --max-drop 1.0"
+    rep = driver.search(opts(data, tmp_path, max_latency_ms=100, max_size_kb=3000, quants="fp32,int8"), echo=quiet)
+    assert rep["pick"]["key"] == "mobilenetv2-a1-s32-d0-int8-tflite"  # the next most accurate within budget
+    assert f.checked == ["mobilenetv2-a1-s32-d1-int8-tflite", "mobilenetv2-a1-s32-d0-int8-tflite"]
+    refused = next(r for r in rep["rows"] if r["key"] == "mobilenetv2-a1-s32-d1-int8-tflite")
+    assert not refused["eligible"] and refused["why"] == ("refused: its int8 file misses export's accuracy budget on "
+                                                          "val: drop 20.00 points > --max-drop 1.0")
+    assert f.events[-3:] == ["check", "check", "test"] and f.tested == [rep["pick"]["run_dir"]]
 
 
 def test_pick_never_over_budget_even_when_most_accurate():

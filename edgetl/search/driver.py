@@ -123,6 +123,36 @@ def _summary(te: dict[str, Any]) -> dict[str, Any]:
     return {"accuracy": te["accuracy"], "ci95": te["ci95"], "n": te["n"], "split": "test", "note": TEST_NOTE}
 
 
+def quantized_file_ok(row: dict[str, Any], echo: Echo) -> str | None:
+    """Export the row's quantized file from its trained run, as ``edgetl export`` does (its accuracy
+    budget, judged on val): None when it is written, else why not. fp32 files are the Keras model."""
+    if row["quant"] == "fp32":
+        return None
+    from edgetl.config import ExportOptions
+    from edgetl.export.exporter import export as run_export
+
+    echo(f"checking the pick's {row['quant']} {row['fmt']} file on val: {row['key']}")
+    arts = run_export(row["run_dir"], ExportOptions(formats=(row["fmt"],), quants=(row["quant"],)).validate(),
+                      echo=lambda line: None)
+    failed = [a for a in arts if a.status == "failed"]
+    return failed[0].reason if failed else None
+
+
+def pick_deliverable(rows: list[dict[str, Any]], echo: Echo, check=None) -> dict[str, Any] | None:
+    """The most accurate row on val within the budget whose file can be made: a quantized file that
+    misses export's accuracy budget on val (an int8 model can lose 20 points where the float one
+    does not) is refused and the next row is tried. Val only: test stays unread."""
+    check = check or quantized_file_ok
+    while (chosen := F.pick(rows)) is not None:
+        why = check(chosen, echo)
+        if why is None:
+            return chosen
+        chosen["eligible"] = False
+        chosen["refused"] = f"its {chosen['quant']} file misses export's accuracy budget on val: {why}"
+        echo(f"  refused: {chosen['key']}: {chosen['refused']}")
+    return None
+
+
 def search(o: SearchOptions, echo: Echo = print) -> dict[str, Any]:
     """Search into ``o.out``, holding its lock (the run directory's, see :func:`rundir.writing`):
     a second search into the same folder is refused in one line naming the holder."""
@@ -203,7 +233,7 @@ def _search(o: SearchOptions, echo: Echo) -> dict[str, Any]:
                          "ram_kb": vr["ram_kb"], "over_budget": vr["over_budget"], "rung": rec["rung"],
                          "run_dir": rec["run_dir"], "train_seconds": rec["seconds"], "resumed": rec["resumed"],
                          "eligible": not vr["over_budget"] and c.depth in sp.depths})
-    chosen = F.pick(rows)  # on val only: no test number exists yet
+    chosen = pick_deliverable(rows, echo)  # on val only: no test number exists yet
     F.explain(rows, chosen)
     pick_rec = None
     if chosen is not None:

@@ -67,6 +67,8 @@ def explain(rows: list[dict[str, Any]], chosen: dict[str, Any] | None) -> None:
         r["on_front"] = id(r) in on
         if chosen is not None and r is chosen:
             r["why"] = "the pick: most accurate on val within the budget"
+        elif r.get("refused"):
+            r["why"] = "refused: " + r["refused"]
         elif r["over_budget"]:
             r["why"] = "over budget: " + "; ".join(r["over_budget"])
         elif not r["eligible"]:
