@@ -313,6 +313,8 @@ class VerifyOptions(Options):
     data: str | None = doc("folder of labelled images (null: the run's held-out split)", None)
     out: str | None = doc("report folder (null: the run directory)", None)
     robustness: bool = doc("also score every artifact under common corruptions at 3 severities", False)
+    latency_runtimes: tuple[str, ...] | None = doc("max_latency_ms gates only rows of these runtimes (e.g. [litert], "
+                                                   "what edgetl search measures); null: every runtime", None)
 
     def problems(self) -> list[OptionError]:
         c = Checks(self)
@@ -321,8 +323,9 @@ class VerifyOptions(Options):
         c.require("batch", self.batch >= 1, "must be >= 1")
         c.require("min_agreement", 0.0 <= self.min_agreement <= 1.0, "must be between 0 and 1")
         c.non_negative("max_drop")
-        if self.max_latency_ms is not None:
-            c.require("max_latency_ms", self.max_latency_ms > 0, "must be positive")
+        c.require("max_latency_ms", self.max_latency_ms is None or self.max_latency_ms > 0, "must be positive")
+        c.require("latency_runtimes", not self.latency_runtimes or set(self.latency_runtimes) <= set(formats.RUNTIMES),
+                  f"each must be one of {', '.join(formats.RUNTIMES)}")
         return c.errors
 
 
@@ -486,16 +489,13 @@ class SearchOptions(Options):
 # ------------------------------------------------------------ introspection ----
 TYPE_OK = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
            "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-           "str": lambda v: isinstance(v, str),
-           "bool": lambda v: isinstance(v, bool),
+           "str": lambda v: isinstance(v, str), "bool": lambda v: isinstance(v, bool),
            "list": lambda v: isinstance(v, (list, tuple, str))}
-TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
-              "list": "a list"}
+TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "list": "a list"}
 
 
 def field_types(cls: type, exclude: tuple[str, ...] = ()) -> dict[str, tuple[str, Any]]:
-    """{field: (kind, default)} of an options dataclass; kind is int, float, str, bool or
-    list, with '?' when None is allowed. The pipeline file is typed from this."""
+    """{field: (kind, default)} of an options dataclass; kind is int, float, str, bool or list, with '?' when None is allowed."""
     hints = typing.get_type_hints(cls)
     out = {}
     for f in fields(cls):

@@ -228,3 +228,22 @@ def test_bundle_runs_on_numpy_and_one_runtime_and_imports_back(bundle_dir, tiny_
     dev_skipped = [r for r in rep["rows"] if r.get("device") == f"dev-{fmt}" and r["status"] == "skipped"]
     assert len(dev_skipped) == len(skipped) and not any(r.get("failed_gates") for r in dev_skipped)
     assert f"@ dev-{fmt}" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_the_latency_gate_can_be_limited_to_the_runtimes_a_budget_was_measured_on():
+    """`edgetl search` times each candidate under the format's own runtime (LiteRT for .tflite); verify also times
+    the file under MediaPipe, 2-2.5x slower here, so a pick within the budget failed `--then verify`. With
+    --latency-runtimes the gate applies to those runtimes' rows only; an unknown name is refused, not ignored."""
+    from edgetl.config import VerifyOptions
+    from edgetl.errors import EdgetlError
+    from edgetl.verify.gates import Gates
+
+    rows = {rt: {"runtime": rt, "p50_ms": ms} for rt, ms in (("litert", 1.1), ("mediapipe", 2.4))}
+    every = Gates.of(VerifyOptions(max_latency_ms=1.5).validate())
+    assert every.check(dict(rows["litert"])) == [] and every.check(dict(rows["mediapipe"])) == [
+        "max-latency-ms (2.40 > 1.5 ms)"]
+    litert = Gates.of(VerifyOptions(max_latency_ms=1.5, latency_runtimes=("litert",)).validate())
+    assert litert.check(dict(rows["mediapipe"])) == []
+    assert litert.check({"runtime": "litert", "p50_ms": 1.6}) == ["max-latency-ms (1.60 > 1.5 ms)"]
+    with pytest.raises(EdgetlError, match="latency-runtimes.*each must be one of litert"):
+        VerifyOptions(max_latency_ms=1.5, latency_runtimes=("tflite",)).validate()

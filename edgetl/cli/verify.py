@@ -18,6 +18,9 @@ from edgetl.errors import EdgetlError
 @click.option("--min-agreement", type=float, default=d(VerifyOptions, "min_agreement"), show_default=True,
               help="Gate: top-1 agreement with Keras.")
 @click.option("--max-latency-ms", type=float, default=None, help="Gate: p50 latency at batch 1.")
+@click.option("--latency-runtimes", default=None, metavar="litert,...",
+              help="Apply --max-latency-ms only to rows of these runtimes (e.g. litert, the one edgetl search "
+                   "times). [default: every runtime]")
 @click.option("--runs", type=int, default=d(VerifyOptions, "runs"), show_default=True, help="Timed runs after warm-up (>= 100).")
 @click.option("--batch", type=int, default=d(VerifyOptions, "batch"), show_default=True, help="Batch size for throughput.")
 @click.option("--device-results", type=click.Path(), multiple=True,
@@ -26,14 +29,16 @@ from edgetl.errors import EdgetlError
 @click.option("--robustness", is_flag=True,
               help="Also score every artifact under gaussian noise, blur, low light, contrast and JPEG at 3 "
                    "severities: a table and a plot.")
-def verify(run, data, threads, max_drop, min_agreement, max_latency_ms, runs, batch, device_results, out, robustness):
+def verify(run, data, threads, max_drop, min_agreement, max_latency_ms, latency_runtimes, runs, batch, device_results, out,
+           robustness):
     """Score and time every artifact of RUN against the Keras reference, with gates.
 
     Writes a table, report.json, report.md, plots and (without --out) the model card; exit code 1
     when any gate fails."""
     from edgetl.verify.verifier import verify as run_verify
 
-    opts = VerifyOptions(threads, max_drop, min_agreement, max_latency_ms, runs, batch, data, out, robustness)
+    opts = VerifyOptions(threads, max_drop, min_agreement, max_latency_ms, runs, batch, data, out, robustness,
+                         tuple(s.strip() for s in latency_runtimes.split(",")) if latency_runtimes else None)
     rep = run_verify(run, opts.validate(), device_results, echo=echo)
     if out is None:  # the report is the run's: its model card follows it
         from edgetl.card import write_card

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgetl import artifacts, rundir
+from edgetl import artifacts, formats, rundir
 from edgetl.config import SearchOptions, TrainConfig
 from edgetl.errors import EdgetlError
 from edgetl.search import front as F
@@ -314,7 +314,10 @@ def continue_with_pick(rep: dict[str, Any], steps: tuple[str, ...], o: SearchOpt
         from edgetl.verify.verifier import verify as run_verify
 
         gate = None if rep.get("device_scale") else float(o.max_latency_ms or 0)
-        v = run_verify(run, VerifyOptions(threads=o.threads, max_latency_ms=gate).validate(), echo=echo)
+        # the budget is the runtime the search timed (the format's own), not a second one such as MediaPipe
+        timed = (formats.get(p["fmt"]).runtime,)
+        v = run_verify(run, VerifyOptions(threads=o.threads, max_latency_ms=gate, latency_runtimes=timed).validate(),
+                       echo=echo)
         write_card(run, echo=echo)
         out["verify"] = {"passed": v["passed"]}
         if not v["passed"]:

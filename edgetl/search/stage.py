@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgetl import rundir
+from edgetl import formats, rundir
 from edgetl.config import ExportOptions, SearchOptions, VerifyOptions
 from edgetl.errors import EdgetlError
 from edgetl.types import Echo
@@ -61,4 +61,6 @@ def stage_options(opts: Any, given: frozenset[str], o: SearchOptions | None, sea
         opts.quants = opts.quants if "quants" in given else (pick["quant"],)
     if isinstance(opts, VerifyOptions) and "max_latency_ms" not in given and not o.device:
         opts.max_latency_ms = o.max_latency_ms
+        if "latency_runtimes" not in given and pick:  # the budget is the runtime the search timed, not MediaPipe's
+            opts.latency_runtimes = (formats.get(pick["fmt"]).runtime,)
     return opts
