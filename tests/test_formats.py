@@ -148,6 +148,8 @@ def test_every_format_and_mode_exports_and_runs_in_every_runtime(every_format, t
 
 
 # ------------------------------------ bundle -> device check -> verify, per format ----
+# slow (make test-slow, which CI runs): 3 x 45 s kept `make test` over its 15 minutes on 2 cores
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", [f.name for f in formats.FORMATS.values() if f.device_check])
 def test_every_format_goes_bundle_device_check_and_back(every_format, tmp_path, fmt):
     """`edgetl bundle --formats F` -> the bundle's edgetl_check.py, run as a device runs it (no

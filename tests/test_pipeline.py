@@ -175,6 +175,7 @@ def _mtimes(d) -> dict[str, int]:
     return {f: (d / f).stat().st_mtime_ns for f in files}
 
 
+@pytest.mark.slow  # 90 s: kept `make test` over its 15 minutes on 2 cores (make test-slow, which CI runs)
 def test_cli_from_set_and_force_redo_the_stages_they_name(pipeline_run):
     """`edgetl run CONFIG --from verify`, `--set verify.runs=120` and `--force` from the command
     line: which stages ran (the output), and which files were rewritten (their times)."""
