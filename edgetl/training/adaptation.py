@@ -9,20 +9,10 @@ from typing import Any
 import numpy as np
 
 from edgetl.errors import EdgetlError
+from edgetl.stats import wilson
 
 
 # ------------------------------------------------------------------ helpers ----
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k / n."""
-    if n <= 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, mid - half), min(1.0, mid + half))
-
-
 def accuracy_row(probs: np.ndarray, labels, classes: list[str]) -> dict:
     """Accuracy with its 95% Wilson interval and the image count, plus per-class recall."""
     from edgetl.runtime.evaluate import classification_metrics
@@ -30,7 +20,7 @@ def accuracy_row(probs: np.ndarray, labels, classes: list[str]) -> dict:
     y = np.asarray(labels)
     m = classification_metrics(y, probs, classes)
     k = int((np.asarray(probs).argmax(-1) == y).sum())
-    lo, hi = wilson(k, len(y))
+    lo, hi = wilson(k, len(y), z=1.96)  # the z adapt.json's intervals were computed with
     return {"accuracy": m["accuracy"], "ci95": [lo, hi], "n": int(len(y)), "correct": k,
             "recall": {c: v["recall"] for c, v in m["per_class"].items()}, "confusion_matrix": m["confusion_matrix"]}
 
